@@ -1,0 +1,1 @@
+"""Index layer: metrics, codecs, indexes, persistence."""

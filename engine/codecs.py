@@ -1,0 +1,211 @@
+"""Codecs: how vectors are stored, and the jitted distance over the stored form.
+
+A codec is trained once (``fit``), encodes batches into ``(codes, aux)`` (codes: one row per
+vector; aux: float32 per-vector terms), prepares each query once (``prepare``) into a float32
+row whose layout the codec's distance functions read, and names the distance function for a
+kernel metric (``dist('l2'|'ip')``). Indexes never look inside codes: new codecs (LVQ-4,
+LeanVec, PQ) plug in by implementing this class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import distance as kd
+from ..kernels import quantized as kq
+from .errors import InvalidArgument
+
+
+class Codec:
+    name: str = ""
+    code_dtype: type = np.float32
+    aux_width: int = 0
+    lossy: bool = False
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    @property
+    def trained(self) -> bool:
+        return True
+
+    def fit(self, x: np.ndarray) -> None:  # noqa: B027 - lossless codecs need no training
+        """Learn codec parameters from a sample; lossless codecs need none."""
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def prepare(self, q: np.ndarray) -> np.ndarray:
+        """(nq, dim) float32 queries -> (nq, w) float32 prepared rows."""
+        raise NotImplementedError
+
+    def dist(self, kernel_metric: str):
+        raise NotImplementedError
+
+    def bytes_per_vector(self) -> int:
+        return self.dim * np.dtype(self.code_dtype).itemsize + 4 * self.aux_width
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027
+        """Restore what ``state`` returned."""
+
+    def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.zeros((cap, self.dim), self.code_dtype),
+                np.zeros((cap, self.aux_width), np.float32))
+
+
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+
+
+class F32Codec(Codec):
+    """Plain float32 rows."""
+
+    name = "f32"
+
+    def encode(self, x):
+        return np.ascontiguousarray(x, np.float32), np.zeros((x.shape[0], 0), np.float32)
+
+    def prepare(self, q):
+        return np.ascontiguousarray(q, np.float32)
+
+    def dist(self, kernel_metric):
+        return kd.f32_l2 if kernel_metric == "l2" else kd.f32_ip
+
+
+class F16Codec(Codec):
+    """Half-precision rows (stored as uint16 bits): half the memory, near-exact distances.
+
+    Prepared query: [q * 2**112 (d), scratch (d), ||q||^2]. aux = [||x||^2]."""
+
+    name = "f16"
+    code_dtype = np.uint16
+    aux_width = 1
+
+    def encode(self, x):
+        h = x.astype(np.float16)
+        return np.ascontiguousarray(h.view(np.uint16)), _sq_norms(h.astype(np.float32))[:, None]
+
+    def prepare(self, q):
+        d = self.dim
+        qs = np.zeros((q.shape[0], 2 * d + 1), np.float32)
+        qs[:, :d] = q * kq.F16_SCALE
+        qs[:, 2 * d] = _sq_norms(q)
+        return qs
+
+    def dist(self, kernel_metric):
+        return kq.f16_l2 if kernel_metric == "l2" else kq.f16_ip
+
+    @staticmethod
+    def decode(codes: np.ndarray) -> np.ndarray:
+        return codes.view(np.float16).astype(np.float32)
+
+
+class SQ8Codec(Codec):
+    """Global scalar quantisation: per-dimension min/max over the training set, uint8 codes.
+
+    Prepared query: [q * step (d), <q, lo>, ||q||^2]. aux = [||x_hat||^2]."""
+
+    name = "sq8"
+    code_dtype = np.uint8
+    aux_width = 1
+    lossy = True
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.lo: np.ndarray | None = None
+        self.step: np.ndarray | None = None
+
+    @property
+    def trained(self):
+        return self.lo is not None
+
+    def fit(self, x):
+        lo = x.min(axis=0).astype(np.float32)
+        hi = x.max(axis=0).astype(np.float32)
+        self.lo = lo
+        self.step = np.maximum((hi - lo) / np.float32(255.0), np.float32(1e-12)).astype(np.float32)
+
+    def encode(self, x):
+        codes = np.empty(x.shape, np.uint8)
+        kq.sq8_encode(x, self.lo, (1.0 / self.step).astype(np.float32), codes)
+        recon = self.lo + self.step * codes.astype(np.float32)
+        return codes, _sq_norms(recon)[:, None]
+
+    def prepare(self, q):
+        d = self.dim
+        qs = np.empty((q.shape[0], d + 2), np.float32)
+        qs[:, :d] = q * self.step
+        qs[:, d] = q @ self.lo
+        qs[:, d + 1] = _sq_norms(q)
+        return qs
+
+    def dist(self, kernel_metric):
+        return kq.sq8_l2 if kernel_metric == "l2" else kq.sq8_ip
+
+    def state(self):
+        return {"lo": self.lo, "step": self.step}
+
+    def load_state(self, arrays):
+        self.lo = np.asarray(arrays["lo"], np.float32)
+        self.step = np.asarray(arrays["step"], np.float32)
+
+
+class LVQ8Codec(Codec):
+    """LVQ-8: centre on the dataset mean, then per-vector uint8 codes between the vector's own
+    min and max. Adapts the grid to each vector, which global SQ8 cannot.
+
+    Prepared query: [q (d), <q, mean>, sum(q), ||q||^2]. aux = [bias, step, ||x_hat||^2]."""
+
+    name = "lvq8"
+    code_dtype = np.uint8
+    aux_width = 3
+    lossy = True
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.mean: np.ndarray | None = None
+
+    @property
+    def trained(self):
+        return self.mean is not None
+
+    def fit(self, x):
+        self.mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    def encode(self, x):
+        codes = np.empty(x.shape, np.uint8)
+        aux = np.empty((x.shape[0], 3), np.float32)
+        kq.lvq8_encode(np.ascontiguousarray(x, np.float32), self.mean, codes, aux)
+        return codes, aux
+
+    def prepare(self, q):
+        d = self.dim
+        qs = np.empty((q.shape[0], d + 3), np.float32)
+        qs[:, :d] = q
+        qs[:, d] = q @ self.mean
+        qs[:, d + 1] = q.sum(axis=1)
+        qs[:, d + 2] = _sq_norms(q)
+        return qs
+
+    def dist(self, kernel_metric):
+        return kq.lvq8_l2 if kernel_metric == "l2" else kq.lvq8_ip
+
+    def state(self):
+        return {"mean": self.mean}
+
+    def load_state(self, arrays):
+        self.mean = np.asarray(arrays["mean"], np.float32)
+
+
+CODECS: dict[str, type[Codec]] = {c.name: c for c in (F32Codec, F16Codec, SQ8Codec, LVQ8Codec)}
+
+
+def make_codec(name: str, dim: int) -> Codec:
+    try:
+        return CODECS[name.lower()](dim)
+    except KeyError:
+        raise InvalidArgument(
+            f"codec: unknown codec {name!r}; available: {', '.join(sorted(CODECS))}") from None

@@ -1,0 +1,69 @@
+"""The protocol every index implements, and helpers they share."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..bitset import Bitset
+from ..errors import InvalidArgument
+from ..idmap import IdMap
+from ..metric import Metric
+
+
+@runtime_checkable
+class Index(Protocol):
+    """train / add / search / remove / save / load. Search parameters are per call."""
+
+    dim: int
+    metric: Metric
+
+    def train(self, x: Any) -> None: ...
+
+    def add(self, x: Any, ids: Any = None) -> np.ndarray: ...
+
+    def search(self, queries: Any, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def remove(self, ids: Any) -> int: ...
+
+    def save(self, directory: str | os.PathLike) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def resolve_allowed(allowed, idmap: IdMap, n: int) -> Bitset | None:
+    """``allowed`` as a Bitset over row positions.
+
+    Accepts a ``Bitset`` over positions (what the collection layer passes), or any array of
+    external ids (what a user passes); unknown ids are ignored."""
+    if allowed is None:
+        return None
+    if isinstance(allowed, Bitset):
+        if allowed.n < n:
+            words = np.zeros((n + 63) >> 6, np.uint64)
+            words[: allowed.words.shape[0]] = allowed.words
+            return Bitset(words, n)
+        return allowed
+    try:
+        ids = np.asarray(allowed)
+    except (TypeError, ValueError):
+        raise InvalidArgument("allowed: expected a Bitset or an array of ids") from None
+    if ids.dtype == bool:
+        raise InvalidArgument("allowed: pass ids (or a Bitset), not a boolean mask")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidArgument(f"allowed: ids must be integers, got {ids.dtype}")
+    return Bitset.from_positions(idmap.positions(ids, missing="skip"), n)
+
+
+def finish_results(metric: Metric, dist: np.ndarray, pos: np.ndarray, ids: np.ndarray,
+                   single: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Distances/positions from kernels -> (scores, external ids), -1 padded."""
+    found = pos >= 0
+    ext = np.where(found, ids[np.where(found, pos, 0)], -1).astype(np.int64)
+    scores = metric.scores_from_distances(dist).astype(np.float32)
+    scores[~found] = metric.distance_bound()
+    if single:
+        return scores[0], ext[0]
+    return scores, ext

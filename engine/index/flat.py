@@ -1,0 +1,182 @@
+"""Exact search: every query is compared with every (allowed) vector."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ...kernels import distance as kd
+from ..bitset import Bitset
+from ..codecs import F16Codec, make_codec
+from ..errors import InvalidArgument
+from ..idmap import IdMap
+from ..metric import Metric
+from ..persist import load_arrays, save_arrays
+from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
+from ..vectors import VectorStore
+from .base import finish_results, resolve_allowed
+
+_BLAS_MIN_QUERIES = 16
+"""From this batch size on, a float scan goes through BLAS matrix products in row blocks."""
+_BLAS_BLOCK_ROWS = 16384
+_ROWS_PATH_SHARE = 0.25
+"""Filters allowing less than this share of rows scan the allowed rows by position."""
+
+
+class FlatIndex:
+    """Exact k-NN over ``f32`` or ``f16`` storage with external int64 ids.
+
+    Scores: ``l2`` squared distance ascending; ``ip`` inner product descending; ``cosine``
+    cosine similarity descending. Missing results are id -1 with the worst possible score."""
+
+    kind = "flat"
+
+    def __init__(self, dim: int, metric: str | Metric = "l2", dtype: str = "f32"):
+        self.dim = check_dim(dim)
+        self.metric = Metric.parse(metric)
+        if dtype not in ("f32", "f16"):
+            raise InvalidArgument(f"dtype: FlatIndex stores 'f32' or 'f16', got {dtype!r}")
+        self.dtype = dtype
+        self.codec = make_codec(dtype, self.dim)
+        self._store = VectorStore(self.codec)
+        self._ids = np.zeros(0, np.int64)
+        self._idmap = IdMap()
+
+    # --- protocol --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._store.n
+
+    @property
+    def ntotal(self) -> int:
+        return self._store.n
+
+    def train(self, x=None) -> None:
+        """Exact storage needs no training; present for the common protocol."""
+
+    def _prepare_vectors(self, x, name: str) -> np.ndarray:
+        v = as_vectors(x, self.dim, name)
+        return normalize_rows(v) if self.metric is Metric.COSINE else v
+
+    def add(self, x, ids=None) -> np.ndarray:
+        """Append vectors; ``ids`` default to consecutive integers after the largest so far."""
+        v = self._prepare_vectors(x, "vectors")
+        if ids is None:
+            start = int(self._ids[: self._store.n].max()) + 1 if self._store.n else 0
+            ids = np.arange(start, start + v.shape[0], dtype=np.int64)
+        ids = as_ids(ids, v.shape[0])
+        self._idmap.check_new(ids)
+        pos = self._store.append(v)
+        if self._ids.shape[0] < self._store.capacity or not self._ids.flags.writeable:
+            grown = np.full(self._store.capacity, -1, np.int64)
+            grown[: pos[0]] = self._ids[: pos[0]]
+            self._ids = grown
+        self._ids[pos] = ids
+        self._idmap.assign(ids, pos)
+        return ids
+
+    def remove(self, ids) -> int:
+        """Delete ids (unknown ones are ignored); returns how many were removed.
+
+        The last rows move into the freed slots, so storage stays dense."""
+        pos = np.sort(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
+                                            missing="skip"))[::-1]
+        if pos.size == 0:
+            return 0
+        self._idmap.drop(self._ids[pos])
+        if not self._ids.flags.writeable:
+            self._ids = self._ids.copy()
+        n = self._store.n
+        for p in pos.tolist():  # descending, so "last" is always a live row
+            last = n - 1
+            if p != last:
+                self._store.move(np.array([last]), np.array([p]))
+                self._ids[p] = self._ids[last]
+                self._idmap.assign(self._ids[p : p + 1], np.array([p]))
+            n -= 1
+        self._store.truncate(n)
+        return int(pos.size)
+
+    def search(self, queries, k: int, allowed=None, **params) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for one query (1-D, returns 1-D arrays) or a batch (2-D, returns 2-D)."""
+        unknown = set(params) - {"exact", "ef", "rerank"}
+        if unknown:
+            raise InvalidArgument(f"params: FlatIndex does not take {sorted(unknown)}")
+        k = check_k(k)
+        q, single = as_queries(queries, self.dim)
+        if self.metric is Metric.COSINE:
+            q = normalize_rows(q)
+        n = self._store.n
+        bits = resolve_allowed(allowed, self._idmap, n)
+        dist, pos = self._search_positions(q, k, bits)
+        return finish_results(self.metric, dist, pos, self._ids, single)
+
+    def _search_positions(self, q: np.ndarray, k: int, bits: Bitset | None):
+        n = self._store.n
+        nq = q.shape[0]
+        codes, aux = self._store.view()
+        kmetric = self.metric.kernel_metric
+        out_d = np.empty((nq, k), np.float32)
+        out_i = np.empty((nq, k), np.int64)
+        if bits is not None and bits.count() < _ROWS_PATH_SHARE * n:
+            rows = bits.positions()
+            rows = rows[rows < n]
+            qs = self.codec.prepare(q)
+            kd.scan_topk_rows_batch(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
+        elif nq >= _BLAS_MIN_QUERIES:
+            self._blas_scan(q, k, bits, out_d, out_i)
+        else:
+            qs = self.codec.prepare(q)
+            words = bits.words if bits is not None else np.zeros(1, np.uint64)
+            kd.scan_topk_batch(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
+                               bits is not None, out_d, out_i)
+        if kmetric == "l2":
+            np.maximum(out_d, 0, out=out_d)
+        return out_d, out_i
+
+    def _blas_scan(self, q, k, bits, out_d, out_i) -> None:
+        nq = q.shape[0]
+        codes, _ = self._store.view()
+        l2 = self.metric.kernel_metric == "l2"
+        heap_d = np.empty((nq, k), np.float32)
+        heap_i = np.empty((nq, k), np.int64)
+        sizes = np.zeros(nq, np.int64)
+        words = bits.words if bits is not None else np.zeros(1, np.uint64)
+        norms = np.zeros(0, np.float32)
+        for r0 in range(0, codes.shape[0], _BLAS_BLOCK_ROWS):
+            block = codes[r0 : r0 + _BLAS_BLOCK_ROWS]
+            if self.dtype == "f16":
+                block = F16Codec.decode(block)
+            S = q @ block.T
+            if l2:
+                norms = np.zeros(r0 + block.shape[0], np.float32)
+                norms[r0:] = np.einsum("ij,ij->i", block, block)
+            kd.topk_update_from_similarities(S, r0, norms, l2, words, bits is not None,
+                                             heap_d, heap_i, sizes)
+        kd.heaps_sorted(heap_d, heap_i, sizes, out_d, out_i)
+        if l2:
+            out_d += np.einsum("ij,ij->i", q, q)[:, None]
+
+    # --- persistence -------------------------------------------------------------------
+
+    def memory_usage(self) -> dict[str, int]:
+        return {"vectors": self._store.nbytes(), "ids": 8 * self._store.n, "graph": 0}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        codes, aux = self._store.view()
+        meta = {"dim": self.dim, "metric": self.metric.value, "dtype": self.dtype}
+        save_arrays(directory, self.kind, meta,
+                    {"codes": codes, "aux": aux, "ids": self._ids[: self._store.n]})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> FlatIndex:
+        meta, arrays = load_arrays(directory, cls.kind, mmap=mmap)
+        index = cls(meta["dim"], meta["metric"], meta["dtype"])
+        index._store = VectorStore(index.codec, arrays["codes"], arrays["aux"])
+        index._ids = arrays["ids"]
+        index._idmap = IdMap.from_array(index._ids)
+        return index
+
+    def __repr__(self) -> str:
+        return f"FlatIndex(dim={self.dim}, metric={self.metric.value!r}, dtype={self.dtype!r}, n={len(self)})"

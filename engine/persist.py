@@ -1,0 +1,112 @@
+"""On-disk format shared by every index and segment: ``.npy`` arrays plus a JSON manifest.
+
+Files are written under a temporary name, fsynced and renamed; the manifest, written last,
+records the format version and each file's size and crc32, and the loader checks them all so
+damage is reported by file name instead of producing wrong answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptData
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 24
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def save_arrays(directory: str | os.PathLike, kind: str, meta: dict[str, Any],
+                arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` and a manifest describing them into ``directory`` (created if needed)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, arr in arrays.items():
+        arr = np.ascontiguousarray(arr)
+        path = d / f"{name}.npy"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        files[name] = {"file": path.name, "bytes": path.stat().st_size, "crc32": file_crc32(path),
+                       "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    manifest = {"format_version": FORMAT_VERSION, "kind": kind, "meta": meta, "files": files}
+    atomic_write_bytes(d / MANIFEST, json.dumps(manifest, indent=1).encode())
+    fsync_dir(d)
+
+
+def read_manifest(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise CorruptData(f"{path}: manifest missing (not a saved {kind}, or an interrupted save)")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or "files" not in manifest:
+        raise CorruptData(f"{path}: manifest has no file table")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CorruptData(f"{path}: format version {version!r}, this Quiver reads {FORMAT_VERSION}")
+    if manifest.get("kind") != kind:
+        raise CorruptData(f"{path}: holds a {manifest.get('kind')!r}, expected a {kind!r}")
+    return manifest
+
+
+def load_arrays(directory: str | os.PathLike, kind: str, mmap: bool = True,
+                verify: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Validate and open what ``save_arrays`` wrote; arrays are read-only memory maps if mmap."""
+    d = Path(directory)
+    manifest = read_manifest(d, kind)
+    arrays = {}
+    for name, info in manifest["files"].items():
+        path = d / info["file"]
+        if not path.exists():
+            raise CorruptData(f"{path}: file missing")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise CorruptData(f"{path}: {size} bytes on disk, manifest says {info['bytes']} (truncated?)")
+        if verify and file_crc32(path) != info["crc32"]:
+            raise CorruptData(f"{path}: checksum mismatch (file damaged)")
+        try:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CorruptData(f"{path}: unreadable array ({exc})") from None
+        if arr.dtype.str != info["dtype"] or list(arr.shape) != info["shape"]:
+            raise CorruptData(f"{path}: dtype/shape {arr.dtype.str}{arr.shape} do not match the manifest")
+        arrays[name] = arr
+    return manifest["meta"], arrays

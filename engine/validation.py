@@ -1,0 +1,75 @@
+"""Input checks shared by every index: convert what can be converted, reject the rest clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DuplicateId, InvalidArgument
+
+
+def as_vectors(x, dim: int, name: str = "vectors") -> np.ndarray:
+    """A C-contiguous float32 (n, dim) matrix; 1-D input is one vector. Rejects NaN/inf."""
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{name}: not a numeric array ({exc})") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{name}: expected a 2-D array (n, {dim}), got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise InvalidArgument(
+            f"{name}: wrong dimension {arr.shape[1]}, the index has dimension {dim}")
+    arr = np.ascontiguousarray(arr)
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise InvalidArgument(f"{name}: row {bad} contains NaN or inf")
+    return arr
+
+
+def as_queries(q, dim: int) -> tuple[np.ndarray, bool]:
+    """Queries as (nq, dim) float32 plus whether a single 1-D query was given."""
+    single = np.ndim(q) == 1
+    return as_vectors(q, dim, "queries"), single
+
+
+def as_ids(ids, n: int, name: str = "ids") -> np.ndarray:
+    """int64 ids, one per vector, unique within the call."""
+    try:
+        arr = np.asarray(ids)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{name}: not an array of integers ({exc})") from None
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidArgument(f"{name}: expected a 1-D array of integers, got {arr.dtype} {arr.shape}")
+    if arr.shape[0] != n:
+        raise InvalidArgument(f"{name}: got {arr.shape[0]} ids for {n} vectors")
+    if arr.size and arr.min() < 0:
+        raise InvalidArgument(f"{name}: ids must be non-negative, got {int(arr.min())}")
+    arr = arr.astype(np.int64, copy=False)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.shape[0] != arr.shape[0]:
+        raise DuplicateId(f"{name}: id {int(uniq[counts > 1][0])} appears more than once in this call")
+    return arr
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgument(f"k: expected a positive integer, got {k!r}")
+    if k <= 0:
+        raise InvalidArgument(f"k: must be positive, got {k}")
+    return int(k)
+
+
+def check_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+        raise InvalidArgument(f"dim: expected a positive integer, got {dim!r}")
+    return int(dim)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Unit-norm rows (zero rows stay zero), for the cosine metric."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+    norms[norms == 0] = 1.0
+    return x / norms[:, None]

@@ -1,0 +1,132 @@
+"""Float distances: one-to-one, one query against many rows, and blocked many-to-many.
+
+Each codec exposes distance functions with the signature ``dist(qs, codes, aux, i)``: ``qs`` is
+the query prepared once by the codec (float32), ``codes``/``aux`` the stored arrays, ``i`` a row.
+Scan and graph kernels take such a function as an argument, so Numba compiles one specialised,
+inlined variant per (codec, metric) instead of branching per distance.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import INLINE, JIT
+from .bitset import bitset_test
+from .topk import heap_push, heap_sorted
+
+
+@njit(**INLINE)
+def dot(a: np.ndarray, b: np.ndarray) -> np.float32:
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@njit(**INLINE)
+def l2sq(a: np.ndarray, b: np.ndarray) -> np.float32:
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        t = a[j] - b[j]
+        s += t * t
+    return s
+
+
+# --- float32 codec distances -------------------------------------------------------------
+
+
+@njit(**INLINE)
+def f32_ip(qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int) -> np.float32:
+    return -dot(qs, codes[i])
+
+
+@njit(**INLINE)
+def f32_l2(qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int) -> np.float32:
+    return l2sq(qs, codes[i])
+
+
+# --- scans ------------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def scan_topk(dist, qs, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
+    """Exact top-k of one query over rows [0, n), skipping rows not in ``words`` if filtered."""
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for i in range(n):
+        if filtered and not bitset_test(words, i):
+            continue
+        size = heap_push(hd, hi, size, dist(qs, codes, aux, i), i)
+    heap_sorted(hd, hi, size, out_d, out_i)
+
+
+@njit(**JIT)
+def scan_topk_rows(dist, qs, codes, aux, rows, k, out_d, out_i) -> None:
+    """Exact top-k of one query over the given rows only (selective filters)."""
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for r in rows:
+        size = heap_push(hd, hi, size, dist(qs, codes, aux, r), r)
+    heap_sorted(hd, hi, size, out_d, out_i)
+
+
+@njit(parallel=True, **JIT)
+def scan_topk_batch(dist, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
+    for q in prange(QS.shape[0]):
+        scan_topk(dist, QS[q], codes, aux, n, k, words, filtered, out_d[q], out_i[q])
+
+
+@njit(parallel=True, **JIT)
+def scan_topk_rows_batch(dist, QS, codes, aux, rows, k, out_d, out_i) -> None:
+    for q in prange(QS.shape[0]):
+        scan_topk_rows(dist, QS[q], codes, aux, rows, k, out_d[q], out_i[q])
+
+
+@njit(parallel=True, **JIT)
+def block_ip(Q: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
+    """out[q, i] = <Q[q], X[i]>, database rows outer and a block of queries inner.
+
+    Each row is loaded once per query block and reused from cache; used where no BLAS
+    applies (quantized rows decoded on the fly) and as the reference for the BLAS path."""
+    nq = Q.shape[0]
+    n = X.shape[0]
+    qb = 8
+    for r0 in prange((n + 63) // 64):
+        for q0 in range(0, nq, qb):
+            q1 = min(q0 + qb, nq)
+            for i in range(r0 * 64, min(r0 * 64 + 64, n)):
+                x = X[i]
+                for q in range(q0, q1):
+                    out[q, i] = dot(Q[q], x)
+
+
+@njit(parallel=True, **JIT)
+def topk_update_from_similarities(
+    S, row0, row_norms, use_norms, words, filtered, heap_d, heap_i, sizes
+) -> None:
+    """Fold a block of similarities S[q, j] = <q, x_{row0+j}> into per-query heaps.
+
+    Distance is -S for ip, or ||x||^2 - 2 S for l2 (the query norm is added by the caller)."""
+    nq, b = S.shape
+    for q in prange(nq):
+        hd = heap_d[q]
+        hi = heap_i[q]
+        size = sizes[q]
+        for j in range(b):
+            r = row0 + j
+            if filtered and not bitset_test(words, r):
+                continue
+            if use_norms:
+                d = row_norms[r] - np.float32(2.0) * S[q, j]
+            else:
+                d = -S[q, j]
+            if size < hd.shape[0] or d < hd[0]:
+                size = heap_push(hd, hi, size, d, r)
+        sizes[q] = size
+
+
+@njit(parallel=True, **JIT)
+def heaps_sorted(heap_d, heap_i, sizes, out_d, out_i) -> None:
+    for q in prange(heap_d.shape[0]):
+        heap_sorted(heap_d[q], heap_i[q], sizes[q], out_d[q], out_i[q])

@@ -1,0 +1,92 @@
+"""Bounded max-heaps that keep the k smallest distances, and top-k merging."""
+
+import numpy as np
+from numba import njit, prange
+
+from . import INLINE, JIT
+
+
+@njit(**INLINE)
+def heap_sift_down(hd: np.ndarray, hi: np.ndarray, size: int, pos: int) -> None:
+    d = hd[pos]
+    i = hi[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and hd[child + 1] > hd[child]:
+            child += 1
+        if hd[child] <= d:
+            break
+        hd[pos] = hd[child]
+        hi[pos] = hi[child]
+        pos = child
+    hd[pos] = d
+    hi[pos] = i
+
+
+@njit(**INLINE)
+def heap_push(hd: np.ndarray, hi: np.ndarray, size: int, d: float, i: int) -> int:
+    """Push into a max-heap of capacity len(hd); when full, replace the top if d is smaller.
+
+    Returns the new size."""
+    cap = hd.shape[0]
+    if size < cap:
+        pos = size
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if hd[parent] >= d:
+                break
+            hd[pos] = hd[parent]
+            hi[pos] = hi[parent]
+            pos = parent
+        hd[pos] = d
+        hi[pos] = i
+        return size + 1
+    if d < hd[0]:
+        hd[0] = d
+        hi[0] = i
+        heap_sift_down(hd, hi, size, 0)
+    return size
+
+
+@njit(**JIT)
+def heap_sorted(hd: np.ndarray, hi: np.ndarray, size: int, out_d: np.ndarray, out_i: np.ndarray) -> None:
+    """Write the heap's content ascending (ties by smaller id) into out_*, padding with -1/inf."""
+    order = np.argsort(hd[:size], kind="mergesort")
+    # stable sort by id first, then by distance, gives ties ordered by id
+    ids = hi[:size][order]
+    ds = hd[:size][order]
+    j = 0
+    while j < size:
+        e = j + 1
+        while e < size and ds[e] == ds[j]:
+            e += 1
+        if e - j > 1:
+            ids[j:e] = np.sort(ids[j:e])
+        j = e
+    k = out_d.shape[0]
+    for t in range(k):
+        if t < size:
+            out_d[t] = ds[t]
+            out_i[t] = ids[t]
+        else:
+            out_d[t] = np.inf
+            out_i[t] = -1
+
+
+@njit(parallel=True, **JIT)
+def merge_topk(D: np.ndarray, I: np.ndarray, k: int) -> tuple:
+    """Select the k smallest of each row of candidate lists (D, I) (-1 ids are padding)."""
+    nq, m = D.shape
+    out_d = np.empty((nq, k), np.float32)
+    out_i = np.empty((nq, k), np.int64)
+    for q in prange(nq):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        size = 0
+        for j in range(m):
+            if I[q, j] >= 0:
+                size = heap_push(hd, hi, size, D[q, j], I[q, j])
+        heap_sorted(hd, hi, size, out_d[q], out_i[q])
+    return out_d, out_i

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Set up (or reuse) .venv, install Quiver with its test extras, lint, run the test suite.
+set -e
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"
