@@ -29,7 +29,7 @@ class Codec:
     def trained(self) -> bool:
         return True
 
-    def fit(self, x: np.ndarray) -> None:  # noqa: B027 - lossless codecs need no training
+    def fit(self, x: np.ndarray) -> None:
         """Learn codec parameters from a sample; lossless codecs need none."""
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +48,7 @@ class Codec:
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what ``state`` returned."""
 
     def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,5 +3,6 @@
 from .base import Index
 from .factory import index
 from .flat import FlatIndex
+from .hnsw import HNSWIndex
 
-__all__ = ["FlatIndex", "Index", "index"]
+__all__ = ["FlatIndex", "HNSWIndex", "Index", "index"]

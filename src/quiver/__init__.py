@@ -8,7 +8,7 @@
 
 from quiver.engine.bitset import Bitset
 from quiver.engine.errors import CorruptData, DuplicateId, InvalidArgument, NotFound, QuiverError
-from quiver.engine.index import FlatIndex, Index, index
+from quiver.engine.index import FlatIndex, HNSWIndex, Index, index
 from quiver.engine.metric import Metric
 
 __version__ = "0.1.0"
@@ -18,6 +18,7 @@ __all__ = [
     "CorruptData",
     "DuplicateId",
     "FlatIndex",
+    "HNSWIndex",
     "Index",
     "InvalidArgument",
     "Metric",

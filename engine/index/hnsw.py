@@ -1,0 +1,402 @@
+"""HNSW over any codec: lock-free parallel batched build, filtered traversal, deletes."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numba
+import numpy as np
+
+from ...kernels import distance as kd
+from ...kernels import hnsw as kh
+from ..bitset import Bitset
+from ..codecs import F32Codec, make_codec
+from ..errors import InvalidArgument
+from ..idmap import IdMap
+from ..metric import Metric
+from ..persist import load_arrays, save_arrays
+from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
+from ..vectors import VectorStore
+from .base import finish_results, resolve_allowed
+
+_BATCH_SHARE = 0.02
+"""A build batch holds at most this share of the nodes already in the graph (nodes of one
+batch do not see each other, so small batches keep the graph as good as a serial build)."""
+_MAX_BATCH = 4096
+_TRAVERSAL_COST = 40
+"""Planner: a filtered traversal computes about ef * _TRAVERSAL_COST / selectivity distances."""
+_TWO_HOP_BELOW = 0.3
+"""Filters allowing less than this share traverse with two-hop (ACORN-1 style) expansion."""
+
+
+class HNSWIndex:
+    """Hierarchical navigable small-world graph (Malkov & Yashunin, 2018).
+
+    The graph is built on float32 vectors; searches traverse it through ``codec`` (``f32``,
+    ``f16``, ``sq8``, ``lvq8``) and, with ``rerank`` (default for lossy codecs), re-score the
+    ``ef`` best candidates on the float vectors. Scores follow ``quiver.Metric``."""
+
+    kind = "hnsw"
+
+    def __init__(self, dim: int, metric: str | Metric = "l2", m: int = 16,
+                 ef_construction: int = 200, codec: str = "f32", seed: int = 0):
+        self.dim = check_dim(dim)
+        self.metric = Metric.parse(metric)
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 2 <= m <= 256:
+            raise InvalidArgument(f"m: expected an integer in [2, 256], got {m!r}")
+        if (isinstance(ef_construction, bool) or not isinstance(ef_construction, (int, np.integer))
+                or ef_construction < 1):
+            raise InvalidArgument(f"ef_construction: expected a positive integer, got {ef_construction!r}")
+        self.m = int(m)
+        self.ef_construction = max(int(ef_construction), self.m)
+        self.codec = make_codec(codec, self.dim)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(seed)
+        self._kmetric = self.metric.kernel_metric
+        self._float = VectorStore(F32Codec(self.dim))
+        self._codes = self._float if self.codec.name == "f32" else VectorStore(self.codec)
+        self._ids = np.zeros(0, np.int64)
+        self._levels = np.zeros(0, np.int32)
+        self._uidx = np.zeros(0, np.int32)
+        self._nbr0 = np.zeros((0, 2 * self.m), np.int32)
+        self._upper = np.zeros((0, kh.MAX_UPPER, self.m), np.int32)
+        self._n_upper = 0
+        self._deleted = np.zeros(0, np.uint64)
+        self._n_deleted = 0
+        self._entry = -1
+        self._max_level = -1
+        self._idmap = IdMap()
+        self._tls = threading.local()
+        self._write_lock = threading.Lock()
+
+    # --- sizes ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Live (not removed) points."""
+        return self._float.n - self._n_deleted
+
+    @property
+    def ntotal(self) -> int:
+        return len(self)
+
+    def memory_usage(self) -> dict[str, int]:
+        n = self._float.n
+        rerank = 0 if self._codes is self._float else self._float.nbytes()
+        return {"vectors": self._codes.nbytes(), "rerank_vectors": rerank,
+                "graph": n * 2 * self.m * 4 + self._n_upper * kh.MAX_UPPER * self.m * 4 + n * 8,
+                "ids": 8 * n}
+
+    # --- build ----------------------------------------------------------------------
+
+    def train(self, x) -> None:
+        """Fit the codec (a sample of the data is enough); ``add`` does it if needed."""
+        self.codec.fit(self._prepare_vectors(x, "vectors"))
+
+    def _prepare_vectors(self, x, name):
+        v = as_vectors(x, self.dim, name)
+        return normalize_rows(v) if self.metric is Metric.COSINE else v
+
+    def _grow(self, total: int) -> None:
+        cap = self._nbr0.shape[0]
+        if total <= cap and self._nbr0.flags.writeable:
+            return
+        cap = max(total, 2 * cap, 1024) if total > cap else cap
+
+        def grown(a, fill, shape_tail=()):
+            out = np.full((cap, *shape_tail), fill, a.dtype)
+            out[: a.shape[0]] = a
+            return out
+
+        self._ids = grown(self._ids, -1)
+        self._levels = grown(self._levels, 0)
+        self._uidx = grown(self._uidx, -1)
+        self._nbr0 = grown(self._nbr0, -1, (2 * self.m,))
+        words = np.zeros((cap + 63) >> 6, np.uint64)
+        words[: self._deleted.shape[0]] = self._deleted
+        self._deleted = words
+
+    def _grow_upper(self, total: int) -> None:
+        if total <= self._upper.shape[0] and self._upper.flags.writeable:
+            return
+        cap = max(total, 2 * self._upper.shape[0], 64)
+        out = np.full((cap, kh.MAX_UPPER, self.m), -1, np.int32)
+        out[: self._upper.shape[0]] = self._upper
+        self._upper = out
+
+    def add(self, x, ids=None) -> np.ndarray:
+        """Insert vectors (in parallel batches); ``ids`` default to consecutive integers."""
+        v = self._prepare_vectors(x, "vectors")
+        with self._write_lock:
+            if ids is None:
+                live = self._ids[: self._float.n]
+                start = int(live.max()) + 1 if live.size else 0
+                ids = np.arange(start, start + v.shape[0], dtype=np.int64)
+            ids = as_ids(ids, v.shape[0])
+            self._idmap.check_new(ids)
+            if v.shape[0] == 0:
+                return ids
+            if not self.codec.trained:
+                self.codec.fit(v)
+            n0 = self._float.n
+            pos = self._float.append(v)
+            if self._codes is not self._float:
+                self._codes.append(v)
+            self._grow(self._float.n)
+            self._ids[pos] = ids
+            levels = np.minimum(
+                (-np.log(1.0 - self._rng.random(v.shape[0])) / math.log(self.m)).astype(np.int32),
+                kh.MAX_UPPER)
+            self._levels[pos] = levels
+            up = pos[levels > 0]
+            self._grow_upper(self._n_upper + up.shape[0])
+            self._uidx[up] = np.arange(self._n_upper, self._n_upper + up.shape[0], dtype=np.int32)
+            self._n_upper += up.shape[0]
+            self._insert(n0, self._float.n)
+            self._idmap.assign(ids, pos)
+        return ids
+
+    def _visited(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread generation-tagged visited arrays, reused across calls."""
+        n = self._nbr0.shape[0]
+        vis = getattr(self._tls, "visited", None)
+        if vis is None or vis.shape[0] < rows or vis.shape[1] < n:
+            vis = np.zeros((rows, n), np.int32)
+            self._tls.visited = vis
+            self._tls.tags = np.zeros(rows, np.int64)
+        tags = self._tls.tags
+        if tags.max() > 2**31 - 2**20:
+            vis[:] = 0
+            tags[:] = 0
+        return vis[:rows], tags[:rows]
+
+    def _insert(self, start: int, stop: int) -> None:
+        X, aux = self._float.view()
+        dist = self._float.codec.dist(self._kmetric)
+        nchunks = numba.get_num_threads()
+        visited, tags = self._visited(nchunks)
+        pos = start
+        if self._entry < 0:
+            self._entry, self._max_level = start, int(self._levels[start])
+            pos += 1
+        while pos < stop:
+            size = int(min(_MAX_BATCH, max(1, pos * _BATCH_SHARE), stop - pos))
+            nodes = np.arange(pos, pos + size, dtype=np.int64)
+            kh.insert_batch(dist, X, aux, nodes, self._levels, self._nbr0, self._upper,
+                            self._uidx, self._entry, self._max_level, self.ef_construction,
+                            self.m, visited, tags)
+            top = int(self._levels[pos : pos + size].max())
+            for level in range(min(top, self._max_level), -1, -1):
+                self._link_back(dist, X, aux, nodes, level)
+            if top > self._max_level:
+                self._entry = pos + int(np.argmax(self._levels[pos : pos + size]))
+                self._max_level = top
+            pos += size
+
+    def _link_back(self, dist, X, aux, nodes, level: int) -> None:
+        nodes = nodes[self._levels[nodes] >= level]
+        if nodes.size == 0:
+            return
+        if level == 0:
+            rows = self._nbr0[nodes]
+        else:
+            rows = self._upper[self._uidx[nodes], level - 1]
+        src = np.repeat(nodes, rows.shape[1])
+        tgt = rows.ravel().astype(np.int64)
+        keep = tgt >= 0
+        src, tgt = src[keep], tgt[keep]
+        order = np.lexsort((src, tgt))
+        src, tgt = src[order], tgt[order]
+        starts = np.flatnonzero(np.r_[True, tgt[1:] != tgt[:-1], True]).astype(np.int64)
+        kh.link_back(dist, X, aux, self._nbr0, self._upper, self._uidx, level, tgt, src, starts)
+
+    # --- delete ---------------------------------------------------------------------
+
+    def remove(self, ids) -> int:
+        """Mark ids deleted: they still route searches but are never returned."""
+        with self._write_lock:
+            pos = self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)), missing="skip")
+            if pos.size == 0:
+                return 0
+            if not self._deleted.flags.writeable:
+                self._deleted = self._deleted.copy()
+            from ...kernels.bitset import bitset_set_many
+
+            bitset_set_many(self._deleted, pos)
+            self._idmap.drop(self._ids[pos])
+            self._n_deleted += int(pos.size)
+            return int(pos.size)
+
+    def compact(self) -> None:
+        """Rebuild the graph without deleted points, reclaiming their memory."""
+        with self._write_lock:
+            n = self._float.n
+            live = ~Bitset(self._deleted, n).to_mask() if n else np.zeros(0, bool)
+            X = np.array(self._float.view()[0][live])
+            ids = np.array(self._ids[:n][live])
+            fresh = HNSWIndex(self.dim, self.metric, self.m, self.ef_construction,
+                              self.codec.name, self.seed)
+            if self.codec.trained:
+                fresh.codec = self.codec
+                if fresh._codes is not fresh._float:
+                    fresh._codes = VectorStore(self.codec)
+            if X.shape[0]:
+                fresh._add_prepared(X, ids)
+            state = dict(fresh.__dict__)
+            state["_write_lock"] = self._write_lock
+            state["_tls"] = threading.local()
+            self.__dict__.update(state)
+
+    def _add_prepared(self, X, ids):
+        metric = self.metric
+        self.metric = Metric.IP if metric is Metric.COSINE else metric  # already normalised
+        try:
+            self.add(X, ids)
+        finally:
+            self.metric = metric
+
+    # --- search ---------------------------------------------------------------------
+
+    def _live_words(self, bits: Bitset | None) -> tuple[np.ndarray, int, bool]:
+        """Words of rows a result may come from, their count, and whether to check them."""
+        n = self._float.n
+        if bits is None and self._n_deleted == 0:
+            return np.zeros(1, np.uint64), n - self._n_deleted, False
+        if bits is None:
+            words = ~self._deleted[: (n + 63) >> 6]
+            if n & 63:
+                words[-1] &= np.uint64((1 << (n & 63)) - 1)
+            return words, n - self._n_deleted, True
+        words = bits.words[: (n + 63) >> 6] & ~self._deleted[: (n + 63) >> 6]
+        return words, Bitset(words, n).count(), True
+
+    def search(self, queries, k: int, allowed=None, ef: int | None = None,
+               rerank: bool | None = None, exact: bool = False, explain: bool = False):
+        """Top-k per query. ``ef``: beam width (default max(64, k)); ``rerank``: re-score on
+        float vectors (default for lossy codecs); ``exact``: scan instead of traversing;
+        ``allowed``: ids or a Bitset the results must come from. With ``explain`` a third
+        value reports the strategy, selectivity and fallbacks."""
+        k = check_k(k)
+        if ef is None:
+            ef = max(64, k)
+        if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1:
+            raise InvalidArgument(f"ef: expected a positive integer, got {ef!r}")
+        ef = max(int(ef), k)
+        if rerank is None:
+            rerank = self.codec.lossy
+        q, single = as_queries(queries, self.dim)
+        if self.metric is Metric.COSINE:
+            q = normalize_rows(q)
+        n = self._float.n
+        nq = q.shape[0]
+        bits = resolve_allowed(allowed, self._idmap, n)
+        words, n_ok, use_ok = self._live_words(bits)
+        share = n_ok / n if n else 0.0
+        plan = self._plan(n_ok, n, ef, exact, bits is not None)
+        info = {"strategy": plan, "allowed": n_ok, "points": n, "selectivity": share,
+                "fallback_exact": 0}
+        if plan == "exact" or self._entry < 0:
+            dist, pos = self._exact(q, k, words if use_ok else None, n)
+        else:
+            r = ef if rerank else k
+            out_d = np.empty((nq, r), np.float32)
+            out_i = np.empty((nq, r), np.int64)
+            counts = np.zeros(nq, np.int64)
+            nchunks = min(numba.get_num_threads(), nq)
+            visited, tags = self._visited(nchunks)
+            codes, aux = self._codes.view()
+            qs = self.codec.prepare(q)
+            budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
+            two_hop = use_ok and bits is not None and share < _TWO_HOP_BELOW
+            kh.search_batch(self.codec.dist(self._kmetric), qs, codes, aux, self._nbr0,
+                            self._upper, self._uidx, self._entry, self._max_level, ef, visited,
+                            tags, words, use_ok, two_hop, budget, out_d, out_i, counts)
+            if rerank:
+                X, faux = self._float.view()
+                dist = np.empty((nq, k), np.float32)
+                pos = np.empty((nq, k), np.int64)
+                kh.rerank_batch(self._float.codec.dist(self._kmetric), q, X, faux, out_i, k,
+                                dist, pos)
+            else:
+                dist, pos = out_d, out_i
+            redo = np.flatnonzero(counts < min(k, n_ok))
+            if redo.size:
+                info["fallback_exact"] = int(redo.size)
+                d2, p2 = self._exact(q[redo], k, words if use_ok else None, n)
+                dist[redo], pos[redo] = d2, p2
+        if self._kmetric == "l2":
+            np.maximum(dist, 0, out=dist)
+        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
+        return (scores, ids, info) if explain else (scores, ids)
+
+    @staticmethod
+    def _plan(n_ok: int, n: int, ef: int, exact: bool, filtered: bool) -> str:
+        """Exact scan when it computes fewer distances than a filtered traversal would."""
+        if exact or n == 0:
+            return "exact"
+        if filtered:
+            share = max(n_ok / n, 1e-9)
+            if n_ok <= ef * _TRAVERSAL_COST / share:
+                return "exact"
+            return "filtered-traversal"
+        return "traversal"
+
+    def _exact(self, q, k, words, n):
+        X, aux = self._float.view()
+        dist = self._float.codec.dist(self._kmetric)
+        out_d = np.empty((q.shape[0], k), np.float32)
+        out_i = np.empty((q.shape[0], k), np.int64)
+        if words is None:
+            kd.scan_topk_batch(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
+        else:
+            rows = Bitset(words, n).positions()
+            kd.scan_topk_rows_batch(dist, q, X, aux, rows, k, out_d, out_i)
+        return out_d, out_i
+
+    # --- persistence ----------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> None:
+        n = self._float.n
+        meta = {"dim": self.dim, "metric": self.metric.value, "m": self.m,
+                "ef_construction": self.ef_construction, "codec": self.codec.name,
+                "seed": self.seed, "entry": self._entry, "max_level": self._max_level,
+                "n_deleted": self._n_deleted}
+        arrays = {"vectors": self._float.view()[0], "ids": self._ids[:n],
+                  "levels": self._levels[:n], "uidx": self._uidx[:n], "nbr0": self._nbr0[:n],
+                  "upper": self._upper[: self._n_upper],
+                  "deleted": self._deleted[: (n + 63) >> 6]}
+        if self._codes is not self._float:
+            codes, aux = self._codes.view()
+            arrays["codes"], arrays["aux"] = codes, aux
+        for name, arr in self.codec.state().items():
+            arrays[f"codec_{name}"] = arr
+        save_arrays(directory, self.kind, meta, arrays)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> HNSWIndex:
+        meta, a = load_arrays(directory, cls.kind, mmap=mmap)
+        index = cls(meta["dim"], meta["metric"], meta["m"], meta["ef_construction"],
+                    meta["codec"], meta["seed"])
+        index.codec.load_state({k[6:]: v for k, v in a.items() if k.startswith("codec_")})
+        n = a["vectors"].shape[0]
+        index._float = VectorStore(F32Codec(index.dim), a["vectors"],
+                                   np.zeros((n, 0), np.float32))
+        if "codes" in a:
+            index._codes = VectorStore(index.codec, a["codes"], a["aux"])
+        else:
+            index._codes = index._float
+        index._ids, index._levels, index._uidx = a["ids"], a["levels"], a["uidx"]
+        index._nbr0, index._upper = a["nbr0"], a["upper"]
+        index._n_upper = a["upper"].shape[0]
+        index._deleted = a["deleted"]
+        index._n_deleted = meta["n_deleted"]
+        index._entry, index._max_level = meta["entry"], meta["max_level"]
+        live = ~Bitset(index._deleted, n).to_mask() if n else np.zeros(0, bool)
+        index._idmap = IdMap.from_array(index._ids, live)
+        index._rng = np.random.default_rng([index.seed, n])
+        return index
+
+    def __repr__(self) -> str:
+        return (f"HNSWIndex(dim={self.dim}, metric={self.metric.value!r}, m={self.m}, "
+                f"codec={self.codec.name!r}, n={len(self)})")

@@ -1,0 +1,298 @@
+"""HNSW graph kernels (Malkov & Yashunin): beam search, heuristic neighbour selection, and a
+batched parallel insertion that needs no locks.
+
+Graph layout: layer 0 is ``nbr0[node, :2M]``; layers 1..MAX_UPPER live in
+``upper[uidx[node], layer-1, :M]`` for the few nodes that reach them. Rows are int32, padded
+with -1. ``visited`` holds generation tags so a query never clears it.
+
+Insertion runs in batches: (1) every new node of a batch searches the graph as it was before
+the batch and writes only its own rows, in parallel; (2) the reverse links are grouped by
+target node and each target's row is updated by one thread. No two threads write one row, so
+the build is lock-free and gives the same graph for any number of threads.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import INLINE, JIT
+from .bitset import bitset_test
+from .topk import heap_push, heap_sorted
+
+MAX_UPPER = 8
+"""Layers above 0 that a node can reach (level draws are clamped): P(level > 8) = M**-9."""
+
+
+@njit(**INLINE)
+def _min_push(hd, hi, size, d, i):
+    if size >= hd.shape[0]:
+        return size  # bounded candidate queue: drop (only reachable in pathological cases)
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if hd[parent] <= d:
+            break
+        hd[pos] = hd[parent]
+        hi[pos] = hi[parent]
+        pos = parent
+    hd[pos] = d
+    hi[pos] = i
+    return size + 1
+
+
+@njit(**INLINE)
+def _min_pop(hd, hi, size):
+    d0 = hd[0]
+    i0 = hi[0]
+    size -= 1
+    d = hd[size]
+    i = hi[size]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and hd[child + 1] < hd[child]:
+            child += 1
+        if hd[child] >= d:
+            break
+        hd[pos] = hd[child]
+        hi[pos] = hi[child]
+        pos = child
+    if size > 0:
+        hd[pos] = d
+        hi[pos] = i
+    return d0, i0, size
+
+
+@njit(**INLINE)
+def neighbors(nbr0, upper, uidx, node, level):
+    if level == 0:
+        return nbr0[node]
+    return upper[uidx[node], level - 1]
+
+
+@njit(**JIT)
+def greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_level):
+    """Walk layers top_level .. stop_level+1 greedily (ef = 1); returns (node, distance)."""
+    cur = ep
+    cur_d = dist(qs, codes, aux, cur)
+    for level in range(top_level, stop_level, -1):
+        changed = True
+        while changed:
+            changed = False
+            row = neighbors(nbr0, upper, uidx, cur, level)
+            for v in row:
+                if v < 0:
+                    break
+                d = dist(qs, codes, aux, v)
+                if d < cur_d:
+                    cur_d = d
+                    cur = v
+                    changed = True
+    return cur, cur_d
+
+
+@njit(**JIT)
+def search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, visited, tag,
+                 cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget):
+    """Beam search of one layer from ``ep``. Results (a max-heap of size <= ef in res_*) hold
+    only nodes passing ``ok_words`` when use_ok; other nodes still route the search, or with
+    two_hop are skipped in favour of their own neighbours (ACORN-1 style expansion).
+
+    Returns (result count, distances computed); the count is -1 when ``budget`` ran out."""
+    csize = 0
+    rsize = 0
+    ndist = 1
+    visited[ep] = tag
+    csize = _min_push(cand_d, cand_i, csize, ep_d, ep)
+    if not use_ok or bitset_test(ok_words, ep):
+        rsize = heap_push(res_d, res_i, rsize, ep_d, ep)
+    while csize > 0:
+        c_d, c, csize = _min_pop(cand_d, cand_i, csize)
+        if rsize >= ef and c_d > res_d[0]:
+            break
+        row = neighbors(nbr0, upper, uidx, c, level)
+        for v in row:
+            if v < 0:
+                break
+            if visited[v] == tag:
+                continue
+            visited[v] = tag
+            ok = (not use_ok) or bitset_test(ok_words, v)
+            if ok or not two_hop:
+                d = dist(qs, codes, aux, v)
+                ndist += 1
+                if rsize < ef or d < res_d[0]:
+                    csize = _min_push(cand_d, cand_i, csize, d, v)
+                    if ok:
+                        rsize = heap_push(res_d, res_i, rsize, d, v)
+            else:
+                row2 = neighbors(nbr0, upper, uidx, v, level)
+                for w in row2:
+                    if w < 0:
+                        break
+                    if visited[w] == tag or not bitset_test(ok_words, w):
+                        continue
+                    visited[w] = tag
+                    d = dist(qs, codes, aux, w)
+                    ndist += 1
+                    if rsize < ef or d < res_d[0]:
+                        csize = _min_push(cand_d, cand_i, csize, d, w)
+                        rsize = heap_push(res_d, res_i, rsize, d, w)
+        if ndist > budget:
+            return -1, ndist
+    return rsize, ndist
+
+
+@njit(**JIT)
+def search_one(dist, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
+               cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget, out_d, out_i):
+    """Full HNSW query: greedy descent, then layer-0 beam search; writes the best
+    len(out_d) results ascending. Returns the result count, or -1 if the budget ran out."""
+    ep, ep_d = greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, entry, max_level, 0)
+    rsize, _ = search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, 0, ef, visited,
+                            tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget)
+    if rsize < 0:
+        return -1
+    k = out_d.shape[0]
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for j in range(rsize):
+        size = heap_push(hd, hi, size, res_d[j], res_i[j])
+    heap_sorted(hd, hi, size, out_d, out_i)
+    return size
+
+
+@njit(parallel=True, **JIT)
+def search_batch(dist, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tags,
+                 ok_words, use_ok, two_hop, budget, out_d, out_i, counts):
+    """Queries in parallel: chunk c handles queries c, c + nchunks, ... with visited row c."""
+    nq = QS.shape[0]
+    nchunks = visited.shape[0]
+    cap = max(16 * ef, 1024)
+    for c in prange(nchunks):
+        cand_d = np.empty(cap, np.float32)
+        cand_i = np.empty(cap, np.int64)
+        res_d = np.empty(ef, np.float32)
+        res_i = np.empty(ef, np.int64)
+        for q in range(c, nq, nchunks):
+            tags[c] += 1
+            counts[q] = search_one(dist, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
+                                   ef, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
+                                   ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
+
+
+# --- construction --------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def select_heuristic(dist, X, aux, cand_d, cand_i, count, m, out):
+    """Malkov & Yashunin's heuristic: take candidates by increasing distance, keeping one only
+    if it is closer to the base than to every neighbour already kept. Returns the kept count."""
+    nsel = 0
+    for j in range(count):
+        c = cand_i[j]
+        dc = cand_d[j]
+        good = True
+        for s in range(nsel):
+            if dist(X[c], X, aux, out[s]) < dc:
+                good = False
+                break
+        if good:
+            out[nsel] = c
+            nsel += 1
+            if nsel == m:
+                break
+    return nsel
+
+
+@njit(**JIT)
+def _sort_pairs(d, i, count):
+    order = np.argsort(d[:count])
+    return d[:count][order].copy(), i[:count][order].copy()
+
+
+@njit(parallel=True, **JIT)
+def insert_batch(dist, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
+                 visited, tags):
+    """Phase 1: connect each new node to the graph as it was before this batch."""
+    nchunks = visited.shape[0]
+    cap = max(16 * efc, 1024)
+    m0 = nbr0.shape[1]
+    for c in prange(nchunks):
+        cand_d = np.empty(cap, np.float32)
+        cand_i = np.empty(cap, np.int64)
+        res_d = np.empty(efc, np.float32)
+        res_i = np.empty(efc, np.int64)
+        sel = np.empty(m0, np.int64)
+        dummy = np.zeros(1, np.uint64)
+        for j in range(c, nodes.shape[0], nchunks):
+            u = nodes[j]
+            qs = X[u]
+            lu = levels[u]
+            ep, ep_d = greedy_descent(dist, qs, X, aux, nbr0, upper, uidx, entry, max_level,
+                                      min(lu, max_level))
+            for level in range(min(lu, max_level), -1, -1):
+                tags[c] += 1
+                rsize, _ = search_layer(dist, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
+                                        efc, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
+                                        dummy, False, False, 1 << 62)
+                sd, si = _sort_pairs(res_d, res_i, rsize)
+                nsel = select_heuristic(dist, X, aux, sd, si, rsize, m, sel)
+                row = neighbors(nbr0, upper, uidx, u, level)
+                row[:] = -1
+                for s in range(nsel):
+                    row[s] = sel[s]
+                ep = si[0]
+                ep_d = sd[0]
+
+
+@njit(parallel=True, **JIT)
+def link_back(dist, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
+    """Phase 2: add reverse links. Group g adds sources[starts[g]:starts[g+1]] to the row of
+    targets[starts[g]]; rows that overflow are pruned with the heuristic."""
+    ngroups = starts.shape[0] - 1
+    for g in prange(ngroups):
+        t = targets[starts[g]]
+        row = neighbors(nbr0, upper, uidx, t, level)
+        cap = row.shape[0]
+        cnt = 0
+        while cnt < cap and row[cnt] >= 0:
+            cnt += 1
+        nnew = starts[g + 1] - starts[g]
+        if cnt + nnew <= cap:
+            for j in range(nnew):
+                row[cnt + j] = sources[starts[g] + j]
+            continue
+        total = cnt + nnew
+        cd = np.empty(total, np.float32)
+        ci = np.empty(total, np.int64)
+        qs = X[t]
+        for j in range(cnt):
+            ci[j] = row[j]
+        for j in range(nnew):
+            ci[cnt + j] = sources[starts[g] + j]
+        for j in range(total):
+            cd[j] = dist(qs, X, aux, ci[j])
+        sd, si = _sort_pairs(cd, ci, total)
+        sel = np.empty(cap, np.int64)
+        nsel = select_heuristic(dist, X, aux, sd, si, total, cap, sel)
+        row[:] = -1
+        for s in range(nsel):
+            row[s] = sel[s]
+
+
+@njit(parallel=True, **JIT)
+def rerank_batch(dist, Q, X, aux, cand_i, k, out_d, out_i):
+    """Re-score each query's candidates with an accurate distance and keep the best k."""
+    for q in prange(Q.shape[0]):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        size = 0
+        for j in range(cand_i.shape[1]):
+            c = cand_i[q, j]
+            if c < 0:
+                break
+            size = heap_push(hd, hi, size, dist(Q[q], X, aux, c), c)
+        heap_sorted(hd, hi, size, out_d[q], out_i[q])

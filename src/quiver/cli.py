@@ -1,0 +1,114 @@
+"""The ``quiver`` command. Each subcommand is a ``register_*`` function plus a handler, so
+adding one (``serve``, admin tools) is one more entry in ``SUBCOMMANDS``."""
+
+from __future__ import annotations
+
+import os
+
+# Must precede any faiss import or OpenMP start: spinning threads wreck timings on small boxes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="recall/QPS/latency benchmark of index specs against peers",
+        description="Benchmark Quiver index specs side by side with peers on one dataset; "
+                    "writes results.json, results.md and recall_qps.png.")
+    p.add_argument("--quickstart", action="store_true",
+                   help="Flat vs faiss Flat on the WordNet file if present, else synthetic "
+                        "20k x 128; 200 latency queries")
+    p.add_argument("--dataset", help="ann-benchmarks HDF5 path, or synthetic[:NxD][:metric] "
+                                     "(default: WordNet file in ../shared/data or "
+                                     "$QUIVER_DATA_DIR, else synthetic:20000x128)")
+    p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
+                   help="Quiver index spec, repeatable (default Flat)")
+    p.add_argument("--peers", type=_name_list, default=None,
+                   help="comma list: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], "
+                        "faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M]")
+    p.add_argument("--ef", type=_int_list, help="ef values for HNSW sweeps (16,32,64,128,256)")
+    p.add_argument("--nprobe", type=_int_list, help="nprobe values for IVF sweeps (1,4,16,64)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--limit", type=int, help="keep the first N train vectors (exact ground "
+                                             "truth recomputed)")
+    p.add_argument("--queries", type=int, help="use the first N queries")
+    p.add_argument("--latency-queries", type=int, default=200,
+                   help="queries timed one at a time (default 200)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions, best kept (default 3)")
+    p.add_argument("--threads-only", choices=["1", "all"],
+                   help="measure QPS with only this thread setting (default both)")
+    p.add_argument("--out", help="output folder (default bench/results/<dataset>-<name>)")
+    p.add_argument("--name", help="output folder suffix instead of a timestamp")
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from quiver.bench.report import markdown, write_report
+    from quiver.bench.runner import BenchConfig, default_dataset, default_out_dir, run_benchmark
+
+    peers = args.peers
+    if peers is None:
+        peers = ["faiss"] if args.quickstart and importlib.util.find_spec("faiss") else []
+    cfg = BenchConfig(dataset=args.dataset or default_dataset(),
+                      indexes=args.indexes or ["Flat"], peers=peers, k=args.k,
+                      limit=args.limit, queries=args.queries,
+                      latency_queries=args.latency_queries, reps=args.reps,
+                      threads=args.threads_only or "both")
+    if args.ef:
+        cfg.efs = args.ef
+    if args.nprobe:
+        cfg.nprobes = args.nprobe
+    try:
+        report = run_benchmark(cfg)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"quiver bench: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or default_out_dir(report["dataset"]["name"],
+                                      args.name or ("quickstart" if args.quickstart else None))
+    paths = write_report(report, out)
+    print(markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0 if report["results"] else 1
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quiver", description="Quiver vector search engine")
+    from quiver import __version__
+
+    parser.add_argument("--version", action="version", version=f"quiver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
