@@ -1,0 +1,104 @@
+"""The one interface every benchmarked engine implements, and Quiver's own adapter.
+
+Peers (``peers.py``) and Quiver indexes are driven by the same runner through this interface,
+so a new index spec or a new peer needs no change to the runner.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.index import index as make_index
+from ..engine.metric import Metric
+
+
+class Engine:
+    """Build once, search with per-call params, report memory; ``param`` names the sweep knob."""
+
+    engine: str = "?"
+    index: str = "?"
+    param: str | None = None
+
+    def __init__(self, dim: int, metric: str):
+        self.dim = dim
+        self.metric = Metric.parse(metric).value
+
+    def build(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        """Ids of the top-k for a 2-D batch, shape (nq, k), -1 where fewer were found."""
+        raise NotImplementedError
+
+    def memory(self) -> int:
+        """Bytes the built index holds (vectors + graph/lists + ids)."""
+        raise NotImplementedError
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the engine's own pool; Numba/BLAS/OpenMP are pinned by the harness."""
+
+    def warmup(self, x: np.ndarray, q: np.ndarray) -> None:
+        """Pay one-time costs (JIT compilation) before anything is timed."""
+
+    def sweep(self, grid: dict[str, list]) -> list[dict]:
+        """The search-param points to measure: one empty dict when there is no knob."""
+        if self.param is None or not grid.get(self.param):
+            return [{}]
+        return [{self.param: v} for v in grid[self.param]]
+
+    def close(self) -> None:
+        """Drop the index so the next engine has the memory."""
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine as inner product for peers that lack cosine)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1), np.float32)
+
+
+def pad_ids(ids: np.ndarray, k: int) -> np.ndarray:
+    """int64 (nq, k), -1 padded on the right."""
+    ids = np.asarray(ids).astype(np.int64, copy=False)
+    if ids.shape[1] >= k:
+        return ids[:, :k]
+    out = np.full((ids.shape[0], k), -1, np.int64)
+    out[:, : ids.shape[1]] = ids
+    return out
+
+
+class QuiverEngine(Engine):
+    """Any ``quiver.index`` spec; HNSW specs sweep ``ef``, IVF specs sweep ``nprobe``."""
+
+    engine = "quiver"
+
+    def __init__(self, spec: str, dim: int, metric: str, **options):
+        super().__init__(dim, metric)
+        self.index = spec
+        self.options = options
+        head = spec.split(",")[0].strip().upper()
+        self.param = "ef" if head.startswith("HNSW") else "nprobe" if head.startswith(
+            "IVF") else None
+        self.idx = None
+
+    def warmup(self, x: np.ndarray, q: np.ndarray) -> None:
+        """Build and search a small index of the same spec: Numba compiles (or loads its
+        cache) here, so build time and latency measure the work, not the compiler."""
+        self.build(x[: min(len(x), 512)])
+        for batch in (q[:1], q[:32]):
+            self.search(batch, min(10, len(self.idx)))
+        self.idx = None
+
+    def build(self, x: np.ndarray) -> None:
+        self.idx = make_index(self.index, self.dim, self.metric, **self.options)
+        self.idx.train(x)
+        self.idx.add(x)
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        _, ids = self.idx.search(q, k, **params)
+        return pad_ids(np.atleast_2d(ids), k)
+
+    def memory(self) -> int:
+        return int(sum(self.idx.memory_usage().values()))
+
+    def close(self) -> None:
+        self.idx = None

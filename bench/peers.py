@@ -1,0 +1,281 @@
+"""Peer engines (FAISS, hnswlib, usearch) behind the common ``Engine`` interface.
+
+Each is imported lazily; a missing package raises ``PeerUnavailableError`` with the install hint
+and the runner skips that peer. Settings follow shared/FACTS.md so comparisons are fair:
+faiss' BLAS threshold at 20, OMP_WAIT_POLICY=PASSIVE, explicit thread counts, and the same
+graph parameters (M=16, construction ef 200) for every HNSW.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from .engines import Engine, normalized, pad_ids
+
+HNSW_M = 16
+EF_CONSTRUCTION = 200
+
+
+class PeerUnavailableError(RuntimeError):
+    """The peer's package is not installed (or the peer name is unknown)."""
+
+
+def _require(module: str, pip_name: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PeerUnavailableError(f"{module} is not installed (pip install {pip_name})") from None
+
+
+def _faiss():
+    faiss = _require("faiss", "faiss-cpu")
+    # Default 128000 sends batches of < 128k queries down a ~10x slower non-BLAS path.
+    faiss.cvar.distance_compute_blas_threshold = 20
+    return faiss
+
+
+class _Faiss(Engine):
+    engine = "faiss"
+
+    def __init__(self, dim: int, metric: str):
+        super().__init__(dim, metric)
+        self.faiss = _faiss()
+        self.fmetric = (self.faiss.METRIC_L2 if self.metric == "l2"
+                        else self.faiss.METRIC_INNER_PRODUCT)
+        self.idx = None
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        return normalized(x) if self.metric == "cosine" else np.ascontiguousarray(x, np.float32)
+
+    def set_threads(self, n: int) -> None:
+        self.faiss.omp_set_num_threads(n)
+
+    def _set_params(self, params: dict) -> None:
+        """Search knobs; faiss keeps them on the index, so set them before every call."""
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        self._set_params(params)
+        _, ids = self.idx.search(self._prep(q), k)
+        return pad_ids(ids, k)
+
+    def memory(self) -> int:
+        return int(self.faiss.serialize_index(self.idx).nbytes)
+
+    def close(self) -> None:
+        self.idx = None
+
+
+class FaissFlat(_Faiss):
+    """IndexFlatL2 / IndexFlatIP: the exact baseline."""
+
+    def __init__(self, dim: int, metric: str):
+        super().__init__(dim, metric)
+        self.index = "IndexFlatL2" if self.metric == "l2" else "IndexFlatIP"
+
+    def build(self, x: np.ndarray) -> None:
+        self.idx = getattr(self.faiss, self.index)(self.dim)
+        self.idx.add(self._prep(x))
+
+    def memory(self) -> int:
+        return int(self.idx.ntotal * self.idx.code_size)
+
+
+class FaissHNSW(_Faiss):
+    """IndexHNSWFlat(M), efConstruction 200, sweeping efSearch."""
+
+    param = "ef"
+
+    def __init__(self, dim: int, metric: str, m: int = HNSW_M):
+        super().__init__(dim, metric)
+        self.m = int(m)
+        self.index = f"IndexHNSWFlat(M={self.m})"
+
+    def build(self, x: np.ndarray) -> None:
+        self.idx = self.faiss.IndexHNSWFlat(self.dim, self.m, self.fmetric)
+        self.idx.hnsw.efConstruction = EF_CONSTRUCTION
+        self.idx.add(self._prep(x))
+
+    def _set_params(self, params: dict) -> None:
+        if "ef" in params:
+            self.idx.hnsw.efSearch = int(params["ef"])
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(n) lists, with at least 39 training points per list as faiss wants."""
+    return int(max(1, min(4 * int(np.sqrt(n)), n // 39)))
+
+
+class _FaissIVF(_Faiss):
+    param = "nprobe"
+
+    def __init__(self, dim: int, metric: str, nlist: int | None = None):
+        super().__init__(dim, metric)
+        self.nlist = nlist
+
+    def _make(self, quantizer, nlist: int):
+        raise NotImplementedError
+
+    def build(self, x: np.ndarray) -> None:
+        x = self._prep(x)
+        nlist = int(self.nlist or default_nlist(x.shape[0]))
+        cls = self.faiss.IndexFlatL2 if self.metric == "l2" else self.faiss.IndexFlatIP
+        self._quantizer = cls(self.dim)
+        self.idx = self._make(self._quantizer, nlist)
+        rng = np.random.default_rng(0)
+        sample = x if x.shape[0] <= 256 * nlist else x[rng.choice(x.shape[0], 256 * nlist,
+                                                                  replace=False)]
+        self.idx.train(sample)
+        self.idx.add(x)
+
+    def _set_params(self, params: dict) -> None:
+        if "nprobe" in params:
+            self.idx.nprobe = int(params["nprobe"])
+
+
+class FaissIVFFlat(_FaissIVF):
+    """IndexIVFFlat(nlist), sweeping nprobe."""
+
+    @property
+    def index(self) -> str:
+        return f"IndexIVFFlat(nlist={self.nlist or 'auto'})"
+
+    def _make(self, quantizer, nlist: int):
+        self.nlist = nlist
+        return self.faiss.IndexIVFFlat(quantizer, self.dim, nlist, self.fmetric)
+
+
+def default_pq_m(dim: int) -> int:
+    """About one 8-bit code per 8 dimensions, rounded down to a divisor of ``dim``."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
+class FaissIVFPQ(_FaissIVF):
+    """IndexIVFPQ(nlist, m, 8 bits), sweeping nprobe; no re-ranking (compressed peer)."""
+
+    def __init__(self, dim: int, metric: str, nlist: int | None = None, m: int | None = None):
+        super().__init__(dim, metric, nlist)
+        self.m = int(m or default_pq_m(dim))
+        if dim % self.m:
+            raise ValueError(f"faiss-ivfpq: m={self.m} does not divide dim={dim}")
+
+    @property
+    def index(self) -> str:
+        return f"IndexIVFPQ(nlist={self.nlist or 'auto'},m={self.m},nbits=8)"
+
+    def _make(self, quantizer, nlist: int):
+        self.nlist = nlist
+        return self.faiss.IndexIVFPQ(quantizer, self.dim, nlist, self.m, 8, self.fmetric)
+
+
+class Hnswlib(Engine):
+    """hnswlib HNSW (M=16, ef_construction=200), sweeping ef via set_ef."""
+
+    engine = "hnswlib"
+    param = "ef"
+
+    def __init__(self, dim: int, metric: str, m: int = HNSW_M):
+        super().__init__(dim, metric)
+        self.hnswlib = _require("hnswlib", "hnswlib")
+        self.m = int(m)
+        self.index = f"HNSW(M={self.m},efC={EF_CONSTRUCTION})"
+        self.idx = None
+        self.threads = 1
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+        if self.idx is not None:
+            self.idx.set_num_threads(n)
+
+    def build(self, x: np.ndarray) -> None:
+        space = {"l2": "l2", "ip": "ip", "cosine": "cosine"}[self.metric]
+        self.idx = self.hnswlib.Index(space=space, dim=self.dim)
+        self.idx.init_index(max_elements=x.shape[0], ef_construction=EF_CONSTRUCTION, M=self.m,
+                            random_seed=100)
+        self.idx.set_num_threads(self.threads)
+        self.idx.add_items(x, np.arange(x.shape[0]))
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        if "ef" in params:
+            self.idx.set_ef(int(params["ef"]))
+        labels, _ = self.idx.knn_query(q, k=k)
+        return pad_ids(labels, k)
+
+    def memory(self) -> int:
+        return int(self.idx.index_file_size())
+
+    def close(self) -> None:
+        self.idx = None
+
+
+class USearch(Engine):
+    """usearch HNSW with float32 storage (connectivity 16, expansion_add 200)."""
+
+    engine = "usearch"
+    param = "ef"
+
+    def __init__(self, dim: int, metric: str, m: int = HNSW_M):
+        super().__init__(dim, metric)
+        self.usearch = _require("usearch.index", "usearch")
+        self.m = int(m)
+        self.index = f"HNSW(M={self.m},efC={EF_CONSTRUCTION},f32)"
+        self.idx = None
+        self.threads = 1
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def build(self, x: np.ndarray) -> None:
+        metric = {"l2": "l2sq", "ip": "ip", "cosine": "cos"}[self.metric]
+        self.idx = self.usearch.Index(ndim=self.dim, metric=metric, dtype="f32",
+                                      connectivity=self.m, expansion_add=EF_CONSTRUCTION)
+        self.idx.add(np.arange(x.shape[0]), np.ascontiguousarray(x, np.float32),
+                     threads=self.threads)
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        if "ef" in params:
+            self.idx.expansion_search = int(params["ef"])
+        m = self.idx.search(np.ascontiguousarray(q, np.float32), k, threads=self.threads)
+        if not hasattr(m, "counts"):  # one query comes back as Matches, trimmed to its count
+            return pad_ids(np.asarray(m.keys, np.int64)[None, :], k)
+        keys = np.asarray(m.keys, np.int64)
+        keys[np.arange(keys.shape[1])[None, :] >= np.asarray(m.counts)[:, None]] = -1
+        return pad_ids(keys, k)
+
+    def memory(self) -> int:
+        return int(self.idx.serialized_length)
+
+    def close(self) -> None:
+        self.idx = None
+
+
+PEERS: dict[str, type[Engine]] = {
+    "faiss": FaissFlat,
+    "faiss-flat": FaissFlat,
+    "faiss-hnsw": FaissHNSW,
+    "faiss-ivf": FaissIVFFlat,
+    "faiss-ivfpq": FaissIVFPQ,
+    "hnswlib": Hnswlib,
+    "usearch": USearch,
+}
+
+
+def make_peer(spec: str, dim: int, metric: str) -> Engine:
+    """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], faiss-ivfpq[:nlist[:m]],
+    hnswlib[:M], usearch[:M]. Raises PeerUnavailableError for unknown names or missing packages."""
+    name, *args = spec.strip().lower().split(":")
+    cls = PEERS.get(name)
+    if cls is None:
+        raise PeerUnavailableError(f"unknown peer {name!r}; known: {', '.join(sorted(PEERS))}")
+    try:
+        values = [int(a) for a in args if a]
+    except ValueError:
+        raise ValueError(f"peer {spec!r}: arguments must be integers") from None
+    try:
+        return cls(dim, metric, *values)
+    except TypeError:
+        raise ValueError(f"peer {spec!r}: too many arguments") from None
