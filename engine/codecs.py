@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import distance as kd
+from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
 from .errors import InvalidArgument
 
@@ -72,20 +72,25 @@ class F32Codec(Codec):
         return np.ascontiguousarray(q, np.float32)
 
     def dist(self, kernel_metric):
-        return kd.f32_l2 if kernel_metric == "l2" else kd.f32_ip
+        return kk.F32_L2 if kernel_metric == "l2" else kk.F32_IP
 
 
 class F16Codec(Codec):
     """Half-precision rows (stored as uint16 bits): half the memory, near-exact distances.
 
-    Prepared query: [q * 2**112 (d), scratch (d), ||q||^2]. aux = [||x||^2]."""
+    Prepared query: [q * 2**56 (d), scratch (d), ||q||^2]. aux = [||x||^2]."""
 
     name = "f16"
     code_dtype = np.uint16
     aux_width = 1
 
     def encode(self, x):
-        h = x.astype(np.float16)
+        with np.errstate(over="ignore"):
+            h = x.astype(np.float16)
+        if not np.isfinite(h).all():
+            bad = int(np.argwhere(~np.isfinite(h))[0][0])
+            raise InvalidArgument(
+                f"vectors: row {bad} has a value beyond the float16 range (|x| <= 65504)")
         return np.ascontiguousarray(h.view(np.uint16)), _sq_norms(h.astype(np.float32))[:, None]
 
     def prepare(self, q):
@@ -96,7 +101,7 @@ class F16Codec(Codec):
         return qs
 
     def dist(self, kernel_metric):
-        return kq.f16_l2 if kernel_metric == "l2" else kq.f16_ip
+        return kk.F16_L2 if kernel_metric == "l2" else kk.F16_IP
 
     @staticmethod
     def decode(codes: np.ndarray) -> np.ndarray:
@@ -143,7 +148,7 @@ class SQ8Codec(Codec):
         return qs
 
     def dist(self, kernel_metric):
-        return kq.sq8_l2 if kernel_metric == "l2" else kq.sq8_ip
+        return kk.SQ8_L2 if kernel_metric == "l2" else kk.SQ8_IP
 
     def state(self):
         return {"lo": self.lo, "step": self.step}
@@ -191,7 +196,7 @@ class LVQ8Codec(Codec):
         return qs
 
     def dist(self, kernel_metric):
-        return kq.lvq8_l2 if kernel_metric == "l2" else kq.lvq8_ip
+        return kk.LVQ8_L2 if kernel_metric == "l2" else kk.LVQ8_IP
 
     def state(self):
         return {"mean": self.mean}

@@ -1,8 +1,8 @@
 """On-disk format shared by every index and segment: ``.npy`` arrays plus a JSON manifest.
 
 Files are written under a temporary name, fsynced and renamed; the manifest, written last,
-records the format version and each file's size and crc32, and the loader checks them all so
-damage is reported by file name instead of producing wrong answers.
+records the format version, each file's size and crc32 and a crc32 of its own content, and the
+loader checks them all so damage is reported by file name instead of producing wrong answers.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
+def _manifest_crc(body: dict[str, Any]) -> int:
+    """crc32 of the manifest's canonical JSON (everything but the checksum itself)."""
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
 def save_arrays(directory: str | os.PathLike, kind: str, meta: dict[str, Any],
                 arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` and a manifest describing them into ``directory`` (created if needed)."""
@@ -65,6 +70,7 @@ def save_arrays(directory: str | os.PathLike, kind: str, meta: dict[str, Any],
         files[name] = {"file": path.name, "bytes": path.stat().st_size, "crc32": file_crc32(path),
                        "dtype": arr.dtype.str, "shape": list(arr.shape)}
     manifest = {"format_version": FORMAT_VERSION, "kind": kind, "meta": meta, "files": files}
+    manifest["manifest_crc32"] = _manifest_crc(manifest)
     atomic_write_bytes(d / MANIFEST, json.dumps(manifest, indent=1).encode())
     fsync_dir(d)
 
@@ -77,11 +83,16 @@ def read_manifest(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
         manifest = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptData(f"{path}: manifest is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or "files" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CorruptData(f"{path}: manifest has no file table")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CorruptData(f"{path}: format version {version!r}, this Quiver reads {FORMAT_VERSION}")
+    # the manifest checksums itself too: a damaged value (a dimension, a dtype) that still
+    # parses as JSON would otherwise load as a wrong index
+    crc = manifest.pop("manifest_crc32", None)
+    if crc != _manifest_crc(manifest):
+        raise CorruptData(f"{path}: manifest checksum mismatch (file damaged)")
     if manifest.get("kind") != kind:
         raise CorruptData(f"{path}: holds a {manifest.get('kind')!r}, expected a {kind!r}")
     return manifest
@@ -94,6 +105,8 @@ def load_arrays(directory: str | os.PathLike, kind: str, mmap: bool = True,
     manifest = read_manifest(d, kind)
     arrays = {}
     for name, info in manifest["files"].items():
+        if not isinstance(info, dict) or not {"file", "bytes", "crc32", "dtype", "shape"} <= set(info):
+            raise CorruptData(f"{d / MANIFEST}: manifest entry for {name!r} is incomplete")
         path = d / info["file"]
         if not path.exists():
             raise CorruptData(f"{path}: file missing")

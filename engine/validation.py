@@ -47,6 +47,8 @@ def as_ids(ids, n: int, name: str = "ids") -> np.ndarray:
         raise InvalidArgument(f"{name}: got {arr.shape[0]} ids for {n} vectors")
     if arr.size and arr.min() < 0:
         raise InvalidArgument(f"{name}: ids must be non-negative, got {int(arr.min())}")
+    if arr.size and arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgument(f"{name}: ids must fit in int64, got {int(arr.max())}")
     arr = arr.astype(np.int64, copy=False)
     uniq, counts = np.unique(arr, return_counts=True)
     if uniq.shape[0] != arr.shape[0]:

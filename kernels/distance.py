@@ -1,9 +1,7 @@
 """Float distances: one-to-one, one query against many rows, and blocked many-to-many.
 
-Each codec exposes distance functions with the signature ``dist(qs, codes, aux, i)``: ``qs`` is
-the query prepared once by the codec (float32), ``codes``/``aux`` the stored arrays, ``i`` a row.
-Scan and graph kernels take such a function as an argument, so Numba compiles one specialised,
-inlined variant per (codec, metric) instead of branching per distance.
+The float32 codec distances live here; ``dispatch.codec_distance`` selects a codec's distance
+by an integer kind (see that module for why).
 """
 
 import numpy as np
@@ -42,45 +40,6 @@ def f32_ip(qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int) -> np.flo
 @njit(**INLINE)
 def f32_l2(qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int) -> np.float32:
     return l2sq(qs, codes[i])
-
-
-# --- scans ------------------------------------------------------------------------------
-
-
-@njit(**JIT)
-def scan_topk(dist, qs, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
-    """Exact top-k of one query over rows [0, n), skipping rows not in ``words`` if filtered."""
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
-    size = 0
-    for i in range(n):
-        if filtered and not bitset_test(words, i):
-            continue
-        size = heap_push(hd, hi, size, dist(qs, codes, aux, i), i)
-    heap_sorted(hd, hi, size, out_d, out_i)
-
-
-@njit(**JIT)
-def scan_topk_rows(dist, qs, codes, aux, rows, k, out_d, out_i) -> None:
-    """Exact top-k of one query over the given rows only (selective filters)."""
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
-    size = 0
-    for r in rows:
-        size = heap_push(hd, hi, size, dist(qs, codes, aux, r), r)
-    heap_sorted(hd, hi, size, out_d, out_i)
-
-
-@njit(parallel=True, **JIT)
-def scan_topk_batch(dist, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
-    for q in prange(QS.shape[0]):
-        scan_topk(dist, QS[q], codes, aux, n, k, words, filtered, out_d[q], out_i[q])
-
-
-@njit(parallel=True, **JIT)
-def scan_topk_rows_batch(dist, QS, codes, aux, rows, k, out_d, out_i) -> None:
-    for q in prange(QS.shape[0]):
-        scan_topk_rows(dist, QS[q], codes, aux, rows, k, out_d[q], out_i[q])
 
 
 @njit(parallel=True, **JIT)

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import INLINE, JIT
 from .bitset import bitset_test
+from .dispatch import codec_distance
 from .topk import heap_push, heap_sorted
 
 MAX_UPPER = 8
@@ -72,10 +73,10 @@ def neighbors(nbr0, upper, uidx, node, level):
 
 
 @njit(**JIT)
-def greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_level):
+def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_level):
     """Walk layers top_level .. stop_level+1 greedily (ef = 1); returns (node, distance)."""
     cur = ep
-    cur_d = dist(qs, codes, aux, cur)
+    cur_d = codec_distance(kind, qs, codes, aux, cur)
     for level in range(top_level, stop_level, -1):
         changed = True
         while changed:
@@ -84,7 +85,7 @@ def greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
             for v in row:
                 if v < 0:
                     break
-                d = dist(qs, codes, aux, v)
+                d = codec_distance(kind, qs, codes, aux, v)
                 if d < cur_d:
                     cur_d = d
                     cur = v
@@ -93,7 +94,7 @@ def greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
 
 
 @njit(**JIT)
-def search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, visited, tag,
+def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, visited, tag,
                  cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget):
     """Beam search of one layer from ``ep``. Results (a max-heap of size <= ef in res_*) hold
     only nodes passing ``ok_words`` when use_ok; other nodes still route the search, or with
@@ -120,7 +121,7 @@ def search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
             visited[v] = tag
             ok = (not use_ok) or bitset_test(ok_words, v)
             if ok or not two_hop:
-                d = dist(qs, codes, aux, v)
+                d = codec_distance(kind, qs, codes, aux, v)
                 ndist += 1
                 if rsize < ef or d < res_d[0]:
                     csize = _min_push(cand_d, cand_i, csize, d, v)
@@ -134,7 +135,7 @@ def search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
                     if visited[w] == tag or not bitset_test(ok_words, w):
                         continue
                     visited[w] = tag
-                    d = dist(qs, codes, aux, w)
+                    d = codec_distance(kind, qs, codes, aux, w)
                     ndist += 1
                     if rsize < ef or d < res_d[0]:
                         csize = _min_push(cand_d, cand_i, csize, d, w)
@@ -145,12 +146,12 @@ def search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
 
 
 @njit(**JIT)
-def search_one(dist, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
+def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
                cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget, out_d, out_i):
     """Full HNSW query: greedy descent, then layer-0 beam search; writes the best
     len(out_d) results ascending. Returns the result count, or -1 if the budget ran out."""
-    ep, ep_d = greedy_descent(dist, qs, codes, aux, nbr0, upper, uidx, entry, max_level, 0)
-    rsize, _ = search_layer(dist, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, 0, ef, visited,
+    ep, ep_d = greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, 0)
+    rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, 0, ef, visited,
                             tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget)
     if rsize < 0:
         return -1
@@ -165,7 +166,7 @@ def search_one(dist, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, vi
 
 
 @njit(parallel=True, **JIT)
-def search_batch(dist, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tags,
+def search_batch(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tags,
                  ok_words, use_ok, two_hop, budget, out_d, out_i, counts):
     """Queries in parallel: chunk c handles queries c, c + nchunks, ... with visited row c."""
     nq = QS.shape[0]
@@ -178,7 +179,7 @@ def search_batch(dist, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
         res_i = np.empty(ef, np.int64)
         for q in range(c, nq, nchunks):
             tags[c] += 1
-            counts[q] = search_one(dist, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
+            counts[q] = search_one(kind, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
                                    ef, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
                                    ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
 
@@ -187,7 +188,7 @@ def search_batch(dist, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
 
 
 @njit(**JIT)
-def select_heuristic(dist, X, aux, cand_d, cand_i, count, m, out):
+def select_heuristic(kind, X, aux, cand_d, cand_i, count, m, out):
     """Malkov & Yashunin's heuristic: take candidates by increasing distance, keeping one only
     if it is closer to the base than to every neighbour already kept. Returns the kept count."""
     nsel = 0
@@ -196,7 +197,7 @@ def select_heuristic(dist, X, aux, cand_d, cand_i, count, m, out):
         dc = cand_d[j]
         good = True
         for s in range(nsel):
-            if dist(X[c], X, aux, out[s]) < dc:
+            if codec_distance(kind, X[c], X, aux, out[s]) < dc:
                 good = False
                 break
         if good:
@@ -214,7 +215,7 @@ def _sort_pairs(d, i, count):
 
 
 @njit(parallel=True, **JIT)
-def insert_batch(dist, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
+def insert_batch(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
                  visited, tags):
     """Phase 1: connect each new node to the graph as it was before this batch."""
     nchunks = visited.shape[0]
@@ -231,15 +232,15 @@ def insert_batch(dist, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
             u = nodes[j]
             qs = X[u]
             lu = levels[u]
-            ep, ep_d = greedy_descent(dist, qs, X, aux, nbr0, upper, uidx, entry, max_level,
+            ep, ep_d = greedy_descent(kind, qs, X, aux, nbr0, upper, uidx, entry, max_level,
                                       min(lu, max_level))
             for level in range(min(lu, max_level), -1, -1):
                 tags[c] += 1
-                rsize, _ = search_layer(dist, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
+                rsize, _ = search_layer(kind, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
                                         efc, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
                                         dummy, False, False, 1 << 62)
                 sd, si = _sort_pairs(res_d, res_i, rsize)
-                nsel = select_heuristic(dist, X, aux, sd, si, rsize, m, sel)
+                nsel = select_heuristic(kind, X, aux, sd, si, rsize, m, sel)
                 row = neighbors(nbr0, upper, uidx, u, level)
                 row[:] = -1
                 for s in range(nsel):
@@ -249,7 +250,7 @@ def insert_batch(dist, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
 
 
 @njit(parallel=True, **JIT)
-def link_back(dist, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
+def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
     """Phase 2: add reverse links. Group g adds sources[starts[g]:starts[g+1]] to the row of
     targets[starts[g]]; rows that overflow are pruned with the heuristic."""
     ngroups = starts.shape[0] - 1
@@ -274,17 +275,17 @@ def link_back(dist, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
         for j in range(nnew):
             ci[cnt + j] = sources[starts[g] + j]
         for j in range(total):
-            cd[j] = dist(qs, X, aux, ci[j])
+            cd[j] = codec_distance(kind, qs, X, aux, ci[j])
         sd, si = _sort_pairs(cd, ci, total)
         sel = np.empty(cap, np.int64)
-        nsel = select_heuristic(dist, X, aux, sd, si, total, cap, sel)
+        nsel = select_heuristic(kind, X, aux, sd, si, total, cap, sel)
         row[:] = -1
         for s in range(nsel):
             row[s] = sel[s]
 
 
 @njit(parallel=True, **JIT)
-def rerank_batch(dist, Q, X, aux, cand_i, k, out_d, out_i):
+def rerank_batch(kind, Q, X, aux, cand_i, k, out_d, out_i):
     """Re-score each query's candidates with an accurate distance and keep the best k."""
     for q in prange(Q.shape[0]):
         hd = np.empty(k, np.float32)
@@ -294,5 +295,5 @@ def rerank_batch(dist, Q, X, aux, cand_i, k, out_d, out_i):
             c = cand_i[q, j]
             if c < 0:
                 break
-            size = heap_push(hd, hi, size, dist(Q[q], X, aux, c), c)
+            size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])

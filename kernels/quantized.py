@@ -13,13 +13,16 @@ from numba import njit
 
 from . import INLINE, JIT
 
-F16_SCALE = np.float32(2.0**112)
-"""Half bits shifted into a float32 exponent read 2**-112 times the half value."""
+F16_SCALE = np.float32(2.0**56)
+"""Prepared f16 queries are ``q * F16_SCALE``. Half bits shifted into a float32 exponent read
+2**-112 times the half value, so the dot product is scaled back by 2**56 at the end; splitting
+2**112 this way keeps ``q * F16_SCALE`` finite for any practical query (|q| < 4.7e21)."""
+_F16_UNSCALE = np.float32(2.0**56)
 
 
 @njit(**INLINE)
 def _f16_dot(qs: np.ndarray, row: np.ndarray) -> np.float32:
-    # qs = [q * 2**112 (d), scratch (d)]: the row's bits are widened into the scratch
+    # qs = [q * 2**56 (d), scratch (d)]: the row's bits are widened into the scratch
     # and read back as float32, which equals value * 2**-112 (exact, subnormals included).
     d = row.shape[0]
     buf = qs[d : 2 * d].view(np.uint32)
@@ -30,7 +33,7 @@ def _f16_dot(qs: np.ndarray, row: np.ndarray) -> np.float32:
     s = np.float32(0.0)
     for j in range(d):
         s += qs[j] * xf[j]
-    return s
+    return s * _F16_UNSCALE
 
 
 @njit(**INLINE)

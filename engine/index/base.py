@@ -61,7 +61,8 @@ def finish_results(metric: Metric, dist: np.ndarray, pos: np.ndarray, ids: np.nd
                    single: bool) -> tuple[np.ndarray, np.ndarray]:
     """Distances/positions from kernels -> (scores, external ids), -1 padded."""
     found = pos >= 0
-    ext = np.where(found, ids[np.where(found, pos, 0)], -1).astype(np.int64)
+    ext = np.full(pos.shape, -1, np.int64)
+    ext[found] = ids[pos[found]]  # (indexing ids only where found: an empty index has none)
     scores = metric.scores_from_distances(dist).astype(np.float32)
     scores[~found] = metric.distance_bound()
     if single:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ...kernels import distance as kd
+from ...kernels import scan as ks
 from ..bitset import Bitset
 from ..codecs import F16Codec, make_codec
 from ..errors import InvalidArgument
@@ -80,8 +81,9 @@ class FlatIndex:
         """Delete ids (unknown ones are ignored); returns how many were removed.
 
         The last rows move into the freed slots, so storage stays dense."""
-        pos = np.sort(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
-                                            missing="skip"))[::-1]
+        # unique: a repeated id must free its row once, not also evict the last live row
+        pos = np.unique(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
+                                              missing="skip"))[::-1]
         if pos.size == 0:
             return 0
         self._idmap.drop(self._ids[pos])
@@ -123,13 +125,13 @@ class FlatIndex:
             rows = bits.positions()
             rows = rows[rows < n]
             qs = self.codec.prepare(q)
-            kd.scan_topk_rows_batch(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
+            ks.scan_topk_rows_batch(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
         elif nq >= _BLAS_MIN_QUERIES:
             self._blas_scan(q, k, bits, out_d, out_i)
         else:
             qs = self.codec.prepare(q)
             words = bits.words if bits is not None else np.zeros(1, np.uint64)
-            kd.scan_topk_batch(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
+            ks.scan_topk_batch(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
                                bits is not None, out_d, out_i)
         if kmetric == "l2":
             np.maximum(out_d, 0, out=out_d)
@@ -157,6 +159,11 @@ class FlatIndex:
         kd.heaps_sorted(heap_d, heap_i, sizes, out_d, out_i)
         if l2:
             out_d += np.einsum("ij,ij->i", q, q)[:, None]
+
+    def reconstruct(self, positions) -> np.ndarray:
+        """Float32 vectors stored at row positions (normalised for cosine)."""
+        codes = self._store.view()[0][np.asarray(positions, np.int64)]
+        return F16Codec.decode(codes) if self.dtype == "f16" else np.array(codes, np.float32)
 
     # --- persistence -------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import threading
 import numba
 import numpy as np
 
-from ...kernels import distance as kd
 from ...kernels import hnsw as kh
+from ...kernels import scan as ks
 from ..bitset import Bitset
 from ..codecs import F32Codec, make_codec
 from ..errors import InvalidArgument
@@ -348,11 +348,15 @@ class HNSWIndex:
         out_d = np.empty((q.shape[0], k), np.float32)
         out_i = np.empty((q.shape[0], k), np.int64)
         if words is None:
-            kd.scan_topk_batch(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
+            ks.scan_topk_batch(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
         else:
             rows = Bitset(words, n).positions()
-            kd.scan_topk_rows_batch(dist, q, X, aux, rows, k, out_d, out_i)
+            ks.scan_topk_rows_batch(dist, q, X, aux, rows, k, out_d, out_i)
         return out_d, out_i
+
+    def reconstruct(self, positions) -> np.ndarray:
+        """Float32 vectors stored at row positions (normalised for cosine)."""
+        return np.array(self._float.view()[0][np.asarray(positions, np.int64)], np.float32)
 
     # --- persistence ----------------------------------------------------------------
 

@@ -1,0 +1,639 @@
+"""Collections: durable point storage (WAL + segments) with hybrid filtered search.
+
+Writes: validate everything -> one WAL record per batch (fsync by policy) -> apply to the
+appendable segment -> acknowledge. A background optimizer seals the appendable segment into
+an indexed, memory-mapped one once it holds ``segment_size`` points, merges small sealed
+segments, vacuums ones with many deletions, and records a checkpoint (manifest + deletion
+bitmaps) so the WAL before it can be dropped. Opening replays the WAL after the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import CorruptData, InvalidArgument, NotFound
+from .filters import Filter, normalize_id, parse_filter
+from .metric import Metric
+from .payload import canonical_payload
+from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
+from .segment import Segment
+from .validation import as_vectors, check_k, normalize_rows
+from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime")
+SEARCH_PARAMS = ("ef", "exact", "rerank")
+
+
+@dataclass
+class Point:
+    """A stored point; ``score`` is set in search results (order documented on ``Metric``)."""
+
+    id: int | str
+    score: float | None = None
+    payload: dict | None = None
+    vector: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "payload": self.payload, "vector": self.vector}
+
+
+@dataclass
+class CollectionConfig:
+    dim: int
+    metric: str = "cosine"
+    index: str = "HNSW16,F32"
+    ef_construction: int = 200
+    segment_size: int = 50_000
+    max_segments: int = 8
+    vacuum_share: float = 0.2
+    fsync: str = "batch"
+    payload_indexes: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"format_version": FORMAT_VERSION, **self.__dict__})
+
+    @classmethod
+    def from_json(cls, raw: bytes, path: Path) -> CollectionConfig:
+        try:
+            obj = orjson.loads(raw)
+            obj.pop("format_version", None)
+            return cls(**obj)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise CorruptData(f"{path}: invalid collection config ({exc})") from None
+
+
+class Collection:
+    """Use ``Database.create_collection`` / ``get_collection`` rather than this constructor."""
+
+    def __init__(self, path: Path, config: CollectionConfig, name: str, optimizer: bool = True):
+        self.path = path
+        self.name = name
+        self.config = config
+        self.dim = config.dim
+        self.metric = Metric.parse(config.metric)
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._opt_lock = threading.Lock()
+        self._segments: list[Segment] = []
+        self._locator: dict[int | str, tuple[Segment, int]] = {}
+        self._checkpoint_seq = 0
+        self._next_segment = 1
+        self._closed = False
+        self._open()
+        self._wake = threading.Event()
+        self._optimizer: threading.Thread | None = None
+        self._optimizer_error: BaseException | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        if optimizer:
+            self._optimizer = threading.Thread(target=self._optimize_loop, daemon=True,
+                                               name=f"quiver-optimizer-{name}")
+            self._optimizer.start()
+
+    # --- open / replay ---------------------------------------------------------------
+
+    def _open(self) -> None:
+        seg_root = self.path / "segments"
+        seg_root.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.path / "manifest.json"
+        entries = []
+        if manifest_path.exists():
+            try:
+                manifest = orjson.loads(manifest_path.read_bytes())
+            except orjson.JSONDecodeError as exc:
+                raise CorruptData(f"{manifest_path}: not valid JSON ({exc})") from None
+            if manifest.get("format_version") != FORMAT_VERSION:
+                raise CorruptData(f"{manifest_path}: format version {manifest.get('format_version')!r}")
+            self._checkpoint_seq = int(manifest["checkpoint_seq"])
+            self._next_segment = int(manifest["next_segment"])
+            entries = manifest["segments"]
+        known = {e["dir"] for e in entries}
+        for d in seg_root.iterdir():  # builds interrupted by a crash
+            if d.name not in known:
+                shutil.rmtree(d, ignore_errors=True)
+        for e in entries:
+            seg = Segment.load(seg_root / e["dir"], e.get("deleted"), e.get("deleted_crc"))
+            seg.deleted_file = e.get("deleted")
+            self._segments.append(seg)
+            live = _live_mask(seg)
+            for pos in np.flatnonzero(live).tolist():
+                self._locator[seg.ext_ids[pos]] = (seg, pos)
+        self._appendable = self._new_appendable()
+        self._segments.append(self._appendable)
+        self._wal = WAL(self.path / "wal", fsync=self.config.fsync, start_seq=self._checkpoint_seq + 1)
+        if self._wal.repair is not None:
+            log.warning("collection %s: %s", self.name, self._wal.repair)
+        self._last_seq = self._checkpoint_seq
+        for rec in self._wal.replay(after_seq=self._checkpoint_seq):
+            batch = decode_batch(rec.body)
+            ids = [normalize_id(i) for i in (batch.ids.tolist() if isinstance(batch.ids, np.ndarray)
+                                             else batch.ids)]
+            if rec.op == OP_UPSERT:
+                self._apply_upsert(ids, batch.vectors[""], batch.payloads or [{}] * len(ids), rec.seq)
+            elif rec.op == OP_DELETE:
+                self._apply_delete(ids)
+            self._last_seq = rec.seq
+        self._last_seq = max(self._last_seq, self._wal.last_seq)
+
+    def _new_appendable(self) -> Segment:
+        seg = Segment.appendable(self._next_segment, self.dim, self.metric.value)
+        self._next_segment += 1
+        for key, kind in self.config.payload_indexes.items():
+            seg.payloads.create_index(key, kind)
+        return seg
+
+    # --- validation ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgument(f"collection {self.name!r} is closed")
+
+    def _validate_points(self, ids, vectors, payloads) -> tuple[list, np.ndarray, list]:
+        if isinstance(ids, (str, int, np.integer)):
+            raise InvalidArgument("ids: expected a list of ids, got a single value")
+        try:
+            id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+        except TypeError:
+            raise InvalidArgument(f"ids: expected a list of ids, got {type(ids).__name__}") from None
+        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(id_list)]
+        if len(set(norm)) != len(norm):
+            seen = set()
+            dup = next(x for x in norm if x in seen or seen.add(x))
+            raise InvalidArgument(f"ids: id {dup!r} appears more than once in this batch")
+        vecs = as_vectors(vectors, self.dim, "vectors") if len(norm) else np.zeros((0, self.dim), np.float32)
+        if vecs.shape[0] != len(norm):
+            raise InvalidArgument(f"vectors: got {vecs.shape[0]} vectors for {len(norm)} ids")
+        if payloads is None:
+            pl = [{}] * len(norm)
+        else:
+            if isinstance(payloads, dict):
+                raise InvalidArgument("payloads: expected a list with one payload per id")
+            pl = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+            if len(pl) != len(norm):
+                raise InvalidArgument(f"payloads: got {len(pl)} payloads for {len(norm)} ids")
+        return norm, vecs, pl
+
+    # --- writes ----------------------------------------------------------------------
+
+    def upsert(self, ids=None, vectors=None, payloads=None, *, points=None) -> int:
+        """Insert or replace points: columnar (``ids``, ``vectors``, ``payloads``) or
+        ``points=[{"id", "vector", "payload"}, ...]``. Returns the WAL sequence number once
+        the batch is durable."""
+        self._check_open()
+        if points is not None:
+            if ids is not None or vectors is not None or payloads is not None:
+                raise InvalidArgument("points: pass either points or ids/vectors/payloads")
+            if not isinstance(points, (list, tuple)):
+                raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
+            for i, p in enumerate(points):
+                if not isinstance(p, dict) or "id" not in p or "vector" not in p:
+                    raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
+            ids = [p["id"] for p in points]
+            vectors = [p["vector"] for p in points]
+            payloads = [p.get("payload") for p in points]
+        if ids is None or vectors is None:
+            raise InvalidArgument("ids and vectors are required")
+        norm, vecs, pl = self._validate_points(ids, vectors, payloads)
+        if not norm:
+            return self._last_seq
+        if self.metric is Metric.COSINE:
+            vecs = normalize_rows(vecs)
+        body = encode_batch(norm, vecs, pl)
+        with self._write_lock:
+            seq = self._wal.append(OP_UPSERT, body)
+            with self._lock:
+                self._apply_upsert(norm, vecs, pl, seq)
+                self._last_seq = seq
+        if self._appendable.n >= self.config.segment_size:
+            self._wake.set()
+        return seq
+
+    def _apply_upsert(self, ids: list, vecs: np.ndarray, payloads: list, seq: int) -> None:
+        keep = []
+        for j, ext in enumerate(ids):
+            loc = self._locator.get(ext)
+            if loc is not None:
+                seg, pos = loc
+                if seg.versions[pos] >= seq:  # replay of a write already applied
+                    continue
+                seg.mark_deleted(np.array([pos]))
+            keep.append(j)
+        if len(keep) < len(ids):
+            ids = [ids[j] for j in keep]
+            vecs = vecs[keep]
+            payloads = [payloads[j] for j in keep]
+        if not ids:
+            return
+        seg = self._appendable
+        pos = seg.append(ids, vecs, payloads, seq)
+        for ext, p in zip(ids, pos.tolist(), strict=True):
+            self._locator[ext] = (seg, p)
+
+    def delete(self, ids=None, filter: dict | None = None) -> int:
+        """Delete by ids or by filter; returns how many live points were deleted."""
+        self._check_open()
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("delete: pass exactly one of ids or filter")
+        if filter is not None:
+            flt = parse_filter(filter)
+            norm = [p.id for p in self._matching(flt)]
+        else:
+            if isinstance(ids, (str, int)):
+                raise InvalidArgument("ids: expected a list of ids, got a single value")
+            norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
+        with self._write_lock:
+            with self._lock:
+                present = [x for x in dict.fromkeys(norm) if x in self._locator]
+            if not present:
+                return 0
+            seq = self._wal.append(OP_DELETE, encode_batch(present))
+            with self._lock:
+                n = self._apply_delete(present)
+                self._last_seq = seq
+        self._wake.set()
+        return n
+
+    def _apply_delete(self, ids: list) -> int:
+        n = 0
+        for ext in ids:
+            loc = self._locator.pop(ext, None)
+            if loc is not None:
+                loc[0].mark_deleted(np.array([loc[1]]))
+                n += 1
+        return n
+
+    def create_payload_index(self, field_name: str, field_type: str) -> None:
+        """Index a payload field (keyword, integer, float, bool, datetime) in every segment."""
+        self._check_open()
+        if not isinstance(field_name, str) or not field_name:
+            raise InvalidArgument("field: expected a non-empty string")
+        if field_type not in PAYLOAD_INDEX_TYPES:
+            raise InvalidArgument(
+                f"type: {field_type!r} is not one of {', '.join(PAYLOAD_INDEX_TYPES)}")
+        with self._write_lock, self._lock:
+            self.config.payload_indexes[field_name] = field_type
+            atomic_write_bytes(self.path / "config.json", self.config.to_json())
+            for seg in self._segments:
+                seg.payloads.create_index(field_name, field_type)
+
+    def delete_payload_index(self, field_name: str) -> None:
+        self._check_open()
+        with self._write_lock, self._lock:
+            if self.config.payload_indexes.pop(field_name, None) is None:
+                raise NotFound(f"field: no payload index on {field_name!r}")
+            atomic_write_bytes(self.path / "config.json", self.config.to_json())
+            for seg in self._segments:
+                seg.payloads.drop_index(field_name)
+
+    # --- reads -----------------------------------------------------------------------
+
+    def _point(self, seg: Segment, pos: int, with_payload: bool, with_vectors: bool,
+               score: float | None = None) -> Point:
+        return Point(seg.ext_ids[pos], score,
+                     seg.payloads.get(pos) if with_payload else None,
+                     seg.vectors(np.array([pos]))[0].tolist() if with_vectors else None)
+
+    def get(self, ids, with_payload: bool = True, with_vectors: bool = False) -> list[Point]:
+        """Points by id, in the order asked; unknown ids are left out."""
+        self._check_open()
+        if isinstance(ids, (str, int)):
+            raise InvalidArgument("ids: expected a list of ids, got a single value")
+        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
+        with self._lock:
+            locs = [self._locator.get(x) for x in norm]
+        return [self._point(s, p, with_payload, with_vectors) for s, p in (x for x in locs if x)]
+
+    def _matching(self, flt: Filter | None) -> list[Point]:
+        with self._lock:
+            segs = list(self._segments)
+        out = []
+        for seg in segs:
+            n = seg.n
+            allowed = seg.allowed(flt, n)
+            pos = np.arange(n) if allowed is None else allowed.positions()
+            out.extend(Point(seg.ext_ids[p]) for p in pos.tolist())
+        return out
+
+    def count(self, filter: dict | None = None) -> int:
+        self._check_open()
+        flt = parse_filter(filter) if filter is not None else None
+        if flt is None:
+            return len(self._locator)
+        with self._lock:
+            segs = list(self._segments)
+        total = 0
+        for seg in segs:
+            allowed = seg.allowed(flt, seg.n)
+            total += seg.n if allowed is None else allowed.count()
+        return total
+
+    def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
+               with_payload: bool = True, with_vectors: bool = False) -> tuple[list[Point], Any]:
+        """Points matching ``filter`` in id order (integers first, then UUIDs), ``limit`` per
+        page; pass the returned cursor to get the next page (None when done)."""
+        self._check_open()
+        limit = check_k(limit)
+        flt = parse_filter(filter) if filter is not None else None
+        ids = sorted((p.id for p in self._matching(flt)), key=_id_order)
+        if cursor is not None:
+            start = _id_order(normalize_id(cursor, "cursor"))
+            ids = [i for i in ids if _id_order(i) >= start]
+        page, rest = ids[:limit], ids[limit:]
+        return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
+
+    def search(self, vector, k: int = 10, filter: dict | None = None,
+               params: dict | None = None, with_payload: bool = False,
+               with_vectors: bool = False, explain: bool = False):
+        """Top-k points for one query (a list of Points) or a batch (a list of lists).
+
+        ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs). With
+        ``explain``, returns ``(results, plan)`` where plan lists each segment's strategy,
+        estimated and actual selectivity."""
+        self._check_open()
+        k = check_k(k)
+        params = dict(params or {})
+        bad = set(params) - set(SEARCH_PARAMS)
+        if bad:
+            raise InvalidArgument(f"params: unknown search parameter(s) {sorted(bad)}; "
+                                  f"known: {', '.join(SEARCH_PARAMS)}")
+        flt = parse_filter(filter) if filter is not None else None
+        single = np.ndim(vector) == 1
+        q = as_vectors(vector, self.dim, "vector")
+        if self.metric is Metric.COSINE:
+            q = normalize_rows(q)
+        with self._lock:
+            segs = list(self._segments)
+        nq = q.shape[0]
+        all_s, all_p, plan = [], [], []
+        for seg in segs:
+            res = seg.search(q, k, flt, params)
+            if res is None:
+                continue
+            scores, pos, info = res
+            all_s.append(scores)
+            all_p.append([(seg, pos)])
+            if explain:
+                plan.append({"segment": seg.id, "sealed": seg.sealed,
+                             "estimated_selectivity": seg.estimate(flt), **info})
+        results = []
+        sign = -1.0 if self.metric.higher_is_better else 1.0
+        for qi in range(nq):
+            cands = []
+            for s_arr, [(seg, pos)] in zip(all_s, all_p, strict=True):
+                for s, p in zip(s_arr[qi].tolist(), pos[qi].tolist(), strict=True):
+                    if p >= 0:
+                        cands.append((sign * s, seg, p, s))
+            cands.sort(key=lambda c: c[0])
+            results.append([self._point(seg, p, with_payload, with_vectors, score)
+                            for _, seg, p, score in cands[:k]])
+        out = results[0] if single else results
+        return (out, plan) if explain else out
+
+    # --- info ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._locator)
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            segs = list(self._segments)
+        return {
+            "name": self.name,
+            "points": len(self._locator),
+            "dim": self.dim,
+            "metric": self.metric.value,
+            "index": self.config.index,
+            "segments": [{"id": s.id, "sealed": s.sealed, "points": s.n, "deleted": s.n_deleted,
+                          "memory_bytes": s.memory_usage()} for s in segs],
+            "indexed_points": sum(s.live for s in segs if s.sealed),
+            "status": "green" if all(s.sealed or s.n < self.config.segment_size for s in segs)
+            and self._idle.is_set() else "yellow",
+            "payload_indexes": dict(self.config.payload_indexes),
+            "last_seq": self._last_seq,
+        }
+
+    # --- optimizer -------------------------------------------------------------------
+
+    def _optimize_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            if self._closed:
+                break
+            try:
+                self._idle.clear()
+                self.optimize_once()
+            except Exception as exc:  # keep serving; report via info/log
+                self._optimizer_error = exc
+                log.exception("collection %s: optimizer failed", self.name)
+            finally:
+                self._idle.set()
+
+    def optimize_once(self, force_seal: bool = False) -> bool:
+        """One optimizer step: seal, merge or vacuum; returns whether anything changed."""
+        with self._opt_lock, self._lock:
+            app = self._appendable
+            if app.n and (force_seal or app.n >= self.config.segment_size):
+                return self._seal(app)
+            sealed = [s for s in self._segments if s.sealed]
+            dirty = [s for s in sealed if s.n_deleted > self.config.vacuum_share * max(s.n, 1)]
+            if dirty:
+                return self._rebuild([dirty[0]])
+            small = sorted((s for s in sealed if s.live < self.config.segment_size // 2),
+                           key=lambda s: s.live)
+            if len(sealed) > self.config.max_segments and len(small) >= 2:
+                return self._rebuild(small[:2])
+        return False
+
+    def _seal(self, frozen: Segment) -> bool:
+        # called holding self._lock: freeze, then build without it
+        frozen.frozen = True
+        seq = self._last_seq
+        self._appendable = self._new_appendable()
+        self._segments.append(self._appendable)
+        seg_id = self._next_segment
+        self._next_segment += 1
+        self._lock.release()
+        try:
+            sealed = frozen.build_sealed(seg_id, self.config.index, self.dim, self.metric.value,
+                                         self.path / "segments" / f"seg-{seg_id:06d}",
+                                         **self._index_options())
+        finally:
+            self._lock.acquire()
+        self._swap([frozen], sealed, None)
+        self._checkpoint(seq)
+        return True
+
+    def _rebuild(self, sources: list[Segment]) -> bool:
+        """Merge/vacuum: one new sealed segment holding the live rows of ``sources``."""
+        seg_id = self._next_segment
+        self._next_segment += 1
+        snapshot = [(s, ~_live_mask(s)) for s in sources]
+        self._lock.release()
+        try:
+            merged = _concat_live(sources, snapshot, self.dim, self.metric.value)
+            rows = np.arange(merged.n, dtype=np.int64)
+            sealed = merged.build_sealed(seg_id, self.config.index, self.dim, self.metric.value,
+                                         self.path / "segments" / f"seg-{seg_id:06d}", rows,
+                                         **self._index_options())
+        finally:
+            self._lock.acquire()
+        # rows deleted in the sources while we built stay deleted in the result
+        origin = [(s, p) for s, dead in snapshot for p in np.flatnonzero(~dead).tolist()]
+        self._swap(sources, sealed, origin)
+        self._checkpoint(self._last_seq)
+        for s in sources:
+            shutil.rmtree(s.path, ignore_errors=True)
+        return True
+
+    def _index_options(self) -> dict:
+        head = self.config.index.split(",")[0].upper()
+        return {"ef_construction": self.config.ef_construction} if head.startswith("HNSW") else {}
+
+    def _swap(self, sources: list[Segment], sealed: Segment, origin) -> None:
+        """Replace ``sources`` by ``sealed`` (holding the lock). ``origin[i]`` is the source row
+        of sealed row i (None: row i of the single source)."""
+        if origin is None:
+            origin = [(sources[0], i) for i in range(sealed.n)]
+        dead = []
+        for i, (src, p) in enumerate(origin):
+            ext = sealed.ext_ids[i]
+            loc = self._locator.get(ext)
+            if loc is not None and loc[0] is src and loc[1] == p:
+                self._locator[ext] = (sealed, i)
+            else:
+                dead.append(i)
+        sealed.mark_deleted(np.asarray(dead, np.int64))
+        sealed.dirty = True
+        for key, kind in self.config.payload_indexes.items():
+            sealed.payloads.create_index(key, kind)
+        idx = self._segments.index(sources[0])
+        self._segments[idx] = sealed
+        for s in sources[1:]:
+            self._segments.remove(s)
+
+    def _checkpoint(self, seq: int) -> None:
+        """Persist deletion bitmaps and the manifest; WAL records <= seq are then redundant."""
+        entries = []
+        old_files = []
+        for s in self._segments:
+            if not s.sealed:
+                continue
+            prev = getattr(s, "deleted_file", None)
+            if s.dirty or prev is None:
+                name, crc = s.write_deleted(seq)
+                if prev and prev != name:
+                    old_files.append(s.path / prev)
+                s.deleted_file, s.deleted_crc = name, crc
+            entries.append({"id": s.id, "dir": s.path.name, "deleted": s.deleted_file,
+                            "deleted_crc": getattr(s, "deleted_crc", None)})
+        manifest = {"format_version": FORMAT_VERSION, "checkpoint_seq": seq,
+                    "next_segment": self._next_segment, "segments": entries}
+        atomic_write_bytes(self.path / "manifest.json", orjson.dumps(manifest))
+        fsync_dir(self.path)
+        self._checkpoint_seq = seq
+        for f in old_files:
+            f.unlink(missing_ok=True)
+        self._wal.truncate_before(seq + 1)
+
+    def flush(self, timeout: float = 600.0) -> None:
+        """Seal the appendable segment now and wait until the optimizer is idle."""
+        self._check_open()
+        deadline = time.monotonic() + timeout
+        while self.optimize_once(force_seal=True):
+            if time.monotonic() > deadline:
+                raise TimeoutError("flush: optimizer still busy")
+        self._wake.set()
+
+    def _wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._idle.wait(0.05):
+            if time.monotonic() > deadline:
+                raise TimeoutError("optimizer still busy")
+
+    def wait_indexed(self, timeout: float = 600.0) -> None:
+        """Block until no segment waits for sealing, merging or vacuuming."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wake.set()
+            time.sleep(0.05)
+            self._wait_idle(max(0.0, deadline - time.monotonic()))
+            if self.info()["status"] == "green":
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("collection not indexed in time")
+
+    # --- snapshots & lifecycle -----------------------------------------------------
+
+    def snapshot(self, directory: str | Path | None = None) -> Path:
+        """A tar archive of the collection at its current acknowledged state."""
+        self._check_open()
+        out_dir = Path(directory) if directory else self.path.parent.parent / "snapshots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-{self._last_seq}.tar"
+        with self._write_lock:
+            self._wait_idle(600)
+            with self._lock:
+                self._wal.sync()
+                tmp = target.with_name(target.name + ".tmp")
+                with tarfile.open(tmp, "w") as tar:
+                    for name in ("config.json", "manifest.json"):
+                        if (self.path / name).exists():
+                            tar.add(self.path / name, arcname=name)
+                    for s in self._segments:
+                        if s.sealed:
+                            tar.add(s.path, arcname=f"segments/{s.path.name}")
+                    tar.add(self.path / "wal", arcname="wal")
+                tmp.replace(target)
+        return target
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._optimizer is not None:
+            self._optimizer.join(timeout=600)
+        self._wal.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _id_order(x):
+    return (0, x, "") if isinstance(x, int) else (1, 0, x)
+
+
+def _live_mask(seg: Segment) -> np.ndarray:
+    from .bitset import Bitset
+
+    return ~Bitset(seg.deleted[: (seg.n + 63) >> 6], seg.n).to_mask() if seg.n else np.zeros(0, bool)
+
+
+def _concat_live(sources, snapshot, dim: int, metric: str) -> Segment:
+    """An in-memory appendable segment holding the live rows of several segments."""
+    seg = Segment.appendable(0, dim, metric)
+    for s, dead in snapshot:
+        rows = np.flatnonzero(~dead)
+        if rows.size == 0:
+            continue
+        start = seg.n
+        seg.append([s.ext_ids[r] for r in rows.tolist()], s.vectors(rows),
+                   [s.payloads.get(r) for r in rows.tolist()], 0)
+        seg.versions[start : start + rows.size] = s.versions[rows]
+    return seg

@@ -1,0 +1,578 @@
+"""The filter language: Qdrant-shaped JSON, parsed once into an immutable tree, compiled per
+segment into a ``Bitset`` of allowed positions.
+
+``{"must": [...], "should": [...], "must_not": [...]}``: must = all hold, should = at least
+one holds (when non-empty), must_not = none holds. Conditions: ``{"key": k, "match": {"value":
+v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|"gte"|"lt"|
+"lte": number or ISO-8601 string}}``, ``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``,
+``{"is_null": {"key": k}}`` and nested filters. Field semantics (dotted paths, arrays match if
+any element does, strict JSON types) are described in ``payload``.
+
+Three evaluators share one meaning: ``compile`` (vectorised, uses payload indexes),
+``estimate_selectivity`` (cheap: index counts, else a sample) and ``matches`` (plain Python,
+one payload at a time: the reference the tests hold the other two to).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bitset import Bitset
+from .errors import InvalidArgument
+from .payload import (
+    INT64_MAX,
+    INT64_MIN,
+    PayloadStore,
+    elements,
+    parse_datetime,
+    raw_values,
+    split_key,
+)
+
+_CLAUSES = ("must", "should", "must_not")
+_RANGE_OPS = ("gt", "gte", "lt", "lte")
+_UNSUPPORTED = {"geo_bounding_box", "geo_radius", "geo_polygon", "values_count", "nested",
+                "min_should", "text", "phrase", "text_any"}
+
+
+# ---------------------------------------------------------------- tree
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    must: tuple[Condition, ...] = ()
+    should: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    key: str
+    value: str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class MatchAny:
+    key: str
+    strs: frozenset[str]
+    ints: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchExcept:
+    key: str
+    strs: frozenset[str]
+    ints: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Bounds are numbers, or UTC microseconds when ``datetime``; None = absent."""
+    key: str
+    gt: int | float | None = None
+    gte: int | float | None = None
+    lt: int | float | None = None
+    lte: int | float | None = None
+    datetime: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HasId:
+    ids: frozenset[int | str]
+
+
+@dataclass(frozen=True, slots=True)
+class IsEmpty:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    key: str
+
+
+Condition = Filter | Match | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
+IdLookup = Callable[[Collection[int | str]], np.ndarray]
+"""External ids (normalised, see ``normalize_id``) -> their positions in this segment;
+ids not in the segment are left out."""
+
+
+# ---------------------------------------------------------------- parsing
+
+def _tname(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    return None
+
+
+def normalize_id(x: Any, path: str = "id") -> int | str:
+    """An external id: an unsigned 64-bit int, or a UUID string in canonical lowercase form."""
+    i = _as_int(x)
+    if i is not None:
+        if not 0 <= i < 1 << 64:
+            raise InvalidArgument(f"{path}: id {i} is not an unsigned 64-bit integer")
+        return i
+    if isinstance(x, str):
+        try:
+            return str(uuid.UUID(x))
+        except ValueError:
+            raise InvalidArgument(f"{path}: {x!r} is not a UUID") from None
+    raise InvalidArgument(f"{path}: expected an unsigned integer or a UUID string, got {_tname(x)}")
+
+
+def parse_filter(obj: Any, path: str = "filter") -> Filter:
+    """Validate a filter dict (None = match everything) into an immutable ``Filter``; errors
+    are InvalidArgument naming the path, e.g. ``filter.must[1].range: unknown operator 'gtx'``."""
+    if isinstance(obj, Filter):
+        return obj
+    if obj is None:
+        return Filter()
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"{path}: expected an object with must/should/must_not, "
+                              f"got {_tname(obj)}")
+    for k in obj:
+        if k not in _CLAUSES:
+            raise InvalidArgument(f"{path}: unknown clause {k!r} (expected must, should, must_not)")
+    clauses = {}
+    for name in _CLAUSES:
+        v = obj.get(name)
+        if v is None:
+            v = []
+        elif isinstance(v, dict):  # a single condition, as Qdrant also accepts
+            v = [v]
+        elif not isinstance(v, (list, tuple)):
+            raise InvalidArgument(f"{path}.{name}: expected a list of conditions, got {_tname(v)}")
+        clauses[name] = tuple(_condition(c, f"{path}.{name}[{i}]") for i, c in enumerate(v))
+    return Filter(**clauses)
+
+
+def _key(c: dict, path: str) -> str:
+    k = c.get("key")
+    if not isinstance(k, str):
+        raise InvalidArgument(f"{path}.key: expected a string, got {_tname(k)}")
+    try:
+        split_key(k)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{path}.{exc}") from None
+    return k
+
+
+def _condition(c: Any, path: str) -> Condition:
+    if not isinstance(c, dict):
+        raise InvalidArgument(f"{path}: expected a condition object, got {_tname(c)}")
+    keys = set(c)
+    if "key" in keys:
+        key = _key(c, path)
+        ops = sorted(keys - {"key"})
+        if len(ops) != 1:
+            what = "nothing" if not ops else ", ".join(ops)
+            raise InvalidArgument(f"{path}: a field condition needs exactly one of match, range; "
+                                  f"got {what}")
+        op = ops[0]
+        if op == "match":
+            return _match(c[op], key, f"{path}.match")
+        if op == "range":
+            return _range(c[op], key, f"{path}.range")
+        if op in _UNSUPPORTED:
+            raise InvalidArgument(f"{path}.{op}: not supported")
+        raise InvalidArgument(f"{path}: unknown condition key {op!r}")
+    if keys <= set(_CLAUSES):  # a nested filter; {} matches everything, as at the top
+        return parse_filter(c, path)
+    if len(keys) != 1:
+        raise InvalidArgument(f"{path}: expected one condition per object, got "
+                              f"{', '.join(sorted(keys))}")
+    (op, v), = c.items()
+    if op == "has_id":
+        if not isinstance(v, (list, tuple)):
+            raise InvalidArgument(f"{path}.has_id: expected a list of ids, got {_tname(v)}")
+        return HasId(frozenset(normalize_id(x, f"{path}.has_id[{i}]") for i, x in enumerate(v)))
+    if op in ("is_empty", "is_null"):
+        if not isinstance(v, dict) or set(v) != {"key"}:
+            raise InvalidArgument(f"{path}.{op}: expected {{\"key\": <field>}}")
+        key = _key(v, f"{path}.{op}")
+        return IsEmpty(key) if op == "is_empty" else IsNull(key)
+    if op in _UNSUPPORTED:
+        raise InvalidArgument(f"{path}.{op}: not supported")
+    raise InvalidArgument(f"{path}: unknown condition key {op!r}")
+
+
+def _match_scalar(v: Any, path: str, allow_bool: bool) -> str | int | bool:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        if allow_bool:
+            return bool(v)
+    else:
+        i = _as_int(v)
+        if i is not None:
+            if not INT64_MIN <= i <= INT64_MAX:
+                raise InvalidArgument(f"{path}: integer {i} does not fit in 64 bits (signed)")
+            return i
+    allowed = "a string, integer or bool" if allow_bool else "a string or integer"
+    hint = " (use range for numbers)" if isinstance(v, float) else ""
+    raise InvalidArgument(f"{path}: expected {allowed}, got {_tname(v)}{hint}")
+
+
+def _match(m: Any, key: str, path: str) -> Condition:
+    if not isinstance(m, dict):
+        raise InvalidArgument(f"{path}: expected an object like {{\"value\": ...}}, got {_tname(m)}")
+    if len(m) != 1:
+        raise InvalidArgument(f"{path}: expected exactly one of value, any, except; "
+                              f"got {', '.join(map(str, m)) or 'nothing'}")
+    (op, v), = m.items()
+    if op == "value":
+        return Match(key, _match_scalar(v, f"{path}.value", True))
+    if op in ("any", "except"):
+        if not isinstance(v, (list, tuple)):
+            raise InvalidArgument(f"{path}.{op}: expected a list, got {_tname(v)}")
+        vals = [_match_scalar(x, f"{path}.{op}[{i}]", False) for i, x in enumerate(v)]
+        strs = frozenset(x for x in vals if isinstance(x, str))
+        ints = frozenset(x for x in vals if not isinstance(x, str))
+        return (MatchAny if op == "any" else MatchExcept)(key, strs, ints)
+    if op in _UNSUPPORTED:
+        raise InvalidArgument(f"{path}.{op}: not supported")
+    raise InvalidArgument(f"{path}: unknown operator {op!r}")
+
+
+def _range(r: Any, key: str, path: str) -> Range:
+    if not isinstance(r, dict):
+        raise InvalidArgument(f"{path}: expected an object like {{\"gte\": ...}}, got {_tname(r)}")
+    bounds: dict[str, int | float] = {}
+    kinds = set()
+    for op, v in r.items():
+        if op not in _RANGE_OPS:
+            raise InvalidArgument(f"{path}: unknown operator {op!r}")
+        if v is None:
+            continue
+        i = _as_int(v)
+        if i is not None:
+            if abs(i) > 1 << 64:
+                raise InvalidArgument(f"{path}.{op}: {i} is out of range")
+            bounds[op], kind = i, "number"
+        elif isinstance(v, (float, np.floating)) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                raise InvalidArgument(f"{path}.{op}: {v} is not a finite number")
+            bounds[op], kind = float(v), "number"
+        elif isinstance(v, str):
+            us = parse_datetime(v)
+            if us is None:
+                raise InvalidArgument(f"{path}.{op}: {v!r} is not an ISO-8601 datetime")
+            bounds[op], kind = us, "datetime"
+        else:
+            raise InvalidArgument(f"{path}.{op}: expected a number or an ISO-8601 datetime "
+                                  f"string, got {_tname(v)}")
+        kinds.add(kind)
+    if not bounds:
+        raise InvalidArgument(f"{path}: expected at least one of gt, gte, lt, lte")
+    if len(kinds) > 1:
+        raise InvalidArgument(f"{path}: mixes numbers and datetimes")
+    return Range(key, datetime=kinds == {"datetime"}, **bounds)
+
+
+# ---------------------------------------------------------------- intervals
+
+def _int_interval(r: Range) -> tuple[int, int] | None:
+    """The range as an inclusive integer interval [lo, hi] clamped to int64; None if empty.
+    Exact for float bounds too (x > 2.5 <=> x >= 3), so int64 columns need no float casts."""
+    lo, hi = INT64_MIN, INT64_MAX
+    if r.gt is not None:
+        lo = max(lo, r.gt + 1 if isinstance(r.gt, int) else math.floor(r.gt) + 1)
+    if r.gte is not None:
+        lo = max(lo, r.gte if isinstance(r.gte, int) else math.ceil(r.gte))
+    if r.lt is not None:
+        hi = min(hi, r.lt - 1 if isinstance(r.lt, int) else math.ceil(r.lt) - 1)
+    if r.lte is not None:
+        hi = min(hi, r.lte if isinstance(r.lte, int) else math.floor(r.lte))
+    return (lo, hi) if lo <= hi else None
+
+
+def _float_interval(r: Range) -> tuple[float, bool, float, bool]:
+    """(lo, lo_inclusive, hi, hi_inclusive) over float64, exact for integer bounds that no
+    float represents (x > b <=> x > the largest float below b)."""
+    lo, lo_in, hi, hi_in = -math.inf, True, math.inf, True
+    for op, b in (("gt", r.gt), ("gte", r.gte), ("lt", r.lt), ("lte", r.lte)):
+        if b is None:
+            continue
+        f = float(b)
+        lower = op in ("gt", "gte")
+        if f == b:
+            v, incl = f, op in ("gte", "lte")
+        elif lower:
+            v, incl = (f if f < b else float(np.nextafter(f, -math.inf))), False
+        else:
+            v, incl = (f if f > b else float(np.nextafter(f, math.inf))), False
+        if lower and (v > lo or (v == lo and not incl)):
+            lo, lo_in = v, incl
+        elif not lower and (v < hi or (v == hi and not incl)):
+            hi, hi_in = v, incl
+    return lo, lo_in, hi, hi_in
+
+
+def _in_range(x: int | float, r: Range) -> bool:
+    return ((r.gt is None or x > r.gt) and (r.gte is None or x >= r.gte)
+            and (r.lt is None or x < r.lt) and (r.lte is None or x <= r.lte))
+
+
+# ---------------------------------------------------------------- reference evaluator
+
+def matches(flt: Filter | dict | None, payload: dict | None, point_id: int | str | None = None
+            ) -> bool:
+    """Does one point pass? Plain Python over the payload dict: the reference semantics."""
+    f = parse_filter(flt)
+    pid = None if point_id is None else normalize_id(point_id, "point_id")
+    return _ref(f, payload or {}, pid)
+
+
+def _ref(c: Condition, p: dict, pid) -> bool:
+    if isinstance(c, Filter):
+        return (all(_ref(x, p, pid) for x in c.must)
+                and (not c.should or any(_ref(x, p, pid) for x in c.should))
+                and not any(_ref(x, p, pid) for x in c.must_not))
+    if isinstance(c, HasId):
+        return pid in c.ids
+    path = split_key(c.key)
+    if isinstance(c, IsNull):
+        return any(v is None for v in raw_values(p, path))
+    if isinstance(c, IsEmpty):
+        return next(elements(p, path), None) is None
+    if isinstance(c, Match):
+        return any(type(e) is type(c.value) and e == c.value for e in elements(p, path))
+    if isinstance(c, MatchAny):
+        return any((type(e) is str and e in c.strs) or (type(e) is int and e in c.ints)
+                   for e in elements(p, path))
+    if isinstance(c, MatchExcept):
+        return any(not ((type(e) is str and e in c.strs) or (type(e) is int and e in c.ints))
+                   for e in elements(p, path))
+    if isinstance(c, Range):
+        if c.datetime:
+            return any(type(e) is str and (t := parse_datetime(e)) is not None
+                       and _in_range(t, c) for e in elements(p, path))
+        return any(type(e) in (int, float) and _in_range(e, c) for e in elements(p, path))
+    raise TypeError(f"not a filter condition: {c!r}")
+
+
+# ---------------------------------------------------------------- compile
+
+def id_lookup_from_ids(ext_ids: Sequence[int | str] | np.ndarray) -> IdLookup:
+    """An ``IdLookup`` over a segment whose position i holds external id ``ext_ids[i]``."""
+    table = {normalize_id(x, f"ids[{i}]"): i for i, x in enumerate(
+        ext_ids.tolist() if isinstance(ext_ids, np.ndarray) else ext_ids)}
+
+    def lookup(ids: Collection[int | str]) -> np.ndarray:
+        return np.fromiter((table[i] for i in ids if i in table), np.int64)
+    return lookup
+
+
+class _Compiler:
+    def __init__(self, store: PayloadStore, n: int, id_lookup: IdLookup | None):
+        self.store, self.n, self.id_lookup = store, n, id_lookup
+
+    def mask(self, positions: np.ndarray) -> np.ndarray:
+        m = np.zeros(self.n, bool)
+        m[positions[positions < self.n]] = True
+        return m
+
+    def filter(self, f: Filter) -> np.ndarray:
+        m = np.ones(self.n, bool)
+        for c in f.must:
+            m &= self.cond(c)
+            if not m.any():
+                return m
+        if f.should:
+            s = np.zeros(self.n, bool)
+            for c in f.should:
+                s |= self.cond(c)
+            m &= s
+        for c in f.must_not:
+            if not m.any():
+                break
+            m &= ~self.cond(c)
+        return m
+
+    def cond(self, c: Condition) -> np.ndarray:
+        if isinstance(c, Filter):
+            return self.filter(c)
+        if isinstance(c, HasId):
+            if self.id_lookup is None:
+                raise InvalidArgument("has_id: no id lookup was given for this segment")
+            return self.mask(np.asarray(self.id_lookup(c.ids), np.int64))
+        store = self.store
+        if isinstance(c, IsEmpty):
+            return ~self.mask(store.column(c.key).present())
+        if isinstance(c, IsNull):
+            return self.mask(store.column(c.key).typed("null")[0])
+        if isinstance(c, Match):
+            return self.mask(self._eq(c.key, c.value))
+        if isinstance(c, MatchAny):
+            parts = [self._isin(c.key, c.strs, "keyword", "str"),
+                     self._isin(c.key, c.ints, "integer", "int")]
+            return self.mask(np.concatenate(parts))
+        if isinstance(c, MatchExcept):
+            col = store.column(c.key)
+            parts = [col.typed(t)[0] for t in ("float", "bool", "other")]
+            for vals, t in ((c.strs, "str"), (c.ints, "int")):
+                p, v = col.typed(t)
+                parts.append(p[~np.isin(v, list(vals))] if vals else p)
+            return self.mask(np.concatenate(parts))
+        if isinstance(c, Range):
+            return self.mask(self._range(c))
+        raise TypeError(f"not a filter condition: {c!r}")
+
+    def _eq(self, key: str, value) -> np.ndarray:
+        kind, t = (("keyword", "str") if type(value) is str else
+                   ("bool", "bool") if type(value) is bool else ("integer", "int"))
+        idx = self.store.index(key, kind)
+        if idx is not None:
+            return idx.eq(value)
+        p, v = self.store.column(key).typed(t)
+        return p[v == value]
+
+    def _isin(self, key: str, values: frozenset, kind: str, t: str) -> np.ndarray:
+        if not values:
+            return np.zeros(0, np.int64)
+        idx = self.store.index(key, kind)
+        if idx is not None:
+            return np.concatenate([idx.eq(v) for v in values])
+        p, v = self.store.column(key).typed(t)
+        return p[np.isin(v, list(values))]
+
+    def _range(self, r: Range) -> np.ndarray:
+        store, key = self.store, r.key
+        if r.datetime:
+            iv = _int_interval(r)
+            if iv is None:
+                return np.zeros(0, np.int64)
+            idx = store.index(key, "datetime")
+            if idx is not None:
+                return idx.between(iv[0], True, iv[1], True)
+            p, v = store.column(key).datetimes()
+            return p[(v >= iv[0]) & (v <= iv[1])]
+        lo, lo_in, hi, hi_in = _float_interval(r)
+        idx = store.index(key, "float")
+        if idx is not None:
+            return idx.between(None if lo == -math.inf else lo, lo_in,
+                               None if hi == math.inf else hi, hi_in)
+        p, v = store.column(key).typed("float")
+        parts = [p[(v >= lo if lo_in else v > lo) & (v <= hi if hi_in else v < hi)]]
+        iv = _int_interval(r)
+        if iv is not None:
+            idx = store.index(key, "integer")
+            if idx is not None:
+                parts.append(idx.between(iv[0], True, iv[1], True))
+            else:
+                p, v = store.column(key).typed("int")
+                parts.append(p[(v >= iv[0]) & (v <= iv[1])])
+        return np.concatenate(parts)
+
+
+def compile(flt: Filter | dict | None, store: PayloadStore, n: int | None = None, *,
+            id_lookup: IdLookup | None = None) -> Bitset:
+    """The positions in [0, n) of ``store`` that pass ``flt`` (n defaults to ``len(store)``).
+
+    Deletions are not our business: AND the result with the segment's live bitmap."""
+    f = parse_filter(flt)
+    n = len(store) if n is None else int(n)
+    if not 0 <= n <= len(store):
+        raise InvalidArgument(f"n: {n} is outside [0, {len(store)}] (the store's size)")
+    return Bitset.from_mask(_Compiler(store, n, id_lookup).filter(f))
+
+
+compile_filter = compile
+
+
+# ---------------------------------------------------------------- selectivity
+
+class _Estimator:
+    def __init__(self, store: PayloadStore, n: int, id_lookup: IdLookup | None,
+                 sample_size: int, seed: int):
+        self.store, self.n, self.id_lookup = store, n, id_lookup
+        self.sample_size, self.seed = sample_size, seed
+        self._sample: list[dict] | None = None
+
+    def sampled(self, c: Condition) -> float:
+        if self._sample is None:
+            rng = np.random.default_rng(self.seed)
+            k = min(self.n, self.sample_size)
+            pos = np.sort(rng.choice(self.n, k, replace=False)) if k < self.n else range(self.n)
+            self._sample = [self.store.get(int(i)) for i in pos]
+        return sum(_ref(c, p, None) for p in self._sample) / max(1, len(self._sample))
+
+    def indexed(self, c: Condition) -> float | None:
+        """Fraction from index counts, or None where no index answers the condition."""
+        s = self.store
+        if isinstance(c, HasId):
+            k = len(c.ids) if self.id_lookup is None else len(self.id_lookup(c.ids))
+            return k / self.n
+        if isinstance(c, Match):
+            kind = ("keyword" if type(c.value) is str else
+                    "bool" if type(c.value) is bool else "integer")
+            idx = s.index(c.key, kind)
+            return None if idx is None else idx.count_eq(c.value) / self.n
+        if isinstance(c, MatchAny):
+            total = 0
+            for vals, kind in ((c.strs, "keyword"), (c.ints, "integer")):
+                if vals:
+                    idx = s.index(c.key, kind)
+                    if idx is None:
+                        return None
+                    total += sum(idx.count_eq(v) for v in vals)
+            return total / self.n
+        if isinstance(c, Range):
+            if c.datetime:
+                idx, iv = s.index(c.key, "datetime"), _int_interval(c)
+                if idx is None:
+                    return None
+                return 0.0 if iv is None else idx.count_between(iv[0], True, iv[1], True) / self.n
+            idx = s.index(c.key, "float")
+            if idx is not None:
+                lo, lo_in, hi, hi_in = _float_interval(c)
+                return idx.count_between(None if lo == -math.inf else lo, lo_in,
+                                         None if hi == math.inf else hi, hi_in) / self.n
+            idx, iv = s.index(c.key, "integer"), _int_interval(c)
+            if idx is None:
+                return None
+            return 0.0 if iv is None else idx.count_between(iv[0], True, iv[1], True) / self.n
+        return None
+
+    def has_indexed(self, c: Condition) -> bool:
+        if isinstance(c, Filter):
+            return any(self.has_indexed(x) for x in (*c.must, *c.should, *c.must_not))
+        return self.indexed(c) is not None
+
+    def estimate(self, c: Condition) -> float:
+        if isinstance(c, Filter):
+            if not self.has_indexed(c):  # sampling the whole subtree keeps its correlations
+                return self.sampled(c)
+            p = math.prod(self.estimate(x) for x in c.must)
+            if c.should:
+                p *= 1.0 - math.prod(1.0 - self.estimate(x) for x in c.should)
+            return p * math.prod(1.0 - self.estimate(x) for x in c.must_not)
+        v = self.indexed(c)
+        return min(1.0, v) if v is not None else self.sampled(c)
+
+
+def estimate_selectivity(flt: Filter | dict | None, store: PayloadStore, n: int | None = None,
+                         *, id_lookup: IdLookup | None = None, sample_size: int = 256,
+                         seed: int = 0) -> float:
+    """Estimated fraction of [0, n) that passes ``flt``, without compiling it.
+
+    Indexed conditions and has_id use exact counts (upper bounds for multi-valued fields);
+    the rest is measured on a fixed random sample of ``sample_size`` payloads; AND/OR/NOT
+    combine as if independent. 0.0 for an empty segment."""
+    f = parse_filter(flt)
+    n = len(store) if n is None else int(n)
+    if n <= 0:
+        return 0.0
+    est = _Estimator(store, min(n, len(store)), id_lookup, sample_size, seed)
+    return float(min(1.0, max(0.0, est.estimate(f))))

@@ -1,0 +1,426 @@
+"""Per-segment payloads: a compact append-only store, lazy per-field columns, payload indexes.
+
+A segment's points have positions 0..n-1 and one JSON-object payload each. Payloads are kept
+as dicts while appendable and as one orjson blob + offsets once sealed, so a sealed segment
+opens by memory-mapping two arrays instead of decoding every payload. Filters never walk dicts
+per query: the first condition on a field flattens it into a typed ``Column`` (cached, extended
+on append), and declared ``FieldIndex``es answer equality and ranges with ``np.searchsorted``.
+
+Value semantics (shared with ``filters``): a key is a dotted path (``"meta.author"``; a ``[]``
+suffix on a segment, as in Qdrant's ``"a[].b"``, is accepted and changes nothing); walking it
+descends through dicts and through the dict elements of lists. The *raw values* are what the
+path reaches; the *elements* are the raw values with lists flattened one level and nulls
+dropped. Conditions on a field hold if any element satisfies them; types are strict, as in JSON:
+``true`` is not ``1`` and ``3.0`` is not the integer ``3``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import CorruptData, InvalidArgument
+from .persist import load_arrays, save_arrays
+
+INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_EMPTY_I = np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------- values and paths
+
+def canonical_payload(obj: Any, path: str = "payload") -> dict:
+    """A validated JSON-only copy of ``obj`` (None -> {}); tuples become lists, numpy scalars
+    Python numbers. Rejects what JSON or the indexes cannot hold: non-string keys, NaN/inf,
+    integers outside int64, other objects; the message names the offending path."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"{path}: expected a JSON object (dict), got {type(obj).__name__}")
+    return _canon(obj, path)
+
+
+def _canon(v: Any, path: str) -> Any:
+    if v is None or isinstance(v, (str, bool)):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, np.bool_):
+        v = int(v)
+        if not INT64_MIN <= v <= INT64_MAX:
+            raise InvalidArgument(f"{path}: integer {v} does not fit in 64 bits (signed)")
+        return v
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not math.isfinite(v):
+            raise InvalidArgument(f"{path}: {v} is not a finite number (JSON has no NaN/inf)")
+        return v
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, dict):
+        out = {}
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise InvalidArgument(f"{path}: key {k!r} is not a string")
+            out[k] = _canon(x, f"{path}.{k}")
+        return out
+    if isinstance(v, (list, tuple)):
+        return [_canon(x, f"{path}[{i}]") for i, x in enumerate(v)]
+    raise InvalidArgument(f"{path}: {type(v).__name__} is not a JSON value")
+
+
+@lru_cache(maxsize=4096)
+def split_key(key: str) -> tuple[str, ...]:
+    """``"a[].b.c"`` -> ("a", "b", "c"); raises InvalidArgument on an empty segment."""
+    parts = tuple(p[:-2] if p.endswith("[]") else p for p in key.split("."))
+    if not key or any(not p for p in parts):
+        raise InvalidArgument(f"key {key!r}: expected a dotted path like 'meta.author'")
+    return parts
+
+
+def raw_values(payload: dict, path: tuple[str, ...]) -> list:
+    """Values the path reaches, descending through dicts and the dict elements of lists."""
+    nodes: list = [payload]
+    for part in path:
+        nxt = []
+        for node in nodes:
+            if isinstance(node, dict):
+                if part in node:
+                    nxt.append(node[part])
+            elif isinstance(node, list):
+                nxt.extend(e[part] for e in node if isinstance(e, dict) and part in e)
+        if not nxt:
+            return nxt
+        nodes = nxt
+    return nodes
+
+
+def elements(payload: dict, path: tuple[str, ...]) -> Iterator:
+    """Raw values with lists flattened one level and nulls dropped: what conditions test."""
+    for v in raw_values(payload, path):
+        if isinstance(v, list):
+            yield from (e for e in v if e is not None)
+        elif v is not None:
+            yield v
+
+
+@lru_cache(maxsize=65536)
+def parse_datetime(s: str) -> int | None:
+    """ISO-8601 string -> UTC microseconds since the epoch (naive means UTC); None if not one."""
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return (dt - _EPOCH) // _US
+
+
+# ---------------------------------------------------------------- columns
+
+class Column:
+    """One field flattened into typed element arrays: ``(positions, values)`` per JSON type.
+
+    Built once per field by walking the payloads, then extended on append; vectorised filter
+    evaluation and index builds read the numpy views, which are rebuilt only when stale."""
+
+    _TYPES = ("str", "int", "float", "bool", "other", "null")
+
+    def __init__(self, key: str):
+        self.key = key
+        self.path = split_key(key)
+        self.n = 0
+        self._pos: dict[str, list[int]] = {t: [] for t in self._TYPES}
+        self._val: dict[str, list] = {t: [] for t in ("str", "int", "float", "bool")}
+        self._np: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._dt: tuple[np.ndarray, np.ndarray] | None = None
+
+    def extend(self, payloads: Iterable[dict]) -> None:
+        pos, val = self._pos, self._val
+        i = self.n
+        for p in payloads:
+            for v in raw_values(p, self.path):
+                if v is None:
+                    pos["null"].append(i)
+                    continue
+                for e in (v if isinstance(v, list) else (v,)):
+                    t = _TYPE_NAME.get(type(e), "other")
+                    if t == "null":
+                        continue
+                    pos[t].append(i)
+                    if t != "other":
+                        val[t].append(e)
+            i += 1
+        self.n = i
+        self._np = None
+        self._dt = None
+
+    def typed(self, t: str) -> tuple[np.ndarray, np.ndarray]:
+        """(positions int64, values) of the elements of type t ('str' values are an object
+        array, 'int' int64, 'float' float64, 'bool' bool; 'other'/'null' values are empty)."""
+        if self._np is None:
+            out = {}
+            dtypes = {"str": object, "int": np.int64, "float": np.float64, "bool": np.bool_}
+            for name in self._TYPES:
+                p = np.asarray(self._pos[name], np.int64)
+                if name in dtypes:
+                    v = np.empty(len(p), dtypes[name])
+                    v[:] = self._val[name]
+                else:
+                    v = np.zeros(0)
+                out[name] = (p, v)
+            self._np = out
+        return self._np[t]
+
+    def datetimes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, UTC microseconds) of the string elements that parse as datetimes."""
+        if self._dt is None:
+            p, v = self.typed("str")
+            us = [parse_datetime(s) for s in v.tolist()]
+            ok = np.fromiter((u is not None for u in us), bool, len(us))
+            self._dt = (p[ok], np.asarray([u for u in us if u is not None], np.int64))
+        return self._dt
+
+    def present(self) -> np.ndarray:
+        """Positions with at least one non-null element (not ``is_empty``)."""
+        return np.concatenate([self.typed(t)[0] for t in ("str", "int", "float", "bool", "other")])
+
+
+_TYPE_NAME = {str: "str", int: "int", float: "float", bool: "bool", type(None): "null"}
+
+
+# ---------------------------------------------------------------- indexes
+
+class FieldIndex:
+    """Sorted ``(value, position)`` pairs of one field's elements of one kind.
+
+    One structure serves both inverted lookups (value -> positions is a ``searchsorted`` slice)
+    and ranges. Pairs are unique, so an equality count is the exact number of points; a range
+    or multi-value count is an upper bound when points hold arrays. Keyword values are stored as
+    codes into a sorted string table. ``n`` is the number of points it was built over."""
+
+    __slots__ = ("_codes", "key", "kind", "n", "pos", "strings", "vals")
+
+    def __init__(self, key: str, kind: str, vals: np.ndarray, pos: np.ndarray, n: int,
+                 strings: list[str] | None = None):
+        self.key, self.kind, self.n = key, kind, n
+        self.vals, self.pos, self.strings = vals, pos, strings
+        self._codes = {s: i for i, s in enumerate(strings)} if strings is not None else None
+
+    @classmethod
+    def build(cls, key: str, kind: str, col: Column) -> FieldIndex:
+        strings = None
+        if kind == "keyword":
+            p, v = col.typed("str")
+            strings = sorted(set(v.tolist()))
+            code = {s: i for i, s in enumerate(strings)}
+            vals = np.fromiter((code[s] for s in v.tolist()), np.int64, len(v))
+        elif kind == "integer":
+            p, vals = col.typed("int")
+        elif kind == "bool":
+            p, v = col.typed("bool")
+            vals = v.astype(np.int64)
+        elif kind == "float":
+            ip, iv = col.typed("int")
+            fp, fv = col.typed("float")
+            p, vals = np.concatenate([ip, fp]), np.concatenate([iv.astype(np.float64), fv])
+        elif kind == "datetime":
+            p, vals = col.datetimes()
+        else:
+            raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        order = np.lexsort((p, vals))
+        vals, p = vals[order], p[order]
+        if len(vals) > 1:  # drop repeated (value, position) pairs: counts become exact
+            keep = np.ones(len(vals), bool)
+            keep[1:] = (vals[1:] != vals[:-1]) | (p[1:] != p[:-1])
+            vals, p = vals[keep], p[keep]
+        return cls(key, kind, np.ascontiguousarray(vals), np.ascontiguousarray(p), col.n, strings)
+
+    def _slice(self, v) -> tuple[int, int]:
+        if self._codes is not None:
+            v = self._codes.get(v)
+            if v is None:
+                return 0, 0
+        elif self.kind == "bool":
+            v = int(v)
+        elif self.kind in ("integer", "datetime") and not INT64_MIN <= v <= INT64_MAX:
+            return 0, 0
+        return (int(np.searchsorted(self.vals, v, "left")),
+                int(np.searchsorted(self.vals, v, "right")))
+
+    def eq(self, value) -> np.ndarray:
+        """Positions whose field has an element equal to ``value`` (sorted, unique)."""
+        a, b = self._slice(value)
+        return self.pos[a:b]
+
+    def count_eq(self, value) -> int:
+        a, b = self._slice(value)
+        return b - a
+
+    def _range(self, lo, lo_incl: bool, hi, hi_incl: bool) -> tuple[int, int]:
+        a = 0 if lo is None else int(np.searchsorted(self.vals, lo, "left" if lo_incl else "right"))
+        b = len(self.vals) if hi is None else int(
+            np.searchsorted(self.vals, hi, "right" if hi_incl else "left"))
+        return a, max(a, b)
+
+    def between(self, lo=None, lo_incl: bool = True, hi=None, hi_incl: bool = True) -> np.ndarray:
+        """Positions with an element in the interval (None = unbounded); may repeat."""
+        a, b = self._range(lo, lo_incl, hi, hi_incl)
+        return self.pos[a:b]
+
+    def count_between(self, lo=None, lo_incl: bool = True, hi=None, hi_incl: bool = True) -> int:
+        a, b = self._range(lo, lo_incl, hi, hi_incl)
+        return b - a
+
+    def to_arrays(self, prefix: str) -> tuple[dict, dict[str, np.ndarray]]:
+        arrays = {f"{prefix}_vals": self.vals, f"{prefix}_pos": self.pos}
+        if self.strings is not None:
+            arrays[f"{prefix}_strings"] = np.frombuffer(orjson.dumps(self.strings), np.uint8)
+        return {"key": self.key, "kind": self.kind, "n": self.n, "prefix": prefix}, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> FieldIndex:
+        p = meta["prefix"]
+        strings = None
+        if meta["kind"] == "keyword":
+            strings = orjson.loads(np.asarray(arrays[f"{p}_strings"]).tobytes())
+        return cls(meta["key"], meta["kind"], arrays[f"{p}_vals"], arrays[f"{p}_pos"],
+                   int(meta["n"]), strings)
+
+
+# ---------------------------------------------------------------- the store
+
+class PayloadStore:
+    """Payloads of one segment by position, plus its payload indexes.
+
+    Append-only: a *base* part (orjson blob + offsets, e.g. memory-mapped from a sealed
+    segment) followed by a *tail* list of dicts. Deletion is the segment's bitmap, not ours.
+    Indexes are declared per (field, kind); after appends they are rebuilt from the column on
+    next use (a numpy sort, no payload walk beyond the new points)."""
+
+    PERSIST_KIND = "payload"
+
+    def __init__(self) -> None:
+        self._blob: np.ndarray = np.zeros(0, np.uint8)
+        self._offsets: np.ndarray = np.zeros(1, np.int64)
+        self._tail: list[dict] = []
+        self._columns: dict[str, Column] = {}
+        self._indexes: dict[tuple[str, str], FieldIndex | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1 + len(self._tail)
+
+    @property
+    def _base_n(self) -> int:
+        return len(self._offsets) - 1
+
+    def append(self, payload: dict | None) -> int:
+        """Add one payload (validated, copied); returns its position."""
+        self._tail.append(canonical_payload(payload))
+        return len(self) - 1
+
+    def extend(self, payloads: Iterable[dict | None]) -> range:
+        """Add payloads in order; returns their positions."""
+        start = len(self)
+        new = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+        self._tail.extend(new)
+        return range(start, len(self))
+
+    def get(self, pos: int) -> dict:
+        """The payload at ``pos`` (a fresh dict for sealed payloads; do not mutate tail ones)."""
+        base = self._base_n
+        if pos < 0 or pos >= len(self):
+            raise IndexError(f"payload position {pos} out of range [0, {len(self)})")
+        if pos >= base:
+            return self._tail[pos - base]
+        a, b = int(self._offsets[pos]), int(self._offsets[pos + 1])
+        return orjson.loads(self._blob[a:b].tobytes())
+
+    def iter_payloads(self, start: int = 0) -> Iterator[dict]:
+        base = self._base_n
+        for i in range(start, base):
+            yield self.get(i)
+        yield from self._tail[max(0, start - base):]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iter_payloads()
+
+    def column(self, key: str) -> Column:
+        """The field's typed column, built or extended to cover every stored payload."""
+        col = self._columns.get(key)
+        if col is None:
+            col = self._columns[key] = Column(key)
+        if col.n < len(self):
+            col.extend(self.iter_payloads(col.n))
+        return col
+
+    # ---- indexes
+
+    def create_index(self, key: str, kind: str) -> FieldIndex:
+        """Declare (and build) an index of ``kind`` on field ``key``."""
+        if kind not in INDEX_KINDS:
+            raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        split_key(key)
+        self._indexes[(key, kind)] = None
+        return self.index(key, kind)
+
+    def drop_index(self, key: str, kind: str | None = None) -> None:
+        for k in [k for k in self._indexes if k[0] == key and kind in (None, k[1])]:
+            del self._indexes[k]
+
+    def index(self, key: str, kind: str) -> FieldIndex | None:
+        """The up-to-date index of ``kind`` on ``key``, or None if none is declared."""
+        if (key, kind) not in self._indexes:
+            return None
+        idx = self._indexes[(key, kind)]
+        if idx is None or idx.n != len(self):
+            idx = self._indexes[(key, kind)] = FieldIndex.build(key, kind, self.column(key))
+        return idx
+
+    def indexes(self) -> list[tuple[str, str]]:
+        """Declared (key, kind) pairs."""
+        return list(self._indexes)
+
+    # ---- persistence
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able meta, named arrays) holding payloads and up-to-date indexes."""
+        chunks = [orjson.dumps(p) for p in self._tail]
+        lens = np.fromiter((len(c) for c in chunks), np.int64, len(chunks))
+        offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(lens)])
+        blob = np.concatenate([np.asarray(self._blob, np.uint8),
+                               np.frombuffer(b"".join(chunks), np.uint8)])
+        arrays = {"payload_blob": blob, "payload_offsets": offsets}
+        metas = []
+        for i, (key, kind) in enumerate(self._indexes):
+            m, a = self.index(key, kind).to_arrays(f"idx{i}")
+            metas.append(m)
+            arrays.update(a)
+        return {"n": len(self), "indexes": metas}, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> PayloadStore:
+        """Reopen what ``to_arrays`` produced; arrays may be read-only memory maps."""
+        s = cls()
+        s._blob, s._offsets = arrays["payload_blob"], arrays["payload_offsets"]
+        if len(s) != meta["n"] or (len(s._offsets) and int(s._offsets[-1]) != len(s._blob)):
+            raise CorruptData(f"payload store: offsets do not match the blob or n={meta['n']}")
+        for m in meta["indexes"]:
+            s._indexes[(m["key"], m["kind"])] = FieldIndex.from_arrays(m, arrays)
+        return s
+
+    def save(self, directory: str | os.PathLike) -> None:
+        meta, arrays = self.to_arrays()
+        save_arrays(directory, self.PERSIST_KIND, meta, arrays)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> PayloadStore:
+        meta, arrays = load_arrays(directory, cls.PERSIST_KIND, mmap=mmap)
+        return cls.from_arrays(meta, arrays)

@@ -1,0 +1,47 @@
+"""Exact scans: one query (or a batch) against all rows, or against a list of rows."""
+
+import numpy as np
+from numba import njit, prange
+
+from . import JIT
+from .bitset import bitset_test
+from .dispatch import codec_distance
+from .topk import heap_push, heap_sorted
+
+
+@njit(**JIT)
+def scan_topk(kind, qs, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
+    """Exact top-k of one query over rows [0, n), skipping rows not in ``words`` if filtered."""
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for i in range(n):
+        if filtered and not bitset_test(words, i):
+            continue
+        size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, i), i)
+    heap_sorted(hd, hi, size, out_d, out_i)
+
+
+@njit(**JIT)
+def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
+    """Exact top-k of one query over the given rows only (selective filters)."""
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for r in rows:
+        size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, r), r)
+    heap_sorted(hd, hi, size, out_d, out_i)
+
+
+@njit(parallel=True, **JIT)
+def scan_topk_batch(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
+    for q in prange(QS.shape[0]):
+        scan_topk(kind, QS[q], codes, aux, n, k, words, filtered, out_d[q], out_i[q])
+
+
+@njit(parallel=True, **JIT)
+def scan_topk_rows_batch(kind, QS, codes, aux, rows, k, out_d, out_i) -> None:
+    for q in prange(QS.shape[0]):
+        scan_topk_rows(kind, QS[q], codes, aux, rows, k, out_d[q], out_i[q])
+
+
