@@ -498,15 +498,10 @@ class _Estimator:
                  sample_size: int, seed: int):
         self.store, self.n, self.id_lookup = store, n, id_lookup
         self.sample_size, self.seed = sample_size, seed
-        self._sample: list[dict] | None = None
 
     def sampled(self, c: Condition) -> float:
-        if self._sample is None:
-            rng = np.random.default_rng(self.seed)
-            k = min(self.n, self.sample_size)
-            pos = np.sort(rng.choice(self.n, k, replace=False)) if k < self.n else range(self.n)
-            self._sample = [self.store.get(int(i)) for i in pos]
-        return sum(_ref(c, p, None) for p in self._sample) / max(1, len(self._sample))
+        sample = self.store.sample(self.sample_size, self.seed)
+        return sum(_ref(c, p, None) for p in sample) / max(1, len(sample))
 
     def indexed(self, c: Condition) -> float | None:
         """Fraction from index counts, or None where no index answers the condition."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -128,22 +129,23 @@ def parse_datetime(s: str) -> int | None:
 class Column:
     """One field flattened into typed element arrays: ``(positions, values)`` per JSON type.
 
-    Built once per field by walking the payloads, then extended on append; vectorised filter
-    evaluation and index builds read the numpy views, which are rebuilt only when stale."""
+    Built once per field by walking the payloads, then extended on append. Each extension
+    publishes a new dict of immutable numpy arrays in one assignment, so a filter that is
+    reading the column while another thread extends it sees a consistent snapshot."""
 
     _TYPES = ("str", "int", "float", "bool", "other", "null")
-
     def __init__(self, key: str):
         self.key = key
         self.path = split_key(key)
         self.n = 0
-        self._pos: dict[str, list[int]] = {t: [] for t in self._TYPES}
-        self._val: dict[str, list] = {t: [] for t in ("str", "int", "float", "bool")}
-        self._np: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-        self._dt: tuple[np.ndarray, np.ndarray] | None = None
+        self._np: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            t: (_EMPTY_I, np.zeros(0, _COL_DTYPES.get(t, np.float64))) for t in self._TYPES}
+        self._dt: tuple[dict, np.ndarray, np.ndarray] | None = None
 
     def extend(self, payloads: Iterable[dict]) -> None:
-        pos, val = self._pos, self._val
+        """Add the next payloads (positions n, n+1, ...). Callers serialise extensions."""
+        pos: dict[str, list[int]] = {t: [] for t in self._TYPES}
+        val: dict[str, list] = {t: [] for t in _COL_DTYPES}
         i = self.n
         for p in payloads:
             for v in raw_values(p, self.path):
@@ -158,41 +160,42 @@ class Column:
                     if t != "other":
                         val[t].append(e)
             i += 1
+        out = {}
+        for t, (old_p, old_v) in self._np.items():
+            if not pos[t]:
+                out[t] = (old_p, old_v)
+                continue
+            v = old_v
+            if t in val:
+                v = np.empty(len(val[t]), _COL_DTYPES[t])
+                v[:] = val[t]
+                v = np.concatenate([old_v, v])
+            out[t] = (np.concatenate([old_p, np.asarray(pos[t], np.int64)]), v)
+        self._np = out
         self.n = i
-        self._np = None
-        self._dt = None
 
     def typed(self, t: str) -> tuple[np.ndarray, np.ndarray]:
         """(positions int64, values) of the elements of type t ('str' values are an object
         array, 'int' int64, 'float' float64, 'bool' bool; 'other'/'null' values are empty)."""
-        if self._np is None:
-            out = {}
-            dtypes = {"str": object, "int": np.int64, "float": np.float64, "bool": np.bool_}
-            for name in self._TYPES:
-                p = np.asarray(self._pos[name], np.int64)
-                if name in dtypes:
-                    v = np.empty(len(p), dtypes[name])
-                    v[:] = self._val[name]
-                else:
-                    v = np.zeros(0)
-                out[name] = (p, v)
-            self._np = out
         return self._np[t]
 
     def datetimes(self) -> tuple[np.ndarray, np.ndarray]:
         """(positions, UTC microseconds) of the string elements that parse as datetimes."""
-        if self._dt is None:
-            p, v = self.typed("str")
+        snap, dt = self._np, self._dt
+        if dt is None or dt[0] is not snap:
+            p, v = snap["str"]
             us = [parse_datetime(s) for s in v.tolist()]
             ok = np.fromiter((u is not None for u in us), bool, len(us))
-            self._dt = (p[ok], np.asarray([u for u in us if u is not None], np.int64))
-        return self._dt
+            dt = self._dt = (snap, p[ok], np.asarray([u for u in us if u is not None], np.int64))
+        return dt[1], dt[2]
 
     def present(self) -> np.ndarray:
-        """Positions with at least one non-null element (not ``is_empty``)."""
-        return np.concatenate([self.typed(t)[0] for t in ("str", "int", "float", "bool", "other")])
+        """Positions with at least one non-null element (not ``is_empty``); may repeat."""
+        snap = self._np
+        return np.concatenate([snap[t][0] for t in ("str", "int", "float", "bool", "other")])
 
 
+_COL_DTYPES = {"str": object, "int": np.int64, "float": np.float64, "bool": np.bool_}
 _TYPE_NAME = {str: "str", int: "int", float: "float", bool: "bool", type(None): "null"}
 
 
@@ -313,6 +316,8 @@ class PayloadStore:
         self._tail: list[dict] = []
         self._columns: dict[str, Column] = {}
         self._indexes: dict[tuple[str, str], FieldIndex | None] = {}
+        self._lock = threading.RLock()  # appends vs lazy column/index builds
+        self._sample: tuple[tuple[int, int, int], list[dict]] | None = None
 
     def __len__(self) -> int:
         return len(self._offsets) - 1 + len(self._tail)
@@ -323,15 +328,18 @@ class PayloadStore:
 
     def append(self, payload: dict | None) -> int:
         """Add one payload (validated, copied); returns its position."""
-        self._tail.append(canonical_payload(payload))
-        return len(self) - 1
+        p = canonical_payload(payload)
+        with self._lock:
+            self._tail.append(p)
+            return len(self) - 1
 
     def extend(self, payloads: Iterable[dict | None]) -> range:
         """Add payloads in order; returns their positions."""
-        start = len(self)
         new = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
-        self._tail.extend(new)
-        return range(start, len(self))
+        with self._lock:
+            start = len(self)
+            self._tail.extend(new)
+            return range(start, len(self))
 
     def get(self, pos: int) -> dict:
         """The payload at ``pos`` (a fresh dict for sealed payloads; do not mutate tail ones)."""
@@ -354,12 +362,27 @@ class PayloadStore:
 
     def column(self, key: str) -> Column:
         """The field's typed column, built or extended to cover every stored payload."""
-        col = self._columns.get(key)
-        if col is None:
-            col = self._columns[key] = Column(key)
-        if col.n < len(self):
-            col.extend(self.iter_payloads(col.n))
-        return col
+        with self._lock:
+            col = self._columns.get(key)
+            if col is None:
+                col = self._columns[key] = Column(key)
+            if col.n < len(self):
+                col.extend(self.iter_payloads(col.n))
+            return col
+
+    def sample(self, k: int, seed: int = 0) -> list[dict]:
+        """Up to ``k`` payloads at fixed random positions (cached until the store grows): what
+        selectivity estimates measure unindexed conditions on."""
+        tag = (len(self), k, seed)
+        cached = self._sample
+        if cached is not None and cached[0] == tag:
+            return cached[1]
+        n = len(self)
+        pos = (np.sort(np.random.default_rng(seed).choice(n, k, replace=False)).tolist()
+               if k < n else range(n))
+        out = [self.get(i) for i in pos]
+        self._sample = (tag, out)
+        return out
 
     # ---- indexes
 
@@ -368,25 +391,34 @@ class PayloadStore:
         if kind not in INDEX_KINDS:
             raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
         split_key(key)
-        self._indexes[(key, kind)] = None
-        return self.index(key, kind)
+        with self._lock:
+            self._indexes.setdefault((key, kind), None)
+            return self.index(key, kind)
 
     def drop_index(self, key: str, kind: str | None = None) -> None:
-        for k in [k for k in self._indexes if k[0] == key and kind in (None, k[1])]:
-            del self._indexes[k]
+        with self._lock:
+            for k in [k for k in self._indexes if k[0] == key and kind in (None, k[1])]:
+                del self._indexes[k]
 
     def index(self, key: str, kind: str) -> FieldIndex | None:
         """The up-to-date index of ``kind`` on ``key``, or None if none is declared."""
-        if (key, kind) not in self._indexes:
+        idx = self._indexes.get((key, kind), False)
+        if idx is False:
             return None
-        idx = self._indexes[(key, kind)]
         if idx is None or idx.n != len(self):
-            idx = self._indexes[(key, kind)] = FieldIndex.build(key, kind, self.column(key))
+            with self._lock:
+                if (key, kind) not in self._indexes:
+                    return None
+                idx = self._indexes[(key, kind)]
+                if idx is None or idx.n != len(self):
+                    idx = FieldIndex.build(key, kind, self.column(key))
+                    self._indexes[(key, kind)] = idx
         return idx
 
     def indexes(self) -> list[tuple[str, str]]:
         """Declared (key, kind) pairs."""
-        return list(self._indexes)
+        with self._lock:
+            return list(self._indexes)
 
     # ---- persistence
 
@@ -399,7 +431,7 @@ class PayloadStore:
                                np.frombuffer(b"".join(chunks), np.uint8)])
         arrays = {"payload_blob": blob, "payload_offsets": offsets}
         metas = []
-        for i, (key, kind) in enumerate(self._indexes):
+        for i, (key, kind) in enumerate(self.indexes()):
             m, a = self.index(key, kind).to_arrays(f"idx{i}")
             metas.append(m)
             arrays.update(a)

@@ -84,32 +84,32 @@ def _file_name(first_seq: int) -> str:
     return f"wal-{first_seq:020d}.log"
 
 
-def _read_record(data: memoryview, off: int) -> tuple[Record, int] | str:
-    """The record at ``off`` and the offset after it, or why there is none."""
+def _read_record(data: memoryview, off: int) -> tuple[int, int, int] | str:
+    """(seq, op, end) of the valid record at ``off`` (body is data[off+HEADER.size:end]), or
+    why there is none."""
     if off + HEADER.size > len(data):
         return "short header"
     length, crc, seq, op = HEADER.unpack_from(data, off)
     end = off + HEADER.size + length
     if end > len(data):
         return "short body"
-    body = data[off + HEADER.size:end]
-    if _crc(length, seq, op, body) != crc:
+    if _crc(length, seq, op, data[off + HEADER.size:end]) != crc:
         return "crc mismatch"
-    return Record(seq, op, bytes(body)), end
+    return seq, op, end
 
 
-def _scan(data: memoryview, expect: int) -> tuple[list[tuple[int, Record]], int, str | None]:
-    """Parse records from the start: ([(offset, record)], offset of the first bad byte, why)."""
-    out: list[tuple[int, Record]] = []
+def _scan(data: memoryview, expect: int) -> tuple[list[tuple[int, int, int]], int, str | None]:
+    """Parse records from the start: ([(seq, op, offset)], offset of the first bad byte, why)."""
+    out: list[tuple[int, int, int]] = []
     off = 0
     while off < len(data):
         r = _read_record(data, off)
         if isinstance(r, str):
             return out, off, r
-        rec, nxt = r
-        if rec.seq != expect:
-            return out, off, f"seq {rec.seq} where {expect} was expected"
-        out.append((off, rec))
+        seq, op, nxt = r
+        if seq != expect:
+            return out, off, f"seq {seq} where {expect} was expected"
+        out.append((seq, op, off))
         off, expect = nxt, expect + 1
     return out, off, None
 
@@ -124,7 +124,7 @@ def _valid_record_after(data: memoryview, start: int, seq: int) -> int | None:
     while i != -1:
         off = i - 8
         r = _read_record(data, off)
-        if not isinstance(r, str) and r[0].seq == seq:
+        if not isinstance(r, str) and r[0] == seq:
             return off
         i = raw.find(needle, i + 1)
     return None
@@ -184,7 +184,7 @@ class WAL:
     def _recover(self, path: Path, first: int, on_corrupt: str) -> None:
         data = memoryview(path.read_bytes())
         recs, bad, why = _scan(data, first)
-        self._next = recs[-1][1].seq + 1 if recs else first
+        self._next = recs[-1][0] + 1 if recs else first
         if why is None:
             return
         nxt = _valid_record_after(data, bad + 1, self._next + 1)
@@ -333,14 +333,14 @@ class WAL:
             if p == active:
                 data = data[:active_size]
             recs, bad, why = _scan(memoryview(data), first)
-            for _, rec in recs:
-                if rec.seq > after_seq:
-                    yield rec
+            for seq, op, off in recs:
+                if seq > after_seq:
+                    length = HEADER.unpack_from(data, off)[0]
+                    yield Record(seq, op, data[off + HEADER.size:off + HEADER.size + length])
+            expect = recs[-1][0] + 1 if recs else first
             if why is not None:
-                seq = recs[-1][1].seq + 1 if recs else first
-                raise CorruptData(f"{p}: damaged record at offset {bad} (seq {seq}): {why}; "
-                                  f"replay stopped after seq {seq - 1}")
-            expect = recs[-1][1].seq + 1 if recs else first
+                raise CorruptData(f"{p}: damaged record at offset {bad} (seq {expect}): {why}; "
+                                  f"replay stopped after seq {expect - 1}")
 
 
 # ---------------------------------------------------------------- batch bodies
