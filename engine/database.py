@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from .collection import Collection, CollectionConfig
-from .errors import InvalidArgument, NotFound
+from .errors import AlreadyExists, InvalidArgument, NotFound
 from .index.factory import index as make_index
 from .metric import Metric
 from .persist import atomic_write_bytes
@@ -49,7 +49,7 @@ class Database:
             if (d / "config.json").exists():
                 if exist_ok:
                     return self._get(name)
-                raise InvalidArgument(f"name: collection {name!r} already exists")
+                raise AlreadyExists(f"name: collection {name!r} already exists")
             d.mkdir(parents=True, exist_ok=True)
             config = CollectionConfig(dim=int(dim), metric=Metric.parse(metric).value, index=index,
                                       ef_construction=ef_construction, segment_size=segment_size,
@@ -91,7 +91,7 @@ class Database:
         d = self._dir(name)
         with self._lock:
             if d.exists():
-                raise InvalidArgument(f"name: collection {name!r} already exists")
+                raise AlreadyExists(f"name: collection {name!r} already exists")
             tmp = d.with_name(d.name + ".restoring")
             shutil.rmtree(tmp, ignore_errors=True)
             try:

@@ -22,3 +22,7 @@ class NotFound(QuiverError, KeyError):
 
 class CorruptData(QuiverError):
     """A stored file is missing, truncated or fails its checksum; the message names it."""
+
+
+class AlreadyExists(InvalidArgument):
+    """Creating something that exists (a collection name, a restored snapshot's target)."""

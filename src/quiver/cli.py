@@ -87,7 +87,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if report["results"] else 1
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_bench]
+def register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the REST server on an embedded database",
+                       description="Serve the REST API (OpenAPI docs at /docs). API keys come "
+                                   "from --api-key, QUIVER_API_KEY / QUIVER_READ_ONLY_API_KEY "
+                                   "or the --config JSON file.")
+    p.add_argument("--data", default="./quiver-data", help="database folder (default ./quiver-data)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6333)
+    p.add_argument("--api-key", help="read-write API key (header api-key)")
+    p.add_argument("--read-only-api-key", help="read-only API key")
+    p.add_argument("--config", help="JSON config file (keys, limits, CORS origins)")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-k", type=int)
+    p.add_argument("--request-timeout", type=float)
+    p.add_argument("--no-warmup", action="store_true", help="skip the JIT warm-up")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from quiver.server.app import create_app
+    from quiver.server.settings import Settings
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env(args.config, data=args.data, max_body_bytes=args.max_body_bytes,
+                                 max_batch=args.max_batch, max_k=args.max_k,
+                                 request_timeout=args.request_timeout)
+    if args.api_key:
+        settings.api_keys.add(args.api_key)
+    if args.read_only_api_key:
+        settings.read_only_keys.add(args.read_only_api_key)
+    settings.warmup = not args.no_warmup
+    app = create_app(settings)
+    print(f"Quiver serving {settings.data.resolve()} on http://{args.host}:{args.port} "
+          f"(docs: http://{args.host}:{args.port}/docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_bench, register_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,424 @@
+"""The FastAPI application. Thin: every route validates its body and calls one engine method.
+
+Searches and writes run in worker threads (the kernels release the GIL, so concurrent
+requests use every core) while the event loop keeps accepting requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine.database import Database
+from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
+from ..engine.wal import decode_batch
+from . import schemas as s
+from .gate import Gate
+from .metrics import Metrics
+from .settings import Settings
+from .warmup import warm_up
+
+log = logging.getLogger("quiver.server")
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def ok(result: Any, started: float, **extra: Any) -> JSON:
+    return JSON({"result": result, "time": time.perf_counter() - started, **extra})
+
+
+def error(status: int, code: str, message: str, details: Any = None) -> JSON:
+    return JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+_BODY_MODELS: list[type[BaseModel]] = []
+
+
+def body_doc(model: type[BaseModel], *binary: str) -> dict:
+    """OpenAPI for a body parsed by hand (``model_validate_json`` on the raw bytes is several
+    times cheaper than FastAPI's json.loads + validation)."""
+    _BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    content: dict[str, Any] = {"application/json": {"schema": ref}}
+    for media in binary:
+        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def parse(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    return model.model_validate_json(raw if raw.strip() else b"{}")
+
+
+def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, list]:
+    errors = exc.errors()
+    details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+               for e in errors[:20]]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(x for x in first["loc"] if x not in ("body",)) or "body"
+    return f"{where}: {first['msg']}", details
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    ready = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal db
+        if db is None:
+            db = Database(settings.data)
+        app.state.db = db
+        if settings.warmup:
+            threading.Thread(target=lambda: (warm_up(), ready.set()), daemon=True).start()
+        else:
+            ready.set()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(db.close)
+
+    app = FastAPI(title="Quiver", version="0.1.0", lifespan=lifespan,
+                  description="Vector similarity search with hybrid filtered queries.")
+
+    def database() -> Database:
+        return app.state.db
+
+    async def run(fn, *args, **kwargs):
+        with anyio.fail_after(settings.request_timeout):
+            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    def check_k(k: int, field: str) -> None:
+        if k > settings.max_k:
+            raise InvalidArgument(f"{field}: {k} exceeds the server's limit of {settings.max_k}")
+
+    def check_batch(n: int, field: str) -> None:
+        if n > settings.max_batch:
+            raise _Limit(f"{field}: {n} items exceed the server's batch limit of {settings.max_batch}")
+
+    # --- errors ------------------------------------------------------------------------
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_, exc):
+        return error(404, "not_found", str(exc))
+
+    @app.exception_handler(AlreadyExists)
+    async def _exists(_, exc):
+        return error(409, "already_exists", str(exc))
+
+    @app.exception_handler(_Limit)
+    async def _limit(_, exc):
+        return error(422, "limit_exceeded", str(exc))
+
+    @app.exception_handler(InvalidArgument)
+    async def _invalid(_, exc):
+        return error(400, "invalid_argument", str(exc))
+
+    @app.exception_handler(CorruptData)
+    async def _corrupt(_, exc):
+        return error(500, "corrupt_data", str(exc))
+
+    @app.exception_handler(QuiverError)
+    async def _quiver(_, exc):
+        return error(400, "error", str(exc))
+
+    @app.exception_handler(ValidationError)
+    async def _pyd(_, exc):
+        msg, details = _validation_message(exc)
+        return error(422, "validation_error", msg, details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _req(_, exc):
+        msg, details = _validation_message(exc)
+        return error(422, "validation_error", msg, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_, exc):
+        return error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(TimeoutError)
+    async def _timeout(_, exc):
+        return error(503, "timeout", f"request exceeded the server's {settings.request_timeout} s limit")
+
+    # --- service -----------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["service"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"])
+    async def readyz():
+        if not ready.is_set():
+            return error(503, "warming_up", "compiling search kernels")
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["service"])
+    async def metrics_route():
+        infos = {}
+        db_ = database()
+        for name in db_.list_collections():
+            try:
+                infos[name] = db_.get_collection(name).info()
+            except QuiverError:
+                continue
+        return Response(metrics.render(infos), media_type="text/plain; version=0.0.4")
+
+    # --- collections -------------------------------------------------------------------
+
+    @app.put("/collections/{name}", tags=["collections"], openapi_extra=body_doc(s.CreateCollection))
+    async def create_collection(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.CreateCollection)
+        col = await run(database().create_collection, name, body.dim, body.metric, body.index,
+                        ef_construction=body.ef_construction, segment_size=body.segment_size,
+                        fsync=body.fsync)
+        return ok(col.info(), t)
+
+    @app.get("/collections", tags=["collections"])
+    async def list_collections():
+        t = time.perf_counter()
+        return ok({"collections": [{"name": n} for n in database().list_collections()]}, t)
+
+    @app.get("/collections/{name}", tags=["collections"])
+    async def collection_info(name: str):
+        t = time.perf_counter()
+        return ok(database().get_collection(name).info(), t)
+
+    @app.delete("/collections/{name}", tags=["collections"])
+    async def drop_collection(name: str):
+        t = time.perf_counter()
+        await run(database().drop_collection, name)
+        return ok(True, t)
+
+    # --- points ------------------------------------------------------------------------
+
+    @app.put("/collections/{name}/points", tags=["points"],
+             openapi_extra=body_doc(s.UpsertPoints, s.BINARY_POINTS))
+    async def upsert(name: str, request: Request):
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        if request.headers.get("content-type", "").startswith(s.BINARY_POINTS):
+            try:
+                batch = decode_batch(await request.body())
+            except (CorruptData, ValueError, KeyError, TypeError) as exc:
+                raise InvalidArgument(f"body: malformed {s.BINARY_POINTS} frame ({exc})") from None
+            if "" not in batch.vectors:
+                raise InvalidArgument("body: the frame holds no vectors")
+            ids = batch.ids.tolist() if isinstance(batch.ids, np.ndarray) else batch.ids
+            check_batch(len(ids), "points")
+            seq = await run(col.upsert, ids, batch.vectors[""], batch.payloads)
+        else:
+            body = await parse(request, s.UpsertPoints)
+            check_batch(len(body.points), "points")
+            pts = body.points
+            if not pts:
+                return ok({"operation_id": None, "status": "acknowledged"}, t)
+            dims = {len(p.vector) for p in pts}
+            if len(dims) != 1:
+                raise InvalidArgument("points: vectors have different lengths")
+            seq = await run(col.upsert, [p.id for p in pts], [p.vector for p in pts],
+                            [p.payload for p in pts])
+        return ok({"operation_id": seq, "status": "acknowledged"}, t)
+
+    @app.post("/collections/{name}/points", tags=["points"], openapi_extra=body_doc(s.GetPoints))
+    async def get_points(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.GetPoints)
+        check_batch(len(body.ids), "ids")
+        pts = await run(database().get_collection(name).get, body.ids, body.with_payload,
+                        body.with_vector)
+        return ok([p.to_dict() for p in pts], t)
+
+    @app.post("/collections/{name}/points/delete", tags=["points"],
+              openapi_extra=body_doc(s.PointsSelector))
+    async def delete_points(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.PointsSelector)
+        col = database().get_collection(name)
+        if (body.points is None) == (body.filter is None):
+            raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
+        if body.points is not None:
+            check_batch(len(body.points), "points")
+        n = await run(col.delete, ids=body.points, filter=body.filter)
+        return ok({"deleted": n, "status": "acknowledged"}, t)
+
+    def _search_args(req: s.SearchRequest) -> dict:
+        check_k(req.limit, "limit")
+        params = req.params.model_dump(exclude_none=True) if req.params else {}
+        if params.get("exact") is False:
+            params.pop("exact")
+        if "ef" in params:
+            check_k(params["ef"], "params.ef")
+        return {"k": req.limit, "filter": req.filter, "params": params,
+                "with_payload": req.with_payload, "with_vectors": req.with_vector}
+
+    @app.post("/collections/{name}/points/search", tags=["search"],
+              openapi_extra=body_doc(s.SearchRequest))
+    async def search(name: str, request: Request):
+        t = time.perf_counter()
+        req = await parse(request, s.SearchRequest)
+        col = database().get_collection(name)
+        if req.explain:
+            hits, plan = await run(col.search, req.vector, explain=True, **_search_args(req))
+            return ok([h.to_dict() for h in hits], t, plan=plan)
+        hits = await run(col.search, req.vector, **_search_args(req))
+        return ok([h.to_dict() for h in hits], t)
+
+    @app.post("/collections/{name}/points/search/batch", tags=["search"],
+              openapi_extra=body_doc(s.SearchBatch, s.NPY))
+    async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,
+                           exact: bool = False, rerank: bool | None = None,
+                           with_payload: bool = False):
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        if request.headers.get("content-type", "").startswith(s.NPY):
+            queries = _load_npy(await request.body())
+            check_batch(queries.shape[0], "queries")
+            check_k(limit, "limit")
+            params = {k: v for k, v in (("ef", ef), ("rerank", rerank)) if v is not None}
+            if exact:
+                params["exact"] = True
+            if queries.shape[0] == 0:
+                return ok([], t)
+            res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload)
+            return ok([[h.to_dict() for h in hits] for hits in res], t)
+        body = await parse(request, s.SearchBatch)
+        check_batch(len(body.searches), "searches")
+
+        def many():
+            return [col.search(r.vector, **_search_args(r)) for r in body.searches]
+
+        res = await run(many)
+        return ok([[h.to_dict() for h in hits] for hits in res], t)
+
+    @app.post("/collections/{name}/points/scroll", tags=["points"], openapi_extra=body_doc(s.ScrollRequest))
+    async def scroll(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.ScrollRequest)
+        check_k(body.limit, "limit")
+        pts, nxt = await run(database().get_collection(name).scroll, body.filter, body.limit,
+                             body.offset, body.with_payload, body.with_vector)
+        return ok({"points": [p.to_dict() for p in pts], "next_page_offset": nxt}, t)
+
+    @app.post("/collections/{name}/points/count", tags=["points"], openapi_extra=body_doc(s.CountRequest))
+    async def count(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.CountRequest)
+        n = await run(database().get_collection(name).count, body.filter)
+        return ok({"count": n}, t)
+
+    # --- payload indexes -----------------------------------------------------------------
+
+    @app.put("/collections/{name}/index", tags=["collections"], openapi_extra=body_doc(s.PayloadIndexRequest))
+    async def create_index(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.PayloadIndexRequest)
+        await run(database().get_collection(name).create_payload_index, body.field_name,
+                  body.field_schema)
+        return ok({"status": "acknowledged"}, t)
+
+    @app.delete("/collections/{name}/index/{field_name}", tags=["collections"])
+    async def delete_index(name: str, field_name: str):
+        t = time.perf_counter()
+        await run(database().get_collection(name).delete_payload_index, field_name)
+        return ok({"status": "acknowledged"}, t)
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def snapshot_dir(name: str) -> Path:
+        database().get_collection(name)  # 404 for unknown collections
+        return database().path / "snapshots" / name
+
+    @app.post("/collections/{name}/snapshots", tags=["snapshots"])
+    async def create_snapshot(name: str):
+        t = time.perf_counter()
+        path = await run(database().get_collection(name).snapshot, snapshot_dir(name))
+        return ok({"name": path.name, "size": path.stat().st_size}, t)
+
+    @app.get("/collections/{name}/snapshots", tags=["snapshots"])
+    async def list_snapshots(name: str):
+        t = time.perf_counter()
+        d = snapshot_dir(name)
+        snaps = sorted(d.glob("*.tar")) if d.exists() else []
+        return ok([{"name": p.name, "size": p.stat().st_size} for p in snaps], t)
+
+    @app.get("/collections/{name}/snapshots/{snapshot}", tags=["snapshots"])
+    async def download_snapshot(name: str, snapshot: str):
+        path = snapshot_dir(name) / snapshot
+        if "/" in snapshot or snapshot.startswith(".") or not path.is_file():
+            raise NotFound(f"snapshot {snapshot!r} of collection {name!r} does not exist")
+        return FileResponse(path, media_type="application/x-tar", filename=snapshot)
+
+    @app.post("/collections/{name}/snapshots/upload", tags=["snapshots"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def restore_snapshot(name: str, request: Request):
+        """Create collection ``name`` from an uploaded snapshot archive."""
+        t = time.perf_counter()
+        db_ = database()
+        tmp = db_.path / "snapshots" / f".upload-{name}-{time.monotonic_ns()}.tar"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+            col = await run(db_.restore_snapshot, tmp, name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ok(col.info(), t)
+
+    def custom_openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_MODELS:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for k, v in js.pop("$defs", {}).items():
+                comps.setdefault(k, v)
+            comps.setdefault(model.__name__, js)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = custom_openapi
+    gated = Gate(app, settings, metrics)
+    app.state.settings = settings
+    app.state.ready = ready
+    return gated  # type: ignore[return-value]
+
+
+class _Limit(InvalidArgument):
+    """A request over one of the server's limits (422)."""
+
+
+def _load_npy(raw: bytes) -> np.ndarray:
+    import io
+
+    try:
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidArgument(f"body: not a .npy array ({exc})") from None
+    if arr.ndim != 2 or arr.dtype.kind != "f":
+        raise InvalidArgument(f"body: expected a 2-D float matrix, got {arr.dtype} {arr.shape}")
+    return arr

@@ -1,0 +1,118 @@
+"""Pure ASGI middleware in front of the app: body-size limit, API keys, metrics.
+
+One small layer instead of several BaseHTTPMiddleware ones keeps the per-request overhead
+down (each of those costs a task and a queue per request)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+
+from .metrics import Metrics
+from .settings import Settings
+
+_OPEN = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+_READ_POST = re.compile(r"^/collections/[^/]+/points(/search(/batch)?|/scroll|/count)?$")
+
+
+def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error": {"code": code, "message": message, "details": None}})
+
+
+class Gate:
+    def __init__(self, app, settings: Settings, metrics: Metrics):
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.state = app.state
+        if settings.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            self.app = CORSMiddleware(app, allow_origins=settings.cors_origins,
+                                      allow_methods=["*"], allow_headers=["*"])
+
+    def openapi(self):
+        return self.state  # pragma: no cover - for introspection only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status_holder = [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+            await send(message)
+
+        denied = self._check(scope)
+        if denied is not None:
+            await self._reply(send, *denied)
+            status_holder[0] = denied[0]
+        else:
+            limit = self.settings.max_body_bytes
+            received = 0
+            too_big = False
+
+            async def receive_limited():
+                nonlocal received, too_big
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        too_big = True
+                        return {"type": "http.disconnect"}
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_wrapper)
+            except Exception:
+                if not too_big:
+                    raise
+            if too_big and status_holder[0] == 500:
+                await self._reply(send, *_error_body(
+                    413, "body_too_large", f"body: larger than the server's limit of {limit} bytes"))
+                status_holder[0] = 413
+        route = scope.get("route")
+        self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"), status_holder[0],
+                             time.perf_counter() - started)
+
+    def _check(self, scope) -> tuple[int, bytes] | None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                if int(length) > self.settings.max_body_bytes:
+                    return _error_body(413, "body_too_large",
+                                       f"body: {int(length)} bytes exceed the server's limit of "
+                                       f"{self.settings.max_body_bytes}")
+            except ValueError:
+                return _error_body(400, "bad_request", "content-length: not an integer")
+        if not self.settings.auth_enabled or scope["path"] in _OPEN:
+            return None
+        key = headers.get(b"api-key")
+        if key is None:
+            auth = headers.get(b"authorization", b"")
+            if auth.lower().startswith(b"bearer "):
+                key = auth[7:].strip()
+        if key is None:
+            return _error_body(401, "unauthorized", "api-key: header missing")
+        k = key.decode("latin-1")
+        if k in self.settings.api_keys:
+            return None
+        if k in self.settings.read_only_keys:
+            method = scope["method"]
+            if method in ("GET", "HEAD", "OPTIONS") or (
+                    method == "POST" and _READ_POST.match(scope["path"])):
+                return None
+            return _error_body(403, "forbidden", "api-key: this key is read-only")
+        return _error_body(401, "unauthorized", "api-key: invalid key")
+
+    @staticmethod
+    async def _reply(send, status: int, body: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,112 @@
+"""Request and response bodies of the REST API (shared with the Python client).
+
+Shapes follow Qdrant where a user would expect them; every response is
+``{"result": ..., "time": seconds}`` and every error ``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PointId = int | str
+"""Unsigned 64-bit integer or UUID string."""
+
+BINARY_POINTS = "application/vnd.quiver.points"
+"""Binary upsert body: Quiver's batch frame (``u8 version | u32 header length | JSON header
+{"n", "ids", "payloads", "arrays"} | 8-byte aligned raw little-endian arrays``), the format the
+write-ahead log stores, produced by ``quiver.engine.wal.encode_batch`` and the client."""
+NPY = "application/x-npy"
+"""Binary batch-search body: one float32 ``.npy`` matrix of queries (parameters in the URL)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateCollection(_Strict):
+    dim: int = Field(gt=0, le=65536, description="Vector dimension.")
+    metric: Literal["l2", "ip", "cosine"] = "cosine"
+    index: str = Field("HNSW16,F32", max_length=64,
+                       description='Index spec: "HNSW16,F32", "HNSW16,LVQ8", "HNSW32,SQ8", "Flat".')
+    ef_construction: int = Field(200, ge=1, le=4096)
+    segment_size: int = Field(50_000, ge=1, le=10_000_000)
+    fsync: Literal["batch", "always", "never"] = "batch"
+
+
+class PointStruct(_Strict):
+    id: PointId
+    vector: list[float]
+    payload: dict[str, Any] | None = None
+
+
+class UpsertPoints(_Strict):
+    points: list[PointStruct] = Field(description="Points to insert or replace.")
+
+
+class PointsSelector(_Strict):
+    """Which points a delete applies to: ``points`` (ids) or ``filter``."""
+
+    points: list[PointId] | None = None
+    filter: dict[str, Any] | None = None
+
+
+class GetPoints(_Strict):
+    ids: list[PointId]
+    with_payload: bool = True
+    with_vector: bool = False
+
+
+class SearchParams(_Strict):
+    ef: int | None = Field(None, ge=1, description="Beam width of the HNSW search.")
+    exact: bool = Field(False, description="Scan exactly instead of using the index.")
+    rerank: bool | None = Field(None, description="Re-score with float vectors (lossy codecs).")
+
+
+class SearchRequest(_Strict):
+    vector: list[float]
+    limit: int = Field(10, ge=1, description="k: number of results.")
+    filter: dict[str, Any] | None = None
+    params: SearchParams | None = None
+    with_payload: bool = False
+    with_vector: bool = False
+    explain: bool = False
+
+
+class SearchBatch(_Strict):
+    searches: list[SearchRequest]
+
+
+class ScrollRequest(_Strict):
+    filter: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1)
+    offset: PointId | None = Field(None, description="Cursor: the next_page_offset of a previous page.")
+    with_payload: bool = True
+    with_vector: bool = False
+
+
+class CountRequest(_Strict):
+    filter: dict[str, Any] | None = None
+
+
+class PayloadIndexRequest(_Strict):
+    field_name: str = Field(min_length=1, max_length=256)
+    field_schema: Literal["keyword", "integer", "float", "bool", "datetime"]
+
+
+class ScoredPoint(BaseModel):
+    id: PointId
+    score: float | None = None
+    payload: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
