@@ -1,10 +1,10 @@
 #!/bin/sh
-# Set up (or reuse) .venv, install Quiver with its benchmark extras, run the quickstart
-# benchmark on the shared real embeddings (or a generated dataset when they are absent).
+# Set up (or reuse) .venv, install Quiver, and serve the REST API on the embedded default
+# storage ./quiver-data (docs at http://127.0.0.1:6333/docs). Extra arguments go to
+# `quiver serve` (e.g. --port 8080 --api-key KEY).
 set -e
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e .
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
-export OMP_WAIT_POLICY=PASSIVE
-exec .venv/bin/quiver bench --quickstart "$@"
+exec .venv/bin/quiver serve --data ./quiver-data "$@"
