@@ -165,23 +165,34 @@ def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, vi
     return size
 
 
+@njit(**JIT)
+def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
+                 ok_words, use_ok, two_hop, budget, out_d, out_i, counts, first, step):
+    """Queries first, first + step, ... with one visited array; returns the last tag used."""
+    cap = max(16 * ef, 1024)
+    cand_d = np.empty(cap, np.float32)
+    cand_i = np.empty(cap, np.int64)
+    res_d = np.empty(ef, np.float32)
+    res_i = np.empty(ef, np.int64)
+    for q in range(first, QS.shape[0], step):
+        tag += 1
+        counts[q] = search_one(kind, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
+                               ef, visited, tag, cand_d, cand_i, res_d, res_i,
+                               ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
+    return tag
+
+
 @njit(parallel=True, **JIT)
 def search_batch(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tags,
                  ok_words, use_ok, two_hop, budget, out_d, out_i, counts):
-    """Queries in parallel: chunk c handles queries c, c + nchunks, ... with visited row c."""
-    nq = QS.shape[0]
+    """Queries in parallel: chunk c handles queries c, c + nchunks, ... with visited row c.
+    (A single query should call ``search_chunk`` directly: waking a thread pool costs more
+    than a small search.)"""
     nchunks = visited.shape[0]
-    cap = max(16 * ef, 1024)
     for c in prange(nchunks):
-        cand_d = np.empty(cap, np.float32)
-        cand_i = np.empty(cap, np.int64)
-        res_d = np.empty(ef, np.float32)
-        res_i = np.empty(ef, np.int64)
-        for q in range(c, nq, nchunks):
-            tags[c] += 1
-            counts[q] = search_one(kind, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
-                                   ef, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
-                                   ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
+        tags[c] = search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef,
+                               visited[c], tags[c], ok_words, use_ok, two_hop, budget, out_d,
+                               out_i, counts, c, nchunks)
 
 
 # --- construction --------------------------------------------------------------------------
@@ -284,16 +295,20 @@ def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
             row[s] = sel[s]
 
 
+@njit(**JIT)
+def rerank_one(kind, q, X, aux, cand, k, out_d, out_i):
+    """Re-score one query's candidates with an accurate distance and keep the best k."""
+    hd = np.empty(k, np.float32)
+    hi = np.empty(k, np.int64)
+    size = 0
+    for c in cand:
+        if c < 0:
+            break
+        size = heap_push(hd, hi, size, codec_distance(kind, q, X, aux, c), c)
+    heap_sorted(hd, hi, size, out_d, out_i)
+
+
 @njit(parallel=True, **JIT)
 def rerank_batch(kind, Q, X, aux, cand_i, k, out_d, out_i):
-    """Re-score each query's candidates with an accurate distance and keep the best k."""
     for q in prange(Q.shape[0]):
-        hd = np.empty(k, np.float32)
-        hi = np.empty(k, np.int64)
-        size = 0
-        for j in range(cand_i.shape[1]):
-            c = cand_i[q, j]
-            if c < 0:
-                break
-            size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
-        heap_sorted(hd, hi, size, out_d[q], out_i[q])
+        rerank_one(kind, Q[q], X, aux, cand_i[q], k, out_d[q], out_i[q])

@@ -45,3 +45,19 @@ def scan_topk_rows_batch(kind, QS, codes, aux, rows, k, out_d, out_i) -> None:
         scan_topk_rows(kind, QS[q], codes, aux, rows, k, out_d[q], out_i[q])
 
 
+
+
+def scan_topk_any(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
+    """``scan_topk_batch``, or for one query the serial kernel (no thread-pool wake-up)."""
+    if QS.shape[0] == 1:
+        scan_topk(kind, QS[0], codes, aux, n, k, words, filtered, out_d[0], out_i[0])
+    else:
+        scan_topk_batch(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i)
+
+
+def scan_topk_rows_any(kind, QS, codes, aux, rows, k, out_d, out_i) -> None:
+    """``scan_topk_rows_batch``, or for one query the serial kernel."""
+    if QS.shape[0] == 1:
+        scan_topk_rows(kind, QS[0], codes, aux, rows, k, out_d[0], out_i[0])
+    else:
+        scan_topk_rows_batch(kind, QS, codes, aux, rows, k, out_d, out_i)

@@ -17,7 +17,7 @@ from quiver.kernels import scan as ks
 
 settings.register_profile(
     "quiver",
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -165,9 +165,9 @@ def oracle_cls():
 
 
 _PATHS = {
-    "scan_topk_batch": "scan",
-    "scan_topk_rows_batch": "rows",
-    "topk_update_from_similarities": "blas",
+    "scan_topk_any": "scan",
+    "scan_topk_rows_any": "rows",
+    "heaps_sorted": "blas",  # called once per BLAS search, even over zero rows
 }
 
 

@@ -125,13 +125,13 @@ class FlatIndex:
             rows = bits.positions()
             rows = rows[rows < n]
             qs = self.codec.prepare(q)
-            ks.scan_topk_rows_batch(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
+            ks.scan_topk_rows_any(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
         elif nq >= _BLAS_MIN_QUERIES:
             self._blas_scan(q, k, bits, out_d, out_i)
         else:
             qs = self.codec.prepare(q)
             words = bits.words if bits is not None else np.zeros(1, np.uint64)
-            ks.scan_topk_batch(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
+            ks.scan_topk_any(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
                                bits is not None, out_d, out_i)
         if kmetric == "l2":
             np.maximum(out_d, 0, out=out_d)

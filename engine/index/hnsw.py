@@ -140,9 +140,9 @@ class HNSWIndex:
             if not self.codec.trained:
                 self.codec.fit(v)
             n0 = self._float.n
-            pos = self._float.append(v)
             if self._codes is not self._float:
-                self._codes.append(v)
+                self._codes.append(v)  # first: a codec may reject the batch (f16 range)
+            pos = self._float.append(v)
             self._grow(self._float.n)
             self._ids[pos] = ids
             levels = np.minimum(
@@ -216,7 +216,8 @@ class HNSWIndex:
     def remove(self, ids) -> int:
         """Mark ids deleted: they still route searches but are never returned."""
         with self._write_lock:
-            pos = self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)), missing="skip")
+            pos = np.unique(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
+                                                  missing="skip"))  # an id given twice counts once
             if pos.size == 0:
                 return 0
             if not self._deleted.flags.writeable:
@@ -301,7 +302,7 @@ class HNSWIndex:
         else:
             r = ef if rerank else k
             out_d = np.empty((nq, r), np.float32)
-            out_i = np.empty((nq, r), np.int64)
+            out_i = np.full((nq, r), -1, np.int64)  # a query out of budget writes nothing
             counts = np.zeros(nq, np.int64)
             nchunks = min(numba.get_num_threads(), nq)
             visited, tags = self._visited(nchunks)
@@ -309,15 +310,23 @@ class HNSWIndex:
             qs = self.codec.prepare(q)
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and bits is not None and share < _TWO_HOP_BELOW
-            kh.search_batch(self.codec.dist(self._kmetric), qs, codes, aux, self._nbr0,
-                            self._upper, self._uidx, self._entry, self._max_level, ef, visited,
-                            tags, words, use_ok, two_hop, budget, out_d, out_i, counts)
+            graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
+            if nchunks == 1:  # no thread pool wake-up for a lone query
+                tags[0] = kh.search_chunk(self.codec.dist(self._kmetric), qs, codes, aux, *graph,
+                                          visited[0], tags[0], words, use_ok, two_hop, budget,
+                                          out_d, out_i, counts, 0, 1)
+            else:
+                kh.search_batch(self.codec.dist(self._kmetric), qs, codes, aux, *graph, visited,
+                                tags, words, use_ok, two_hop, budget, out_d, out_i, counts)
             if rerank:
                 X, faux = self._float.view()
                 dist = np.empty((nq, k), np.float32)
                 pos = np.empty((nq, k), np.int64)
-                kh.rerank_batch(self._float.codec.dist(self._kmetric), q, X, faux, out_i, k,
-                                dist, pos)
+                fkind = self._float.codec.dist(self._kmetric)
+                if nq == 1:
+                    kh.rerank_one(fkind, q[0], X, faux, out_i[0], k, dist[0], pos[0])
+                else:
+                    kh.rerank_batch(fkind, q, X, faux, out_i, k, dist, pos)
             else:
                 dist, pos = out_d, out_i
             redo = np.flatnonzero(counts < min(k, n_ok))
@@ -348,10 +357,10 @@ class HNSWIndex:
         out_d = np.empty((q.shape[0], k), np.float32)
         out_i = np.empty((q.shape[0], k), np.int64)
         if words is None:
-            ks.scan_topk_batch(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
+            ks.scan_topk_any(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
         else:
             rows = Bitset(words, n).positions()
-            ks.scan_topk_rows_batch(dist, q, X, aux, rows, k, out_d, out_i)
+            ks.scan_topk_rows_any(dist, q, X, aux, rows, k, out_d, out_i)
         return out_d, out_i
 
     def reconstruct(self, positions) -> np.ndarray:
