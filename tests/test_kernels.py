@@ -231,7 +231,7 @@ codec_cases = {
 }
 
 
-@settings(max_examples=60)
+@settings(max_examples=80)
 @given(**codec_cases)
 def test_codec_scan_topk_all_rows(name, metric, n, d, seed, spread, shift):
     """scan_topk over every row (k = n) gives each row's distance to the decoded vector."""
@@ -251,7 +251,7 @@ def test_codec_scan_topk_all_rows(name, metric, n, d, seed, spread, shift):
                                    atol=tolerance(q[r], xhat, codec))
 
 
-@settings(max_examples=60)
+@settings(max_examples=80)
 @given(k=st.integers(1, 12), share=st.floats(0, 1), **codec_cases)
 def test_codec_scan_topk_filtered_and_rows(k, share, name, metric, n, d, seed, spread, shift):
     """Filtered scans and row scans return the k best allowed rows, padded with -1 / inf."""
