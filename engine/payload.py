@@ -333,9 +333,13 @@ class PayloadStore:
             self._tail.append(p)
             return len(self) - 1
 
-    def extend(self, payloads: Iterable[dict | None]) -> range:
-        """Add payloads in order; returns their positions."""
-        new = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+    def extend(self, payloads: Iterable[dict | None], validated: bool = False) -> range:
+        """Add payloads in order; returns their positions. ``validated``: the caller already
+        passed each through ``canonical_payload`` (and will not mutate them)."""
+        if validated:
+            new = list(payloads)
+        else:
+            new = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
         with self._lock:
             start = len(self)
             self._tail.extend(new)

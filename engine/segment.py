@@ -69,7 +69,7 @@ class Segment:
             start = self.n
             pos = np.arange(start, start + len(ext_ids), dtype=np.int64)
             self.index.add(vectors, pos)
-            self.payloads.extend(payloads)
+            self.payloads.extend(payloads, validated=True)
             need = (start + len(ext_ids) + 63) >> 6
             if need > self.deleted.shape[0]:
                 words = np.zeros(max(need, 2 * self.deleted.shape[0]), np.uint64)
@@ -154,7 +154,7 @@ class Segment:
         ext_ids = [self.ext_ids[r] for r in rows.tolist()]
         versions = np.ascontiguousarray(self.versions[rows])
         payloads = PayloadStore()
-        payloads.extend(self.payloads.get(r) for r in rows.tolist())
+        payloads.extend((self.payloads.get(r) for r in rows.tolist()), validated=True)
         for key, kind in self.payloads.indexes():
             payloads.create_index(key, kind)
         path.mkdir(parents=True, exist_ok=True)
@@ -200,6 +200,10 @@ class Segment:
     def write_deleted(self, seq: int) -> tuple[str, int]:
         """Persist the deletion bitmap as a new file (sealed files are never rewritten)."""
         name = f"deleted-{seq:020d}.npy"
+        k = 0
+        while (self.path / name).exists():  # a checkpoint at the same seq: the manifest may
+            k += 1                          # still name the old file, so never replace it
+            name = f"deleted-{seq:020d}-{k}.npy"
         target = self.path / name
         tmp = target.with_name(name + ".tmp")
         with open(tmp, "wb") as f:
