@@ -125,7 +125,7 @@ class Collection:
                 shutil.rmtree(d, ignore_errors=True)
         for e in entries:
             seg = Segment.load(seg_root / e["dir"], e.get("deleted"), e.get("deleted_crc"))
-            seg.deleted_file = e.get("deleted")
+            seg.deleted_file, seg.deleted_crc = e.get("deleted"), e.get("deleted_crc")
             self._segments.append(seg)
             live = _live_mask(seg)
             for pos in np.flatnonzero(live).tolist():
@@ -493,7 +493,10 @@ class Collection:
         # rows deleted in the sources while we built stay deleted in the result
         origin = [(s, p) for s, dead in snapshot for p in np.flatnonzero(~dead).tolist()]
         self._swap(sources, sealed, origin)
-        self._checkpoint(self._last_seq)
+        # not _last_seq: the appendable segment's rows live only in the WAL after the last
+        # checkpoint, so that checkpoint stays; the new bitmaps may include later deletes,
+        # which replay applies again harmlessly
+        self._checkpoint(self._checkpoint_seq)
         for s in sources:
             shutil.rmtree(s.path, ignore_errors=True)
         return True
@@ -531,14 +534,14 @@ class Collection:
         for s in self._segments:
             if not s.sealed:
                 continue
-            prev = getattr(s, "deleted_file", None)
+            prev = s.deleted_file
             if s.dirty or prev is None:
                 name, crc = s.write_deleted(seq)
                 if prev and prev != name:
                     old_files.append(s.path / prev)
                 s.deleted_file, s.deleted_crc = name, crc
             entries.append({"id": s.id, "dir": s.path.name, "deleted": s.deleted_file,
-                            "deleted_crc": getattr(s, "deleted_crc", None)})
+                            "deleted_crc": s.deleted_crc})
         manifest = {"format_version": FORMAT_VERSION, "checkpoint_seq": seq,
                     "next_segment": self._next_segment, "segments": entries}
         atomic_write_bytes(self.path / "manifest.json", orjson.dumps(manifest))

@@ -9,6 +9,7 @@ deletion bitmap; row positions are the internal ids every index and filter works
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -20,10 +21,10 @@ from ..kernels.bitset import bitset_set_many
 from .bitset import Bitset
 from .errors import CorruptData
 from .filters import Filter, compile_filter, estimate_selectivity, id_lookup_from_ids
-from .index import FlatIndex
+from .index import FlatIndex, HNSWIndex
 from .index.factory import index as make_index
 from .payload import PayloadStore
-from .persist import atomic_write_bytes, file_crc32, fsync_dir, load_arrays, save_arrays
+from .persist import file_crc32, fsync_dir, load_arrays, save_arrays
 
 SEGMENT_KIND = "segment"
 
@@ -45,6 +46,9 @@ class Segment:
         self.frozen = sealed
         self.path = path
         self.dirty = False
+        self.deleted_file: str | None = None
+        """Name of the deletion bitmap the manifest points at (sealed segments)."""
+        self.deleted_crc: int | None = None
         self.lock = threading.RLock()
         self._lookup = None
 
@@ -93,9 +97,6 @@ class Segment:
         self.n_deleted = Bitset(self.deleted, self.n).count()
         self.dirty = True
 
-    def is_deleted(self, pos: int) -> bool:
-        return pos in Bitset(self.deleted, self.n)
-
     def vectors(self, positions: np.ndarray) -> np.ndarray:
         """Float32 vectors of rows (normalised for cosine)."""
         return self.index.reconstruct(positions)
@@ -124,7 +125,7 @@ class Segment:
 
     def search(self, q: np.ndarray, k: int, flt: Filter | None, params: dict):
         """(scores, positions, info) for a batch of queries."""
-        with self.lock if not self.sealed else _NOLOCK:
+        with self.lock if not self.sealed else contextlib.nullcontext():
             n = self.n
             if n == 0:
                 return None
@@ -170,11 +171,14 @@ class Segment:
     @classmethod
     def load(cls, path: Path, deleted_file: str | None, deleted_crc: int | None) -> Segment:
         meta, arrays = load_arrays(path, SEGMENT_KIND)
-        from .index import FlatIndex as _Flat
-        from .index import HNSWIndex
+        from .persist import read_manifest
 
-        kind = orjson.loads((path / "index" / "manifest.json").read_bytes()).get("kind")
-        index = (HNSWIndex if kind == "hnsw" else _Flat).load(path / "index")
+        try:
+            kind = orjson.loads((path / "index" / "manifest.json").read_bytes()).get("kind")
+        except (OSError, orjson.JSONDecodeError):
+            read_manifest(path / "index", "index")  # raises CorruptData naming the file
+            raise
+        index = (HNSWIndex if kind == "hnsw" else FlatIndex).load(path / "index")
         try:
             ext_ids = orjson.loads(bytes(arrays["ext_ids"]))
         except orjson.JSONDecodeError:
@@ -220,22 +224,9 @@ class Segment:
         return int(sum(usage.values()))
 
 
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NOLOCK = _NoLock()
-
-
 def _mask_tail(words: np.ndarray, n: int) -> np.ndarray:
     words = words.copy()
     if n & 63 and words.shape[0]:
         words[-1] &= np.uint64((1 << (n & 63)) - 1)
     return words
 
-
-__all__ = ["Segment", "atomic_write_bytes"]
