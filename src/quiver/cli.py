@@ -132,7 +132,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_bench, register_serve]
+def _register_bench_module(sub: argparse._SubParsersAction, command: str, module: str,
+                           help_text: str) -> None:
+    """``quiver bench-<kind>``: the arguments and the runner live in ``quiver.bench.<module>``."""
+    mod = importlib.import_module(f"quiver.bench.{module}")
+    p = sub.add_parser(command, help=help_text, description=mod.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    mod.add_arguments(p)
+    p.set_defaults(handler=mod.run_cli)
+
+
+def register_bench_filtered(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-filtered", "filtered",
+                           "filtered HNSW: quiver (ids / Bitset) vs faiss IDSelectorBitmap by "
+                           "selectivity, ef sweep")
+
+
+def register_bench_collection(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-collection", "collection",
+                           "embedded collection: ingest, time to indexed, restart, hybrid "
+                           "filtered queries")
+
+
+def register_bench_server(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-server", "server",
+                           "REST server vs in-process: throughput, latency, per-request CPU "
+                           "overhead, JSON vs binary bodies")
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
+    register_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
