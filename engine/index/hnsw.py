@@ -382,8 +382,9 @@ class HNSWIndex:
         if self._codes is not self._float:
             codes, aux = self._codes.view()
             arrays["codes"], arrays["aux"] = codes, aux
-        for name, arr in self.codec.state().items():
-            arrays[f"codec_{name}"] = arr
+        if self.codec.trained:  # an empty index may have an untrained codec: nothing to save
+            for name, arr in self.codec.state().items():
+                arrays[f"codec_{name}"] = arr
         save_arrays(directory, self.kind, meta, arrays)
 
     @classmethod
@@ -391,7 +392,9 @@ class HNSWIndex:
         meta, a = load_arrays(directory, cls.kind, mmap=mmap)
         index = cls(meta["dim"], meta["metric"], meta["m"], meta["ef_construction"],
                     meta["codec"], meta["seed"])
-        index.codec.load_state({k[6:]: v for k, v in a.items() if k.startswith("codec_")})
+        state = {k[6:]: v for k, v in a.items() if k.startswith("codec_")}
+        if state:
+            index.codec.load_state(state)
         n = a["vectors"].shape[0]
         index._float = VectorStore(F32Codec(index.dim), a["vectors"],
                                    np.zeros((n, 0), np.float32))
