@@ -225,47 +225,57 @@ def _sort_pairs(d, i, count):
     return d[:count][order].copy(), i[:count][order].copy()
 
 
+@njit(**JIT)
+def insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
+                 visited, tag, first, step):
+    """Phase 1 for nodes[first::step]: connect each to the graph as it was before the batch,
+    writing only its own rows. Returns the last visited tag used."""
+    cap = max(16 * efc, 1024)
+    cand_d = np.empty(cap, np.float32)
+    cand_i = np.empty(cap, np.int64)
+    res_d = np.empty(efc, np.float32)
+    res_i = np.empty(efc, np.int64)
+    sel = np.empty(nbr0.shape[1], np.int64)
+    dummy = np.zeros(1, np.uint64)
+    for j in range(first, nodes.shape[0], step):
+        u = nodes[j]
+        qs = X[u]
+        lu = levels[u]
+        ep, ep_d = greedy_descent(kind, qs, X, aux, nbr0, upper, uidx, entry, max_level,
+                                  min(lu, max_level))
+        for level in range(min(lu, max_level), -1, -1):
+            tag += 1
+            rsize, _ = search_layer(kind, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
+                                    efc, visited, tag, cand_d, cand_i, res_d, res_i,
+                                    dummy, False, False, 1 << 62)
+            sd, si = _sort_pairs(res_d, res_i, rsize)
+            nsel = select_heuristic(kind, X, aux, sd, si, rsize, m, sel)
+            row = neighbors(nbr0, upper, uidx, u, level)
+            row[:] = -1
+            for s in range(nsel):
+                row[s] = sel[s]
+            ep = si[0]
+            ep_d = sd[0]
+    return tag
+
+
 @njit(parallel=True, **JIT)
 def insert_batch(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
                  visited, tags):
-    """Phase 1: connect each new node to the graph as it was before this batch."""
+    """Phase 1 in parallel: chunk c takes nodes c, c + nchunks, ... with visited row c."""
     nchunks = visited.shape[0]
-    cap = max(16 * efc, 1024)
-    m0 = nbr0.shape[1]
     for c in prange(nchunks):
-        cand_d = np.empty(cap, np.float32)
-        cand_i = np.empty(cap, np.int64)
-        res_d = np.empty(efc, np.float32)
-        res_i = np.empty(efc, np.int64)
-        sel = np.empty(m0, np.int64)
-        dummy = np.zeros(1, np.uint64)
-        for j in range(c, nodes.shape[0], nchunks):
-            u = nodes[j]
-            qs = X[u]
-            lu = levels[u]
-            ep, ep_d = greedy_descent(kind, qs, X, aux, nbr0, upper, uidx, entry, max_level,
-                                      min(lu, max_level))
-            for level in range(min(lu, max_level), -1, -1):
-                tags[c] += 1
-                rsize, _ = search_layer(kind, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
-                                        efc, visited[c], tags[c], cand_d, cand_i, res_d, res_i,
-                                        dummy, False, False, 1 << 62)
-                sd, si = _sort_pairs(res_d, res_i, rsize)
-                nsel = select_heuristic(kind, X, aux, sd, si, rsize, m, sel)
-                row = neighbors(nbr0, upper, uidx, u, level)
-                row[:] = -1
-                for s in range(nsel):
-                    row[s] = sel[s]
-                ep = si[0]
-                ep_d = sd[0]
+        tags[c] = insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry,
+                               max_level, efc, m, visited[c], tags[c], c, nchunks)
 
 
-@njit(parallel=True, **JIT)
-def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
-    """Phase 2: add reverse links. Group g adds sources[starts[g]:starts[g+1]] to the row of
-    targets[starts[g]]; rows that overflow are pruned with the heuristic."""
+@njit(**JIT)
+def link_groups(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts, first, step):
+    """Phase 2 for groups first, first + step, ...: group g adds
+    sources[starts[g]:starts[g+1]] to the row of targets[starts[g]]; a row that overflows is
+    pruned with the heuristic. Each target's row is written by exactly one group."""
     ngroups = starts.shape[0] - 1
-    for g in prange(ngroups):
+    for g in range(first, ngroups, step):
         t = targets[starts[g]]
         row = neighbors(nbr0, upper, uidx, t, level)
         cap = row.shape[0]
@@ -293,6 +303,13 @@ def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts):
         row[:] = -1
         for s in range(nsel):
             row[s] = sel[s]
+
+
+@njit(parallel=True, **JIT)
+def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts, nchunks):
+    """Phase 2 in parallel over interleaved chunks of groups."""
+    for c in prange(nchunks):
+        link_groups(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts, c, nchunks)
 
 
 @njit(**JIT)

@@ -25,6 +25,9 @@ _BATCH_SHARE = 0.02
 """A build batch holds at most this share of the nodes already in the graph (nodes of one
 batch do not see each other, so small batches keep the graph as good as a serial build)."""
 _MAX_BATCH = 4096
+_PARALLEL_MIN_BATCH = 64
+"""Smaller batches insert on one thread: waking the pool costs more than it saves, and on a
+busy machine a parallel region waits for every one of its threads to be scheduled."""
 _TRAVERSAL_COST = 40
 """Planner: a filtered traversal computes about ef * _TRAVERSAL_COST / selectivity distances."""
 _TWO_HOP_BELOW = 0.3
@@ -183,9 +186,12 @@ class HNSWIndex:
         while pos < stop:
             size = int(min(_MAX_BATCH, max(1, pos * _BATCH_SHARE), stop - pos))
             nodes = np.arange(pos, pos + size, dtype=np.int64)
-            kh.insert_batch(dist, X, aux, nodes, self._levels, self._nbr0, self._upper,
-                            self._uidx, self._entry, self._max_level, self.ef_construction,
-                            self.m, visited, tags)
+            args = (dist, X, aux, nodes, self._levels, self._nbr0, self._upper, self._uidx,
+                    self._entry, self._max_level, self.ef_construction, self.m)
+            if nchunks == 1 or size < _PARALLEL_MIN_BATCH:
+                tags[0] = kh.insert_chunk(*args, visited[0], tags[0], 0, 1)
+            else:
+                kh.insert_batch(*args, visited, tags)
             top = int(self._levels[pos : pos + size].max())
             for level in range(min(top, self._max_level), -1, -1):
                 self._link_back(dist, X, aux, nodes, level)
@@ -209,7 +215,12 @@ class HNSWIndex:
         order = np.lexsort((src, tgt))
         src, tgt = src[order], tgt[order]
         starts = np.flatnonzero(np.r_[True, tgt[1:] != tgt[:-1], True]).astype(np.int64)
-        kh.link_back(dist, X, aux, self._nbr0, self._upper, self._uidx, level, tgt, src, starts)
+        graph = (dist, X, aux, self._nbr0, self._upper, self._uidx, level, tgt, src, starts)
+        nchunks = numba.get_num_threads()
+        if nchunks == 1 or starts.shape[0] < 4 * _PARALLEL_MIN_BATCH:
+            kh.link_groups(*graph, 0, 1)
+        else:
+            kh.link_back(*graph, nchunks)
 
     # --- delete ---------------------------------------------------------------------
 
