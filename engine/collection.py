@@ -126,6 +126,8 @@ class Collection:
         for e in entries:
             seg = Segment.load(seg_root / e["dir"], e.get("deleted"), e.get("deleted_crc"))
             seg.deleted_file, seg.deleted_crc = e.get("deleted"), e.get("deleted_crc")
+            for key, kind in self.config.payload_indexes.items():  # declared after it sealed
+                seg.payloads.create_index(key, kind)
             self._segments.append(seg)
             live = _live_mask(seg)
             for pos in np.flatnonzero(live).tolist():
@@ -395,6 +397,16 @@ class Collection:
                 for s, p in zip(s_arr[qi].tolist(), pos[qi].tolist(), strict=True):
                     if p >= 0:
                         cands.append((sign * s, seg, p, s))
+            if len(all_s) > 1:
+                # searches take no lock: a point replaced meanwhile can be met in its old
+                # segment and in the appendable one; keep only its newest row
+                newest: dict = {}
+                for c in cands:
+                    ext, ver = c[1].ext_ids[c[2]], c[1].versions[c[2]]
+                    if ext not in newest or ver > newest[ext][0]:
+                        newest[ext] = (ver, c)
+                if len(newest) < len(cands):
+                    cands = [c for _, c in newest.values()]
             cands.sort(key=lambda c: c[0])
             results.append([self._point(seg, p, with_payload, with_vectors, score)
                             for _, seg, p, score in cands[:k]])
