@@ -27,7 +27,7 @@ from ..engine.database import Database
 from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
 from ..engine.wal import decode_batch
 from . import schemas as s
-from .gate import Gate
+from .gate import BodyTooLarge, Gate
 from .metrics import Metrics
 from .settings import Settings
 from .warmup import warm_up
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     def check_k(k: int, field: str) -> None:
         if k > settings.max_k:
-            raise InvalidArgument(f"{field}: {k} exceeds the server's limit of {settings.max_k}")
+            raise _Limit(f"{field}: {k} exceeds the server's limit of {settings.max_k}")
 
     def check_batch(n: int, field: str) -> None:
         if n > settings.max_batch:
@@ -133,6 +133,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.exception_handler(InvalidArgument)
     async def _invalid(_, exc):
         return error(400, "invalid_argument", str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_, exc):
+        return error(413, "body_too_large", str(exc))
 
     @app.exception_handler(CorruptData)
     async def _corrupt(_, exc):
@@ -231,8 +235,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             body = await parse(request, s.UpsertPoints)
             check_batch(len(body.points), "points")
             pts = body.points
-            if not pts:
-                return ok({"operation_id": None, "status": "acknowledged"}, t)
+            if not pts:  # nothing to write: the engine answers the last sequence number
+                seq = await run(col.upsert, [], [])
+                return ok({"operation_id": seq, "status": "acknowledged"}, t)
             dims = {len(p.vector) for p in pts}
             if len(dims) != 1:
                 raise InvalidArgument("points: vectors have different lengths")
@@ -376,7 +381,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         """Create collection ``name`` from an uploaded snapshot archive."""
         t = time.perf_counter()
         db_ = database()
-        tmp = db_.path / "snapshots" / f".upload-{name}-{time.monotonic_ns()}.tar"
+        if name in db_.list_collections():  # before receiving a possibly large body
+            raise AlreadyExists(f"name: collection {name!r} already exists")
+        # not named after the collection: the name is validated later, by restore_snapshot
+        tmp = db_.path / "snapshots" / f".upload-{time.monotonic_ns()}.tar"
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as f:
@@ -417,8 +425,11 @@ def _load_npy(raw: bytes) -> np.ndarray:
 
     try:
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # truncated, pickled, a broken zip...: the caller's bytes
         raise InvalidArgument(f"body: not a .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise InvalidArgument("body: expected one .npy array, got an .npz archive")
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise InvalidArgument(f"body: expected a 2-D float matrix, got {arr.dtype} {arr.shape}")
     return arr

@@ -17,6 +17,10 @@ _OPEN = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect
 _READ_POST = re.compile(r"^/collections/[^/]+/points(/search(/batch)?|/scroll|/count)?$")
 
 
+class BodyTooLarge(Exception):
+    """A streamed body (no or a false content-length) went past ``max_body_bytes``."""
+
+
 def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
     return status, orjson.dumps({"error": {"code": code, "message": message, "details": None}})
 
@@ -54,29 +58,27 @@ class Gate:
         else:
             limit = self.settings.max_body_bytes
             received = 0
-            too_big = False
 
             async def receive_limited():
-                nonlocal received, too_big
+                nonlocal received
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        too_big = True
-                        return {"type": "http.disconnect"}
+                        # raised inside the route's body read: the app's handler answers 413
+                        raise BodyTooLarge(f"body: larger than the server's limit of {limit} bytes")
                 return message
 
             try:
                 await self.app(scope, receive_limited, send_wrapper)
-            except Exception:
-                if not too_big:
-                    raise
-            if too_big and status_holder[0] == 500:
-                await self._reply(send, *_error_body(
-                    413, "body_too_large", f"body: larger than the server's limit of {limit} bytes"))
-                status_holder[0] = 413
+            finally:  # unhandled errors too: the app has answered 500 before re-raising
+                self._observe(scope, status_holder[0], started)
+            return
+        self._observe(scope, status_holder[0], started)
+
+    def _observe(self, scope, status: int, started: float) -> None:
         route = scope.get("route")
-        self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"), status_holder[0],
+        self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"), status,
                              time.perf_counter() - started)
 
     def _check(self, scope) -> tuple[int, bytes] | None:

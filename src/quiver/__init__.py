@@ -13,6 +13,7 @@ import os
 # still choose ACTIVE by setting the variable themselves.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from quiver.client import AsyncClient, AuthError, Client
 from quiver.engine.bitset import Bitset
 from quiver.engine.collection import Collection, Point
 from quiver.engine.database import Database, connect
@@ -23,7 +24,10 @@ from quiver.engine.metric import Metric
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "AuthError",
     "Bitset",
+    "Client",
     "Collection",
     "CorruptData",
     "Database",

@@ -127,6 +127,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"Quiver serving {settings.data.resolve()} on http://{args.host}:{args.port} "
           f"(docs: http://{args.host}:{args.port}/docs)", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
+    # handler it found: with the defaults the process dies by the signal (exit -15) instead
+    # of exiting 0 after a clean shutdown. No-op handlers make that second delivery harmless.
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=30)
     return 0

@@ -1,0 +1,372 @@
+"""What each SDK call sends and how it reads the answer, written once for both clients.
+
+Every operation is a generator: it yields ``Req`` objects (one HTTP request each), receives
+the decoded JSON body of each answer, and returns the call's result. ``Client`` drives the
+generators with a blocking httpx client, ``AsyncClient`` with an async one, so the two cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+
+from ..engine.collection import Point
+from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
+from ..engine.metric import Metric
+from ..engine.payload import canonical_payload
+from ..engine.validation import check_k
+from ..engine.wal import encode_batch
+from ..server.schemas import BINARY_POINTS, NPY
+
+BINARY_MIN_POINTS = 64
+"""Upserts of more points than this travel as the binary points frame instead of JSON."""
+SEARCH_PARAMS = ("ef", "exact", "rerank")
+
+
+class AuthError(QuiverError, PermissionError):
+    """The server refused the API key: missing or wrong (401), or read-only for a write (403)."""
+
+
+class ServerUnavailable(QuiverError, ConnectionError):
+    """The server could not be reached (after the retries allowed for the call)."""
+
+
+@dataclass
+class Req:
+    method: str
+    path: str
+    body: bytes | None = None
+    content_type: str | None = None
+    params: dict[str, Any] | None = None
+    idempotent: bool = True
+    """Safe to send again after a connection error (the server may have applied it)."""
+    upload: Path | None = None
+    """Stream this file as the body."""
+    download: Path | None = None
+    """Stream the answer into this file instead of decoding it."""
+    text: bool = False
+    """The answer is plain text (``/metrics``), returned as ``str``."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def request_headers(self) -> dict[str, str]:
+        h = dict(self.headers)
+        if self.content_type:
+            h["content-type"] = self.content_type
+        return h
+
+
+Op = Generator[Req, Any, Any]
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def _np_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def dumps(obj: Any, nonfinite: bool = False) -> bytes:
+    """JSON bytes. orjson writes NaN/inf as null; with ``nonfinite`` the standard library
+    writes the NaN / Infinity tokens instead so the server rejects them with its own message."""
+    if nonfinite:
+        return json.dumps(obj, allow_nan=True, default=_np_default).encode()
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(obj, allow_nan=True, default=_np_default).encode()
+
+
+def json_req(method: str, path: str, obj: Any, idempotent: bool = True,
+             nonfinite: bool = False, **kw: Any) -> Req:
+    return Req(method, path, dumps(obj, nonfinite), "application/json", idempotent=idempotent, **kw)
+
+
+def as_float_array(x: Any) -> np.ndarray | None:
+    """``x`` as a float32 array, or None when it is not a rectangular numeric array (the
+    server then gets it as sent and reports what is wrong with it)."""
+    if isinstance(x, (str, bytes, dict)):
+        return None
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return arr
+
+
+def id_list(ids: Any) -> Any:
+    if isinstance(ids, np.ndarray):
+        return ids.tolist()
+    if isinstance(ids, (list, tuple)):
+        return [i.item() if isinstance(i, np.generic) else i for i in ids]
+    if isinstance(ids, (str, int, np.integer)):
+        return ids.item() if isinstance(ids, np.generic) else ids
+    try:
+        return [i.item() if isinstance(i, np.generic) else i for i in ids]
+    except TypeError:
+        return ids
+
+
+def seg(name: str) -> str:
+    """One URL path segment."""
+    return quote(str(name), safe="")
+
+
+def points_from(items: Any) -> list[Point]:
+    return [Point(p["id"], p.get("score"), p.get("payload"), p.get("vector")) for p in items]
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def error_for(status: int, body: bytes, what: str) -> QuiverError:
+    """The engine's exception for an HTTP error answer, carrying the server's message."""
+    code = details = None
+    try:
+        err = orjson.loads(body)["error"]
+        message, code, details = str(err["message"]), err.get("code"), err.get("details")
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = body.decode("utf-8", "replace").strip()[:1000] or f"HTTP {status}"
+    if status == 404:
+        exc: QuiverError = NotFound(message)
+    elif status == 409:
+        exc = AlreadyExists(message)
+    elif status in (401, 403):
+        exc = AuthError(message)
+    elif 400 <= status < 500:
+        exc = InvalidArgument(message)
+    else:
+        exc = QuiverError(f"{what}: server error {status}: {message}")
+    exc.status_code = status  # type: ignore[attr-defined]
+    exc.code = code  # type: ignore[attr-defined]
+    exc.details = details  # type: ignore[attr-defined]
+    return exc
+
+
+# --- database operations ---------------------------------------------------------------------
+
+
+def create_collection(name: str, dim: int, metric: str, index: str, ef_construction: int,
+                      segment_size: int, fsync: str, exist_ok: bool) -> Op:
+    body = {"dim": dim, "metric": Metric.parse(metric).value, "index": index,
+            "ef_construction": ef_construction, "segment_size": segment_size, "fsync": fsync}
+    try:
+        return (yield json_req("PUT", f"/collections/{seg(name)}", body, idempotent=False))["result"]
+    except AlreadyExists:
+        if not exist_ok:
+            raise
+    return (yield Req("GET", f"/collections/{seg(name)}"))["result"]
+
+
+def collection_info(name: str) -> Op:
+    return (yield Req("GET", f"/collections/{seg(name)}"))["result"]
+
+
+def list_collections() -> Op:
+    return [c["name"] for c in (yield Req("GET", "/collections"))["result"]["collections"]]
+
+
+def drop_collection(name: str) -> Op:
+    yield Req("DELETE", f"/collections/{seg(name)}", idempotent=False)
+
+
+def restore_snapshot(snapshot: str | Path, name: str) -> Op:
+    path = Path(snapshot)
+    if not path.is_file():
+        raise InvalidArgument(f"snapshot: cannot read {snapshot} (no such file)")
+    return (yield Req("POST", f"/collections/{seg(name)}/snapshots/upload",
+                      content_type="application/x-tar", upload=path, idempotent=False))["result"]
+
+
+# --- collection operations -------------------------------------------------------------------
+
+
+def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
+           batch_size: int | None) -> Op:
+    if points is not None:
+        if ids is not None or vectors is not None or payloads is not None:
+            raise InvalidArgument("points: pass either points or ids/vectors/payloads")
+        if not isinstance(points, (list, tuple)):
+            raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
+        for i, p in enumerate(points):
+            if not isinstance(p, dict) or "id" not in p or "vector" not in p:
+                raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
+        ids = [p["id"] for p in points]
+        vectors = [p["vector"] for p in points]
+        payloads = [p.get("payload") for p in points]
+    if ids is None or vectors is None:
+        raise InvalidArgument("ids and vectors are required")
+    if isinstance(ids, (str, int, np.integer)):
+        raise InvalidArgument("ids: expected a list of ids, got a single value")
+    ids = id_list(ids)
+    if payloads is not None:
+        if isinstance(payloads, dict) or not hasattr(payloads, "__len__"):
+            raise InvalidArgument("payloads: expected a list with one payload per id")
+        payloads = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+    vecs = as_float_array(vectors)
+    n = len(ids) if isinstance(ids, list) else 0
+    if batch_size and n > batch_size and vecs is not None and vecs.ndim == 2 and len(vecs) == n \
+            and (payloads is None or len(payloads) == n):
+        seq = None
+        for s in range(0, n, batch_size):
+            seq = yield _upsert_req(name, ids[s:s + batch_size], vecs[s:s + batch_size],
+                                    None if payloads is None else payloads[s:s + batch_size],
+                                    vectors)
+            seq = seq["result"]["operation_id"]
+        return seq
+    return (yield _upsert_req(name, ids, vecs, payloads, vectors))["result"]["operation_id"]
+
+
+def _upsert_req(name: str, ids: Any, vecs: np.ndarray | None, payloads: list | None,
+                raw_vectors: Any) -> Req:
+    path = f"/collections/{seg(name)}/points"
+    n = len(ids) if isinstance(ids, list) else -1
+    regular = (vecs is not None and vecs.ndim == 2 and len(vecs) == n
+               and (payloads is None or len(payloads) == n))
+    if vecs is not None and vecs.size and (not regular or n > BINARY_MIN_POINTS
+                                           or not np.isfinite(vecs).all()):
+        # binary frame: compact, and passes odd shapes and NaN through for the engine to judge
+        try:
+            return Req("PUT", path, encode_batch(ids, np.ascontiguousarray(vecs), payloads),
+                       BINARY_POINTS)
+        except InvalidArgument:
+            pass  # ids the frame cannot carry: let the server's validation report them
+    if regular:
+        assert vecs is not None
+        rows = vecs.tolist()
+        pts = [{"id": i, "vector": v} if payloads is None else
+               {"id": i, "vector": v, "payload": payloads[j]}
+               for j, (i, v) in enumerate(zip(ids, rows, strict=True))]
+    elif isinstance(ids, list) and isinstance(raw_vectors, (list, tuple)) \
+            and len(raw_vectors) == n and (payloads is None or len(payloads) == n):
+        pts = [{"id": i, "vector": v, "payload": None if payloads is None else payloads[j]}
+               for j, (i, v) in enumerate(zip(ids, raw_vectors, strict=True))]
+    else:
+        raise InvalidArgument(f"vectors: expected one vector per id ({n} ids)")
+    return json_req("PUT", path, {"points": pts})
+
+
+def get(name: str, ids: Any, with_payload: bool, with_vectors: bool) -> Op:
+    body = {"ids": id_list(ids), "with_payload": with_payload, "with_vector": with_vectors}
+    return points_from((yield json_req("POST", f"/collections/{seg(name)}/points", body))["result"])
+
+
+def delete(name: str, ids: Any, filter: Any) -> Op:
+    if (ids is None) == (filter is None):
+        raise InvalidArgument("delete: pass exactly one of ids or filter")
+    body = {"points": id_list(ids)} if ids is not None else {"filter": filter}
+    res = yield json_req("POST", f"/collections/{seg(name)}/points/delete", body, idempotent=False)
+    return res["result"]["deleted"]
+
+
+def count(name: str, filter: Any) -> Op:
+    res = yield json_req("POST", f"/collections/{seg(name)}/points/count", {"filter": filter})
+    return res["result"]["count"]
+
+
+def scroll(name: str, filter: Any, limit: int, cursor: Any, with_payload: bool,
+           with_vectors: bool) -> Op:
+    body = {"filter": filter, "limit": check_k(limit), "offset": id_list(cursor),
+            "with_payload": with_payload, "with_vector": with_vectors}
+    res = (yield json_req("POST", f"/collections/{seg(name)}/points/scroll", body))["result"]
+    return points_from(res["points"]), res["next_page_offset"]
+
+
+def _int(x: Any) -> Any:
+    return int(x) if isinstance(x, np.integer) else x
+
+
+def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: bool,
+           with_vectors: bool, explain: bool) -> Op:
+    path = f"/collections/{seg(name)}/points/search"
+    k = check_k(k)
+    params = dict(params) if isinstance(params, dict) else params
+    try:
+        single = np.ndim(vector) == 1
+    except ValueError:  # ragged nesting: let the server describe it
+        single = True
+    q = as_float_array(vector)
+    nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
+    if single:
+        body: dict[str, Any] = {"vector": q.tolist() if q is not None else vector, "limit": k,
+                                "filter": filter, "params": params,
+                                "with_payload": with_payload, "with_vector": with_vectors}
+        if explain:
+            body["explain"] = True
+        res = yield json_req("POST", path, body, nonfinite=nonfinite)
+        hits = points_from(res["result"])
+        return (hits, res.get("plan")) if explain else hits
+    if explain:
+        raise InvalidArgument("explain: over HTTP, explain is available for one query at a time")
+    known = params is None or (isinstance(params, dict) and set(params) <= set(SEARCH_PARAMS))
+    if q is not None and q.ndim == 2 and filter is None and not with_vectors and known:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(q), allow_pickle=False)
+        query: dict[str, Any] = {"limit": k, "with_payload": _flag(with_payload)}
+        for key, value in (params or {}).items():
+            if value is not None:
+                query[key] = _flag(value) if isinstance(value, bool) else _int(value)
+        res = yield Req("POST", f"{path}/batch", buf.getvalue(), NPY, params=query)
+        return [points_from(r) for r in res["result"]]
+    rows = q.tolist() if q is not None else list(vector)
+    searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
+                 "with_payload": with_payload, "with_vector": with_vectors} for v in rows]
+    res = yield json_req("POST", f"{path}/batch", {"searches": searches}, nonfinite=nonfinite)
+    return [points_from(r) for r in res["result"]]
+
+
+def _flag(b: Any) -> str:
+    return "true" if b else "false"
+
+
+def create_payload_index(name: str, field_name: str, field_type: str) -> Op:
+    body = {"field_name": field_name, "field_schema": field_type}
+    yield json_req("PUT", f"/collections/{seg(name)}/index", body)
+
+
+def delete_payload_index(name: str, field_name: str) -> Op:
+    if not isinstance(field_name, str) or not field_name:
+        raise InvalidArgument("field: expected a non-empty string")
+    yield Req("DELETE", f"/collections/{seg(name)}/index/{seg(field_name)}", idempotent=False)
+
+
+def snapshot(name: str) -> Op:
+    res = yield Req("POST", f"/collections/{seg(name)}/snapshots", idempotent=False)
+    return res["result"]["name"]
+
+
+def list_snapshots(name: str) -> Op:
+    return (yield Req("GET", f"/collections/{seg(name)}/snapshots"))["result"]
+
+
+def download_snapshot(name: str, snapshot: str, path: str | Path) -> Op:
+    target = Path(path)
+    if target.is_dir():
+        target = target / snapshot
+    if not snapshot or "/" in snapshot or snapshot.startswith("."):
+        raise InvalidArgument(f"snapshot: {snapshot!r} is not a snapshot name")
+    yield Req("GET", f"/collections/{seg(name)}/snapshots/{seg(snapshot)}", download=target)
+    return target
+
+
+def metrics() -> Op:
+    return (yield Req("GET", "/metrics", text=True))
+
+
+def backoff(attempt: int, rnd: float) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): 0.1, 0.2, 0.4 ... capped at 2 s,
+    with jitter in [50%, 100%]."""
+    return min(2.0, 0.1 * math.pow(2, attempt)) * (0.5 + rnd / 2)
