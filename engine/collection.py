@@ -83,6 +83,8 @@ class Collection:
         self.config = config
         self.dim = config.dim
         self.metric = Metric.parse(config.metric)
+        self._segment_metric = self.metric.kernel_metric
+        """Segments see cosine as ip: the collection normalises vectors and queries once."""
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._opt_lock = threading.Lock()
@@ -150,7 +152,7 @@ class Collection:
         self._last_seq = max(self._last_seq, self._wal.last_seq)
 
     def _new_appendable(self) -> Segment:
-        seg = Segment.appendable(self._next_segment, self.dim, self.metric.value)
+        seg = Segment.appendable(self._next_segment, self.dim, self._segment_metric)
         self._next_segment += 1
         for key, kind in self.config.payload_indexes.items():
             seg.payloads.create_index(key, kind)
@@ -479,7 +481,7 @@ class Collection:
         self._next_segment += 1
         self._lock.release()
         try:
-            sealed = frozen.build_sealed(seg_id, self.config.index, self.dim, self.metric.value,
+            sealed = frozen.build_sealed(seg_id, self.config.index, self.dim, self._segment_metric,
                                          self.path / "segments" / f"seg-{seg_id:06d}",
                                          **self._index_options())
         finally:
@@ -495,9 +497,9 @@ class Collection:
         snapshot = [(s, ~_live_mask(s)) for s in sources]
         self._lock.release()
         try:
-            merged = _concat_live(sources, snapshot, self.dim, self.metric.value)
+            merged = _concat_live(sources, snapshot, self.dim, self._segment_metric)
             rows = np.arange(merged.n, dtype=np.int64)
-            sealed = merged.build_sealed(seg_id, self.config.index, self.dim, self.metric.value,
+            sealed = merged.build_sealed(seg_id, self.config.index, self.dim, self._segment_metric,
                                          self.path / "segments" / f"seg-{seg_id:06d}", rows,
                                          **self._index_options())
         finally:
@@ -505,6 +507,9 @@ class Collection:
         # rows deleted in the sources while we built stay deleted in the result
         origin = [(s, p) for s, dead in snapshot for p in np.flatnonzero(~dead).tolist()]
         self._swap(sources, sealed, origin)
+        if sealed.live == 0:  # everything was deleted meanwhile: keep no empty segment
+            self._segments.remove(sealed)
+            shutil.rmtree(sealed.path, ignore_errors=True)
         # not _last_seq: the appendable segment's rows live only in the WAL after the last
         # checkpoint, so that checkpoint stays; the new bitmaps may include later deletes,
         # which replay applies again harmlessly
