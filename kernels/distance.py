@@ -66,7 +66,8 @@ def topk_update_from_similarities(
 ) -> None:
     """Fold a block of similarities S[q, j] = <q, x_{row0+j}> into per-query heaps.
 
-    Distance is -S for ip, or ||x||^2 - 2 S for l2 (the query norm is added by the caller)."""
+    Distance is -S for ip, or ||x_j||^2 - 2 S for l2 with ``row_norms`` of the block's rows
+    (the query norm is added by the caller)."""
     nq, b = S.shape
     for q in prange(nq):
         hd = heap_d[q]
@@ -77,7 +78,7 @@ def topk_update_from_similarities(
             if filtered and not bitset_test(words, r):
                 continue
             if use_norms:
-                d = row_norms[r] - np.float32(2.0) * S[q, j]
+                d = row_norms[j] - np.float32(2.0) * S[q, j]
             else:
                 d = -S[q, j]
             if size < hd.shape[0] or d < hd[0]:
