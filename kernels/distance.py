@@ -69,20 +69,34 @@ def topk_update_from_similarities(
     Distance is -S for ip, or ||x_j||^2 - 2 S for l2 with ``row_norms`` of the block's rows
     (the query norm is added by the caller)."""
     nq, b = S.shape
+    two = np.float32(2.0)
     for q in prange(nq):
         hd = heap_d[q]
         hi = heap_i[q]
         size = sizes[q]
-        for j in range(b):
-            r = row0 + j
-            if filtered and not bitset_test(words, r):
-                continue
-            if use_norms:
-                d = row_norms[j] - np.float32(2.0) * S[q, j]
-            else:
-                d = -S[q, j]
-            if size < hd.shape[0] or d < hd[0]:
-                size = heap_push(hd, hi, size, d, r)
+        k = hd.shape[0]
+        for j0 in range(0, b, 32):
+            j1 = min(j0 + 32, b)
+            if size == k:  # skip the chunk unless its best distance can enter the heap
+                best = np.float32(np.inf)
+                if use_norms:
+                    for j in range(j0, j1):
+                        best = min(best, row_norms[j] - two * S[q, j])
+                else:
+                    for j in range(j0, j1):
+                        best = min(best, -S[q, j])
+                if best >= hd[0]:
+                    continue
+            for j in range(j0, j1):
+                r = row0 + j
+                if filtered and not bitset_test(words, r):
+                    continue
+                if use_norms:
+                    d = row_norms[j] - two * S[q, j]
+                else:
+                    d = -S[q, j]
+                if size < k or d < hd[0]:
+                    size = heap_push(hd, hi, size, d, r)
         sizes[q] = size
 
 
