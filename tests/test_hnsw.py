@@ -507,6 +507,12 @@ def allowed_subset(x, ids, share, kind, seed):
     return np.sort(ids[near])
 
 
+def force_traversal_plan(monkeypatch) -> None:
+    """Make the planner traverse whatever the selectivity (it would scan small sets)."""
+    monkeypatch.setattr(hnsw_module, "_EXACT_ROWS_PER_EF", 0)
+    monkeypatch.setattr(hnsw_module, "_MIN_TRAVERSAL_SHARE", 0.0)
+
+
 @pytest.mark.parametrize("kind", ["random", "clustered"])
 @pytest.mark.parametrize("share", SELECTIVITIES)
 @pytest.mark.parametrize("force_traversal", [False, True], ids=["planned", "traversal"])
@@ -514,7 +520,7 @@ def test_filtered_recall(filter_index, monkeypatch, share, kind, force_traversal
     idx, x, q, ids = filter_index
     allowed = allowed_subset(x, ids, share, kind, seed=int(share * 1e4))
     if force_traversal:  # the planner would scan these exactly; exercise the graph path
-        monkeypatch.setattr(hnsw_module, "_TRAVERSAL_COST", 0)
+        force_traversal_plan(monkeypatch)
     mask = np.isin(ids, allowed)
     true_scores, true_ids = brute(x[mask], q, "l2", K, ids[mask])
     scores, got, info = idx.search(q, K, ef=EF, allowed=allowed, explain=True)
@@ -545,7 +551,7 @@ def test_filtered_recall(filter_index, monkeypatch, share, kind, force_traversal
 
 def test_filtered_recall_lossy_codec(data, built, monkeypatch):
     """Filtered traversal over LVQ-8 codes with rerank, cosine, 40% of the points."""
-    monkeypatch.setattr(hnsw_module, "_TRAVERSAL_COST", 0)  # 5k points: the plan would scan
+    force_traversal_plan(monkeypatch)  # 5k points: the plan would scan
     x, q, _ = data
     idx = built("cosine", "lvq8")
     allowed = np.flatnonzero(np.random.default_rng(8).random(N) < 0.4)
