@@ -52,8 +52,9 @@ class Codec:
         """Restore what ``state`` returned."""
 
     def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
-        return (np.zeros((cap, self.dim), self.code_dtype),
-                np.zeros((cap, self.aux_width), np.float32))
+        """Uninitialised storage for ``cap`` rows (only rows below the store's n are read)."""
+        return (np.empty((cap, self.dim), self.code_dtype),
+                np.empty((cap, self.aux_width), np.float32))
 
 
 def _sq_norms(x: np.ndarray) -> np.ndarray:

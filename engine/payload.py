@@ -51,6 +51,19 @@ def canonical_payload(obj: Any, path: str = "payload") -> dict:
 
 
 def _canon(v: Any, path: str) -> Any:
+    if type(v) is dict:  # fast path: plain JSON values need no conversion, paths stay unbuilt
+        out = {}
+        for k, x in v.items():
+            tx = type(x)
+            if type(k) is str and (x is None or tx is str or tx is bool
+                                   or (tx is int and INT64_MIN <= x <= INT64_MAX)
+                                   or (tx is float and math.isfinite(x))):
+                out[k] = x
+            else:
+                if not isinstance(k, str):
+                    raise InvalidArgument(f"{path}: key {k!r} is not a string")
+                out[k] = _canon(x, f"{path}.{k}")
+        return out
     if v is None or isinstance(v, (str, bool)):
         return v
     if isinstance(v, (int, np.integer)) and not isinstance(v, np.bool_):
