@@ -23,6 +23,8 @@ class Settings:
     read_only_keys: set[str] = field(default_factory=set)
     cors_origins: list[str] = field(default_factory=list)
     warmup: bool = True
+    workers: int = 16
+    """Threads running engine calls; searches release the GIL inside the kernels."""
 
     @property
     def auth_enabled(self) -> bool:
