@@ -18,6 +18,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from quiver.bench.datasets import find_data_file
 from quiver.engine.index import hnsw as hnsw_module
 from quiver.engine.validation import normalize_rows
 
@@ -32,7 +33,8 @@ NQ = 100
 K = 10
 EF = 64
 EFC = 100
-REAL_DATA = Path("/work/shared/data/wordnet-minilm-384-angular.hdf5")
+REAL_DATA = find_data_file() or Path("wordnet-minilm-384-angular.hdf5")
+"""The shared WordNet file beside the project (../shared/data); tests using it skip without it."""
 
 
 # --- data and oracle ---------------------------------------------------------------------
