@@ -45,7 +45,10 @@ class HNSWIndex:
 
     The graph is built on float32 vectors; searches traverse it through ``codec`` (``f32``,
     ``f16``, ``sq8``, ``lvq8``) and, with ``rerank`` (default for lossy codecs), re-score the
-    ``ef`` best candidates on the float vectors. Scores follow ``quiver.Metric``."""
+    ``ef`` best candidates on the float vectors. Scores follow ``quiver.Metric``.
+
+    Searches may run from many threads at once; ``add``, ``remove`` and ``compact`` must not
+    overlap with searches (collections get that by searching immutable sealed segments)."""
 
     kind = "hnsw"
 
@@ -247,7 +250,10 @@ class HNSWIndex:
             return int(pos.size)
 
     def compact(self) -> None:
-        """Rebuild the graph without deleted points, reclaiming their memory."""
+        """Rebuild the graph without deleted points, reclaiming their memory.
+
+        Like ``add`` and ``remove``, not to be run while other threads search this index (the
+        collection layer never does: it vacuums by building a new segment and swapping it in)."""
         with self._write_lock:
             n = self._float.n
             live = ~Bitset(self._deleted, n).to_mask() if n else np.zeros(0, bool)
@@ -260,19 +266,11 @@ class HNSWIndex:
                 if fresh._codes is not fresh._float:
                     fresh._codes = VectorStore(self.codec)
             if X.shape[0]:
-                fresh._add_prepared(X, ids)
+                fresh.add(X, ids)  # cosine rows are unit already: normalising again is a no-op
             state = dict(fresh.__dict__)
             state["_write_lock"] = self._write_lock
             state["_tls"] = threading.local()
             self.__dict__.update(state)
-
-    def _add_prepared(self, X, ids):
-        metric = self.metric
-        self.metric = Metric.IP if metric is Metric.COSINE else metric  # already normalised
-        try:
-            self.add(X, ids)
-        finally:
-            self.metric = metric
 
     # --- search ---------------------------------------------------------------------
 
