@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .args import float_list, int_list
 from .common import (
     DEFAULT_SELECTIVITIES,
     Case,
@@ -46,10 +47,10 @@ from .common import (
     md_table,
     pct,
     random_subset,
-    recall,
     results_dir,
     write_outputs,
 )
+from .metrics import recall_at_k
 from .timing import best_time, ensure_passive_omp, thread_limit
 
 COLLECTION = "bench"
@@ -215,7 +216,7 @@ def query_case(col, case: Case, q: np.ndarray, cfg: CollectionBenchConfig, ef: i
     for t in (["all", "1"] if cfg.threads == "both" else [cfg.threads]):
         with thread_limit(t):
             if "recall" not in row:
-                row["recall"] = recall(ids_matrix(batch(q), cfg.k), case.truth, cfg.k)
+                row["recall"] = recall_at_k(ids_matrix(batch(q), cfg.k), case.truth, cfg.k)
             row["qps_1" if t == "1" else "qps_all"] = q.shape[0] / best_time(lambda: batch(q),
                                                                               cfg.reps)
     lat_q = q[: cfg.latency_queries]
@@ -226,7 +227,7 @@ def query_case(col, case: Case, q: np.ndarray, cfg: CollectionBenchConfig, ef: i
         hits = col.search(lat_q[i], cfg.k, filter=case.filter, params=params)
         times[i] = (time.perf_counter_ns() - t) / 1e6
         found.append(hits)
-    row["single_recall"] = recall(ids_matrix(found, cfg.k), case.truth[: lat_q.shape[0]], cfg.k)
+    row["single_recall"] = recall_at_k(ids_matrix(found, cfg.k), case.truth[: lat_q.shape[0]], cfg.k)
     row["p50_ms"] = float(np.percentile(times, 50))
     row["p99_ms"] = float(np.percentile(times, 99))
     row["single_qps"] = 1e3 / float(times.mean())
@@ -397,12 +398,6 @@ def plot(report: dict, path) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -415,8 +410,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default="HNSW16,F32", help="collection index spec")
     p.add_argument("--segment-size", type=int, help="default: the collection default")
     p.add_argument("--ef-construction", type=int, default=200)
-    p.add_argument("--ef", type=_ints, help="search ef values (default 64)")
-    p.add_argument("--selectivity", type=_floats, help="default 0.5,0.1,0.01,0.001")
+    p.add_argument("--ef", type=int_list, help="search ef values (default 64)")
+    p.add_argument("--selectivity", type=float_list, help="default 0.5,0.1,0.01,0.001")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=3, help="timed batch repetitions, best kept")
     p.add_argument("--latency-queries", type=int, default=200,

@@ -143,22 +143,6 @@ def filtered_truth(train: np.ndarray, test: np.ndarray, ids: np.ndarray | None, 
     return out
 
 
-def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean over queries of |found[:k] ∩ truth[:k]| / |truth[:k]|, where truth rows may be
-    -1 padded (fewer than k allowed rows); a -1 in ``found`` never counts."""
-    found = np.atleast_2d(np.asarray(found))[:, :k]
-    truth = np.atleast_2d(np.asarray(truth))[:, :k]
-    if found.shape[0] != truth.shape[0]:
-        raise ValueError(f"recall: {found.shape[0]} result rows for {truth.shape[0]} queries")
-    valid = truth >= 0
-    hits = ((truth[:, :, None] == found[:, None, :]) & valid[:, :, None]).any(axis=2).sum(axis=1)
-    denom = valid.sum(axis=1)
-    ok = denom > 0
-    if not ok.any():
-        return 1.0
-    return float((hits[ok] / denom[ok]).mean())
-
-
 def ids_matrix(results: Sequence[Sequence], k: int) -> np.ndarray:
     """Collection results (lists of Points, or of dicts with 'id') -> int64 (nq, k), -1 padded."""
     out = np.full((len(results), k), -1, np.int64)

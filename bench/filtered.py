@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .args import float_list, int_list
 from .common import (
     DEFAULT_SELECTIVITIES,
     Case,
@@ -40,10 +41,10 @@ from .common import (
     md_table,
     pct,
     random_subset,
-    recall,
     results_dir,
     write_outputs,
 )
+from .metrics import recall_at_k
 from .timing import best_time, ensure_passive_omp, thread_limit, timed
 
 DEFAULT_EFS = (16, 32, 64, 128, 256, 512)
@@ -219,7 +220,7 @@ def sweep(eng, label: str, mode: str, case: Case, q: np.ndarray, cfg: FilteredCo
             for t in _thread_settings(cfg.threads):
                 with thread_limit(t, eng.set_threads):
                     if "recall" not in row:  # first call: recall, and warms caches
-                        row["recall"] = recall(search(q), case.truth, cfg.k)
+                        row["recall"] = recall_at_k(search(q), case.truth, cfg.k)
                         if info:
                             row["strategy"] = info.get("strategy")
                             row["fallback_exact"] = info.get("fallback_exact")
@@ -385,12 +386,6 @@ def plot(report: dict, path) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -399,8 +394,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="keep the first N train vectors")
     p.add_argument("--queries", type=int, help="use the first N queries")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--ef", type=_ints, help=f"ef sweep (default {','.join(map(str, DEFAULT_EFS))})")
-    p.add_argument("--selectivity", type=_floats,
+    p.add_argument("--ef", type=int_list, help=f"ef sweep (default {','.join(map(str, DEFAULT_EFS))})")
+    p.add_argument("--selectivity", type=float_list,
                    help="allowed shares (default 0.5,0.1,0.01,0.001)")
     p.add_argument("--kinds", default="random,category",
                    help="random, category or both (default random,category)")

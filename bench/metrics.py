@@ -6,17 +6,21 @@ import numpy as np
 
 
 def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    """|returned top-k ∩ true top-k| / k for each query (float64, shape (nq,)).
+    """|returned top-k ∩ true top-k| / |true top-k| for each query (float64, shape (nq,)).
 
-    Counted from the true side, so a duplicated or -1-padded returned id never counts twice."""
+    Counted from the true side, so a duplicated or -1-padded returned id never counts twice.
+    True rows may be -1 padded (a filter allowing fewer than k points): the padding is not a
+    neighbour to find, and a query with no true neighbour at all scores 1."""
     found = np.atleast_2d(np.asarray(found))[:, :k]
     truth = np.atleast_2d(np.asarray(truth))[:, :k]
     if found.shape[0] != truth.shape[0]:
         raise ValueError(f"recall: {found.shape[0]} result rows for {truth.shape[0]} queries")
     if truth.shape[1] < k:
         raise ValueError(f"recall: ground truth has only {truth.shape[1]} neighbors, k={k}")
-    hits = (truth[:, :, None] == found[:, None, :]).any(axis=2)
-    return hits.sum(axis=1) / float(k)
+    valid = truth >= 0
+    hits = ((truth[:, :, None] == found[:, None, :]) & valid[:, :, None]).any(axis=2).sum(axis=1)
+    denom = valid.sum(axis=1)
+    return np.where(denom > 0, hits / np.maximum(denom, 1), 1.0)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:

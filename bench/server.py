@@ -45,7 +45,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .common import fmt, load_with_payload, log_stderr, md_table, recall, results_dir, write_outputs
+from .args import int_list
+from .common import fmt, load_with_payload, log_stderr, md_table, results_dir, write_outputs
+from .metrics import recall_at_k
 from .timing import ensure_passive_omp
 
 COLLECTION = "bench"
@@ -486,8 +488,8 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
     for i, (a, bb) in enumerate(zip((rest_ids or [])[:m], inproc_ids[:m], strict=True)):
         rest_m[i, : len(a)] = a
         inp_m[i, : len(bb)] = bb
-    report["checks"] = {"rest_recall": recall(rest_m, truth, cfg.k),
-                        "inprocess_recall": recall(inp_m, truth, cfg.k),
+    report["checks"] = {"rest_recall": recall_at_k(rest_m, truth, cfg.k),
+                        "inprocess_recall": recall_at_k(inp_m, truth, cfg.k),
                         "rest_equals_inprocess": float((rest_m == inp_m).all(axis=1).mean()),
                         "batch_json_equals_npy": (report["batch_search"]["json"]["ids_first"]
                                                   == report["batch_search"]["npy"]["ids_first"])}
@@ -584,9 +586,6 @@ def plot(report: dict, path) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="HDF5 path or synthetic[:NxD][:metric] (default: the "
@@ -597,7 +596,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef", type=int, default=64)
     p.add_argument("--requests", type=int, default=2000,
                    help="single-vector searches per concurrency level (default 2000)")
-    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16],
+    p.add_argument("--concurrency", type=int_list, default=[1, 4, 16],
                    help="levels (default 1,4,16)")
     p.add_argument("--warmup-requests", type=int, default=50)
     p.add_argument("--load-batch", type=int, default=1000)

@@ -12,6 +12,7 @@ pytest.importorskip("h5py")
 
 from quiver.bench import common
 from quiver.bench import datasets as dsm
+from quiver.bench.metrics import recall_at_k
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 
@@ -35,10 +36,10 @@ def test_filtered_truth_recall_and_categories():
     assert truth.shape == (5, 10) and (truth[:, 5:] == -1).all()
     d = ((q[:, None, :] - x[None, ids, :]) ** 2).sum(-1)
     np.testing.assert_array_equal(truth[:, :5], ids[np.argsort(d, axis=1)])
-    assert common.recall(truth, truth, 10) == 1.0
+    assert recall_at_k(truth, truth, 10) == 1.0
     found = truth.copy()
     found[:, 0] = -1
-    assert common.recall(found, truth, 10) == pytest.approx(0.8)
+    assert recall_at_k(found, truth, 10) == pytest.approx(0.8)
     col = np.repeat(np.arange(5), [500, 300, 150, 40, 10])
     assert common.closest_categories(col, 0.3) == [1]
     assert common.closest_categories(col, 0.8) == [0, 1]  # union of the largest

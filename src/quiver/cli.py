@@ -13,13 +13,7 @@ import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
-                                         ) from None
+from quiver.bench.args import int_list
 
 
 def _name_list(text: str) -> list[str]:
@@ -42,8 +36,8 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", type=_name_list, default=None,
                    help="comma list: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], "
                         "faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M]")
-    p.add_argument("--ef", type=_int_list, help="ef values for HNSW sweeps (16,32,64,128,256)")
-    p.add_argument("--nprobe", type=_int_list, help="nprobe values for IVF sweeps (1,4,16,64)")
+    p.add_argument("--ef", type=int_list, help="ef values for HNSW sweeps (16,32,64,128,256)")
+    p.add_argument("--nprobe", type=int_list, help="nprobe values for IVF sweeps (1,4,16,64)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--limit", type=int, help="keep the first N train vectors (exact ground "
                                              "truth recomputed)")
