@@ -20,7 +20,7 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
-from ..engine.collection import Point
+from ..engine.collection import Point, upsert_columns
 from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
 from ..engine.metric import Metric
 from ..engine.payload import canonical_payload
@@ -196,19 +196,7 @@ def restore_snapshot(snapshot: str | Path, name: str) -> Op:
 
 def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
            batch_size: int | None) -> Op:
-    if points is not None:
-        if ids is not None or vectors is not None or payloads is not None:
-            raise InvalidArgument("points: pass either points or ids/vectors/payloads")
-        if not isinstance(points, (list, tuple)):
-            raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
-        for i, p in enumerate(points):
-            if not isinstance(p, dict) or "id" not in p or "vector" not in p:
-                raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
-        ids = [p["id"] for p in points]
-        vectors = [p["vector"] for p in points]
-        payloads = [p.get("payload") for p in points]
-    if ids is None or vectors is None:
-        raise InvalidArgument("ids and vectors are required")
+    ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
     if isinstance(ids, (str, int, np.integer)):
         raise InvalidArgument("ids: expected a list of ids, got a single value")
     ids = id_list(ids)

@@ -196,19 +196,7 @@ class Collection:
         ``points=[{"id", "vector", "payload"}, ...]``. Returns the WAL sequence number once
         the batch is durable."""
         self._check_open()
-        if points is not None:
-            if ids is not None or vectors is not None or payloads is not None:
-                raise InvalidArgument("points: pass either points or ids/vectors/payloads")
-            if not isinstance(points, (list, tuple)):
-                raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
-            for i, p in enumerate(points):
-                if not isinstance(p, dict) or "id" not in p or "vector" not in p:
-                    raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
-            ids = [p["id"] for p in points]
-            vectors = [p["vector"] for p in points]
-            payloads = [p.get("payload") for p in points]
-        if ids is None or vectors is None:
-            raise InvalidArgument("ids and vectors are required")
+        ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
         norm, vecs, pl = self._validate_points(ids, vectors, payloads)
         if not norm:
             return self._last_seq
@@ -633,6 +621,25 @@ class Collection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def upsert_columns(ids, vectors, payloads, points) -> tuple[Any, Any, Any]:
+    """The columnar form of an upsert given either as columns or as ``points=[{"id",
+    "vector", "payload"}, ...]`` (the embedded database and the client accept both)."""
+    if points is not None:
+        if ids is not None or vectors is not None or payloads is not None:
+            raise InvalidArgument("points: pass either points or ids/vectors/payloads")
+        if not isinstance(points, (list, tuple)):
+            raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
+        for i, p in enumerate(points):
+            if not isinstance(p, dict) or "id" not in p or "vector" not in p:
+                raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
+        ids = [p["id"] for p in points]
+        vectors = [p["vector"] for p in points]
+        payloads = [p.get("payload") for p in points]
+    if ids is None or vectors is None:
+        raise InvalidArgument("ids and vectors are required")
+    return ids, vectors, payloads
 
 
 def _id_order(x):
