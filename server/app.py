@@ -39,6 +39,8 @@ log = logging.getLogger("quiver.server")
 
 
 class JSON(Response):
+    """orjson body; engine dataclasses (``Point``) serialise natively, field by field."""
+
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
@@ -266,7 +268,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         check_batch(len(body.ids), "ids")
         pts = await run(database().get_collection(name).get, body.ids, body.with_payload,
                         body.with_vector)
-        return ok([p.to_dict() for p in pts], t)
+        return ok(pts, t)
 
     @app.post("/collections/{name}/points/delete", tags=["points"],
               openapi_extra=body_doc(s.PointsSelector))
@@ -299,9 +301,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         col = database().get_collection(name)
         if req.explain:
             hits, plan = await run(col.search, req.vector, explain=True, **_search_args(req))
-            return ok([h.to_dict() for h in hits], t, plan=plan)
+            return ok(hits, t, plan=plan)
         hits = await run(col.search, req.vector, **_search_args(req))
-        return ok([h.to_dict() for h in hits], t)
+        return ok(hits, t)
 
     @app.post("/collections/{name}/points/search/batch", tags=["search"],
               openapi_extra=body_doc(s.SearchBatch, s.NPY))
@@ -320,7 +322,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             if queries.shape[0] == 0:
                 return ok([], t)
             res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload)
-            return ok([[h.to_dict() for h in hits] for hits in res], t)
+            return ok(res, t)
         body = await parse(request, s.SearchBatch)
         check_batch(len(body.searches), "searches")
 
@@ -328,7 +330,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             return [col.search(r.vector, **_search_args(r)) for r in body.searches]
 
         res = await run(many)
-        return ok([[h.to_dict() for h in hits] for hits in res], t)
+        return ok(res, t)
 
     @app.post("/collections/{name}/points/scroll", tags=["points"], openapi_extra=body_doc(s.ScrollRequest))
     async def scroll(name: str, request: Request):
@@ -337,7 +339,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         check_k(body.limit, "limit")
         pts, nxt = await run(database().get_collection(name).scroll, body.filter, body.limit,
                              body.offset, body.with_payload, body.with_vector)
-        return ok({"points": [p.to_dict() for p in pts], "next_page_offset": nxt}, t)
+        return ok({"points": pts, "next_page_offset": nxt}, t)
 
     @app.post("/collections/{name}/points/count", tags=["points"], openapi_extra=body_doc(s.CountRequest))
     async def count(name: str, request: Request):
