@@ -32,6 +32,8 @@ from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
 
 log = logging.getLogger(__name__)
 
+_MAX_RESERVED_ROWS = 1_000_000
+"""Rows an appendable segment reserves up front (virtual memory until written)."""
 PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime")
 SEARCH_PARAMS = ("ef", "exact", "rerank")
 
@@ -152,7 +154,8 @@ class Collection:
         self._last_seq = max(self._last_seq, self._wal.last_seq)
 
     def _new_appendable(self) -> Segment:
-        seg = Segment.appendable(self._next_segment, self.dim, self._segment_metric)
+        seg = Segment.appendable(self._next_segment, self.dim, self._segment_metric,
+                                 min(self.config.segment_size, _MAX_RESERVED_ROWS))
         self._next_segment += 1
         for key, kind in self.config.payload_indexes.items():
             seg.payloads.create_index(key, kind)

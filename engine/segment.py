@@ -55,9 +55,12 @@ class Segment:
     # --- construction ---------------------------------------------------------------
 
     @classmethod
-    def appendable(cls, seg_id: int, dim: int, metric: str) -> Segment:
-        return cls(seg_id, FlatIndex(dim, metric), [], np.zeros(0, np.int64), PayloadStore(),
-                   np.zeros(0, np.uint64), sealed=False)
+    def appendable(cls, seg_id: int, dim: int, metric: str, capacity: int = 0) -> Segment:
+        """An empty segment for writes, with room for ``capacity`` rows reserved up front."""
+        index = FlatIndex(dim, metric)
+        index.reserve(capacity)
+        return cls(seg_id, index, [], np.zeros(capacity, np.int64), PayloadStore(),
+                   np.zeros((capacity + 63) >> 6, np.uint64), sealed=False)
 
     @property
     def n(self) -> int:

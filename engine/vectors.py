@@ -25,6 +25,10 @@ class VectorStore:
     def capacity(self) -> int:
         return self.codes.shape[0]
 
+    def reserve(self, total: int) -> None:
+        """Room for ``total`` rows without further copies (untouched rows cost no memory)."""
+        self._reserve(total)
+
     def _reserve(self, total: int) -> None:
         writable = self.codes.flags.writeable and self.aux.flags.writeable
         if total <= self.capacity and writable:

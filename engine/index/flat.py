@@ -63,6 +63,15 @@ class FlatIndex:
         v = as_vectors(x, self.dim, name)
         return normalize_rows(v) if self.metric is Metric.COSINE else v
 
+    def reserve(self, n: int) -> None:
+        """Allocate room for ``n`` vectors up front, so appends never copy (the appendable
+        segment of a collection reserves its whole size; untouched pages stay unallocated)."""
+        self._store.reserve(n)
+        if self._ids.shape[0] < self._store.capacity:
+            grown = np.full(self._store.capacity, -1, np.int64)
+            grown[: self._ids.shape[0]] = self._ids
+            self._ids = grown
+
     def add(self, x, ids=None) -> np.ndarray:
         """Append vectors; ``ids`` default to consecutive integers after the largest so far."""
         v = self._prepare_vectors(x, "vectors")
