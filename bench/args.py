@@ -19,3 +19,13 @@ def float_list(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser, limit_help: str, limit_default: int | None = None,
+                          queries_help: str = "use the first N queries") -> None:
+    """--dataset / --limit / --queries / --k, the same for every benchmark command."""
+    p.add_argument("--dataset", help="HDF5 path or synthetic[:NxD][:metric] (default: the "
+                                     "WordNet file, else synthetic:20000x384:cosine)")
+    p.add_argument("--limit", type=int, default=limit_default, help=limit_help)
+    p.add_argument("--queries", type=int, help=queries_help)
+    p.add_argument("--k", type=int, default=10)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .args import float_list, int_list
+from .args import add_dataset_arguments, float_list, int_list
 from .common import (
     DEFAULT_SELECTIVITIES,
     Case,
@@ -47,8 +47,7 @@ from .common import (
     md_table,
     pct,
     random_subset,
-    results_dir,
-    write_outputs,
+    run_report_cli,
 )
 from .metrics import recall_at_k
 from .timing import best_time, ensure_passive_omp, thread_limit
@@ -401,11 +400,7 @@ def plot(report: dict, path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="HDF5 path or synthetic[:NxD][:metric] (default: the "
-                                     "WordNet file, else synthetic:20000x384:cosine)")
-    p.add_argument("--limit", type=int, help="ingest the first N train vectors")
-    p.add_argument("--queries", type=int, help="use the first N queries")
-    p.add_argument("--k", type=int, default=10)
+    add_dataset_arguments(p, "ingest the first N train vectors")
     p.add_argument("--batch", type=int, default=1000, help="points per upsert (default 1000)")
     p.add_argument("--index", default="HNSW16,F32", help="collection index spec")
     p.add_argument("--segment-size", type=int, help="default: the collection default")
@@ -445,19 +440,10 @@ def config_from_args(args: argparse.Namespace) -> CollectionBenchConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    import sys
+    return run_report_cli("collection", lambda: run_collection(config_from_args(args)), markdown,
+                          plot, "qps_by_filter.png", args.out, args.name,
+                          lambda r: all("error" not in x for x in r["results"]))
 
-    try:
-        report = run_collection(config_from_args(args))
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"quiver bench-collection: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or results_dir("collection", args.name or report["dataset"]["name"])
-    md = markdown(report)
-    paths = write_outputs(report, md, out, plot, "qps_by_filter.png")
-    print(md)
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0 if all("error" not in r for r in report["results"]) else 1
 
 
 def main(argv=None) -> int:

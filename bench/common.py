@@ -211,6 +211,26 @@ def _json_default(o):
     return str(o)
 
 
+def run_report_cli(kind: str, run: Callable[[], dict], markdown: Callable[[dict], str],
+                   plot: Callable, png: str, out: str | None, name: str | None,
+                   ok: Callable[[dict], bool] = lambda report: True) -> int:
+    """The common tail of every ``quiver bench-<kind>`` command: run, write JSON/Markdown/PNG
+    into bench/results/<kind>-<name>/, print the table. Exit 2 on bad input, 1 if not ok."""
+    import sys
+
+    try:
+        report = run()
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"quiver bench-{kind}: {exc}", file=sys.stderr)
+        return 2
+    md = markdown(report)
+    paths = write_outputs(report, md, out or results_dir(kind, name or report["dataset"]["name"]),
+                          plot, png)
+    print(md)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0 if ok(report) else 1
+
+
 def log_stderr(msg: str) -> None:
     import sys
 

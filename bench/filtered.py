@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .args import float_list, int_list
+from .args import add_dataset_arguments, float_list, int_list
 from .common import (
     DEFAULT_SELECTIVITIES,
     Case,
@@ -41,8 +41,7 @@ from .common import (
     md_table,
     pct,
     random_subset,
-    results_dir,
-    write_outputs,
+    run_report_cli,
 )
 from .metrics import recall_at_k
 from .timing import best_time, ensure_passive_omp, thread_limit, timed
@@ -389,11 +388,7 @@ def plot(report: dict, path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="HDF5 path or synthetic[:NxD][:metric] (default: the "
-                                     "WordNet file, else synthetic:20000x384:cosine)")
-    p.add_argument("--limit", type=int, help="keep the first N train vectors")
-    p.add_argument("--queries", type=int, help="use the first N queries")
-    p.add_argument("--k", type=int, default=10)
+    add_dataset_arguments(p, "keep the first N train vectors")
     p.add_argument("--ef", type=int_list, help=f"ef sweep (default {','.join(map(str, DEFAULT_EFS))})")
     p.add_argument("--selectivity", type=float_list,
                    help="allowed shares (default 0.5,0.1,0.01,0.001)")
@@ -429,20 +424,9 @@ def config_from_args(args: argparse.Namespace) -> FilteredConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    import sys
+    return run_report_cli("filtered", lambda: run_filtered(config_from_args(args)), markdown,
+                          plot, "recall_qps.png", args.out, args.name, lambda r: bool(r["results"]))
 
-    try:
-        cfg = config_from_args(args)
-        report = run_filtered(cfg)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"quiver bench-filtered: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or results_dir("filtered", args.name or report["dataset"]["name"])
-    md = markdown(report)
-    paths = write_outputs(report, md, out, plot, "recall_qps.png")
-    print(md)
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0 if report["results"] else 1
 
 
 def main(argv=None) -> int:

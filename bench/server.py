@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .args import int_list
-from .common import fmt, load_with_payload, log_stderr, md_table, results_dir, write_outputs
+from .args import add_dataset_arguments, int_list
+from .common import fmt, load_with_payload, log_stderr, md_table, run_report_cli
 from .metrics import recall_at_k
 from .timing import ensure_passive_omp
 
@@ -593,11 +593,8 @@ def plot(report: dict, path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="HDF5 path or synthetic[:NxD][:metric] (default: the "
-                                     "WordNet file, else synthetic:20000x384:cosine)")
-    p.add_argument("--limit", type=int, default=20_000, help="N vectors loaded (default 20000)")
-    p.add_argument("--queries", type=int, help="distinct queries (default all; they cycle)")
-    p.add_argument("--k", type=int, default=10)
+    add_dataset_arguments(p, "N vectors loaded (default 20000)", 20_000,
+                          "distinct queries (default all; they cycle)")
     p.add_argument("--ef", type=int, default=64)
     p.add_argument("--requests", type=int, default=2000,
                    help="single-vector searches per concurrency level (default 2000)")
@@ -638,17 +635,9 @@ def config_from_args(args: argparse.Namespace) -> ServerBenchConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    try:
-        report = run_server_bench(config_from_args(args))
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"quiver bench-server: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or results_dir("server", args.name or report["dataset"]["name"])
-    md = markdown(report)
-    paths = write_outputs(report, md, out, plot, "rest_vs_inprocess.png")
-    print(md)
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0
+    return run_report_cli("server", lambda: run_server_bench(config_from_args(args)), markdown,
+                          plot, "rest_vs_inprocess.png", args.out, args.name)
+
 
 
 def main(argv=None) -> int:
