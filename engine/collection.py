@@ -371,14 +371,13 @@ class Collection:
         with self._lock:
             segs = list(self._segments)
         nq = q.shape[0]
-        all_s, all_p, plan = [], [], []
+        found, plan = [], []
         for seg in segs:
             res = seg.search(q, k, flt, params)
             if res is None:
                 continue
             scores, pos, info = res
-            all_s.append(scores)
-            all_p.append([(seg, pos)])
+            found.append((seg, scores, pos))
             if explain:
                 plan.append({"segment": seg.id, "sealed": seg.sealed,
                              "estimated_selectivity": seg.estimate(flt), **info})
@@ -386,11 +385,11 @@ class Collection:
         sign = -1.0 if self.metric.higher_is_better else 1.0
         for qi in range(nq):
             cands = []
-            for s_arr, [(seg, pos)] in zip(all_s, all_p, strict=True):
+            for seg, s_arr, pos in found:
                 for s, p in zip(s_arr[qi].tolist(), pos[qi].tolist(), strict=True):
                     if p >= 0:
                         cands.append((sign * s, seg, p, s))
-            if len(all_s) > 1:
+            if len(found) > 1:
                 # searches take no lock: a point replaced meanwhile can be met in its old
                 # segment and in the appendable one; keep only its newest row
                 newest: dict = {}
