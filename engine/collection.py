@@ -381,29 +381,50 @@ class Collection:
             if explain:
                 plan.append({"segment": seg.id, "sealed": seg.sealed,
                              "estimated_selectivity": seg.estimate(flt), **info})
-        results = []
-        sign = -1.0 if self.metric.higher_is_better else 1.0
-        for qi in range(nq):
-            cands = []
-            for seg, s_arr, pos in found:
-                for s, p in zip(s_arr[qi].tolist(), pos[qi].tolist(), strict=True):
-                    if p >= 0:
-                        cands.append((sign * s, seg, p, s))
-            if len(found) > 1:
-                # searches take no lock: a point replaced meanwhile can be met in its old
-                # segment and in the appendable one; keep only its newest row
-                newest: dict = {}
-                for c in cands:
-                    ext, ver = c[1].ext_ids[c[2]], c[1].versions[c[2]]
-                    if ext not in newest or ver > newest[ext][0]:
-                        newest[ext] = (ver, c)
-                if len(newest) < len(cands):
-                    cands = [c for _, c in newest.values()]
-            cands.sort(key=lambda c: c[0])
-            results.append([self._point(seg, p, with_payload, with_vectors, score)
-                            for _, seg, p, score in cands[:k]])
+        results = self._merge_hits(found, nq, k, with_payload, with_vectors)
         out = results[0] if single else results
         return (out, plan) if explain else out
+
+    def _merge_hits(self, found: list, nq: int, k: int, with_payload: bool,
+                    with_vectors: bool) -> list[list[Point]]:
+        """Each query's best k over the segments' sorted top-k rows (positions -1 padded)."""
+        if len(found) == 1:  # the common case: no sort, no duplicates to drop
+            seg, s_arr, pos = found[0]
+            plain = not (with_payload or with_vectors)
+            ext = seg.ext_ids
+            out = []
+            for srow, prow in zip(s_arr.tolist(), pos.tolist(), strict=True):
+                out.append([Point(ext[p], s) if plain else
+                            self._point(seg, p, with_payload, with_vectors, s)
+                            for s, p in zip(srow, prow, strict=True) if p >= 0])
+            return out
+        if not found:
+            return [[] for _ in range(nq)]
+        scores = np.concatenate([f[1] for f in found], axis=1)
+        pos = np.concatenate([f[2] for f in found], axis=1)
+        owner = np.repeat(np.arange(len(found)), [f[2].shape[1] for f in found])
+        key = np.where(pos >= 0, -scores if self.metric.higher_is_better else scores, np.inf)
+        order = np.argsort(key, axis=1, kind="stable")
+        segs = [f[0] for f in found]
+        out = []
+        for qi in range(nq):
+            # searches take no lock: a point replaced meanwhile can be met in its old segment
+            # and in the appendable one; keep only its newest row
+            cands, newest = [], {}
+            for j in order[qi].tolist():
+                p = int(pos[qi, j])
+                if p < 0:
+                    break
+                seg = segs[owner[j]]
+                ext, ver = seg.ext_ids[p], seg.versions[p]
+                if ext in newest and newest[ext] >= ver:
+                    continue
+                newest[ext] = ver
+                cands.append((ext, seg, p, float(scores[qi, j])))
+            hits = [self._point(seg, p, with_payload, with_vectors, s)
+                    for ext, seg, p, s in cands if newest[ext] == seg.versions[p]]
+            out.append(hits[:k])
+        return out
 
     # --- info ------------------------------------------------------------------------
 

@@ -17,7 +17,11 @@ from numba import njit, prange
 from . import INLINE, JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance
+from .prefetch import prefetch_row
 from .topk import heap_push, heap_sorted
+
+PREFETCH_BYTES = 256
+"""How much of each unvisited neighbour's row a traversal prefetches before scoring them."""
 
 MAX_UPPER = 8
 """Layers above 0 that a node can reach (level draws are clamped): P(level > 8) = M**-9."""
@@ -113,6 +117,12 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
         if rsize >= ef and c_d > res_d[0]:
             break
         row = neighbors(nbr0, upper, uidx, c, level)
+        if not two_hop:
+            for v in row:  # start loading the rows whose distances come next
+                if v < 0:
+                    break
+                if visited[v] != tag:
+                    prefetch_row(codes, v, PREFETCH_BYTES)
         for v in row:
             if v < 0:
                 break

@@ -6,7 +6,12 @@ from numba import njit, prange
 from . import JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance
+from .prefetch import prefetch_row
 from .topk import heap_push, heap_sorted
+
+ROWS_AHEAD = 4
+ROW_BYTES = 4096
+"""A row scan prefetches the row ROWS_AHEAD positions ahead, up to ROW_BYTES of it."""
 
 
 @njit(**JIT)
@@ -28,7 +33,11 @@ def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     size = 0
-    for r in rows:
+    m = rows.shape[0]
+    for j in range(m):
+        if j + ROWS_AHEAD < m:  # scattered rows: no hardware prefetcher follows them
+            prefetch_row(codes, rows[j + ROWS_AHEAD], ROW_BYTES)
+        r = rows[j]
         size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, r), r)
     heap_sorted(hd, hi, size, out_d, out_i)
 

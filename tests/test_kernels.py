@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 from quiver.engine.codecs import CODECS, F16Codec, make_codec
 from quiver.kernels import bitset as kb
 from quiver.kernels import distance as kd
 from quiver.kernels import scan as ks
 from quiver.kernels import topk as kt
+from quiver.kernels.prefetch import prefetch_row
 
 from quiver import Bitset
 
@@ -361,3 +363,20 @@ def test_block_ip_matches_matmul():
     out = np.empty((11, 150), np.float32)
     kd.block_ip(Q, X, out)
     np.testing.assert_allclose(out, Q @ X.T, rtol=1e-5, atol=1e-5)
+
+
+@njit(cache=True)
+def _prefetch_all_rows(arr, nbytes):
+    for r in range(arr.shape[0]):
+        prefetch_row(arr, r, nbytes)
+    return arr.sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16])
+def test_prefetch_row_is_a_harmless_hint(dtype):
+    # a prefetch past a row's end is clipped to the row; it never reads into the result
+    arr = (np.arange(6 * 40) % 7).astype(dtype).reshape(6, 40)
+    before = arr.copy()
+    for nbytes in (0, 1, 64, 4096):
+        assert _prefetch_all_rows(arr, nbytes) == before.sum()
+    np.testing.assert_array_equal(arr, before)
