@@ -12,7 +12,8 @@ parallel kernel):
    1, 4 and 16 (httpx.AsyncClient), a bounded number per level: throughput, p50/p99 latency,
    and the server process's CPU time (``/proc/<pid>/stat`` utime+stime) per request;
 4. upsert throughput of JSON against binary bodies for 384-d vectors (fresh collections), and
-   batch search with a JSON body against a ``.npy`` body;
+   batch search with a JSON body against a ``.npy`` body (answered in JSON, or as ``.npz``
+   arrays with ``Accept: application/x-npz``);
 5. stop the server, open the same data folder in-process (``quiver.connect``) and run the same
    searches: CPU per search (process time) and throughput at the same concurrency (threads).
 
@@ -45,14 +46,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from ..engine.hits import NPZ, SearchArrays
+from ..server.schemas import BINARY_POINTS, NPY
 from .args import add_dataset_arguments, int_list
 from .common import fmt, load_with_payload, log_stderr, md_table, run_report_cli
 from .metrics import recall_at_k
 from .timing import ensure_passive_omp
 
 COLLECTION = "bench"
-BINARY_POINTS = "application/vnd.quiver.points"
-NPY = "application/x-npy"
 
 
 @dataclass
@@ -392,9 +393,11 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
         nb = [_npy(q[s : s + b]) for s in starts]
         bpath = f"/collections/{COLLECTION}/points/search/batch"
         batch = {}
+        npy_path = f"{bpath}?limit={cfg.k}&ef={cfg.ef}"
         for name, bod, h, p in (
                 ("json", jb, hdr, bpath),
-                ("npy", nb, {"content-type": NPY}, f"{bpath}?limit={cfg.k}&ef={cfg.ef}")):
+                ("npy", nb, {"content-type": NPY}, npy_path),
+                ("npz", nb, {"content-type": NPY, "accept": NPZ}, npy_path)):
             lev = drive(url, "POST", p, bod, h, 1, bod[:2], server)
             nqs = b * len(bod)
             batch[name] = {"batch": b, "requests": len(bod), "queries_per_s": nqs / lev.wall_s,
@@ -402,11 +405,19 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
                            "server_cpu_ms_per_query": (None if lev.server_cpu_s is None
                                                        else lev.server_cpu_s / nqs * 1e3),
                            **_stats(lev.latencies_ms)}
-            got = [[h["id"] for h in hits] for hits in orjson.loads(lev.responses[0])["result"]]
+            if name == "npz":
+                arrs = SearchArrays.from_npz(lev.responses[0])
+                got = [row[:c] for row, c in zip(arrs.ids.tolist(), arrs.counts.tolist(),
+                                                 strict=True)]
+            else:
+                got = [[h["id"] for h in hits]
+                       for hits in orjson.loads(lev.responses[0])["result"]]
             batch[name]["ids_first"] = got
             log(f"batch search {name}: {batch[name]['queries_per_s']:,.0f} queries/s, "
                 f"{batch[name]['body_bytes']:,} bytes/request")
-        batch["npy_vs_json"] = batch["npy"]["queries_per_s"] / batch["json"]["queries_per_s"]
+        for name in ("npy", "npz"):
+            batch[f"{name}_vs_json"] = (batch[name]["queries_per_s"]
+                                        / batch["json"]["queries_per_s"])
         report["batch_search"] = batch
 
         # --- upsert: JSON vs binary -----------------------------------------------------
@@ -470,13 +481,14 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
         for r in inproc:
             r.pop("ids", None)
         bq = np.concatenate([q[s : s + b] for s in starts])
-        col.search(bq[:b], cfg.k, params={"ef": cfg.ef})
-        c0, t0 = time.process_time(), time.perf_counter()
-        for j in range(len(starts)):
-            col.search(bq[j * b : (j + 1) * b], cfg.k, params={"ef": cfg.ef})
-        report["batch_search"]["inprocess"] = {
-            "queries_per_s": bq.shape[0] / (time.perf_counter() - t0),
-            "cpu_ms_per_query": (time.process_time() - c0) / bq.shape[0] * 1e3}
+        for key, call in (("inprocess", col.search), ("inprocess_arrays", col.search_arrays)):
+            call(bq[:b], cfg.k, params={"ef": cfg.ef})
+            c0, t0 = time.process_time(), time.perf_counter()
+            for j in range(len(starts)):
+                call(bq[j * b : (j + 1) * b], cfg.k, params={"ef": cfg.ef})
+            report["batch_search"][key] = {
+                "queries_per_s": bq.shape[0] / (time.perf_counter() - t0),
+                "cpu_ms_per_query": (time.process_time() - c0) / bq.shape[0] * 1e3}
     finally:
         db.close()
 
@@ -497,7 +509,8 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
                         "inprocess_recall": recall_at_k(inp_m, truth, cfg.k),
                         "rest_equals_inprocess": float((rest_m == inp_m).all(axis=1).mean()),
                         "batch_json_equals_npy": (report["batch_search"]["json"]["ids_first"]
-                                                  == report["batch_search"]["npy"]["ids_first"])}
+                                                  == report["batch_search"]["npy"]["ids_first"]
+                                                  == report["batch_search"]["npz"]["ids_first"])}
     from .runner import environment
 
     report["environment"] = environment()
@@ -522,7 +535,7 @@ def markdown(report: dict) -> str:
            f"{cfg['k']}, ef={cfg['ef']}, {cfg['requests']:,} requests per level after "
            f"{cfg['warmup_requests']} untimed. Recall@{cfg['k']}: REST {ch['rest_recall']:.4f}, "
            f"in-process {ch['inprocess_recall']:.4f}; identical answers "
-           f"{ch['rest_equals_inprocess']:.1%}; JSON and .npy batch answers identical: "
+           f"{ch['rest_equals_inprocess']:.1%}; JSON, .npy and .npz batch answers identical: "
            f"{ch['batch_json_equals_npy']}.", "",
            "### Single-vector search", ""]
     cpu_s = report["inprocess_cpu_ms_per_search"]
@@ -540,17 +553,22 @@ def markdown(report: dict) -> str:
             "the in-process CPU time of the same `Collection.search` (sequential).", "",
             "### Batch search: JSON body vs .npy body", ""]
     bs = report["batch_search"]
-    head = ["body", "queries/request", "bytes/request", "queries/s", "p50 ms/request",
+    head = ["body -> answer", "queries/request", "bytes/request", "queries/s", "p50 ms/request",
             "server CPU ms/query"]
-    rows = [[name, bs[name]["batch"], fmt(bs[name]["body_bytes"]), fmt(bs[name]["queries_per_s"], 0),
-             fmt(bs[name]["p50_ms"], 2), fmt(bs[name]["server_cpu_ms_per_query"], 3)]
-            for name in ("json", "npy")]
-    if "inprocess" in bs:
-        rows.append(["in-process `search(matrix)`", bs["json"]["batch"], "-",
-                     fmt(bs["inprocess"]["queries_per_s"], 0), "-",
-                     fmt(bs["inprocess"]["cpu_ms_per_query"], 3)])
-    out += [md_table(head, rows), f".npy / JSON: {bs['npy_vs_json']:.2f}x queries/s (the JSON "
-            "batch runs one search per entry; the .npy batch runs one batched search).", "",
+    label = {"json": "JSON -> JSON", "npy": ".npy -> JSON", "npz": ".npy -> .npz"}
+    rows = [[label[name], bs[name]["batch"], fmt(bs[name]["body_bytes"]),
+             fmt(bs[name]["queries_per_s"], 0), fmt(bs[name]["p50_ms"], 2),
+             fmt(bs[name]["server_cpu_ms_per_query"], 3)]
+            for name in ("json", "npy", "npz") if name in bs]
+    for key, what in (("inprocess", "`search(matrix)`"), ("inprocess_arrays", "`search_arrays`")):
+        if key in bs:
+            rows.append([f"in-process {what}", bs["json"]["batch"], "-",
+                         fmt(bs[key]["queries_per_s"], 0), "-", fmt(bs[key]["cpu_ms_per_query"], 3)])
+    ratios = ", ".join(f"{label[n]} {bs[f'{n}_vs_json']:.2f}x" for n in ("npy", "npz")
+                       if f"{n}_vs_json" in bs)
+    out += [md_table(head, rows), f"Queries/s against JSON: {ratios} (a JSON batch runs one "
+            "search per entry, each with its own filter and parameters; a .npy batch shares "
+            "them and runs one batched search).", "",
             "### Upsert: JSON body vs binary body", ""]
     up = report["upsert"]
     head = ["body", "vectors", "batch", "vectors/s", "bytes/vector", "server CPU µs/vector",

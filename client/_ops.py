@@ -22,6 +22,7 @@ import orjson
 
 from ..engine.collection import Point, upsert_columns
 from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
+from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.payload import canonical_payload
 from ..engine.validation import check_k
@@ -56,6 +57,8 @@ class Req:
     """Stream the answer into this file instead of decoding it."""
     text: bool = False
     """The answer is plain text (``/metrics``), returned as ``str``."""
+    raw: bool = False
+    """The answer is binary (``.npz``), returned as ``bytes``."""
     headers: dict[str, str] = field(default_factory=dict)
 
     def request_headers(self) -> dict[str, str]:
@@ -299,16 +302,51 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         return (hits, res.get("plan")) if explain else hits
     if explain:
         raise InvalidArgument("explain: over HTTP, explain is available for one query at a time")
-    known = params is None or (isinstance(params, dict) and set(params) <= set(SEARCH_PARAMS))
-    if q is not None and q.ndim == 2 and filter is None and not with_vectors and known:
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(q), allow_pickle=False)
-        query: dict[str, Any] = {"limit": k, "with_payload": _flag(with_payload)}
-        for key, value in (params or {}).items():
-            if value is not None:
-                query[key] = _flag(value) if isinstance(value, bool) else _int(value)
-        res = yield Req("POST", f"{path}/batch", buf.getvalue(), NPY, params=query)
-        return [points_from(r) for r in res["result"]]
+    if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params):
+        req = _npy_search(path, q, k, params, with_payload)
+        if with_payload:  # payloads come back as JSON
+            return [points_from(r) for r in (yield req)["result"]]
+        return SearchArrays.from_npz((yield req)).to_points()
+    return (yield from _json_batch(path, vector, q, k, filter, params, with_payload, with_vectors,
+                                   nonfinite))
+
+
+def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any) -> Op:
+    path = f"/collections/{seg(name)}/points/search"
+    k = check_k(k)
+    q = as_float_array(queries)
+    if q is None or q.ndim != 2:
+        raise InvalidArgument("queries: expected a 2-D matrix (one query per row)")
+    if filter is None and _known(params) and bool(np.isfinite(q).all()):
+        return SearchArrays.from_npz((yield _npy_search(path, q, k, params, False)))
+    hits = yield from _json_batch(path, queries, q, k, filter, params, False, False,
+                                  not bool(np.isfinite(q).all()))
+    return SearchArrays.from_rows([[h.id for h in r] for r in hits],
+                                  [[h.score for h in r] for r in hits], k)
+
+
+def _known(params: Any) -> bool:
+    return params is None or (isinstance(params, dict) and set(params) <= set(SEARCH_PARAMS))
+
+
+def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: bool) -> Req:
+    """A .npy batch; answered as arrays (.npz, the cheapest form on both ends) unless
+    payloads are wanted."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(q), allow_pickle=False)
+    query: dict[str, Any] = {"limit": k}
+    for key, value in (params or {}).items():
+        if value is not None:
+            query[key] = _flag(value) if isinstance(value, bool) else _int(value)
+    if with_payload:
+        return Req("POST", f"{path}/batch", buf.getvalue(), NPY,
+                   params={**query, "with_payload": "true"})
+    return Req("POST", f"{path}/batch", buf.getvalue(), NPY, params=query, raw=True,
+               headers={"accept": NPZ})
+
+
+def _json_batch(path: str, vector: Any, q: np.ndarray | None, k: int, filter: Any, params: Any,
+                with_payload: bool, with_vectors: bool, nonfinite: bool) -> Op:
     rows = q.tolist() if q is not None else list(vector)
     searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
                  "with_payload": with_payload, "with_vector": with_vectors} for v in rows]

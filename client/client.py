@@ -25,6 +25,7 @@ import orjson
 
 from ..engine.collection import Point
 from ..engine.errors import QuiverError
+from ..engine.hits import SearchArrays
 from ..engine.metric import Metric
 from . import _ops as ops
 from ._ops import Req, ServerUnavailable, error_for
@@ -53,6 +54,8 @@ class _Base:
             raise error_for(resp.status_code, body, f"{req.method} {req.path}")
         if req.text:
             return body.decode("utf-8", "replace")
+        if req.raw:
+            return body
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -317,6 +320,12 @@ class RemoteCollection(_RemoteBase):
         return self.client._drive(ops.search(self.name, vector, k, filter, params, with_payload,
                                              with_vectors, explain))
 
+    def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
+                      params: dict | None = None) -> SearchArrays:
+        """Top-k of a batch as matrices (``ids``, ``scores``, ``counts``); see
+        ``Collection.search_arrays``."""
+        return self.client._drive(ops.search_arrays(self.name, queries, k, filter, params))
+
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         self.client._drive(ops.create_payload_index(self.name, field_name, field_type))
 
@@ -379,6 +388,10 @@ class AsyncRemoteCollection(_RemoteBase):
                      with_vectors: bool = False, explain: bool = False):
         return await self.client._drive(ops.search(self.name, vector, k, filter, params,
                                                    with_payload, with_vectors, explain))
+
+    async def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
+                            params: dict | None = None) -> SearchArrays:
+        return await self.client._drive(ops.search_arrays(self.name, queries, k, filter, params))
 
     async def create_payload_index(self, field_name: str, field_type: str) -> None:
         await self.client._drive(ops.create_payload_index(self.name, field_name, field_type))

@@ -23,6 +23,7 @@ import orjson
 
 from .errors import CorruptData, InvalidArgument, NotFound
 from .filters import Filter, normalize_id, parse_filter
+from .hits import SearchArrays
 from .metric import Metric
 from .payload import canonical_payload
 from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
@@ -356,6 +357,33 @@ class Collection:
         ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs). With
         ``explain``, returns ``(results, plan)`` where plan lists each segment's strategy,
         estimated and actual selectivity."""
+        single = np.ndim(vector) == 1
+        q, k, found, plan = self._search_segments(vector, k, filter, params, explain)
+        results = self._merge_hits(found, q.shape[0], k, with_payload, with_vectors)
+        out = results[0] if single else results
+        return (out, plan) if explain else out
+
+    def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
+                      params: dict | None = None) -> SearchArrays:
+        """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
+        ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
+        if np.ndim(queries) != 2:
+            raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row), got "
+                                  f"{np.ndim(queries)} dimension(s)")
+        q, k, found, _ = self._search_segments(queries, k, filter, params, False, "queries")
+        if len(found) == 1:  # no merge: take the segment's rows as they are
+            seg, scores, pos = found[0]
+            ext = seg.ext_ids
+            prows = pos.tolist()
+            ids = [[ext[p] for p in row if p >= 0] for row in prows]
+            srows = [row[:len(r)] for row, r in zip(scores.tolist(), ids, strict=True)]
+            return SearchArrays.from_rows(ids, srows, k)
+        hits = self._merge_hits(found, q.shape[0], k, False, False)
+        return SearchArrays.from_rows([[h.id for h in r] for r in hits],
+                                      [[h.score for h in r] for r in hits], k)
+
+    def _search_segments(self, vector, k, filter, params, explain: bool, field: str = "vector"):
+        """Validated queries and k, each segment's (segment, scores, positions), and the plan."""
         self._check_open()
         k = check_k(k)
         params = dict(params or {})
@@ -364,13 +392,11 @@ class Collection:
             raise InvalidArgument(f"params: unknown search parameter(s) {sorted(bad)}; "
                                   f"known: {', '.join(SEARCH_PARAMS)}")
         flt = parse_filter(filter) if filter is not None else None
-        single = np.ndim(vector) == 1
-        q = as_vectors(vector, self.dim, "vector")
+        q = as_vectors(vector, self.dim, field)
         if self.metric is Metric.COSINE:
             q = normalize_rows(q)
         with self._lock:
             segs = list(self._segments)
-        nq = q.shape[0]
         found, plan = [], []
         for seg in segs:
             res = seg.search(q, k, flt, params)
@@ -381,9 +407,7 @@ class Collection:
             if explain:
                 plan.append({"segment": seg.id, "sealed": seg.sealed,
                              "estimated_selectivity": seg.estimate(flt), **info})
-        results = self._merge_hits(found, nq, k, with_payload, with_vectors)
-        out = results[0] if single else results
-        return (out, plan) if explain else out
+        return q, k, found, plan
 
     def _merge_hits(self, found: list, nq: int, k: int, with_payload: bool,
                     with_vectors: bool) -> list[list[Point]]:

@@ -117,12 +117,11 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
         if rsize >= ef and c_d > res_d[0]:
             break
         row = neighbors(nbr0, upper, uidx, c, level)
-        if not two_hop:
-            for v in row:  # start loading the rows whose distances come next
-                if v < 0:
-                    break
-                if visited[v] != tag:
-                    prefetch_row(codes, v, PREFETCH_BYTES)
+        for v in row:  # start loading the rows whose distances come next
+            if v < 0:
+                break
+            if visited[v] != tag and (not two_hop or bitset_test(ok_words, v)):
+                prefetch_row(codes, v, PREFETCH_BYTES)
         for v in row:
             if v < 0:
                 break

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.database import Database
 from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
+from ..engine.hits import NPZ
 from ..engine.wal import decode_batch
 from . import schemas as s
 from .gate import BodyTooLarge, Gate
@@ -296,7 +297,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return await search_core(name, await request.body())
 
     @app.post("/collections/{name}/points/search/batch", tags=["search"],
-              openapi_extra=body_doc(s.SearchBatch, s.NPY))
+              openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
+                  "description": f"JSON lists of hits; or, for a .npy body sent with "
+                                 f"`Accept: {NPZ}`, an uncompressed .npz of `ids` (uint64, or "
+                                 f"strings with UUID ids), `scores` (float32) and `counts` "
+                                 f"(int32), shape (queries, limit), NaN/0 padded",
+                  "content": {"application/json": {},
+                              NPZ: {"schema": {"type": "string", "format": "binary"}}}}}})
     async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,
                            exact: bool = False, rerank: bool | None = None,
                            with_payload: bool = False):
@@ -309,6 +316,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             params = {k: v for k, v in (("ef", ef), ("rerank", rerank)) if v is not None}
             if exact:
                 params["exact"] = True
+            if _accepts_npz(request):
+                if with_payload:
+                    raise InvalidArgument(f"with_payload: the {NPZ} answer holds ids and scores "
+                                          "only; ask for JSON to get payloads")
+                arrs = await run(col.search_arrays, queries, k=limit, params=params)
+                return Response(arrs.to_npz(), media_type=NPZ,
+                                headers={"x-quiver-time": f"{time.perf_counter() - t:.6f}"})
             if queries.shape[0] == 0:
                 return ok([], t)
             res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload)
@@ -425,6 +439,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
 class _Limit(InvalidArgument):
     """A request over one of the server's limits (422)."""
+
+
+def _accepts_npz(request: Request) -> bool:
+    return NPZ in request.headers.get("accept", "")
 
 
 def _load_npy(raw: bytes) -> np.ndarray:

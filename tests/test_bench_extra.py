@@ -124,4 +124,6 @@ def test_cli_bench_server(tiny, tmp_path, capsys):
     assert rep["upsert"]["binary"]["body_bytes_per_vector"] < rep["upsert"]["json"][
         "body_bytes_per_vector"]
     assert rep["batch_search"]["npy"]["queries_per_s"] > 0
+    assert rep["batch_search"]["npz"]["queries_per_s"] > 0
+    assert rep["checks"]["batch_json_equals_npy"] is True
     assert not list(tmp_path.glob("quiver-bench-server-*"))

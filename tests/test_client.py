@@ -88,6 +88,11 @@ def scenario(db, workdir) -> dict:
     out["batch_empty"] = col.search(np.zeros((0, DIM), np.float32), 3)
     out["l2"] = l2.search(x[3] + 0.01, 5, params={"ef": 64})
     out["l2_batch"] = l2.search(x[:3], 3, params={"exact": True})
+    out["arrays"] = [col.search_arrays(Q, 6),  # UUID and integer ids: strings
+                     col.search_arrays(Q[:2], 4, filter=flt),  # JSON over HTTP
+                     l2.search_arrays(x[:4] + 0.01, 3, params={"ef": 32}),  # uint64 ids
+                     l2.search_arrays(np.zeros((0, DIM), np.float32), 3)]
+    out["arrays_points"] = out["arrays"][0].to_points()
     hits, plan = col.search(q, 3, filter=flt, explain=True)
     out["explain"] = (hits, sorted({p["strategy"] for p in plan}))
 
@@ -165,7 +170,13 @@ SCHEMA_CHECKED = {4, 17, 23}
 
 
 def assert_same(a, b, path="out"):
-    if isinstance(a, quiver.Point):
+    if isinstance(a, quiver.SearchArrays):
+        assert isinstance(b, quiver.SearchArrays), (path, b)
+        assert a.ids.dtype == b.ids.dtype and a.ids.shape == b.ids.shape, (path, a, b)
+        np.testing.assert_array_equal(a.ids, b.ids, err_msg=path)
+        np.testing.assert_array_equal(a.counts, b.counts, err_msg=path)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-5, err_msg=path)
+    elif isinstance(a, quiver.Point):
         assert isinstance(b, quiver.Point), (path, b)
         assert a.id == b.id, (path, a, b)
         assert a.payload == b.payload, (path, a, b)

@@ -209,6 +209,10 @@ def check_against_oracle(col, model: Model, rng, phase: str) -> None:
         exact = col.search(queries, k=k, filter=flt, params={"exact": True}, with_payload=True,
                            with_vectors=True)
         approx = col.search(queries, k=k, filter=flt)
+        arrays = col.search_arrays(queries, k=k, filter=flt, params={"exact": True})
+        assert arrays.ids.shape == arrays.scores.shape == (len(queries), k), where
+        assert arrays.to_points() == [[quiver.Point(p.id, p.score) for p in ex] for ex in exact], where
+        assert np.isnan(arrays.scores[np.arange(k)[None, :] >= arrays.counts[:, None]]).all()
         recall = []
         for q, ex, ap in zip(queries, exact, approx, strict=True):
             ids, scores = model.topk(q, k, pred)
@@ -739,4 +743,14 @@ def test_database_errors(tmp_path):
     db = quiver.connect(tmp_path)
     assert db.list_collections() == ["c"]
     assert db.get_collection("c").count() == 0
+    db.close()
+
+
+def test_search_arrays_rejects_a_single_vector(tmp_path):
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", DIM, metric="l2")
+    with pytest.raises(quiver.InvalidArgument, match="queries: expected a 2-D matrix"):
+        col.search_arrays(np.zeros(DIM, np.float32))
+    with pytest.raises(quiver.InvalidArgument, match="queries"):
+        col.search_arrays(np.zeros((2, DIM + 1), np.float32))
     db.close()

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from _live_server import LiveServer, serve
+from quiver.engine.hits import NPZ
 from quiver.engine.wal import encode_batch
 from quiver.server.schemas import BINARY_POINTS, NPY
 
@@ -147,6 +148,18 @@ def test_points_end_to_end(http):
                            content=buf.getvalue(), headers={"content-type": NPY}))
     assert [[h["id"] for h in r] for r in js] == singles == [[h["id"] for h in r] for r in npy]
     assert npy[0][0]["payload"] == payloads[0]
+    # ... and answered as arrays with Accept: .npz
+    r = http.post("/collections/pts/points/search/batch?limit=4", content=buf.getvalue(),
+                  headers={"content-type": NPY, "accept": NPZ})
+    assert r.status_code == 200 and r.headers["content-type"] == NPZ
+    with np.load(io.BytesIO(r.content), allow_pickle=False) as z:
+        assert z["ids"].dtype == np.uint64 and z["ids"].tolist() == singles
+        assert z["counts"].tolist() == [4, 4, 4]
+        np.testing.assert_allclose(z["scores"], [[h["score"] for h in row] for row in npy],
+                                   rtol=1e-6)
+    assert_error(http.post("/collections/pts/points/search/batch?limit=4&with_payload=true",
+                           content=buf.getvalue(), headers={"content-type": NPY, "accept": NPZ}),
+                 400, "with_payload")
 
     # explain
     plan = http.post("/collections/pts/points/search",

@@ -18,6 +18,7 @@ from quiver.engine.bitset import Bitset
 from quiver.engine.collection import Collection, Point
 from quiver.engine.database import Database, connect
 from quiver.engine.errors import CorruptData, DuplicateId, InvalidArgument, NotFound, QuiverError
+from quiver.engine.hits import SearchArrays
 from quiver.engine.index import FlatIndex, HNSWIndex, Index, index
 from quiver.engine.metric import Metric
 
@@ -40,6 +41,7 @@ __all__ = [
     "NotFound",
     "Point",
     "QuiverError",
+    "SearchArrays",
     "__version__",
     "connect",
     "index",
