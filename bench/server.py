@@ -76,7 +76,7 @@ class ServerBenchConfig:
     """None: min(N, 10000) vectors for each of the JSON and binary upsert runs."""
     upsert_batch: int = 1000
     batch_size: int = 100
-    batch_requests: int = 20
+    batch_requests: int = 50
     server_warmup: bool = True
     startup_timeout: float = 900.0
     data_dir: str | None = None
@@ -626,7 +626,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vectors per JSON/binary upsert run (default min(N, 10000))")
     p.add_argument("--upsert-batch", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=100, help="queries per batch request")
-    p.add_argument("--batch-requests", type=int, default=20)
+    p.add_argument("--batch-requests", type=int, default=50)
     p.add_argument("--no-server-warmup", action="store_true",
                    help="start the server with --no-warmup")
     p.add_argument("--startup-timeout", type=float, default=900.0)
