@@ -13,6 +13,7 @@ import numpy as np
 
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
+from .aligned import aligned_empty
 from .errors import InvalidArgument
 
 
@@ -53,8 +54,8 @@ class Codec:
 
     def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Uninitialised storage for ``cap`` rows (only rows below the store's n are read)."""
-        return (np.empty((cap, self.dim), self.code_dtype),
-                np.empty((cap, self.aux_width), np.float32))
+        return (aligned_empty((cap, self.dim), self.code_dtype),
+                aligned_empty((cap, self.aux_width), np.float32))
 
 
 def _sq_norms(x: np.ndarray) -> np.ndarray:

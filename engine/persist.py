@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .aligned import load_npy_aligned
 from .errors import CorruptData
 
 FORMAT_VERSION = 1
@@ -116,7 +117,8 @@ def load_arrays(directory: str | os.PathLike, kind: str, mmap: bool = True,
         if verify and file_crc32(path) != info["crc32"]:
             raise CorruptData(f"{path}: checksum mismatch (file damaged)")
         try:
-            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False) if mmap else \
+                load_npy_aligned(path)
         except (ValueError, OSError) as exc:
             raise CorruptData(f"{path}: unreadable array ({exc})") from None
         if arr.dtype.str != info["dtype"] or list(arr.shape) != info["shape"]:

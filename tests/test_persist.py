@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import BLAS_MIN, DTYPES, METRICS, Oracle, make_data
 from quiver.engine import persist
+from quiver.engine.aligned import ALIGN, aligned_empty, aligned_full, load_npy_aligned
 
 from quiver import CorruptData, FlatIndex
 
@@ -235,3 +236,43 @@ def test_manifest_checksum_mismatch_is_named(saved):
     manifest["meta"]["dim"] = 5  # valid JSON, consistent-looking, wrong
     path.write_text(json.dumps(manifest))
     assert "checksum" in load_fails(saved, "manifest.json")
+
+
+# --- aligned storage -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [0, 1, 7, (3, 384), (5, 0), (129, 2, 16)])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int32, np.int64, np.float16])
+def test_aligned_arrays_start_on_a_cache_line(shape, dtype):
+    a = aligned_empty(shape, dtype)
+    assert a.size == 0 or a.ctypes.data % ALIGN == 0  # (no data, nothing to align)
+    assert a.flags.c_contiguous and a.flags.writeable
+    assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
+    b = aligned_full(shape, 3, dtype)
+    assert (b.size == 0 or b.ctypes.data % ALIGN == 0) and (b == 3).all()
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_load_npy_aligned_matches_np_load(tmp_path, order, version):
+    x = np.asarray(np.arange(6 * 385, dtype=np.float32).reshape(6, 385), order=order)
+    path = tmp_path / "x.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, x, version=version)
+    y = load_npy_aligned(path)
+    np.testing.assert_array_equal(y, np.load(path))
+    assert y.ctypes.data % ALIGN == 0
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="bytes expected"):
+        load_npy_aligned(path)
+
+
+def test_index_loaded_into_memory_is_aligned(tmp_path):
+    x = make_data(np.random.default_rng(3), 300, 24)
+    idx = FlatIndex(24, "l2")
+    idx.add(x)
+    idx.save(tmp_path / "i")
+    loaded = FlatIndex.load(tmp_path / "i", mmap=False)
+    codes, _ = loaded._store.view()
+    assert codes.ctypes.data % ALIGN == 0 and codes.flags.writeable
+    np.testing.assert_array_equal(loaded.search(x[:5], 3)[1], idx.search(x[:5], 3)[1])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...kernels import hnsw as kh
 from ...kernels import scan as ks
+from ..aligned import aligned_full
 from ..bitset import Bitset
 from ..codecs import F32Codec, make_codec
 from ..errors import InvalidArgument
@@ -117,7 +118,7 @@ class HNSWIndex:
         cap = max(total, 2 * cap, 1024) if total > cap else cap
 
         def grown(a, fill, shape_tail=()):
-            out = np.full((cap, *shape_tail), fill, a.dtype)
+            out = aligned_full((cap, *shape_tail), fill, a.dtype)
             out[: a.shape[0]] = a
             return out
 
@@ -133,7 +134,7 @@ class HNSWIndex:
         if total <= self._upper.shape[0] and self._upper.flags.writeable:
             return
         cap = max(total, 2 * self._upper.shape[0], 64)
-        out = np.full((cap, kh.MAX_UPPER, self.m), -1, np.int32)
+        out = aligned_full((cap, kh.MAX_UPPER, self.m), -1, np.int32)
         out[: self._upper.shape[0]] = self._upper
         self._upper = out
 
