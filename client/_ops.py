@@ -60,6 +60,8 @@ class Req:
     raw: bool = False
     """The answer is binary (``.npz``), returned as ``bytes``."""
     headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    """Seconds to wait for this answer, instead of the client's timeout."""
 
     def request_headers(self) -> dict[str, str]:
         h = dict(self.headers)
@@ -176,6 +178,13 @@ def create_collection(name: str, dim: int, metric: str, index: str, ef_construct
 
 def collection_info(name: str) -> Op:
     return (yield Req("GET", f"/collections/{seg(name)}"))["result"]
+
+
+def flush(name: str, timeout: float) -> Op:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidArgument(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    yield Req("POST", f"/collections/{seg(name)}/flush", params={"timeout": timeout},
+              timeout=timeout + 30)
 
 
 def list_collections() -> Op:

@@ -95,6 +95,8 @@ class Client(_Base):
 
     def _send_once(self, req: Req) -> Any:
         kw: dict[str, Any] = {"params": req.params, "headers": req.request_headers()}
+        if req.timeout is not None:
+            kw["timeout"] = req.timeout
         if req.download is not None:
             with self._http.stream(req.method, req.path, **kw) as resp:
                 if resp.status_code >= 400:
@@ -195,6 +197,8 @@ class AsyncClient(_Base):
 
     async def _send_once(self, req: Req) -> Any:
         kw: dict[str, Any] = {"params": req.params, "headers": req.request_headers()}
+        if req.timeout is not None:
+            kw["timeout"] = req.timeout
         if req.download is not None:
             async with self._http.stream(req.method, req.path, **kw) as resp:
                 if resp.status_code >= 400:
@@ -346,6 +350,10 @@ class RemoteCollection(_RemoteBase):
     def info(self) -> dict[str, Any]:
         return self.client._drive(ops.collection_info(self.name))
 
+    def flush(self, timeout: float = 600.0) -> None:
+        """Seal the appendable segment now and wait until the server's optimizer is idle."""
+        self.client._drive(ops.flush(self.name, timeout))
+
     def wait_indexed(self, timeout: float = 600.0, poll: float = 0.1) -> None:
         """Block until the server reports the collection green (nothing left to index)."""
         deadline = time.monotonic() + timeout
@@ -410,6 +418,9 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def info(self) -> dict[str, Any]:
         return await self.client._drive(ops.collection_info(self.name))
+
+    async def flush(self, timeout: float = 600.0) -> None:
+        await self.client._drive(ops.flush(self.name, timeout))
 
     async def wait_indexed(self, timeout: float = 600.0, poll: float = 0.1) -> None:
         deadline = time.monotonic() + timeout

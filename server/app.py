@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, Response
@@ -113,17 +113,18 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="quiver-worker")
 
-    async def run(fn, *args, **kwargs):
+    async def run(fn, *args, limit: float | None = None, **kwargs):
         """Run an engine call in the worker pool (kernels release the GIL, so requests use
-        every core) under the request timeout; cheaper than anyio's worker threads."""
+        every core) under the request timeout (or ``limit``); cheaper than anyio's threads."""
         fut = asyncio.get_running_loop().run_in_executor(workers, partial(fn, *args, **kwargs))
+        limit = settings.request_timeout if limit is None else limit
         try:
             if _TIMEOUT is not None:  # Python 3.11+: no extra task per request
-                async with _TIMEOUT(settings.request_timeout):
+                async with _TIMEOUT(limit):
                     return await fut
-            return await asyncio.wait_for(fut, settings.request_timeout)
+            return await asyncio.wait_for(fut, limit)
         except asyncio.TimeoutError:
-            raise TimeoutError from None
+            raise TimeoutError(f"request exceeded the {limit:g} s limit") from None
 
     def check_k(k: int, field: str) -> None:
         if k > settings.max_k:
@@ -157,7 +158,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if isinstance(exc, StarletteHTTPException):
             return error(exc.status_code, "http_error", str(exc.detail))
         if isinstance(exc, TimeoutError):
-            return error(503, "timeout", f"request exceeded the server's {settings.request_timeout} s limit")
+            return error(503, "timeout", str(exc) or
+                         f"request exceeded the server's {settings.request_timeout:g} s limit")
         return None
 
     async def handle_error(_, exc):
@@ -216,6 +218,16 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         t = time.perf_counter()
         await run(database().drop_collection, name)
         return ok(True, t)
+
+    @app.post("/collections/{name}/flush", tags=["collections"])
+    async def flush(name: str, timeout: float = Query(600.0, gt=0, le=86400)):
+        """Seal the appendable segment into an indexed one now and answer once the optimizer
+        is idle (a write; may take as long as an index build, so it has its own ``timeout``,
+        in seconds, instead of the request timeout; 503 if not done by then)."""
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        await run(col.flush, timeout, limit=timeout + 5)
+        return ok({"status": "flushed"}, t)
 
     # --- points ------------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ def scenario(db, workdir) -> dict:
     ]
     col.create_payload_index("g", "integer")
     col.create_payload_index("tag", "keyword")
+    l2.flush()
+    out["flushed"] = [(s["sealed"], s["points"]) for s in l2.info()["segments"]]
     info = col.info()
     out["info"] = {k: info[k] for k in ("name", "points", "dim", "metric", "index",
                                         "payload_indexes", "last_seq")}

@@ -385,9 +385,16 @@ def test_auth(secure):
         ("DELETE", "/collections/auth", None),
         ("PUT", "/collections/auth/index", {"field_name": "a", "field_schema": "keyword"}),
         ("POST", "/collections/auth/snapshots", None),
+        ("POST", "/collections/auth/flush", None),
     ]:
         assert_error(httpx.request(method, f"{url}{path}", json=body, headers=ro), 403, "read-only")
     assert result(httpx.post(f"{url}/collections/auth/points/count", headers=rw, json={}))["count"] == 2
+    # flush seals the appendable segment and answers once it is indexed
+    assert result(httpx.post(f"{url}/collections/auth/flush", headers=rw)) == {"status": "flushed"}
+    info = result(httpx.get(f"{url}/collections/auth", headers=rw))
+    assert info["indexed_points"] == 2 and info["status"] == "green"
+    assert_error(httpx.post(f"{url}/collections/auth/flush?timeout=0", headers=rw), 422, "timeout")
+    assert_error(httpx.post(f"{url}/collections/nope/flush", headers=rw), 404, "nope")
 
 
 # --- limits -------------------------------------------------------------------------------------
