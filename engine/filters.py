@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,18 @@ class Range:
 @dataclass(frozen=True, slots=True)
 class HasId:
     ids: frozenset[int | str]
+    ints: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """The integer ids as a sorted uint64 array (the parser sets it; derived when None)."""
+
+    def int_array(self) -> np.ndarray:
+        if self.ints is not None:
+            return self.ints
+        return np.array(sorted(i for i in self.ids if type(i) is int), np.uint64)
+
+    def str_ids(self) -> list[str]:
+        if self.ints is not None and len(self.ints) == len(self.ids):
+            return []
+        return [i for i in self.ids if type(i) is str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +109,8 @@ class IsNull:
 
 
 Condition = Filter | Match | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
-IdLookup = Callable[[Collection[int | str]], np.ndarray]
+IdLookup = Callable[["HasId"], np.ndarray]
+"""Positions, in one segment, of the points a ``has_id`` condition lists."""
 """External ids (normalised, see ``normalize_id``) -> their positions in this segment;
 ids not in the segment are left out."""
 
@@ -196,7 +209,7 @@ def _condition(c: Any, path: str) -> Condition:
     if op == "has_id":
         if not isinstance(v, (list, tuple)):
             raise InvalidArgument(f"{path}.has_id: expected a list of ids, got {_tname(v)}")
-        return HasId(frozenset(normalize_id(x, f"{path}.has_id[{i}]") for i, x in enumerate(v)))
+        return _has_id(v, f"{path}.has_id")
     if op in ("is_empty", "is_null"):
         if not isinstance(v, dict) or set(v) != {"key"}:
             raise InvalidArgument(f"{path}.{op}: expected {{\"key\": <field>}}")
@@ -364,13 +377,50 @@ def _ref(c: Condition, p: dict, pid) -> bool:
 
 # ---------------------------------------------------------------- compile
 
-def id_lookup_from_ids(ext_ids: Sequence[int | str] | np.ndarray) -> IdLookup:
-    """An ``IdLookup`` over a segment whose position i holds external id ``ext_ids[i]``."""
-    table = {normalize_id(x, f"ids[{i}]"): i for i, x in enumerate(
-        ext_ids.tolist() if isinstance(ext_ids, np.ndarray) else ext_ids)}
+def _has_id(v: list | tuple, path: str) -> HasId:
+    # a long list of plain integers (an access list) is checked and sorted by NumPy
+    if set(map(type, v)) <= {int}:
+        try:
+            ints = np.sort(np.array(v, np.uint64))
+        except OverflowError:  # negative or past 64 bits: the general path names the entry
+            pass
+        else:
+            keep = np.empty(len(ints), bool)
+            keep[:1] = True
+            np.not_equal(ints[1:], ints[:-1], out=keep[1:])
+            return HasId(frozenset(v), ints[keep])
+    ids = frozenset(normalize_id(x, f"{path}[{i}]") for i, x in enumerate(v))
+    return HasId(ids, np.array(sorted(i for i in ids if type(i) is int), np.uint64))
 
-    def lookup(ids: Collection[int | str]) -> np.ndarray:
-        return np.fromiter((table[i] for i in ids if i in table), np.int64)
+
+def id_lookup_from_ids(ext_ids: Sequence[int | str] | np.ndarray) -> IdLookup:
+    """An ``IdLookup`` over a segment whose position i holds (normalised) external id
+    ``ext_ids[i]``; an id held at several positions (replaced rows) gives all of them."""
+    ext = ext_ids.tolist() if isinstance(ext_ids, np.ndarray) else list(ext_ids)
+    try:
+        keys = np.array(ext, np.uint64)
+        int_pos = np.arange(len(ext), dtype=np.int64)
+        strs: dict[str, list[int]] = {}
+    except (TypeError, ValueError, OverflowError):  # UUID ids too
+        int_pos = np.fromiter((i for i, x in enumerate(ext) if type(x) is int), np.int64)
+        keys = np.array([ext[i] for i in int_pos.tolist()], np.uint64)
+        strs = {}
+        for i, x in enumerate(ext):
+            if type(x) is str:
+                strs.setdefault(x, []).append(i)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys, sorted_pos = keys[order], int_pos[order]
+
+    def lookup(c: HasId) -> np.ndarray:
+        want = c.int_array()
+        lo = np.searchsorted(sorted_keys, want, "left")
+        hi = np.searchsorted(sorted_keys, want, "right")
+        counts = hi - lo
+        hit = np.repeat(lo, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
+                                                                         counts))
+        found = sorted_pos[hit]
+        extra = [p for u in c.str_ids() for p in strs.get(u, ())]
+        return np.concatenate([found, np.array(extra, np.int64)]) if extra else found
     return lookup
 
 
@@ -406,7 +456,7 @@ class _Compiler:
         if isinstance(c, HasId):
             if self.id_lookup is None:
                 raise InvalidArgument("has_id: no id lookup was given for this segment")
-            return self.mask(np.asarray(self.id_lookup(c.ids), np.int64))
+            return self.mask(np.asarray(self.id_lookup(c), np.int64))
         store = self.store
         if isinstance(c, IsEmpty):
             return ~self.mask(store.column(c.key).present())
@@ -507,7 +557,7 @@ class _Estimator:
         """Fraction from index counts, or None where no index answers the condition."""
         s = self.store
         if isinstance(c, HasId):
-            k = len(c.ids) if self.id_lookup is None else len(self.id_lookup(c.ids))
+            k = len(c.ids) if self.id_lookup is None else len(self.id_lookup(c))
             return k / self.n
         if isinstance(c, Match):
             kind = ("keyword" if type(c.value) is str else

@@ -83,6 +83,8 @@ def test_parse_tree():
     ({"must": [{"has_id": 1}]}, "filter.must[0].has_id: expected a list of ids, got int"),
     ({"must": [{"has_id": [1, -2]}]}, "filter.must[0].has_id[1]: id -2 is not an unsigned"),
     ({"must": [{"has_id": ["nope"]}]}, "filter.must[0].has_id[0]: 'nope' is not a UUID"),
+    ({"must": [{"has_id": [4, True]}]}, "filter.must[0].has_id[1]: expected an unsigned integer"),
+    ({"must": [{"has_id": [3, 2**64]}]}, "filter.must[0].has_id[1]: id 18446744073709551616"),
     ({"must": [{"is_null": "a"}]}, "filter.must[0].is_null: expected {\"key\": <field>}"),
     ({"must": [{"is_empty": {"key": "a"}, "is_null": {"key": "a"}}]},
      "filter.must[0]: expected one condition per object, got is_empty, is_null"),
@@ -332,3 +334,17 @@ def test_compile_agrees_with_reference_fuzz():
             for s in (plain, indexed):
                 assert compile(f, s, id_lookup=lookup).to_mask().tolist() == expected, (f, payloads)
     assert split_cases > 500  # of 2000 filters
+
+
+def test_has_id_lists_are_sorted_deduplicated_and_find_every_row_of_an_id():
+    c = parse_filter({"must": [{"has_id": [9, 3, 9, 2**64 - 1, 3]}]}).must[0]
+    assert c.ids == {3, 9, 2**64 - 1} and c.int_array().tolist() == [3, 9, 2**64 - 1]
+    assert c.str_ids() == []
+    mixed = parse_filter({"must": [{"has_id": [U1.upper(), 7]}]}).must[0]
+    assert mixed.int_array().tolist() == [7] and mixed.str_ids() == [U1]
+    # a segment holding a replaced id twice: both rows (deletion bits then drop the old one)
+    lookup = id_lookup_from_ids([5, 9, U1, 5, 2**64 - 1])
+    assert sorted(lookup(c).tolist()) == [1, 4]
+    assert sorted(lookup(parse_filter({"must": [{"has_id": [5, U1, 6]}]}).must[0]).tolist()) == [0, 2, 3]
+    assert lookup(parse_filter({"must": [{"has_id": []}]}).must[0]).tolist() == []
+    assert id_lookup_from_ids([])(c).tolist() == []
