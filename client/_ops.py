@@ -315,7 +315,10 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         req = _npy_search(path, q, k, params, with_payload)
         if with_payload:  # payloads come back as JSON
             return [points_from(r) for r in (yield req)["result"]]
-        return SearchArrays.from_npz((yield req)).to_points()
+        ans = yield req
+        if isinstance(ans, dict):  # a server (or proxy) that answers JSON anyway
+            return [points_from(r) for r in ans["result"]]
+        return _arrays(ans).to_points()
     return (yield from _json_batch(path, vector, q, k, filter, params, with_payload, with_vectors,
                                    nonfinite))
 
@@ -325,13 +328,23 @@ def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any) -> 
     k = check_k(k)
     q = as_float_array(queries)
     if q is None or q.ndim != 2:
-        raise InvalidArgument("queries: expected a 2-D matrix (one query per row)")
+        got = "" if q is None else f", got {q.ndim} dimension(s)"
+        raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row){got}")
     if filter is None and _known(params) and bool(np.isfinite(q).all()):
-        return SearchArrays.from_npz((yield _npy_search(path, q, k, params, False)))
+        ans = yield _npy_search(path, q, k, params, False)
+        if not isinstance(ans, dict):
+            return _arrays(ans)
+        return SearchArrays.from_points([points_from(r) for r in ans["result"]], k)
     hits = yield from _json_batch(path, queries, q, k, filter, params, False, False,
                                   not bool(np.isfinite(q).all()))
-    return SearchArrays.from_rows([[h.id for h in r] for r in hits],
-                                  [[h.score for h in r] for r in hits], k)
+    return SearchArrays.from_points(hits, k)
+
+
+def _arrays(raw: bytes) -> SearchArrays:
+    try:
+        return SearchArrays.from_npz(raw)
+    except InvalidArgument as exc:  # the server's answer, not the caller's input
+        raise QuiverError(f"batch search: the server's answer is unreadable ({exc})") from None
 
 
 def _known(params: Any) -> bool:

@@ -54,7 +54,7 @@ class _Base:
             raise error_for(resp.status_code, body, f"{req.method} {req.path}")
         if req.text:
             return body.decode("utf-8", "replace")
-        if req.raw:
+        if req.raw and not resp.headers.get("content-type", "").startswith("application/json"):
             return body
         try:
             return orjson.loads(body)

@@ -77,6 +77,14 @@ class CollectionConfig:
             raise CorruptData(f"{path}: invalid collection config ({exc})") from None
 
 
+def _ndim(x: Any, field: str) -> int:
+    try:
+        return np.ndim(x)
+    except ValueError:  # ragged nesting
+        raise InvalidArgument(f"{field}: expected a vector or a matrix of equal-length rows")\
+            from None
+
+
 class Collection:
     """Use ``Database.create_collection`` / ``get_collection`` rather than this constructor."""
 
@@ -357,9 +365,12 @@ class Collection:
         ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs). With
         ``explain``, returns ``(results, plan)`` where plan lists each segment's strategy,
         estimated and actual selectivity."""
-        single = np.ndim(vector) == 1
-        q, k, found, plan = self._search_segments(vector, k, filter, params, explain)
-        results = self._merge_hits(found, q.shape[0], k, with_payload, with_vectors)
+        single = _ndim(vector, "vector") == 1
+        q, k, found, plan = self._search_segments(vector, k, filter, params, explain, "vector")
+        plain = not (with_payload or with_vectors)
+        results = [[Point(seg.ext_ids[p], s) if plain else
+                     self._point(seg, p, with_payload, with_vectors, s) for seg, p, s in row]
+                   for row in self._best_rows(found, q.shape[0], k)]
         out = results[0] if single else results
         return (out, plan) if explain else out
 
@@ -367,22 +378,16 @@ class Collection:
                       params: dict | None = None) -> SearchArrays:
         """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
         ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
-        if np.ndim(queries) != 2:
+        nd = _ndim(queries, "queries")
+        if nd != 2:
             raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row), got "
-                                  f"{np.ndim(queries)} dimension(s)")
+                                  f"{nd} dimension(s)")
         q, k, found, _ = self._search_segments(queries, k, filter, params, False, "queries")
-        if len(found) == 1:  # no merge: take the segment's rows as they are
-            seg, scores, pos = found[0]
-            ext = seg.ext_ids
-            prows = pos.tolist()
-            ids = [[ext[p] for p in row if p >= 0] for row in prows]
-            srows = [row[:len(r)] for row, r in zip(scores.tolist(), ids, strict=True)]
-            return SearchArrays.from_rows(ids, srows, k)
-        hits = self._merge_hits(found, q.shape[0], k, False, False)
-        return SearchArrays.from_rows([[h.id for h in r] for r in hits],
-                                      [[h.score for h in r] for r in hits], k)
+        rows = self._best_rows(found, q.shape[0], k)
+        return SearchArrays.from_rows([[seg.ext_ids[p] for seg, p, _ in row] for row in rows],
+                                      [[s for _, _, s in row] for row in rows], k)
 
-    def _search_segments(self, vector, k, filter, params, explain: bool, field: str = "vector"):
+    def _search_segments(self, vector, k, filter, params, explain: bool, field: str):
         """Validated queries and k, each segment's (segment, scores, positions), and the plan."""
         self._check_open()
         k = check_k(k)
@@ -398,7 +403,7 @@ class Collection:
         with self._lock:
             segs = list(self._segments)
         found, plan = [], []
-        for seg in segs:
+        for seg in segs if q.shape[0] else ():
             res = seg.search(q, k, flt, params)
             if res is None:
                 continue
@@ -409,26 +414,20 @@ class Collection:
                              "estimated_selectivity": seg.estimate(flt), **info})
         return q, k, found, plan
 
-    def _merge_hits(self, found: list, nq: int, k: int, with_payload: bool,
-                    with_vectors: bool) -> list[list[Point]]:
-        """Each query's best k over the segments' sorted top-k rows (positions -1 padded)."""
+    def _best_rows(self, found: list, nq: int, k: int) -> list[list[tuple[Segment, int, float]]]:
+        """Each query's best k (segment, position, score) over the segments' top-k rows
+        (positions -1 where a segment had fewer hits)."""
         if len(found) == 1:  # the common case: no sort, no duplicates to drop
             seg, s_arr, pos = found[0]
-            plain = not (with_payload or with_vectors)
-            ext = seg.ext_ids
-            out = []
-            for srow, prow in zip(s_arr.tolist(), pos.tolist(), strict=True):
-                out.append([Point(ext[p], s) if plain else
-                            self._point(seg, p, with_payload, with_vectors, s)
-                            for s, p in zip(srow, prow, strict=True) if p >= 0])
-            return out
+            return [[(seg, p, s) for s, p in zip(srow, prow, strict=True) if p >= 0]
+                    for srow, prow in zip(s_arr.tolist(), pos.tolist(), strict=True)]
         if not found:
             return [[] for _ in range(nq)]
         scores = np.concatenate([f[1] for f in found], axis=1)
         pos = np.concatenate([f[2] for f in found], axis=1)
         owner = np.repeat(np.arange(len(found)), [f[2].shape[1] for f in found])
-        key = np.where(pos >= 0, -scores if self.metric.higher_is_better else scores, np.inf)
-        order = np.argsort(key, axis=1, kind="stable")
+        key = -scores if self.metric.higher_is_better else scores
+        order = np.lexsort((key, pos < 0), axis=1)  # hits by score, then the padding
         segs = [f[0] for f in found]
         out = []
         for qi in range(nq):
@@ -445,9 +444,8 @@ class Collection:
                     continue
                 newest[ext] = ver
                 cands.append((ext, seg, p, float(scores[qi, j])))
-            hits = [self._point(seg, p, with_payload, with_vectors, s)
-                    for ext, seg, p, s in cands if newest[ext] == seg.versions[p]]
-            out.append(hits[:k])
+            out.append([(seg, p, s) for ext, seg, p, s in cands
+                        if newest[ext] == seg.versions[p]][:k])
         return out
 
     # --- info ------------------------------------------------------------------------
@@ -606,10 +604,12 @@ class Collection:
     def flush(self, timeout: float = 600.0) -> None:
         """Seal the appendable segment now and wait until the optimizer is idle."""
         self._check_open()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise InvalidArgument(f"timeout: expected a positive number of seconds, got {timeout!r}")
         deadline = time.monotonic() + timeout
         while self.optimize_once(force_seal=True):
             if time.monotonic() > deadline:
-                raise TimeoutError("flush: optimizer still busy")
+                raise TimeoutError(f"flush: optimizer still busy after the {timeout:g} s timeout")
         self._wake.set()
 
     def _wait_idle(self, timeout: float) -> None:

@@ -110,9 +110,8 @@ class IsNull:
 
 Condition = Filter | Match | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
 IdLookup = Callable[["HasId"], np.ndarray]
-"""Positions, in one segment, of the points a ``has_id`` condition lists."""
-"""External ids (normalised, see ``normalize_id``) -> their positions in this segment;
-ids not in the segment are left out."""
+"""Positions, in one segment, of the points a ``has_id`` condition lists (ids the segment
+does not hold are left out); see ``id_lookup_from_ids``."""
 
 
 # ---------------------------------------------------------------- parsing
@@ -379,10 +378,10 @@ def _ref(c: Condition, p: dict, pid) -> bool:
 
 def _has_id(v: list | tuple, path: str) -> HasId:
     # a long list of plain integers (an access list) is checked and sorted by NumPy
-    if set(map(type, v)) <= {int}:
+    if set(map(type, v)) <= {int} and (not v or min(v) >= 0):
         try:
             ints = np.sort(np.array(v, np.uint64))
-        except OverflowError:  # negative or past 64 bits: the general path names the entry
+        except OverflowError:  # past 64 bits: the general path names the entry
             pass
         else:
             keep = np.empty(len(ints), bool)

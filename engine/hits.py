@@ -47,6 +47,12 @@ class SearchArrays(NamedTuple):
         out_scores[mask] = np.array([s for r in scores for s in r], np.float32)
         return cls(out_ids, out_scores, counts)
 
+    @classmethod
+    def from_points(cls, hits: list[list], k: int) -> SearchArrays:
+        """From ``Collection.search`` results (per-query ``Point`` lists)."""
+        return cls.from_rows([[h.id for h in r] for r in hits], [[h.score for h in r] for r in hits],
+                             k)
+
     def to_points(self) -> list[list]:
         """Per-query ``Point`` lists, as ``Collection.search`` returns them."""
         from .collection import Point

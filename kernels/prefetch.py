@@ -8,6 +8,7 @@ LLVM's ``llvm.prefetch`` intrinsic; it is a hint and never faults.
 
 import numpy as np
 from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -15,13 +16,15 @@ from numba.extending import intrinsic
 from . import INLINE
 
 _LINE = 64
+_INTRINSIC = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+"""LLVM 15 made pointers opaque, which renamed the intrinsic's overload."""
 
 
 @intrinsic
 def _prefetch_byte(typingctx, arr, row, offset):
     """Prefetch (for reading, into every cache level) the line holding byte ``offset`` of
-    row ``row`` of a C-contiguous 2-D array."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"):
+    row ``row`` of a 2-D array (row start found through its strides, any layout)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2):
         return None
     sig = types.void(arr, row, offset)
 
@@ -38,7 +41,7 @@ def _prefetch_byte(typingctx, arr, row, offset):
         addr = builder.gep(builder.bitcast(base, i8p), [off_v])
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _INTRINSIC)
         builder.call(fn, [addr, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 

@@ -113,11 +113,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="quiver-worker")
 
-    async def run(fn, *args, limit: float | None = None, **kwargs):
+    async def run(fn, *args, run_timeout: float | None = None, **kwargs):
         """Run an engine call in the worker pool (kernels release the GIL, so requests use
-        every core) under the request timeout (or ``limit``); cheaper than anyio's threads."""
+        every core) under the request timeout (or ``run_timeout``); cheaper than anyio's."""
         fut = asyncio.get_running_loop().run_in_executor(workers, partial(fn, *args, **kwargs))
-        limit = settings.request_timeout if limit is None else limit
+        limit = settings.request_timeout if run_timeout is None else run_timeout
         try:
             if _TIMEOUT is not None:  # Python 3.11+: no extra task per request
                 async with _TIMEOUT(limit):
@@ -226,7 +226,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         in seconds, instead of the request timeout; 503 if not done by then)."""
         t = time.perf_counter()
         col = database().get_collection(name)
-        await run(col.flush, timeout, limit=timeout + 5)
+        await run(col.flush, timeout, run_timeout=timeout + 5)
         return ok({"status": "flushed"}, t)
 
     # --- points ------------------------------------------------------------------------
@@ -311,9 +311,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.post("/collections/{name}/points/search/batch", tags=["search"],
               openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
                   "description": f"JSON lists of hits; or, for a .npy body sent with "
-                                 f"`Accept: {NPZ}`, an uncompressed .npz of `ids` (uint64, or "
-                                 f"strings with UUID ids), `scores` (float32) and `counts` "
-                                 f"(int32), shape (queries, limit), NaN/0 padded",
+                                 f"`Accept: {NPZ}`, an uncompressed .npz of `ids` and `scores` "
+                                 f"(shape (queries, limit), best first; ids uint64, or strings "
+                                 f"for every hit when any hit has a UUID id; padding 0 or '' "
+                                 f"and NaN) and `counts` (int32, hits per query)",
                   "content": {"application/json": {},
                               NPZ: {"schema": {"type": "string", "format": "binary"}}}}}})
     async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,

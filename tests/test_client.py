@@ -14,6 +14,7 @@ import pytest
 from _live_server import serve
 from quiver.client import AsyncRemoteCollection, AuthError, ServerUnavailable
 from quiver.engine.errors import AlreadyExists
+from quiver.engine.hits import NPZ
 from quiver.server.schemas import BINARY_POINTS, NPY
 
 import quiver
@@ -145,6 +146,9 @@ def scenario(db, workdir) -> dict:
         lambda: db.create_collection("dimless", 0),
         lambda: db.create_collection("odd", DIM, "hamming"),
         lambda: col.search(q, 2.5),
+        lambda: col.flush(0),
+        lambda: col.search_arrays(q, 3),
+        lambda: col.search_arrays(Q[:, :3], 3),
     ]:
         try:
             call()
@@ -351,6 +355,36 @@ def test_server_errors_and_odd_answers_map_to_quiver_error():
             c.get_collection("weird")
         with pytest.raises(quiver.QuiverError, match="not JSON"):
             c.list_collections()
+
+
+def test_batch_search_reads_a_json_answer_and_rejects_a_broken_npz():
+    """A server or proxy that ignores ``Accept: application/x-npz`` still works; a broken
+    binary answer is the server's fault, not an InvalidArgument."""
+    hits = [[{"id": 3, "score": 0.5}, {"id": 1, "score": 0.25}], [{"id": 2, "score": 0.75}]]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"result": {"name": request.url.path.rsplit("/")[-1],
+                                                        "dim": 2, "metric": "ip"}})
+        assert request.headers["accept"] == NPZ
+        if "json" in request.url.path:
+            return httpx.Response(200, json={"result": hits, "time": 0.0})
+        return httpx.Response(200, content=b"PK garbage", headers={"content-type": NPZ})
+
+    q = np.ones((2, 2), np.float32)
+    with quiver.Client("http://test", transport=httpx.MockTransport(handler)) as c:
+        col = c.get_collection("json")
+        assert col.search(q, 2) == [[quiver.Point(3, 0.5), quiver.Point(1, 0.25)],
+                                    [quiver.Point(2, 0.75)]]
+        arrs = col.search_arrays(q, 2)
+        assert arrs.ids.tolist() == [[3, 1], [2, 0]] and arrs.counts.tolist() == [2, 1]
+        broken = c.get_collection("npz")
+        for call in (lambda: broken.search(q, 2), lambda: broken.search_arrays(q, 2)):
+            with pytest.raises(quiver.QuiverError, match="server's answer is unreadable") as e:
+                call()
+            assert not isinstance(e.value, quiver.InvalidArgument)
+        with pytest.raises(quiver.InvalidArgument, match="got 1 dimension"):
+            broken.search_arrays(q[0], 2)
 
 
 # --- retries ---------------------------------------------------------------------------------------

@@ -379,4 +379,5 @@ def test_prefetch_row_is_a_harmless_hint(dtype):
     before = arr.copy()
     for nbytes in (0, 1, 64, 4096):
         assert _prefetch_all_rows(arr, nbytes) == before.sum()
+        assert _prefetch_all_rows(np.asfortranarray(arr), nbytes) == before.sum()
     np.testing.assert_array_equal(arr, before)

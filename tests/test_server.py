@@ -160,6 +160,13 @@ def test_points_end_to_end(http):
     assert_error(http.post("/collections/pts/points/search/batch?limit=4&with_payload=true",
                            content=buf.getvalue(), headers={"content-type": NPY, "accept": NPZ}),
                  400, "with_payload")
+    empty = io.BytesIO()
+    np.save(empty, np.zeros((0, x.shape[1]), np.float32))
+    r = http.post("/collections/pts/points/search/batch?limit=4", content=empty.getvalue(),
+                  headers={"content-type": NPY, "accept": NPZ})
+    assert r.status_code == 200, r.text
+    with np.load(io.BytesIO(r.content), allow_pickle=False) as z:
+        assert z["ids"].shape == z["scores"].shape == (0, 4) and z["counts"].shape == (0,)
 
     # explain
     plan = http.post("/collections/pts/points/search",
