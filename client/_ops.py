@@ -25,7 +25,7 @@ from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverErro
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.payload import canonical_payload
-from ..engine.validation import check_k
+from ..engine.validation import check_k, check_threshold
 from ..engine.wal import encode_batch
 from ..server.schemas import BINARY_POINTS, NPY
 
@@ -290,9 +290,10 @@ def _int(x: Any) -> Any:
 
 
 def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: bool,
-           with_vectors: bool, explain: bool) -> Op:
+           with_vectors: bool, explain: bool, score_threshold: float | None = None) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
+    thr = None if score_threshold is None else check_threshold(score_threshold)
     params = dict(params) if isinstance(params, dict) else params
     try:
         single = np.ndim(vector) == 1
@@ -306,13 +307,15 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
                                 "with_payload": with_payload, "with_vector": with_vectors}
         if explain:
             body["explain"] = True
+        if thr is not None:
+            body["score_threshold"] = thr
         res = yield json_req("POST", path, body, nonfinite=nonfinite)
         hits = points_from(res["result"])
         return (hits, res.get("plan")) if explain else hits
     if explain:
         raise InvalidArgument("explain: over HTTP, explain is available for one query at a time")
     if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params):
-        req = _npy_search(path, q, k, params, with_payload)
+        req = _npy_search(path, q, k, params, with_payload, thr)
         if with_payload:  # payloads come back as JSON
             return [points_from(r) for r in (yield req)["result"]]
         ans = yield req
@@ -320,23 +323,25 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
             return [points_from(r) for r in ans["result"]]
         return _arrays(ans).to_points()
     return (yield from _json_batch(path, vector, q, k, filter, params, with_payload, with_vectors,
-                                   nonfinite))
+                                   nonfinite, thr))
 
 
-def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any) -> Op:
+def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,
+                  score_threshold: float | None = None) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
+    thr = None if score_threshold is None else check_threshold(score_threshold)
     q = as_float_array(queries)
     if q is None or q.ndim != 2:
         got = "" if q is None else f", got {q.ndim} dimension(s)"
         raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row){got}")
     if filter is None and _known(params) and bool(np.isfinite(q).all()):
-        ans = yield _npy_search(path, q, k, params, False)
+        ans = yield _npy_search(path, q, k, params, False, thr)
         if not isinstance(ans, dict):
             return _arrays(ans)
         return SearchArrays.from_points([points_from(r) for r in ans["result"]], k)
     hits = yield from _json_batch(path, queries, q, k, filter, params, False, False,
-                                  not bool(np.isfinite(q).all()))
+                                  not bool(np.isfinite(q).all()), thr)
     return SearchArrays.from_points(hits, k)
 
 
@@ -351,12 +356,15 @@ def _known(params: Any) -> bool:
     return params is None or (isinstance(params, dict) and set(params) <= set(SEARCH_PARAMS))
 
 
-def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: bool) -> Req:
+def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: bool,
+                threshold: float | None) -> Req:
     """A .npy batch; answered as arrays (.npz, the cheapest form on both ends) unless
     payloads are wanted."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(q), allow_pickle=False)
     query: dict[str, Any] = {"limit": k}
+    if threshold is not None:
+        query["score_threshold"] = repr(threshold)
     for key, value in (params or {}).items():
         if value is not None:
             query[key] = _flag(value) if isinstance(value, bool) else _int(value)
@@ -368,10 +376,12 @@ def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: boo
 
 
 def _json_batch(path: str, vector: Any, q: np.ndarray | None, k: int, filter: Any, params: Any,
-                with_payload: bool, with_vectors: bool, nonfinite: bool) -> Op:
+                with_payload: bool, with_vectors: bool, nonfinite: bool,
+                threshold: float | None) -> Op:
     rows = q.tolist() if q is not None else list(vector)
     searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
-                 "with_payload": with_payload, "with_vector": with_vectors} for v in rows]
+                 "with_payload": with_payload, "with_vector": with_vectors,
+                 "score_threshold": threshold} for v in rows]
     res = yield json_req("POST", f"{path}/batch", {"searches": searches}, nonfinite=nonfinite)
     return [points_from(r) for r in res["result"]]
 

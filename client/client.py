@@ -318,17 +318,20 @@ class RemoteCollection(_RemoteBase):
                                              with_vectors))
 
     def search(self, vector, k: int = 10, filter: dict | None = None, params: dict | None = None,
-               with_payload: bool = False, with_vectors: bool = False, explain: bool = False):
+               with_payload: bool = False, with_vectors: bool = False, explain: bool = False,
+               score_threshold: float | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists); with
-        ``explain`` (one query), ``(results, plan)``."""
+        ``explain`` (one query), ``(results, plan)``; see ``Collection.search``."""
         return self.client._drive(ops.search(self.name, vector, k, filter, params, with_payload,
-                                             with_vectors, explain))
+                                             with_vectors, explain, score_threshold))
 
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
-                      params: dict | None = None) -> SearchArrays:
+                      params: dict | None = None,
+                      score_threshold: float | None = None) -> SearchArrays:
         """Top-k of a batch as matrices (``ids``, ``scores``, ``counts``); see
         ``Collection.search_arrays``."""
-        return self.client._drive(ops.search_arrays(self.name, queries, k, filter, params))
+        return self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
+                                                    score_threshold))
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         self.client._drive(ops.create_payload_index(self.name, field_name, field_type))
@@ -393,13 +396,17 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def search(self, vector, k: int = 10, filter: dict | None = None,
                      params: dict | None = None, with_payload: bool = False,
-                     with_vectors: bool = False, explain: bool = False):
+                     with_vectors: bool = False, explain: bool = False,
+                     score_threshold: float | None = None):
         return await self.client._drive(ops.search(self.name, vector, k, filter, params,
-                                                   with_payload, with_vectors, explain))
+                                                   with_payload, with_vectors, explain,
+                                                   score_threshold))
 
     async def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
-                            params: dict | None = None) -> SearchArrays:
-        return await self.client._drive(ops.search_arrays(self.name, queries, k, filter, params))
+                            params: dict | None = None,
+                            score_threshold: float | None = None) -> SearchArrays:
+        return await self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
+                                                          score_threshold))
 
     async def create_payload_index(self, field_name: str, field_type: str) -> None:
         await self.client._drive(ops.create_payload_index(self.name, field_name, field_type))

@@ -28,7 +28,7 @@ from .metric import Metric
 from .payload import canonical_payload
 from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
 from .segment import Segment
-from .validation import as_vectors, check_k, normalize_rows
+from .validation import as_vectors, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
 
 log = logging.getLogger(__name__)
@@ -359,31 +359,38 @@ class Collection:
 
     def search(self, vector, k: int = 10, filter: dict | None = None,
                params: dict | None = None, with_payload: bool = False,
-               with_vectors: bool = False, explain: bool = False):
+               with_vectors: bool = False, explain: bool = False,
+               score_threshold: float | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists).
 
-        ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs). With
-        ``explain``, returns ``(results, plan)`` where plan lists each segment's strategy,
-        estimated and actual selectivity."""
+        ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs).
+        ``score_threshold`` drops hits scoring worse than it (below it for ip/cosine, above it
+        for l2). With ``explain``, returns ``(results, plan)`` where plan lists each segment's
+        strategy, estimated and actual selectivity."""
         single = _ndim(vector, "vector") == 1
+        if score_threshold is not None:
+            score_threshold = check_threshold(score_threshold)
         q, k, found, plan = self._search_segments(vector, k, filter, params, explain, "vector")
         plain = not (with_payload or with_vectors)
         results = [[Point(seg.ext_ids[p], s) if plain else
                      self._point(seg, p, with_payload, with_vectors, s) for seg, p, s in row]
-                   for row in self._best_rows(found, q.shape[0], k)]
+                   for row in self._best_rows(found, q.shape[0], k, score_threshold)]
         out = results[0] if single else results
         return (out, plan) if explain else out
 
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
-                      params: dict | None = None) -> SearchArrays:
+                      params: dict | None = None,
+                      score_threshold: float | None = None) -> SearchArrays:
         """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
         ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
         nd = _ndim(queries, "queries")
         if nd != 2:
             raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row), got "
                                   f"{nd} dimension(s)")
+        if score_threshold is not None:
+            score_threshold = check_threshold(score_threshold)
         q, k, found, _ = self._search_segments(queries, k, filter, params, False, "queries")
-        rows = self._best_rows(found, q.shape[0], k)
+        rows = self._best_rows(found, q.shape[0], k, score_threshold)
         return SearchArrays.from_rows([[seg.ext_ids[p] for seg, p, _ in row] for row in rows],
                                       [[s for _, _, s in row] for row in rows], k)
 
@@ -414,9 +421,15 @@ class Collection:
                              "estimated_selectivity": seg.estimate(flt), **info})
         return q, k, found, plan
 
-    def _best_rows(self, found: list, nq: int, k: int) -> list[list[tuple[Segment, int, float]]]:
+    def _best_rows(self, found: list, nq: int, k: int, threshold: float | None = None,
+                   ) -> list[list[tuple[Segment, int, float]]]:
         """Each query's best k (segment, position, score) over the segments' top-k rows
-        (positions -1 where a segment had fewer hits)."""
+        (positions -1 where a segment had fewer hits), none worse than ``threshold``."""
+        if threshold is not None:
+            # worse than the threshold reads as padding from here on
+            found = [(seg, sc, np.where(sc >= threshold if self.metric.higher_is_better
+                                        else sc <= threshold, pos, -1))
+                     for seg, sc, pos in found]
         if len(found) == 1:  # the common case: no sort, no duplicates to drop
             seg, s_arr, pos = found[0]
             return [[(seg, p, s) for s, p in zip(srow, prow, strict=True) if p >= 0]

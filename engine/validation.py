@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from .errors import DuplicateId, InvalidArgument
@@ -75,3 +78,13 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
     norms[norms == 0] = 1.0
     return x / norms[:, None]
+
+
+def check_threshold(value: Any, name: str = "score_threshold") -> float:
+    """A finite number to compare scores with."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating)):
+        raise InvalidArgument(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise InvalidArgument(f"{name}: expected a finite number, got {value!r}")
+    return float(value)

@@ -290,7 +290,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if "ef" in params:
             check_k(params["ef"], "params.ef")
         return {"k": req.limit, "filter": req.filter, "params": params,
-                "with_payload": req.with_payload, "with_vectors": req.with_vector}
+                "with_payload": req.with_payload, "with_vectors": req.with_vector,
+                "score_threshold": req.score_threshold}
 
     async def search_core(name: str, raw: bytes) -> JSON:
         """One search request from its raw body: shared by the route and the Gate's fast path."""
@@ -319,7 +320,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
                               NPZ: {"schema": {"type": "string", "format": "binary"}}}}}})
     async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,
                            exact: bool = False, rerank: bool | None = None,
-                           with_payload: bool = False):
+                           with_payload: bool = False, score_threshold: float | None = None):
         t = time.perf_counter()
         col = database().get_collection(name)
         if request.headers.get("content-type", "").startswith(s.NPY):
@@ -333,12 +334,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
                 if with_payload:
                     raise InvalidArgument(f"with_payload: the {NPZ} answer holds ids and scores "
                                           "only; ask for JSON to get payloads")
-                arrs = await run(col.search_arrays, queries, k=limit, params=params)
+                arrs = await run(col.search_arrays, queries, k=limit, params=params,
+                                 score_threshold=score_threshold)
                 return Response(arrs.to_npz(), media_type=NPZ,
                                 headers={"x-quiver-time": f"{time.perf_counter() - t:.6f}"})
             if queries.shape[0] == 0:
                 return ok([], t)
-            res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload)
+            res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload,
+                            score_threshold=score_threshold)
             return ok(res, t)
         body = await parse(request, s.SearchBatch)
         check_batch(len(body.searches), "searches")

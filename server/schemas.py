@@ -72,6 +72,8 @@ class SearchRequest(_Strict):
     with_payload: bool = False
     with_vector: bool = False
     explain: bool = False
+    score_threshold: float | None = Field(
+        None, description="Drop hits scoring worse: below it for ip/cosine, above it for l2.")
 
 
 class SearchBatch(_Strict):

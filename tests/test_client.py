@@ -96,6 +96,12 @@ def scenario(db, workdir) -> dict:
                      l2.search_arrays(x[:4] + 0.01, 3, params={"ef": 32}),  # uint64 ids
                      l2.search_arrays(np.zeros((0, DIM), np.float32), 3)]
     out["arrays_points"] = out["arrays"][0].to_points()
+    out["threshold"] = [col.search(q, 10, score_threshold=0.62),
+                        col.search(Q, 6, score_threshold=0.745, with_payload=True),
+                        col.search(Q[:2], 4, filter=flt, score_threshold=0.7),
+                        col.search_arrays(Q, 6, score_threshold=0.745),
+                        l2.search(x[3] + 0.01, 5, score_threshold=1.0),
+                        l2.search(x[:3] + 0.01, 3, score_threshold=1)]
     hits, plan = col.search(q, 3, filter=flt, explain=True)
     out["explain"] = (hits, sorted({p["strategy"] for p in plan}))
 
@@ -147,6 +153,9 @@ def scenario(db, workdir) -> dict:
         lambda: db.create_collection("odd", DIM, "hamming"),
         lambda: col.search(q, 2.5),
         lambda: col.flush(0),
+        lambda: col.search(q, 5, score_threshold=float("nan")),
+        lambda: col.search(Q, 5, score_threshold=True),
+        lambda: col.search_arrays(Q, 5, score_threshold="high"),
         lambda: col.search_arrays(q, 3),
         lambda: col.search_arrays(Q[:, :3], 3),
     ]:

@@ -754,3 +754,24 @@ def test_search_arrays_rejects_a_single_vector(tmp_path):
     with pytest.raises(quiver.InvalidArgument, match="queries"):
         col.search_arrays(np.zeros((2, DIM + 1), np.float32))
     db.close()
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_score_threshold_keeps_exactly_the_hits_at_least_as_good(tmp_path, metric):
+    rng = np.random.default_rng(3)
+    db = quiver.connect(tmp_path)
+    col, _ = build(db, metric, rng, n=600, segment_size=250)  # sealed segments and a tail
+    queries = rng.standard_normal((5, DIM)).astype(np.float32)
+    full = col.search(queries, 20, params={"exact": True})
+    t = float(np.median([h.score for row in full for h in row]))
+    better = (lambda s: s >= t) if metric == "cosine" else (lambda s: s <= t)
+    got = col.search(queries, 20, params={"exact": True}, score_threshold=t)
+    assert got == [[h for h in row if better(h.score)] for row in full]
+    assert 0 < sum(map(len, got)) < sum(map(len, full))
+    arrs = col.search_arrays(queries, 20, params={"exact": True}, score_threshold=t)
+    assert arrs.to_points() == got
+    assert col.search(queries[0], 20, params={"exact": True}, score_threshold=t) == got[0]
+    for bad in (float("inf"), "0.5", True):
+        with pytest.raises(quiver.InvalidArgument, match="score_threshold"):
+            col.search(queries[0], 5, score_threshold=bad)
+    db.close()
