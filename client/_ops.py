@@ -25,6 +25,7 @@ from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverErro
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.payload import canonical_payload
+from ..engine.projection import payload_projection
 from ..engine.validation import check_k, check_threshold
 from ..engine.wal import encode_batch
 from ..server.schemas import BINARY_POINTS, NPY
@@ -259,7 +260,8 @@ def _upsert_req(name: str, ids: Any, vecs: np.ndarray | None, payloads: list | N
     return json_req("PUT", path, {"points": pts})
 
 
-def get(name: str, ids: Any, with_payload: bool, with_vectors: bool) -> Op:
+def get(name: str, ids: Any, with_payload: Any, with_vectors: bool) -> Op:
+    payload_projection(with_payload)  # the embedded API's message for a bad selector
     body = {"ids": id_list(ids), "with_payload": with_payload, "with_vector": with_vectors}
     return points_from((yield json_req("POST", f"/collections/{seg(name)}/points", body))["result"])
 
@@ -277,10 +279,11 @@ def count(name: str, filter: Any) -> Op:
     return res["result"]["count"]
 
 
-def scroll(name: str, filter: Any, limit: int, cursor: Any, with_payload: bool,
+def scroll(name: str, filter: Any, limit: int, cursor: Any, with_payload: Any,
            with_vectors: bool) -> Op:
     body = {"filter": filter, "limit": check_k(limit), "offset": id_list(cursor),
             "with_payload": with_payload, "with_vector": with_vectors}
+    payload_projection(with_payload)
     res = (yield json_req("POST", f"/collections/{seg(name)}/points/scroll", body))["result"]
     return points_from(res["points"]), res["next_page_offset"]
 
@@ -289,10 +292,11 @@ def _int(x: Any) -> Any:
     return int(x) if isinstance(x, np.integer) else x
 
 
-def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: bool,
+def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: Any,
            with_vectors: bool, explain: bool, score_threshold: float | None = None) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
+    payload_projection(with_payload)
     thr = None if score_threshold is None else check_threshold(score_threshold)
     params = dict(params) if isinstance(params, dict) else params
     try:
@@ -314,7 +318,8 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         return (hits, res.get("plan")) if explain else hits
     if explain:
         raise InvalidArgument("explain: over HTTP, explain is available for one query at a time")
-    if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params):
+    if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params) \
+            and isinstance(with_payload, bool):
         req = _npy_search(path, q, k, params, with_payload, thr)
         if with_payload:  # payloads come back as JSON
             return [points_from(r) for r in (yield req)["result"]]
@@ -376,7 +381,7 @@ def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: boo
 
 
 def _json_batch(path: str, vector: Any, q: np.ndarray | None, k: int, filter: Any, params: Any,
-                with_payload: bool, with_vectors: bool, nonfinite: bool,
+                with_payload: Any, with_vectors: bool, nonfinite: bool,
                 threshold: float | None) -> Op:
     rows = q.tolist() if q is not None else list(vector)
     searches = [{"vector": v, "limit": k, "filter": filter, "params": params,

@@ -303,7 +303,7 @@ class RemoteCollection(_RemoteBase):
         ``batch_size`` splits a large upsert into several requests (each atomic on its own)."""
         return self.client._drive(ops.upsert(self.name, ids, vectors, payloads, points, batch_size))
 
-    def get(self, ids, with_payload: bool = True, with_vectors: bool = False) -> list[Point]:
+    def get(self, ids, with_payload: bool | list | dict = True, with_vectors: bool = False) -> list[Point]:
         return self.client._drive(ops.get(self.name, ids, with_payload, with_vectors))
 
     def delete(self, ids=None, filter: dict | None = None) -> int:
@@ -313,12 +313,13 @@ class RemoteCollection(_RemoteBase):
         return self.client._drive(ops.count(self.name, filter))
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
-               with_payload: bool = True, with_vectors: bool = False) -> tuple[list[Point], Any]:
+               with_payload: bool | list | dict = True,
+               with_vectors: bool = False) -> tuple[list[Point], Any]:
         return self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
                                              with_vectors))
 
     def search(self, vector, k: int = 10, filter: dict | None = None, params: dict | None = None,
-               with_payload: bool = False, with_vectors: bool = False, explain: bool = False,
+               with_payload: bool | list | dict = False, with_vectors: bool = False, explain: bool = False,
                score_threshold: float | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists); with
         ``explain`` (one query), ``(results, plan)``; see ``Collection.search``."""
@@ -379,7 +380,8 @@ class AsyncRemoteCollection(_RemoteBase):
         return await self.client._drive(ops.upsert(self.name, ids, vectors, payloads, points,
                                                    batch_size))
 
-    async def get(self, ids, with_payload: bool = True, with_vectors: bool = False) -> list[Point]:
+    async def get(self, ids, with_payload: bool | list | dict = True,
+                  with_vectors: bool = False) -> list[Point]:
         return await self.client._drive(ops.get(self.name, ids, with_payload, with_vectors))
 
     async def delete(self, ids=None, filter: dict | None = None) -> int:
@@ -389,13 +391,13 @@ class AsyncRemoteCollection(_RemoteBase):
         return await self.client._drive(ops.count(self.name, filter))
 
     async def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
-                     with_payload: bool = True,
+                     with_payload: bool | list | dict = True,
                      with_vectors: bool = False) -> tuple[list[Point], Any]:
         return await self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
                                                    with_vectors))
 
     async def search(self, vector, k: int = 10, filter: dict | None = None,
-                     params: dict | None = None, with_payload: bool = False,
+                     params: dict | None = None, with_payload: bool | list | dict = False,
                      with_vectors: bool = False, explain: bool = False,
                      score_threshold: float | None = None):
         return await self.client._drive(ops.search(self.name, vector, k, filter, params,

@@ -27,6 +27,7 @@ from .hits import SearchArrays
 from .metric import Metric
 from .payload import canonical_payload
 from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
+from .projection import PayloadProjection, payload_projection
 from .segment import Segment
 from .validation import as_vectors, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
@@ -303,21 +304,24 @@ class Collection:
 
     # --- reads -----------------------------------------------------------------------
 
-    def _point(self, seg: Segment, pos: int, with_payload: bool, with_vectors: bool,
-               score: float | None = None) -> Point:
+    def _point(self, seg: Segment, pos: int, payload: PayloadProjection | None,
+               with_vectors: bool, score: float | None = None) -> Point:
         return Point(seg.ext_ids[pos], score,
-                     seg.payloads.get(pos) if with_payload else None,
+                     payload(seg.payloads.get(pos)) if payload is not None else None,
                      seg.vectors(np.array([pos]))[0].tolist() if with_vectors else None)
 
-    def get(self, ids, with_payload: bool = True, with_vectors: bool = False) -> list[Point]:
-        """Points by id, in the order asked; unknown ids are left out."""
+    def get(self, ids, with_payload: bool | list | dict = True,
+            with_vectors: bool = False) -> list[Point]:
+        """Points by id, in the order asked; unknown ids are left out. ``with_payload``:
+        True/False, a list of keys, or ``{"include": [...]}`` / ``{"exclude": [...]}``."""
         self._check_open()
+        proj = payload_projection(with_payload)
         if isinstance(ids, (str, int)):
             raise InvalidArgument("ids: expected a list of ids, got a single value")
         norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
         with self._lock:
             locs = [self._locator.get(x) for x in norm]
-        return [self._point(s, p, with_payload, with_vectors) for s, p in (x for x in locs if x)]
+        return [self._point(s, p, proj, with_vectors) for s, p in (x for x in locs if x)]
 
     def _matching(self, flt: Filter | None) -> list[Point]:
         with self._lock:
@@ -344,11 +348,13 @@ class Collection:
         return total
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
-               with_payload: bool = True, with_vectors: bool = False) -> tuple[list[Point], Any]:
+               with_payload: bool | list | dict = True,
+               with_vectors: bool = False) -> tuple[list[Point], Any]:
         """Points matching ``filter`` in id order (integers first, then UUIDs), ``limit`` per
         page; pass the returned cursor to get the next page (None when done)."""
         self._check_open()
         limit = check_k(limit)
+        payload_projection(with_payload)  # bad input fails before the work
         flt = parse_filter(filter) if filter is not None else None
         ids = sorted((p.id for p in self._matching(flt)), key=_id_order)
         if cursor is not None:
@@ -358,7 +364,7 @@ class Collection:
         return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
 
     def search(self, vector, k: int = 10, filter: dict | None = None,
-               params: dict | None = None, with_payload: bool = False,
+               params: dict | None = None, with_payload: bool | list | dict = False,
                with_vectors: bool = False, explain: bool = False,
                score_threshold: float | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists).
@@ -370,10 +376,11 @@ class Collection:
         single = _ndim(vector, "vector") == 1
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
+        proj = payload_projection(with_payload)
         q, k, found, plan = self._search_segments(vector, k, filter, params, explain, "vector")
-        plain = not (with_payload or with_vectors)
+        plain = proj is None and not with_vectors
         results = [[Point(seg.ext_ids[p], s) if plain else
-                     self._point(seg, p, with_payload, with_vectors, s) for seg, p, s in row]
+                     self._point(seg, p, proj, with_vectors, s) for seg, p, s in row]
                    for row in self._best_rows(found, q.shape[0], k, score_threshold)]
         out = results[0] if single else results
         return (out, plan) if explain else out

@@ -21,6 +21,11 @@ NPY = "application/x-npy"
 """Binary batch-search body: one float32 ``.npy`` matrix of queries (parameters in the URL)."""
 
 
+PayloadSelector = bool | list[str] | dict[Literal["include", "exclude"], list[str]]
+"""``with_payload``: all or nothing, the keys to include (dotted paths), or
+``{"include": [...]}`` / ``{"exclude": [...]}``."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,7 +59,7 @@ class PointsSelector(_Strict):
 
 class GetPoints(_Strict):
     ids: list[PointId]
-    with_payload: bool = True
+    with_payload: PayloadSelector = True
     with_vector: bool = False
 
 
@@ -69,7 +74,7 @@ class SearchRequest(_Strict):
     limit: int = Field(10, ge=1, description="k: number of results.")
     filter: dict[str, Any] | None = None
     params: SearchParams | None = None
-    with_payload: bool = False
+    with_payload: PayloadSelector = False
     with_vector: bool = False
     explain: bool = False
     score_threshold: float | None = Field(
@@ -84,7 +89,7 @@ class ScrollRequest(_Strict):
     filter: dict[str, Any] | None = None
     limit: int = Field(10, ge=1)
     offset: PointId | None = Field(None, description="Cursor: the next_page_offset of a previous page.")
-    with_payload: bool = True
+    with_payload: PayloadSelector = True
     with_vector: bool = False
 
 

@@ -96,6 +96,10 @@ def scenario(db, workdir) -> dict:
                      l2.search_arrays(x[:4] + 0.01, 3, params={"ef": 32}),  # uint64 ids
                      l2.search_arrays(np.zeros((0, DIM), np.float32), 3)]
     out["arrays_points"] = out["arrays"][0].to_points()
+    out["projection"] = [col.search(q, 5, with_payload=["g", "tag", "missing"]),
+                         col.search(Q[:3], 3, with_payload={"exclude": ["v", "even"]}),
+                         col.get([5, 7, UUIDS[2]], with_payload={"include": ["tag"]}),
+                         col.scroll(limit=4, with_payload=["even"])]
     out["threshold"] = [col.search(q, 10, score_threshold=0.62),
                         col.search(Q, 6, score_threshold=0.745, with_payload=True),
                         col.search(Q[:2], 4, filter=flt, score_threshold=0.7),
@@ -153,6 +157,9 @@ def scenario(db, workdir) -> dict:
         lambda: db.create_collection("odd", DIM, "hamming"),
         lambda: col.search(q, 2.5),
         lambda: col.flush(0),
+        lambda: col.search(q, 5, with_payload={"only": ["g"]}),
+        lambda: col.get([1], with_payload=[3]),
+        lambda: col.scroll(limit=2, with_payload=["a..b"]),
         lambda: col.search(q, 5, score_threshold=float("nan")),
         lambda: col.search(Q, 5, score_threshold=True),
         lambda: col.search_arrays(Q, 5, score_threshold="high"),

@@ -182,3 +182,31 @@ def test_concurrent_appends_and_reads():
     assert not errors
     expected = [i for i, p in enumerate(s) if matches(flt, p)]
     assert compile(flt, s).positions().tolist() == expected
+
+
+# --- with_payload projections --------------------------------------------------------------
+
+
+def test_payload_projection_include_exclude_and_errors():
+    from quiver.engine.projection import ALL, payload_projection
+
+    doc = {"title": "t", "text": "long", "meta": {"author": "a", "year": 2020, "tags": ["x"]},
+           "n": None}
+    assert payload_projection(False) is None and payload_projection(True) is ALL
+    assert payload_projection(np.bool_(True)) is ALL
+    assert payload_projection(True)(doc) is doc
+    assert payload_projection(["title", "meta.author", "nope", "text.x"])(doc) == {
+        "title": "t", "meta": {"author": "a"}}
+    assert payload_projection({"include": ["meta", "meta.year", "n"]})(doc) == {
+        "meta": doc["meta"], "n": None}
+    assert payload_projection({"exclude": ["text", "meta.tags", "nope.x"]})(doc) == {
+        "title": "t", "meta": {"author": "a", "year": 2020}, "n": None}
+    assert payload_projection([])(doc) == {} and payload_projection(["a"])(None) is None
+    # the stored payload is never modified
+    assert doc == {"title": "t", "text": "long", "meta": {"author": "a", "year": 2020,
+                                                         "tags": ["x"]}, "n": None}
+    for bad, msg in [({"only": ["a"]}, "with_payload: expected"), ([1], r"with_payload\[0\]"),
+                     (["a..b"], r"with_payload\[0\]: key"), ({"include": "a"}, "include: expected"),
+                     ("title", "with_payload: expected"), (None, "with_payload: expected")]:
+        with pytest.raises(InvalidArgument, match=msg):
+            payload_projection(bad)
