@@ -25,7 +25,7 @@ from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverErro
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.payload import canonical_payload
-from ..engine.projection import payload_projection
+from ..engine.projection import payload_paths, payload_projection
 from ..engine.validation import check_k, check_threshold
 from ..engine.wal import encode_batch
 from ..server.schemas import BINARY_POINTS, NPY
@@ -272,6 +272,27 @@ def delete(name: str, ids: Any, filter: Any) -> Op:
     body = {"points": id_list(ids)} if ids is not None else {"filter": filter}
     res = yield json_req("POST", f"/collections/{seg(name)}/points/delete", body, idempotent=False)
     return res["result"]["deleted"]
+
+
+def update_payload(name: str, method: str, ids: Any, filter: Any, payload: Any = None,
+                   keys: Any = None) -> Op:
+    """set / overwrite / delete (keys) / clear, by ids or filter; checked as the embedded
+    API checks them, so errors read the same."""
+    body: dict[str, Any] = {}
+    if method in ("set", "overwrite"):
+        body["payload"] = canonical_payload(payload, "payload")
+    if method == "delete":
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+            raise InvalidArgument(f"keys: expected a list of payload keys, got {keys!r:.60}")
+        payload_paths(keys, "keys")
+        body["keys"] = list(keys)
+    if (ids is None) == (filter is None):
+        raise InvalidArgument("pass exactly one of ids or filter")
+    body.update({"points": id_list(ids)} if ids is not None else {"filter": filter})
+    verb, path = {"set": ("POST", "payload"), "overwrite": ("PUT", "payload"),
+                  "delete": ("POST", "payload/delete"), "clear": ("POST", "payload/clear")}[method]
+    res = yield json_req(verb, f"/collections/{seg(name)}/points/{path}", body)
+    return res["result"]["updated"]
 
 
 def count(name: str, filter: Any) -> Op:

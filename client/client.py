@@ -312,6 +312,21 @@ class RemoteCollection(_RemoteBase):
     def count(self, filter: dict | None = None) -> int:
         return self.client._drive(ops.count(self.name, filter))
 
+    def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+        """Merge ``payload`` into the selected points' payloads; see ``Collection``."""
+        return self.client._drive(ops.update_payload(self.name, "set", ids, filter, payload))
+
+    def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+        return self.client._drive(ops.update_payload(self.name, "overwrite", ids, filter,
+                                                     payload))
+
+    def delete_payload(self, keys: list[str], ids=None, filter: dict | None = None) -> int:
+        return self.client._drive(ops.update_payload(self.name, "delete", ids, filter,
+                                                     keys=keys))
+
+    def clear_payload(self, ids=None, filter: dict | None = None) -> int:
+        return self.client._drive(ops.update_payload(self.name, "clear", ids, filter))
+
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True,
                with_vectors: bool = False) -> tuple[list[Point], Any]:
@@ -389,6 +404,23 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def count(self, filter: dict | None = None) -> int:
         return await self.client._drive(ops.count(self.name, filter))
+
+    async def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+        return await self.client._drive(ops.update_payload(self.name, "set", ids, filter,
+                                                           payload))
+
+    async def overwrite_payload(self, payload: dict, ids=None,
+                                filter: dict | None = None) -> int:
+        return await self.client._drive(ops.update_payload(self.name, "overwrite", ids, filter,
+                                                           payload))
+
+    async def delete_payload(self, keys: list[str], ids=None,
+                             filter: dict | None = None) -> int:
+        return await self.client._drive(ops.update_payload(self.name, "delete", ids, filter,
+                                                           keys=keys))
+
+    async def clear_payload(self, ids=None, filter: dict | None = None) -> int:
+        return await self.client._drive(ops.update_payload(self.name, "clear", ids, filter))
 
     async def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                      with_payload: bool | list | dict = True,

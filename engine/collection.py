@@ -27,7 +27,7 @@ from .hits import SearchArrays
 from .metric import Metric
 from .payload import canonical_payload
 from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
-from .projection import PayloadProjection, payload_projection
+from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import Segment
 from .validation import as_vectors, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
@@ -215,15 +215,82 @@ class Collection:
             return self._last_seq
         if self.metric is Metric.COSINE:
             vecs = normalize_rows(vecs)
-        body = encode_batch(norm, vecs, pl)
         with self._write_lock:
-            seq = self._wal.append(OP_UPSERT, body)
-            with self._lock:
-                self._apply_upsert(norm, vecs, pl, seq)
-                self._last_seq = seq
+            seq = self._log_upsert(norm, vecs, pl)
         if self._appendable.n >= self.config.segment_size:
             self._wake.set()
         return seq
+
+    def _log_upsert(self, ids: list, vecs: np.ndarray, payloads: list) -> int:
+        """WAL record, then apply; the caller holds the write lock."""
+        seq = self._wal.append(OP_UPSERT, encode_batch(ids, vecs, payloads))
+        with self._lock:
+            self._apply_upsert(ids, vecs, payloads, seq)
+            self._last_seq = seq
+        return seq
+
+    # payload updates ---------------------------------------------------------------------
+
+    def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+        """Merge ``payload``'s keys into the payloads of the points given by ``ids`` or
+        ``filter`` (vectors unchanged); returns how many points were updated."""
+        new = canonical_payload(payload, "payload")
+        return self._update_payloads(ids, filter, lambda old: {**old, **new})
+
+    def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+        """Replace the payloads of the points given by ``ids`` or ``filter`` with ``payload``."""
+        new = canonical_payload(payload, "payload")
+        return self._update_payloads(ids, filter, lambda old: new)
+
+    def delete_payload(self, keys: list[str], ids=None, filter: dict | None = None) -> int:
+        """Remove ``keys`` (dotted paths reach into nested objects) from the payloads of the
+        points given by ``ids`` or ``filter``."""
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+            raise InvalidArgument(f"keys: expected a list of payload keys, got {keys!r:.60}")
+        drop = PayloadProjection(exclude=payload_paths(keys, "keys"))
+        return self._update_payloads(ids, filter, drop)
+
+    def clear_payload(self, ids=None, filter: dict | None = None) -> int:
+        """Empty the payloads of the points given by ``ids`` or ``filter``."""
+        return self._update_payloads(ids, filter, lambda old: {})
+
+    _PAYLOAD_BATCH = 10_000
+    """Points per WAL record of a payload update (each record is atomic)."""
+
+    def _update_payloads(self, ids, filter, change) -> int:
+        """Rewrite the points' payloads as new rows with the same vectors, through the WAL
+        like an upsert (so replay, versions and segment swaps need nothing new)."""
+        self._check_open()
+        targets = self._targets(ids, filter)
+        done = 0
+        for start in range(0, len(targets), self._PAYLOAD_BATCH):
+            with self._write_lock:
+                with self._lock:
+                    locs = [(x, self._locator.get(x)) for x in
+                            targets[start : start + self._PAYLOAD_BATCH]]
+                locs = [(x, loc) for x, loc in locs if loc is not None]
+                if not locs:
+                    continue
+                vecs = np.empty((len(locs), self.dim), np.float32)
+                for j, (_, (seg, pos)) in enumerate(locs):
+                    vecs[j] = seg.vectors(np.array([pos]))[0]
+                pls = [canonical_payload(change(seg.payloads.get(pos)), "payload")
+                       for _, (seg, pos) in locs]
+                self._log_upsert([x for x, _ in locs], vecs, pls)
+            done += len(locs)
+        if self._appendable.n >= self.config.segment_size:
+            self._wake.set()
+        return done
+
+    def _targets(self, ids, filter) -> list:
+        """External ids named by ``ids`` or matched by ``filter`` (exactly one is given)."""
+        if (ids is None) == (filter is None):
+            raise InvalidArgument("pass exactly one of ids or filter")
+        if filter is not None:
+            return [p.id for p in self._matching(parse_filter(filter))]
+        if isinstance(ids, (str, int)):
+            raise InvalidArgument("ids: expected a list of ids, got a single value")
+        return list(dict.fromkeys(normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))))
 
     def _apply_upsert(self, ids: list, vecs: np.ndarray, payloads: list, seq: int) -> None:
         keep = []
@@ -251,13 +318,7 @@ class Collection:
         self._check_open()
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete: pass exactly one of ids or filter")
-        if filter is not None:
-            flt = parse_filter(filter)
-            norm = [p.id for p in self._matching(flt)]
-        else:
-            if isinstance(ids, (str, int)):
-                raise InvalidArgument("ids: expected a list of ids, got a single value")
-            norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
+        norm = self._targets(ids, filter)
         with self._write_lock:
             with self._lock:
                 present = [x for x in dict.fromkeys(norm) if x in self._locator]

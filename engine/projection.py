@@ -48,20 +48,20 @@ def payload_projection(spec: Any, name: str = "with_payload") -> PayloadProjecti
     if isinstance(spec, (bool, np.bool_)):
         return ALL if spec else None
     if isinstance(spec, (list, tuple)):
-        return PayloadProjection(include=_paths(spec, name))
+        return PayloadProjection(include=payload_paths(spec, name))
     if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("include", "exclude"):
         (kind, keys), = spec.items()
         if not isinstance(keys, (list, tuple)):
             raise InvalidArgument(f"{name}.{kind}: expected a list of keys, got "
                                   f"{type(keys).__name__}")
-        paths = _paths(keys, f"{name}.{kind}")
+        paths = payload_paths(keys, f"{name}.{kind}")
         return PayloadProjection(include=paths) if kind == "include" else \
             PayloadProjection(exclude=paths)
     raise InvalidArgument(f"{name}: expected true/false, a list of keys, or "
                           f'{{"include": [...]}} / {{"exclude": [...]}}, got {spec!r:.80}')
 
 
-def _paths(keys: list | tuple, name: str) -> tuple[tuple[str, ...], ...]:
+def payload_paths(keys: list | tuple, name: str) -> tuple[tuple[str, ...], ...]:
     out = []
     for i, key in enumerate(keys):
         if not isinstance(key, str):

@@ -51,10 +51,23 @@ class UpsertPoints(_Strict):
 
 
 class PointsSelector(_Strict):
-    """Which points a delete applies to: ``points`` (ids) or ``filter``."""
+    """Which points a write applies to: ``points`` (ids) or ``filter``."""
 
     points: list[PointId] | None = None
     filter: dict[str, Any] | None = None
+
+
+class SetPayload(PointsSelector):
+    """``payload`` for the points given by ``points`` (ids) or ``filter``: merged into their
+    payloads (POST) or replacing them (PUT)."""
+
+    payload: dict[str, Any]
+
+
+class DeletePayload(PointsSelector):
+    """Payload keys (dotted paths) to remove from the selected points."""
+
+    keys: list[str]
 
 
 class GetPoints(_Strict):

@@ -125,6 +125,18 @@ def scenario(db, workdir) -> dict:
                       col.delete([1, 2])]
     out["after"] = [col.count(), col.search(q, 10, with_payload=True), col.get([1, 4, 5])]
 
+    g42 = {"must": [{"key": "g", "match": {"value": 42}}]}
+    out["payload_updates"] = [
+        col.set_payload({"g": 42, "new": "x"}, ids=[5, 6, UUIDS[2], 99999]),
+        col.overwrite_payload({"only": True}, ids=[8]),
+        col.delete_payload(["tag", "nope"], filter={"must": [{"key": "g", "match": {"value": 3}}]}),
+        col.clear_payload(ids=[9]),
+        col.set_payload({"flag": 1}, filter=g42),
+    ]
+    out["after_payload"] = [
+        col.get([5, 6, 8, 9, UUIDS[2], 13], with_vectors=True), col.count(g42),
+        col.search(q, 5, filter={"must": [{"key": "new", "match": {"value": "x"}}]},
+                   with_payload=True)]
     col.delete_payload_index("tag")
     out["indexes"] = col.info()["payload_indexes"]
 
@@ -157,6 +169,11 @@ def scenario(db, workdir) -> dict:
         lambda: db.create_collection("odd", DIM, "hamming"),
         lambda: col.search(q, 2.5),
         lambda: col.flush(0),
+        lambda: col.set_payload({"a": float("nan")}, ids=[1]),
+        lambda: col.set_payload({"a": 1}),
+        lambda: col.delete_payload("tag", ids=[1]),
+        lambda: col.delete_payload(["a..b"], filter={}),
+        lambda: col.overwrite_payload({"a": 1}, ids=[1], filter={}),
         lambda: col.search(q, 5, with_payload={"only": ["g"]}),
         lambda: col.get([1], with_payload=[3]),
         lambda: col.scroll(limit=2, with_payload=["a..b"]),

@@ -775,3 +775,45 @@ def test_score_threshold_keeps_exactly_the_hits_at_least_as_good(tmp_path, metri
         with pytest.raises(quiver.InvalidArgument, match="score_threshold"):
             col.search(queries[0], 5, score_threshold=bad)
     db.close()
+
+
+def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(tmp_path):
+    rng = np.random.default_rng(8)
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", DIM, metric="cosine", segment_size=100)
+    x = rng.standard_normal((250, DIM)).astype(np.float32)
+    col.upsert(list(range(250)), x, [{"i": i, "tag": "t", "meta": {"a": 1, "b": 2}}
+                                      for i in range(250)])
+    col.flush()  # two sealed segments and a tail
+    before = {p.id: p.vector for p in col.get(list(range(250)), with_vectors=True)}
+    assert col.set_payload({"tag": "u", "new": [1, 2]}, ids=[3, 150, 240, 999]) == 3
+    assert col.overwrite_payload({"only": 1}, ids=[4]) == 1
+    assert col.delete_payload(["meta.a", "tag"], filter={"must": [{"key": "i", "range": {"lt": 3}}]}) == 3
+    assert col.clear_payload(ids=[5, 5]) == 1
+    assert col.set_payload({"x": 1}, filter={"must": [{"key": "i", "range": {"gte": 1000}}]}) == 0
+
+    def check(c):
+        got = {p.id: p for p in c.get(list(range(250)), with_vectors=True)}
+        assert len(got) == 250 and len(c) == 250
+        assert got[3].payload == {"i": 3, "tag": "u", "meta": {"a": 1, "b": 2}, "new": [1, 2]}
+        assert got[4].payload == {"only": 1} and got[5].payload == {}
+        assert got[0].payload == {"i": 0, "meta": {"b": 2}}
+        assert got[7].payload == {"i": 7, "tag": "t", "meta": {"a": 1, "b": 2}}
+        for i in range(250):  # vectors bit for bit (cosine: stored normalised once)
+            assert got[i].vector == before[i], i
+        assert c.count({"must": [{"key": "tag", "match": {"value": "u"}}]}) == 3
+        hits = c.search(x[150], 3, filter={"must": [{"key": "new", "match": {"any": [2]}}]})
+        assert [h.id for h in hits][0] == 150
+    check(col)
+    db.close()
+    col = quiver.connect(tmp_path).get_collection("c")  # WAL replay
+    check(col)
+    col.flush()
+    check(col)
+    with pytest.raises(quiver.InvalidArgument, match="exactly one of ids or filter"):
+        col.set_payload({"a": 1})
+    with pytest.raises(quiver.InvalidArgument, match="payload.a"):
+        col.set_payload({"a": float("inf")}, ids=[7])
+    with pytest.raises(quiver.InvalidArgument, match="keys"):
+        col.delete_payload("tag", ids=[7])
+    assert col.get([7])[0].payload["tag"] == "t"  # nothing written by the failures

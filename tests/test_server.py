@@ -393,9 +393,24 @@ def test_auth(secure):
         ("PUT", "/collections/auth/index", {"field_name": "a", "field_schema": "keyword"}),
         ("POST", "/collections/auth/snapshots", None),
         ("POST", "/collections/auth/flush", None),
+        ("POST", "/collections/auth/points/payload", {"payload": {"a": 1}, "points": [1]}),
+        ("PUT", "/collections/auth/points/payload", {"payload": {"a": 1}, "points": [1]}),
+        ("POST", "/collections/auth/points/payload/delete", {"keys": ["a"], "points": [1]}),
+        ("POST", "/collections/auth/points/payload/clear", {"points": [1]}),
     ]:
         assert_error(httpx.request(method, f"{url}{path}", json=body, headers=ro), 403, "read-only")
     assert result(httpx.post(f"{url}/collections/auth/points/count", headers=rw, json={}))["count"] == 2
+    # payload updates by ids or filter
+    assert result(httpx.post(f"{url}/collections/auth/points/payload", headers=rw,
+                             json={"payload": {"a": [1]}, "points": [1, 7]}))["updated"] == 1
+    assert result(httpx.post(f"{url}/collections/auth/points", headers=rw,
+                             json={"ids": [1]}))[0]["payload"] == {"a": [1]}
+    assert_error(httpx.post(f"{url}/collections/auth/points/payload", headers=rw,
+                            json={"payload": {"a": 1}}), 400, "points", "filter")
+    assert_error(httpx.post(f"{url}/collections/auth/points/payload/delete", headers=rw,
+                            json={"keys": "a", "points": [1]}), 422, "keys")
+    assert result(httpx.post(f"{url}/collections/auth/points/payload/clear", headers=rw,
+                             json={"filter": {}}))["updated"] == 2
     # flush seals the appendable segment and answers once it is indexed
     assert result(httpx.post(f"{url}/collections/auth/flush", headers=rw)) == {"status": "flushed"}
     info = result(httpx.get(f"{url}/collections/auth", headers=rw))
