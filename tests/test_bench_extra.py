@@ -126,4 +126,5 @@ def test_cli_bench_server(tiny, tmp_path, capsys):
     assert rep["batch_search"]["npy"]["queries_per_s"] > 0
     assert rep["batch_search"]["npz"]["queries_per_s"] > 0
     assert rep["checks"]["batch_json_equals_npy"] is True
+    assert rep["batch_search"]["npz_vs_json_end_to_end"] > 0
     assert not list(tmp_path.glob("quiver-bench-server-*"))
