@@ -7,6 +7,7 @@ requests use every core) while the event loop keeps accepting requests.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -96,10 +97,21 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         if db is None:
             db = Database(settings.data)
         app.state.db = db
-        if settings.warmup:
-            threading.Thread(target=lambda: (warm_up(), ready.set()), daemon=True).start()
-        else:
+
+        def settle() -> None:
+            if settings.warmup:
+                warm_up()
+            # what exists now (modules, the database, compiled kernels) lives as long as the
+            # server: out of the collector's reach, full collections stop walking it (they
+            # cost tens of ms per request that triggers one otherwise)
+            gc.collect()
+            gc.freeze()
             ready.set()
+
+        if settings.warmup:
+            threading.Thread(target=settle, daemon=True).start()
+        else:
+            settle()
         try:
             yield
         finally:
