@@ -655,8 +655,8 @@ def markdown(report: dict) -> str:
             f"at concurrency 1): {ratios('_end_to_end')}; the formats' own server-side cost "
             f"(reading the body into query vectors and writing the answer, timed in-process on "
             f"the same bodies and answers, no search): {ratios('_body_handling')} less than "
-            f"JSON. A JSON batch runs one search per entry, each with its own filter and "
-            f"parameters; a .npy batch shares them and runs one batched search.", "",
+            f"JSON. Both run one batched search per request here (a JSON batch groups its "
+            f"entries that share filter, limit and parameters; these all do).", "",
             "### Upsert: JSON body vs binary body", ""]
     up = report["upsert"]
     head = ["body", "vectors", "batch", "vectors/s", "bytes/vector", "server CPU µs/vector",

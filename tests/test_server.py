@@ -148,6 +148,17 @@ def test_points_end_to_end(http):
                            content=buf.getvalue(), headers={"content-type": NPY}))
     assert [[h["id"] for h in r] for r in js] == singles == [[h["id"] for h in r] for r in npy]
     assert npy[0][0]["payload"] == payloads[0]
+    # entries asking the same question run as one batched search: same answers, same order
+    blue = {"must": [{"key": "color", "match": {"value": "blue"}}]}
+    mixed = [{"vector": v.tolist(), "limit": lim, "filter": f}
+             for v, lim, f in zip(x[:6] + 0.01, [4, 4, 3, 4, 3, 4],
+                                  [None, blue, None, None, blue, blue], strict=True)]
+    one_by_one = [result(http.post("/collections/pts/points/search", json=m)) for m in mixed]
+    assert result(http.post("/collections/pts/points/search/batch",
+                            json={"searches": mixed})) == one_by_one
+    bad = [*mixed[:2], {"vector": [float(i) for i in range(x.shape[1] + 1)], "limit": 4}]
+    assert_error(http.post("/collections/pts/points/search/batch", json={"searches": bad}),
+                 400, "searches[2].vector")
     # ... and answered as arrays with Accept: .npz
     r = http.post("/collections/pts/points/search/batch?limit=4", content=buf.getvalue(),
                   headers={"content-type": NPY, "accept": NPZ})
