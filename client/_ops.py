@@ -337,8 +337,14 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         res = yield json_req("POST", path, body, nonfinite=nonfinite)
         hits = points_from(res["result"])
         return (hits, res.get("plan")) if explain else hits
-    if explain:
-        raise InvalidArgument("explain: over HTTP, explain is available for one query at a time")
+    if explain:  # one group of a JSON batch: one batched search and its plan, as embedded
+        searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
+                     "with_payload": with_payload, "with_vector": with_vectors,
+                     "score_threshold": thr, "explain": True}
+                    for v in (q.tolist() if q is not None else list(vector))]
+        res = yield json_req("POST", f"{path}/batch", {"searches": searches}, nonfinite=nonfinite)
+        plans = res.get("plans") or [[]]  # no queries: no segment searched
+        return [points_from(r) for r in res["result"]], plans[0]
     if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params) \
             and isinstance(with_payload, bool):
         req = _npy_search(path, q, k, params, with_payload, thr)

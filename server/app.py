@@ -395,9 +395,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         body = await parse(request, s.SearchBatch)
         check_batch(len(body.searches), "searches")
 
-        args = [_search_args(r) for r in body.searches]
-        res = await run(_search_grouped, col, body.searches, args)
-        return ok(res, t)
+        args = [{**_search_args(r), "explain": r.explain} for r in body.searches]
+        res, plans = await run(_search_grouped, col, body.searches, args)
+        return ok(res, t, plans=plans) if any(r.explain for r in body.searches) else ok(res, t)
 
     @app.post("/collections/{name}/points/scroll", tags=["points"], openapi_extra=body_doc(s.ScrollRequest))
     async def scroll(name: str, request: Request):
@@ -500,16 +500,24 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     return gated  # type: ignore[return-value]
 
 
-def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> list:
-    """Answers for a JSON batch, in order. Entries asking the same question of different
-    vectors (same filter, limit and parameters: the common case) run as one batched search,
-    which uses every core; the answers are the same as one search per entry."""
+def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> tuple[list, list]:
+    """Answers (and, for entries with ``explain``, plans) for a JSON batch, in order. Entries
+    asking the same question of different vectors (same filter, limit and parameters: the
+    common case) run as one batched search, which uses every core; the answers are the same
+    as one search per entry, and an explained entry gets its group's plan."""
     groups: dict[bytes, list[int]] = {}
     for i, (r, a) in enumerate(zip(searches, args, strict=True)):
         alone = len(r.vector) != col.dim  # let the engine word the error for this entry
         key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(searches)
+    plans: list = [None] * len(searches)
+
+    def put(members: list[int], found: Any, a: dict) -> None:
+        hits, plan = found if a["explain"] else (found, None)
+        for i, h in zip(members, hits, strict=True):
+            out[i], plans[i] = h, plan
+
     for members in groups.values():
         a = args[members[0]]
         if len(members) > 1:
@@ -518,15 +526,15 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> l
             except InvalidArgument:  # one bad entry: find it below and name it
                 pass
             else:
-                for i, hits in zip(members, found, strict=True):
-                    out[i] = hits
+                put(members, found, a)
                 continue
         for i in members:
             try:
-                out[i] = col.search(searches[i].vector, **a)
+                found = col.search([searches[i].vector], **a)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"searches[{i}].{exc}") from None
-    return out
+            put([i], found, a)
+    return out, plans
 
 
 class _Limit(InvalidArgument):
