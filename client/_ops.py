@@ -210,9 +210,7 @@ def restore_snapshot(snapshot: str | Path, name: str) -> Op:
 def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
            batch_size: int | None) -> Op:
     ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
-    if isinstance(ids, (str, int, np.integer)):
-        raise InvalidArgument("ids: expected a list of ids, got a single value")
-    ids = id_list(ids)
+    ids = id_list_arg(ids)
     if payloads is not None:
         if isinstance(payloads, dict) or not hasattr(payloads, "__len__"):
             raise InvalidArgument("payloads: expected a list with one payload per id")
@@ -260,16 +258,23 @@ def _upsert_req(name: str, ids: Any, vecs: np.ndarray | None, payloads: list | N
     return json_req("PUT", path, {"points": pts})
 
 
+def id_list_arg(ids: Any) -> Any:
+    """``ids`` for a request body; a single id is an error, as in the embedded API."""
+    if isinstance(ids, (str, int, np.integer)):
+        raise InvalidArgument("ids: expected a list of ids, got a single value")
+    return id_list(ids)
+
+
 def get(name: str, ids: Any, with_payload: Any, with_vectors: bool) -> Op:
     payload_projection(with_payload)  # the embedded API's message for a bad selector
-    body = {"ids": id_list(ids), "with_payload": with_payload, "with_vector": with_vectors}
+    body = {"ids": id_list_arg(ids), "with_payload": with_payload, "with_vector": with_vectors}
     return points_from((yield json_req("POST", f"/collections/{seg(name)}/points", body))["result"])
 
 
 def delete(name: str, ids: Any, filter: Any) -> Op:
     if (ids is None) == (filter is None):
         raise InvalidArgument("delete: pass exactly one of ids or filter")
-    body = {"points": id_list(ids)} if ids is not None else {"filter": filter}
+    body = {"points": id_list_arg(ids)} if ids is not None else {"filter": filter}
     res = yield json_req("POST", f"/collections/{seg(name)}/points/delete", body, idempotent=False)
     return res["result"]["deleted"]
 
@@ -288,7 +293,7 @@ def update_payload(name: str, method: str, ids: Any, filter: Any, payload: Any =
         body["keys"] = list(keys)
     if (ids is None) == (filter is None):
         raise InvalidArgument("pass exactly one of ids or filter")
-    body.update({"points": id_list(ids)} if ids is not None else {"filter": filter})
+    body.update({"points": id_list_arg(ids)} if ids is not None else {"filter": filter})
     verb, path = {"set": ("POST", "payload"), "overwrite": ("PUT", "payload"),
                   "delete": ("POST", "payload/delete"), "clear": ("POST", "payload/clear")}[method]
     res = yield json_req(verb, f"/collections/{seg(name)}/points/{path}", body)

@@ -337,7 +337,7 @@ class RemoteCollection(_RemoteBase):
                with_payload: bool | list | dict = False, with_vectors: bool = False, explain: bool = False,
                score_threshold: float | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists); with
-        ``explain`` (one query), ``(results, plan)``; see ``Collection.search``."""
+        ``explain``, ``(results, plan)``; see ``Collection.search``."""
         return self.client._drive(ops.search(self.name, vector, k, filter, params, with_payload,
                                              with_vectors, explain, score_threshold))
 

@@ -78,6 +78,19 @@ class CollectionConfig:
             raise CorruptData(f"{path}: invalid collection config ({exc})") from None
 
 
+def _still_matching(locs: list, flt: Filter) -> list:
+    """The (id, (segment, position)) pairs whose rows pass ``flt`` now."""
+    allowed: dict[int, Any] = {}
+    out = []
+    for x, (seg, pos) in locs:
+        if id(seg) not in allowed:
+            allowed[id(seg)] = seg.allowed(flt, seg.n)
+        bits = allowed[id(seg)]
+        if bits is None or pos in bits:
+            out.append((x, (seg, pos)))
+    return out
+
+
 def _ndim(x: Any, field: str) -> int:
     try:
         return np.ndim(x)
@@ -259,9 +272,11 @@ class Collection:
 
     def _update_payloads(self, ids, filter, change) -> int:
         """Rewrite the points' payloads as new rows with the same vectors, through the WAL
-        like an upsert (so replay, versions and segment swaps need nothing new)."""
+        like an upsert (so replay, versions and segment swaps need nothing new). Each batch
+        of ``_PAYLOAD_BATCH`` points is one atomic record."""
         self._check_open()
-        targets = self._targets(ids, filter)
+        flt = parse_filter(filter) if filter is not None else None
+        targets = self._targets(ids, flt)
         done = 0
         for start in range(0, len(targets), self._PAYLOAD_BATCH):
             with self._write_lock:
@@ -269,11 +284,16 @@ class Collection:
                     locs = [(x, self._locator.get(x)) for x in
                             targets[start : start + self._PAYLOAD_BATCH]]
                 locs = [(x, loc) for x, loc in locs if loc is not None]
+                if flt is not None:  # a write since the match may have moved a point out
+                    locs = _still_matching(locs, flt)
                 if not locs:
                     continue
                 vecs = np.empty((len(locs), self.dim), np.float32)
-                for j, (_, (seg, pos)) in enumerate(locs):
-                    vecs[j] = seg.vectors(np.array([pos]))[0]
+                by_seg: dict[int, tuple[Segment, list[int]]] = {}
+                for j, (_, (seg, _pos)) in enumerate(locs):
+                    by_seg.setdefault(id(seg), (seg, []))[1].append(j)
+                for seg, rows in by_seg.values():
+                    vecs[rows] = seg.vectors(np.array([locs[j][1][1] for j in rows]))
                 pls = [canonical_payload(change(seg.payloads.get(pos)), "payload")
                        for _, (seg, pos) in locs]
                 self._log_upsert([x for x, _ in locs], vecs, pls)
@@ -282,13 +302,13 @@ class Collection:
             self._wake.set()
         return done
 
-    def _targets(self, ids, filter) -> list:
-        """External ids named by ``ids`` or matched by ``filter`` (exactly one is given)."""
-        if (ids is None) == (filter is None):
+    def _targets(self, ids, flt: Filter | None) -> list:
+        """External ids named by ``ids`` or matched by ``flt`` (exactly one is given)."""
+        if (ids is None) == (flt is None):
             raise InvalidArgument("pass exactly one of ids or filter")
-        if filter is not None:
-            return [p.id for p in self._matching(parse_filter(filter))]
-        if isinstance(ids, (str, int)):
+        if flt is not None:
+            return list(dict.fromkeys(p.id for p in self._matching(flt)))
+        if isinstance(ids, (str, int, np.integer)):
             raise InvalidArgument("ids: expected a list of ids, got a single value")
         return list(dict.fromkeys(normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))))
 
@@ -318,7 +338,7 @@ class Collection:
         self._check_open()
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete: pass exactly one of ids or filter")
-        norm = self._targets(ids, filter)
+        norm = self._targets(ids, parse_filter(filter) if filter is not None else None)
         with self._write_lock:
             with self._lock:
                 present = [x for x in dict.fromkeys(norm) if x in self._locator]
@@ -377,7 +397,7 @@ class Collection:
         True/False, a list of keys, or ``{"include": [...]}`` / ``{"exclude": [...]}``."""
         self._check_open()
         proj = payload_projection(with_payload)
-        if isinstance(ids, (str, int)):
+        if isinstance(ids, (str, int, np.integer)):
             raise InvalidArgument("ids: expected a list of ids, got a single value")
         norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
         with self._lock:

@@ -66,6 +66,9 @@ def payload_paths(keys: list | tuple, name: str) -> tuple[tuple[str, ...], ...]:
     for i, key in enumerate(keys):
         if not isinstance(key, str):
             raise InvalidArgument(f"{name}[{i}]: expected a key string, got {type(key).__name__}")
+        if "[]" in key:
+            raise InvalidArgument(f"{name}[{i}]: key {key!r}: selecting inside arrays ('[]') "
+                                  "is not supported; name the array itself")
         try:
             out.append(split_key(key))
         except InvalidArgument as exc:

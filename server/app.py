@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             yield
         finally:
             await anyio.to_thread.run_sync(db.close)
+            gc.unfreeze()
 
     app = FastAPI(title="Quiver", version="0.1.0", lifespan=lifespan,
                   description="Vector similarity search with hybrid filtered queries.")
@@ -395,7 +396,12 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         body = await parse(request, s.SearchBatch)
         check_batch(len(body.searches), "searches")
 
-        args = [{**_search_args(r), "explain": r.explain} for r in body.searches]
+        args = []
+        for i, r in enumerate(body.searches):
+            try:
+                args.append({**_search_args(r), "explain": r.explain})
+            except InvalidArgument as exc:
+                raise type(exc)(f"searches[{i}]: {exc}") from None
         res, plans = await run(_search_grouped, col, body.searches, args)
         return ok(res, t, plans=plans) if any(r.explain for r in body.searches) else ok(res, t)
 
@@ -504,7 +510,8 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> t
     """Answers (and, for entries with ``explain``, plans) for a JSON batch, in order. Entries
     asking the same question of different vectors (same filter, limit and parameters: the
     common case) run as one batched search, which uses every core; the answers are the same
-    as one search per entry, and an explained entry gets its group's plan."""
+    as one search per entry, and an explained entry gets its group's plan (counts in it
+    cover the whole group)."""
     groups: dict[bytes, list[int]] = {}
     for i, (r, a) in enumerate(zip(searches, args, strict=True)):
         alone = len(r.vector) != col.dim  # let the engine word the error for this entry
@@ -532,7 +539,7 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> t
             try:
                 found = col.search([searches[i].vector], **a)
             except InvalidArgument as exc:
-                raise InvalidArgument(f"searches[{i}].{exc}") from None
+                raise type(exc)(f"searches[{i}]: {exc}") from None
             put([i], found, a)
     return out, plans
 

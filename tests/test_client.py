@@ -174,6 +174,8 @@ def scenario(db, workdir) -> dict:
         lambda: col.flush(0),
         lambda: col.set_payload({"a": float("nan")}, ids=[1]),
         lambda: col.set_payload({"a": 1}),
+        lambda: col.set_payload({"a": 1}, ids=5),
+        lambda: col.get(np.int64(5)),
         lambda: col.delete_payload("tag", ids=[1]),
         lambda: col.delete_payload(["a..b"], filter={}),
         lambda: col.overwrite_payload({"a": 1}, ids=[1], filter={}),

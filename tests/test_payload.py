@@ -207,6 +207,7 @@ def test_payload_projection_include_exclude_and_errors():
                                                          "tags": ["x"]}, "n": None}
     for bad, msg in [({"only": ["a"]}, "with_payload: expected"), ([1], r"with_payload\[0\]"),
                      (["a..b"], r"with_payload\[0\]: key"), ({"include": "a"}, "include: expected"),
+                     (["tags[].x"], "inside arrays"),
                      ("title", "with_payload: expected"), (None, "with_payload: expected")]:
         with pytest.raises(InvalidArgument, match=msg):
             payload_projection(bad)

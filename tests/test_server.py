@@ -158,7 +158,9 @@ def test_points_end_to_end(http):
                             json={"searches": mixed})) == one_by_one
     bad = [*mixed[:2], {"vector": [float(i) for i in range(x.shape[1] + 1)], "limit": 4}]
     assert_error(http.post("/collections/pts/points/search/batch", json={"searches": bad}),
-                 400, "searches[2].vector")
+                 400, "searches[2]: vector")
+    assert_error(http.post("/collections/pts/points/search/batch", json={"searches": [
+        mixed[0], {**mixed[1], "limit": 10**9}]}), 422, "searches[1]: limit")
     # ... and answered as arrays with Accept: .npz
     r = http.post("/collections/pts/points/search/batch?limit=4", content=buf.getvalue(),
                   headers={"content-type": NPY, "accept": NPZ})
