@@ -817,3 +817,16 @@ def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(
     with pytest.raises(quiver.InvalidArgument, match="keys"):
         col.delete_payload("tag", ids=[7])
     assert col.get([7])[0].payload["tag"] == "t"  # nothing written by the failures
+
+
+def test_payload_update_by_filter_skips_points_that_stopped_matching(tmp_path, monkeypatch):
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", DIM, metric="l2")
+    col.upsert([1, 2, 3], np.eye(3, DIM, dtype=np.float32),
+               [{"tag": "a"}, {"tag": "b"}, {"tag": "a"}])
+    # as if point 2 matched when the filter was evaluated and was rewritten before the update
+    real = col._targets
+    monkeypatch.setattr(col, "_targets", lambda ids, flt: [*real(ids, flt), 2])
+    assert col.overwrite_payload({"x": 1}, filter={"must": [{"key": "tag", "match": {"value": "a"}}]}) == 2
+    assert [p.payload for p in col.get([1, 2, 3])] == [{"x": 1}, {"tag": "b"}, {"x": 1}]
+    db.close()
