@@ -285,18 +285,12 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.post("/collections/{name}/points/delete", tags=["points"],
               openapi_extra=body_doc(s.PointsSelector))
     async def delete_points(name: str, request: Request):
-        t = time.perf_counter()
-        body = await parse(request, s.PointsSelector)
-        col = database().get_collection(name)
-        if (body.points is None) == (body.filter is None):
-            raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
-        if body.points is not None:
-            check_batch(len(body.points), "points")
-        n = await run(col.delete, ids=body.points, filter=body.filter)
-        return ok({"deleted": n, "status": "acknowledged"}, t)
+        return await _selected_write(name, request, s.PointsSelector, "delete", "deleted")
 
-    async def _payload_update(name: str, request: Request, model: type[s.PointsSelector],
-                              method: str, *args) -> JSON:
+    async def _selected_write(name: str, request: Request, model: type[s.PointsSelector],
+                              method: str, counted: str, *fields: str) -> JSON:
+        """A write to the points a body selects by ``points`` (ids) or ``filter``: the
+        collection's ``method`` gets the body's ``fields`` first; answers how many."""
         t = time.perf_counter()
         body = await parse(request, model)
         col = database().get_collection(name)
@@ -304,33 +298,36 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
         if body.points is not None:
             check_batch(len(body.points), "points")
-        extra = [getattr(body, a) for a in args]
-        n = await run(getattr(col, method), *extra, ids=body.points, filter=body.filter)
-        return ok({"updated": n, "status": "acknowledged"}, t)
+        n = await run(getattr(col, method), *(getattr(body, f) for f in fields),
+                      ids=body.points, filter=body.filter)
+        return ok({counted: n, "status": "acknowledged"}, t)
 
     @app.post("/collections/{name}/points/payload", tags=["points"],
               openapi_extra=body_doc(s.SetPayload))
     async def set_payload(name: str, request: Request):
         """Merge keys into the selected points' payloads (vectors unchanged)."""
-        return await _payload_update(name, request, s.SetPayload, "set_payload", "payload")
+        return await _selected_write(name, request, s.SetPayload, "set_payload", "updated",
+                                     "payload")
 
     @app.put("/collections/{name}/points/payload", tags=["points"],
              openapi_extra=body_doc(s.SetPayload))
     async def overwrite_payload(name: str, request: Request):
         """Replace the selected points' payloads."""
-        return await _payload_update(name, request, s.SetPayload, "overwrite_payload", "payload")
+        return await _selected_write(name, request, s.SetPayload, "overwrite_payload", "updated",
+                                     "payload")
 
     @app.post("/collections/{name}/points/payload/delete", tags=["points"],
               openapi_extra=body_doc(s.DeletePayload))
     async def delete_payload(name: str, request: Request):
         """Remove keys from the selected points' payloads."""
-        return await _payload_update(name, request, s.DeletePayload, "delete_payload", "keys")
+        return await _selected_write(name, request, s.DeletePayload, "delete_payload", "updated",
+                                     "keys")
 
     @app.post("/collections/{name}/points/payload/clear", tags=["points"],
               openapi_extra=body_doc(s.PointsSelector))
     async def clear_payload(name: str, request: Request):
         """Empty the selected points' payloads."""
-        return await _payload_update(name, request, s.PointsSelector, "clear_payload")
+        return await _selected_write(name, request, s.PointsSelector, "clear_payload", "updated")
 
     def _search_args(req: s.SearchRequest) -> dict:
         check_k(req.limit, "limit")
