@@ -184,8 +184,10 @@ def collection_info(name: str) -> Op:
 def flush(name: str, timeout: float) -> Op:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise InvalidArgument(f"timeout: expected a positive number of seconds, got {timeout!r}")
-    yield Req("POST", f"/collections/{seg(name)}/flush", params={"timeout": timeout},
-              timeout=timeout + 30)
+    res = (yield Req("POST", f"/collections/{seg(name)}/flush", params={"timeout": timeout},
+                     timeout=timeout + 30))["result"]
+    if res.get("status") != "flushed":  # 202: still indexing at the deadline, as embedded
+        raise TimeoutError(res.get("message") or "flush: not done in time")
 
 
 def list_collections() -> Op:

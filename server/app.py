@@ -131,13 +131,20 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         every core) under the request timeout (or ``run_timeout``); cheaper than anyio's."""
         fut = asyncio.get_running_loop().run_in_executor(workers, partial(fn, *args, **kwargs))
         limit = settings.request_timeout if run_timeout is None else run_timeout
-        try:
-            if _TIMEOUT is not None:  # Python 3.11+: no extra task per request
-                async with _TIMEOUT(limit):
+        expired = TimeoutError(f"request exceeded the {limit:g} s limit")
+        if _TIMEOUT is not None:  # Python 3.11+: no extra task per request
+            deadline = _TIMEOUT(limit)
+            try:
+                async with deadline:
                     return await fut
+            except TimeoutError:  # the deadline's, or one the engine raised (same class)
+                if deadline.expired():
+                    raise expired from None
+                raise
+        try:
             return await asyncio.wait_for(fut, limit)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"request exceeded the {limit:g} s limit") from None
+        except asyncio.TimeoutError:  # distinct from the builtin before 3.11
+            raise expired from None
 
     def check_k(k: int, field: str) -> None:
         if k > settings.max_k:
@@ -236,10 +243,16 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def flush(name: str, timeout: float = Query(600.0, gt=0, le=86400)):
         """Seal the appendable segment into an indexed one now and answer once the optimizer
         is idle (a write; may take as long as an index build, so it has its own ``timeout``,
-        in seconds, instead of the request timeout; 503 if not done by then)."""
+        in seconds, instead of the request timeout). Not done by then: 202 with status
+        "indexing" (the work goes on; poll the collection's status)."""
         t = time.perf_counter()
         col = database().get_collection(name)
-        await run(col.flush, timeout, run_timeout=timeout + 5)
+        try:
+            await run(col.flush, timeout, run_timeout=timeout + 5)
+        except TimeoutError as exc:  # the caller's deadline; the work goes on: 202, not 5xx
+            res = ok({"status": "indexing", "message": str(exc)}, t)
+            res.status_code = 202
+            return res
         return ok({"status": "flushed"}, t)
 
     # --- points ------------------------------------------------------------------------

@@ -553,3 +553,19 @@ def test_public_exports():
     assert issubclass(quiver.client.AuthError, quiver.QuiverError)
     assert issubclass(quiver.client.AuthError, PermissionError)
     assert {"Client", "AsyncClient"} <= set(quiver.__all__)
+
+
+def test_flush_past_its_deadline_raises_timeout_like_the_embedded_api(server, tmp_path):
+    """The server answers 202 "indexing" when a flush misses its deadline (the work goes on);
+    the client raises the engine's TimeoutError, as ``Collection.flush`` does."""
+    db = quiver.connect(tmp_path)
+    with quiver.Client(server.url) as client:
+        for target in (db, client):
+            col = target.create_collection("late-flush", DIM, "l2")
+            col.upsert([1, 2, 3], np.eye(3, DIM, dtype=np.float32))
+            with pytest.raises(TimeoutError, match="flush: optimizer still busy after the 1e-09 s"):
+                col.flush(1e-9)
+            col.flush()
+            assert col.info()["indexed_points"] == 3
+            target.drop_collection("late-flush")
+    db.close()

@@ -429,6 +429,11 @@ def test_auth(secure):
     info = result(httpx.get(f"{url}/collections/auth", headers=rw))
     assert info["indexed_points"] == 2 and info["status"] == "green"
     assert_error(httpx.post(f"{url}/collections/auth/flush?timeout=0", headers=rw), 422, "timeout")
+    result(httpx.put(f"{url}/collections/auth/points", headers=rw,
+                     json={"points": [{"id": 9, "vector": [1, 1]}]}))
+    late = httpx.post(f"{url}/collections/auth/flush?timeout=1e-9", headers=rw)
+    assert late.status_code == 202 and late.json()["result"]["status"] == "indexing"
+    assert "timeout" in late.json()["result"]["message"]
     assert_error(httpx.post(f"{url}/collections/nope/flush", headers=rw), 404, "nope")
 
 
