@@ -8,7 +8,6 @@ LLVM's ``llvm.prefetch`` intrinsic; it is a hint and never faults.
 
 import numpy as np
 from llvmlite import ir
-from llvmlite.binding import llvm_version_info
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -16,8 +15,9 @@ from numba.extending import intrinsic
 from . import INLINE
 
 _LINE = 64
-_INTRINSIC = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
-"""LLVM 15 made pointers opaque, which renamed the intrinsic's overload."""
+_INTRINSIC = "llvm.prefetch.p0i8"
+"""The typed-pointer name of the overload: what LLVM 14 wants, and what later versions (with
+opaque pointers, where the name is ``.p0``) remangle on their own (checked with LLVM 22)."""
 
 
 @intrinsic
