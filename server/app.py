@@ -239,7 +239,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         await run(database().drop_collection, name)
         return ok(True, t)
 
-    @app.post("/collections/{name}/flush", tags=["collections"])
+    @app.post("/collections/{name}/flush", tags=["collections"], responses={
+        200: {"description": 'Done: `{"result": {"status": "flushed"}}`'},
+        202: {"description": 'Not done by `timeout` (the work goes on): '
+                             '`{"result": {"status": "indexing", "message": ...}}`'}})
     async def flush(name: str, timeout: float = Query(600.0, gt=0, le=86400)):
         """Seal the appendable segment into an indexed one now and answer once the optimizer
         is idle (a write; may take as long as an index build, so it has its own ``timeout``,
