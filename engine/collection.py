@@ -9,6 +9,7 @@ bitmaps) so the WAL before it can be dropped. Opening replays the WAL after the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tarfile
@@ -84,7 +85,8 @@ def _still_matching(locs: list, flt: Filter) -> list:
     out = []
     for x, (seg, pos) in locs:
         if id(seg) not in allowed:
-            allowed[id(seg)] = seg.allowed(flt, seg.n)
+            with seg.lock if not seg.sealed else contextlib.nullcontext():  # as searches do
+                allowed[id(seg)] = seg.allowed(flt, seg.n)
         bits = allowed[id(seg)]
         if bits is None or pos in bits:
             out.append((x, (seg, pos)))
