@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import tempfile
 import time
@@ -45,6 +44,7 @@ from .common import (
     load_with_payload,
     log_stderr,
     md_table,
+    module_main,
     pct,
     random_subset,
     run_report_cli,
@@ -445,13 +445,8 @@ def run_cli(args: argparse.Namespace) -> int:
                           lambda r: all("error" not in x for x in r["results"]))
 
 
-
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    p = argparse.ArgumentParser(prog="python -m quiver.bench.collection", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
+    return module_main("collection", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,19 @@ def run_report_cli(kind: str, run: Callable[[], dict], markdown: Callable[[dict]
     return 0 if ok(report) else 1
 
 
+def module_main(module: str, doc: str | None, add_arguments: Callable,
+                run_cli: Callable, argv=None) -> int:
+    """``python -m quiver.bench.<module>``: the same flags and run as ``quiver bench-<kind>``."""
+    import argparse
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    p = argparse.ArgumentParser(prog=f"python -m quiver.bench.{module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run_cli(p.parse_args(argv))
+
+
 def log_stderr(msg: str) -> None:
     import sys
 

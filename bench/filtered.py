@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from .common import (
     load_with_payload,
     log_stderr,
     md_table,
+    module_main,
     pct,
     random_subset,
     run_report_cli,
@@ -428,13 +428,8 @@ def run_cli(args: argparse.Namespace) -> int:
                           plot, "recall_qps.png", args.out, args.name, lambda r: bool(r["results"]))
 
 
-
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    p = argparse.ArgumentParser(prog="python -m quiver.bench.filtered", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
+    return module_main("filtered", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

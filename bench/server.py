@@ -49,7 +49,7 @@ import orjson
 from ..engine.hits import NPZ, SearchArrays
 from ..server.schemas import BINARY_POINTS, NPY
 from .args import add_dataset_arguments, int_list
-from .common import fmt, load_with_payload, log_stderr, md_table, run_report_cli
+from .common import fmt, load_with_payload, log_stderr, md_table, module_main, run_report_cli
 from .metrics import recall_at_k
 from .timing import ensure_passive_omp
 
@@ -747,13 +747,8 @@ def run_cli(args: argparse.Namespace) -> int:
                           plot, "rest_vs_inprocess.png", args.out, args.name)
 
 
-
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    p = argparse.ArgumentParser(prog="python -m quiver.bench.server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
+    return module_main("server", __doc__, add_arguments, run_cli, argv)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,19 @@ def path_spy(monkeypatch) -> list[str]:
 
         monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+def read_state(col) -> dict:
+    """Everything a collection holds: id -> (payload, vector tuple), read page by page via
+    scroll, checked against count()."""
+    state: dict = {}
+    cursor = None
+    while True:
+        page, cursor = col.scroll(limit=97, cursor=cursor, with_payload=True, with_vectors=True)
+        for p in page:
+            assert p.id not in state, f"scroll returned {p.id} twice"
+            state[p.id] = (p.payload, tuple(p.vector))
+        if cursor is None:
+            break
+    assert col.count() == len(state)
+    return state

@@ -11,6 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import read_state
 from quiver.engine.validation import normalize_rows
 
 import quiver
@@ -24,21 +25,6 @@ DIM = 16
 def id_key(i):
     """Scroll order: unsigned integers first, then UUIDs (canonical strings) in order."""
     return (0, i, "") if isinstance(i, int) else (1, 0, i)
-
-
-def read_state(col) -> dict:
-    """Everything the collection holds: id -> (payload, vector tuple), via scroll."""
-    state: dict = {}
-    cursor = None
-    while True:
-        page, cursor = col.scroll(limit=97, cursor=cursor, with_payload=True, with_vectors=True)
-        for p in page:
-            assert p.id not in state, f"scroll returned {p.id} twice"
-            state[p.id] = (p.payload, tuple(p.vector))
-        if cursor is None:
-            break
-    assert col.count() == len(state)
-    return state
 
 
 def assert_same_state(got: dict, want: dict, atol: float = 0.0) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_state
 
 import quiver
 
@@ -89,20 +90,6 @@ def apply_op(model: dict, op) -> dict:
         for i in [i for i, (p, _) in model.items() if p["grp"] == op[1]]:
             del model[i]
     return model
-
-
-def read_state(col) -> dict:
-    state: dict = {}
-    cursor = None
-    while True:
-        page, cursor = col.scroll(limit=512, cursor=cursor, with_payload=True, with_vectors=True)
-        for p in page:
-            assert p.id not in state, f"id {p.id} returned twice by scroll"
-            state[p.id] = (p.payload, tuple(p.vector))
-        if cursor is None:
-            break
-    assert col.count() == len(state)
-    return state
 
 
 def describe(state: dict, model: dict) -> str:
