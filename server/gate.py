@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 
 import orjson
 
@@ -25,19 +26,28 @@ def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
     return status, orjson.dumps({"error": {"code": code, "message": message, "details": None}})
 
 
+def _endpoint(app, method: str, path: str):
+    """The endpoint of ``app``'s route for ``method`` and ``path``."""
+    for route in app.routes:
+        if getattr(route, "path", None) == path and method in (getattr(route, "methods", None) or ()):
+            return route.endpoint
+    raise LookupError(f"no {method} {path} route to serve on the fast path")
+
+
 class Gate:
-    """``fast_routes``: (method, path template, handler(name, raw body) -> Response) served
-    here directly, skipping the framework's middleware and dependency machinery on the hottest
-    request (single search); the same handler backs the documented FastAPI route."""
+    """``fast_routes``: (method, path template) of app routes served here directly, skipping
+    the framework's middleware and dependency machinery on the hottest request (single
+    search). Each is served by calling the documented route's own endpoint, which must take
+    (name, raw body) and answer a Response: one handler, whichever way a request comes in."""
 
     def __init__(self, app, settings: Settings, metrics: Metrics, error_for=None,
-                 fast_routes=()):
+                 fast_routes: Iterable[tuple[str, str]] = ()):
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.error_for = error_for
         self.fast = [(method, re.compile("^" + re.escape(path).replace(r"\{name\}", "([^/]+)") + "$"),
-                      path, handler) for method, path, handler in fast_routes]
+                      path, _endpoint(app, method, path)) for method, path in fast_routes]
         self.state = app.state
         if settings.cors_origins:
             from starlette.middleware.cors import CORSMiddleware

@@ -1,0 +1,167 @@
+"""What every routes module shares: one ``ServerContext`` per app, handed to each module's
+``register``, so the routes are closures over it instead of one long ``create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine.database import Database
+from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
+from .gate import BodyTooLarge
+from .metrics import Metrics
+from .settings import Settings
+
+_TIMEOUT = getattr(asyncio, "timeout", None)
+
+BODY_MODELS: list[type[BaseModel]] = []
+"""Models of the bodies parsed by hand (``body_doc``): the app's OpenAPI adds their schemas."""
+
+HANDLED = (QuiverError, BodyTooLarge, ValidationError, RequestValidationError,
+           StarletteHTTPException, TimeoutError)
+"""Exception types ``ServerContext.error_for`` answers."""
+
+
+class JSON(Response):
+    """orjson body; engine dataclasses (``Point``) serialise natively, field by field."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def ok(result: Any, started: float, **extra: Any) -> JSON:
+    return JSON({"result": result, "time": time.perf_counter() - started, **extra})
+
+
+def error(status: int, code: str, message: str, details: Any = None) -> JSON:
+    return JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def body_doc(model: type[BaseModel], *binary: str) -> dict:
+    """OpenAPI for a body parsed by hand (``model_validate_json`` on the raw bytes is several
+    times cheaper than FastAPI's json.loads + validation)."""
+    BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    content: dict[str, Any] = {"application/json": {"schema": ref}}
+    for media in binary:
+        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request's body, as a dependency: routes taking it keep a (name, raw) signature
+    the Gate's fast path can call directly."""
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
+"""A route parameter holding the raw request body."""
+
+
+def parse_raw(raw: bytes, model: type[BaseModel]) -> Any:
+    return model.model_validate_json(raw if raw.strip() else b"{}")
+
+
+async def parse(request: Request, model: type[BaseModel]) -> Any:
+    return parse_raw(await request.body(), model)
+
+
+class Limit(InvalidArgument):
+    """A request over one of the server's limits (422)."""
+
+
+def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, list]:
+    errors = exc.errors()
+    details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+               for e in errors[:20]]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(x for x in first["loc"] if x not in ("body",)) or "body"
+    return f"{where}: {first['msg']}", details
+
+
+class ServerContext:
+    """Settings, metrics, the ready flag, the worker pool and the database of one app."""
+
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.db = db  # opened by the app's lifespan when not given
+        self.workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="quiver-worker")
+
+    def database(self) -> Database:
+        db = self.db
+        if db is None:
+            raise RuntimeError("the database opens with the app's lifespan")
+        return db
+
+    async def run(self, fn, *args: Any, run_timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run an engine call in the worker pool (kernels release the GIL, so requests use
+        every core) under the request timeout (or ``run_timeout``); cheaper than anyio's."""
+        fut = asyncio.get_running_loop().run_in_executor(self.workers, partial(fn, *args, **kwargs))
+        limit = self.settings.request_timeout if run_timeout is None else run_timeout
+        expired = TimeoutError(f"request exceeded the {limit:g} s limit")
+        if _TIMEOUT is not None:  # Python 3.11+: no extra task per request
+            deadline = _TIMEOUT(limit)
+            try:
+                async with deadline:
+                    return await fut
+            except TimeoutError:  # the deadline's, or one the engine raised (same class)
+                if deadline.expired():
+                    raise expired from None
+                raise
+        try:
+            return await asyncio.wait_for(fut, limit)
+        except asyncio.TimeoutError:  # distinct from the builtin before 3.11
+            raise expired from None
+
+    def check_k(self, k: int, field: str) -> None:
+        if k > self.settings.max_k:
+            raise Limit(f"{field}: {k} exceeds the server's limit of {self.settings.max_k}")
+
+    def check_batch(self, n: int, field: str) -> None:
+        if n > self.settings.max_batch:
+            raise Limit(f"{field}: {n} items exceed the server's batch limit of {self.settings.max_batch}")
+
+    def error_for(self, exc: Exception) -> JSON | None:
+        """The JSON error answer for an exception a request may raise (None: a real bug)."""
+        if isinstance(exc, NotFound):
+            return error(404, "not_found", str(exc))
+        if isinstance(exc, AlreadyExists):
+            return error(409, "already_exists", str(exc))
+        if isinstance(exc, Limit):
+            return error(422, "limit_exceeded", str(exc))
+        if isinstance(exc, BodyTooLarge):
+            return error(413, "body_too_large", str(exc))
+        if isinstance(exc, InvalidArgument):
+            return error(400, "invalid_argument", str(exc))
+        if isinstance(exc, CorruptData):
+            return error(500, "corrupt_data", str(exc))
+        if isinstance(exc, QuiverError):
+            return error(400, "error", str(exc))
+        if isinstance(exc, (ValidationError, RequestValidationError)):
+            msg, details = _validation_message(exc)
+            return error(422, "validation_error", msg, details)
+        if isinstance(exc, StarletteHTTPException):
+            return error(exc.status_code, "http_error", str(exc.detail))
+        if isinstance(exc, TimeoutError):
+            return error(503, "timeout", str(exc) or
+                         f"request exceeded the server's {self.settings.request_timeout:g} s limit")
+        return None
+
+    async def handle_error(self, _request: Request, exc: Exception) -> JSON | None:
+        """The app's exception handler for the ``HANDLED`` types."""
+        return self.error_for(exc)

@@ -1,0 +1,77 @@
+"""Collections and their payload indexes: the writes that change a collection's shape."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Query, Request
+
+from .. import schemas as s
+from ..context import ServerContext, body_doc, ok, parse
+
+TAGS = ["collections"]
+
+
+def register(app: FastAPI, ctx: ServerContext) -> None:
+    database, run = ctx.database, ctx.run
+
+    @app.put("/collections/{name}", tags=TAGS, openapi_extra=body_doc(s.CreateCollection))
+    async def create_collection(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.CreateCollection)
+        col = await run(database().create_collection, name, body.dim, body.metric, body.index,
+                        ef_construction=body.ef_construction, segment_size=body.segment_size,
+                        fsync=body.fsync)
+        return ok(col.info(), t)
+
+    @app.get("/collections", tags=TAGS)
+    async def list_collections():
+        t = time.perf_counter()
+        return ok({"collections": [{"name": n} for n in database().list_collections()]}, t)
+
+    @app.get("/collections/{name}", tags=TAGS)
+    async def collection_info(name: str):
+        t = time.perf_counter()
+        return ok(database().get_collection(name).info(), t)
+
+    @app.delete("/collections/{name}", tags=TAGS)
+    async def drop_collection(name: str):
+        t = time.perf_counter()
+        await run(database().drop_collection, name)
+        return ok(True, t)
+
+    @app.post("/collections/{name}/flush", tags=TAGS, responses={
+        200: {"description": 'Done: `{"result": {"status": "flushed"}}`'},
+        202: {"description": 'Not done by `timeout` (the work goes on): '
+                             '`{"result": {"status": "indexing", "message": ...}}`'}})
+    async def flush(name: str, timeout: float = Query(600.0, gt=0, le=86400)):
+        """Seal the appendable segment into an indexed one now and answer once the optimizer
+        is idle (a write; may take as long as an index build, so it has its own ``timeout``,
+        in seconds, instead of the request timeout). Not done by then: 202 with status
+        "indexing" (the work goes on; poll the collection's status)."""
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        try:
+            await run(col.flush, timeout, run_timeout=timeout + 5)
+        except TimeoutError as exc:  # the caller's deadline; the work goes on: 202, not 5xx
+            res = ok({"status": "indexing", "message": str(exc)}, t)
+            res.status_code = 202
+            return res
+        return ok({"status": "flushed"}, t)
+
+    # --- payload indexes -----------------------------------------------------------------
+
+    @app.put("/collections/{name}/index", tags=TAGS, openapi_extra=body_doc(s.PayloadIndexRequest))
+    async def create_index(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.PayloadIndexRequest)
+        await run(database().get_collection(name).create_payload_index, body.field_name,
+                  body.field_schema)
+        return ok({"status": "acknowledged"}, t)
+
+    @app.delete("/collections/{name}/index/{field_name}", tags=TAGS)
+    async def delete_index(name: str, field_name: str):
+        t = time.perf_counter()
+        await run(database().get_collection(name).delete_payload_index, field_name)
+        return ok({"status": "acknowledged"}, t)
+

@@ -1,0 +1,115 @@
+"""Points: writes, reads by id, payload edits, scroll and count (searches: ``search``)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import FastAPI, Request
+
+from ...engine.errors import CorruptData, InvalidArgument
+from ...engine.wal import decode_batch
+from .. import schemas as s
+from ..context import JSON, ServerContext, body_doc, ok, parse
+
+TAGS = ["points"]
+
+
+def register(app: FastAPI, ctx: ServerContext) -> None:
+    database, run, check_k, check_batch = ctx.database, ctx.run, ctx.check_k, ctx.check_batch
+
+    @app.put("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.UpsertPoints, s.BINARY_POINTS))
+    async def upsert(name: str, request: Request):
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        if request.headers.get("content-type", "").startswith(s.BINARY_POINTS):
+            try:
+                batch = decode_batch(await request.body())
+            except (CorruptData, ValueError, KeyError, TypeError) as exc:
+                raise InvalidArgument(f"body: malformed {s.BINARY_POINTS} frame ({exc})") from None
+            if "" not in batch.vectors:
+                raise InvalidArgument("body: the frame holds no vectors")
+            ids = batch.ids.tolist() if isinstance(batch.ids, np.ndarray) else batch.ids
+            check_batch(len(ids), "points")
+            seq = await run(col.upsert, ids, batch.vectors[""], batch.payloads)
+        else:
+            body = await parse(request, s.UpsertPoints)
+            check_batch(len(body.points), "points")
+            pts = body.points
+            if not pts:  # nothing to write: the engine answers the last sequence number
+                seq = await run(col.upsert, [], [])
+                return ok({"operation_id": seq, "status": "acknowledged"}, t)
+            dims = {len(p.vector) for p in pts}
+            if len(dims) != 1:
+                raise InvalidArgument("points: vectors have different lengths")
+            seq = await run(col.upsert, [p.id for p in pts], [p.vector for p in pts],
+                            [p.payload for p in pts])
+        return ok({"operation_id": seq, "status": "acknowledged"}, t)
+
+    @app.post("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.GetPoints))
+    async def get_points(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.GetPoints)
+        check_batch(len(body.ids), "ids")
+        pts = await run(database().get_collection(name).get, body.ids, body.with_payload,
+                        body.with_vector)
+        return ok(pts, t)
+
+    @app.post("/collections/{name}/points/delete", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
+    async def delete_points(name: str, request: Request):
+        return await _selected_write(name, request, s.PointsSelector, "delete", "deleted")
+
+    async def _selected_write(name: str, request: Request, model: type[s.PointsSelector],
+                              method: str, counted: str, *fields: str) -> JSON:
+        """A write to the points a body selects by ``points`` (ids) or ``filter``: the
+        collection's ``method`` gets the body's ``fields`` first; answers how many."""
+        t = time.perf_counter()
+        body = await parse(request, model)
+        col = database().get_collection(name)
+        if (body.points is None) == (body.filter is None):
+            raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
+        if body.points is not None:
+            check_batch(len(body.points), "points")
+        n = await run(getattr(col, method), *(getattr(body, f) for f in fields),
+                      ids=body.points, filter=body.filter)
+        return ok({counted: n, "status": "acknowledged"}, t)
+
+    @app.post("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
+    async def set_payload(name: str, request: Request):
+        """Merge keys into the selected points' payloads (vectors unchanged)."""
+        return await _selected_write(name, request, s.SetPayload, "set_payload", "updated",
+                                     "payload")
+
+    @app.put("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
+    async def overwrite_payload(name: str, request: Request):
+        """Replace the selected points' payloads."""
+        return await _selected_write(name, request, s.SetPayload, "overwrite_payload", "updated",
+                                     "payload")
+
+    @app.post("/collections/{name}/points/payload/delete", tags=TAGS, openapi_extra=body_doc(s.DeletePayload))
+    async def delete_payload(name: str, request: Request):
+        """Remove keys from the selected points' payloads."""
+        return await _selected_write(name, request, s.DeletePayload, "delete_payload", "updated",
+                                     "keys")
+
+    @app.post("/collections/{name}/points/payload/clear", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
+    async def clear_payload(name: str, request: Request):
+        """Empty the selected points' payloads."""
+        return await _selected_write(name, request, s.PointsSelector, "clear_payload", "updated")
+
+    @app.post("/collections/{name}/points/scroll", tags=TAGS, openapi_extra=body_doc(s.ScrollRequest))
+    async def scroll(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.ScrollRequest)
+        check_k(body.limit, "limit")
+        pts, nxt = await run(database().get_collection(name).scroll, body.filter, body.limit,
+                             body.offset, body.with_payload, body.with_vector)
+        return ok({"points": pts, "next_page_offset": nxt}, t)
+
+    @app.post("/collections/{name}/points/count", tags=TAGS, openapi_extra=body_doc(s.CountRequest))
+    async def count(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, s.CountRequest)
+        n = await run(database().get_collection(name).count, body.filter)
+        return ok({"count": n}, t)
+

@@ -1,0 +1,153 @@
+"""Searches: single and batched. The single search is the hottest request: the Gate serves it
+on a fast path that calls this module's route endpoint itself, skipping the framework."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from ...engine.errors import InvalidArgument
+from ...engine.hits import NPZ
+from .. import schemas as s
+from ..context import RawBody, ServerContext, body_doc, ok, parse, parse_raw
+
+TAGS = ["search"]
+SEARCH = ("POST", "/collections/{name}/points/search")
+"""The route the Gate serves on its fast path: its endpoint is ``handler(name, raw body)``."""
+
+
+def register(app: FastAPI, ctx: ServerContext) -> None:
+    database, run, check_k, check_batch = ctx.database, ctx.run, ctx.check_k, ctx.check_batch
+
+    def _search_args(req: s.SearchRequest) -> dict:
+        check_k(req.limit, "limit")
+        params = req.params.model_dump(exclude_none=True) if req.params else {}
+        if params.get("exact") is False:
+            params.pop("exact")
+        if "ef" in params:
+            check_k(params["ef"], "params.ef")
+        return {"k": req.limit, "filter": req.filter, "params": params,
+                "with_payload": req.with_payload, "with_vectors": req.with_vector,
+                "score_threshold": req.score_threshold}
+
+    # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
+    # function with (name, body); no docstring: it would become the OpenAPI description
+    @app.post(SEARCH[1], tags=TAGS, openapi_extra=body_doc(s.SearchRequest))
+    async def search(name: str, raw: RawBody):
+        t = time.perf_counter()
+        req = parse_raw(raw, s.SearchRequest)
+        col = database().get_collection(name)
+        if req.explain:
+            hits, plan = await run(col.search, req.vector, explain=True, **_search_args(req))
+            return ok(hits, t, plan=plan)
+        hits = await run(col.search, req.vector, **_search_args(req))
+        return ok(hits, t)
+
+    @app.post("/collections/{name}/points/search/batch", tags=TAGS,
+              openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
+                  "description": f"JSON lists of hits; or, for a .npy body sent with "
+                                 f"`Accept: {NPZ}`, an uncompressed .npz of `ids` and `scores` "
+                                 f"(shape (queries, limit), best first; ids uint64, or strings "
+                                 f"for every hit when any hit has a UUID id; padding 0 or '' "
+                                 f"and NaN) and `counts` (int32, hits per query)",
+                  "content": {"application/json": {},
+                              NPZ: {"schema": {"type": "string", "format": "binary"}}}}}})
+    async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,
+                           exact: bool = False, rerank: bool | None = None,
+                           with_payload: bool = False, score_threshold: float | None = None):
+        t = time.perf_counter()
+        col = database().get_collection(name)
+        if request.headers.get("content-type", "").startswith(s.NPY):
+            queries = _load_npy(await request.body())
+            check_batch(queries.shape[0], "queries")
+            check_k(limit, "limit")
+            params = {k: v for k, v in (("ef", ef), ("rerank", rerank)) if v is not None}
+            if exact:
+                params["exact"] = True
+            if _accepts_npz(request):
+                if with_payload:
+                    raise InvalidArgument(f"with_payload: the {NPZ} answer holds ids and scores "
+                                          "only; ask for JSON to get payloads")
+                arrs = await run(col.search_arrays, queries, k=limit, params=params,
+                                 score_threshold=score_threshold)
+                return Response(arrs.to_npz(), media_type=NPZ,
+                                headers={"x-quiver-time": f"{time.perf_counter() - t:.6f}"})
+            if queries.shape[0] == 0:
+                return ok([], t)
+            res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload,
+                            score_threshold=score_threshold)
+            return ok(res, t)
+        body = await parse(request, s.SearchBatch)
+        check_batch(len(body.searches), "searches")
+
+        args = []
+        for i, req in enumerate(body.searches):
+            try:
+                args.append({**_search_args(req), "explain": req.explain})
+            except InvalidArgument as exc:
+                raise type(exc)(f"searches[{i}]: {exc}") from None
+        res, plans = await run(_search_grouped, col, body.searches, args)
+        return ok(res, t, plans=plans) if any(q.explain for q in body.searches) else ok(res, t)
+
+
+
+def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> tuple[list, list]:
+    """Answers (and, for entries with ``explain``, plans) for a JSON batch, in order. Entries
+    asking the same question of different vectors (same filter, limit and parameters: the
+    common case) run as one batched search, which uses every core; the answers are the same
+    as one search per entry, and an explained entry gets its group's plan (counts in it
+    cover the whole group)."""
+    groups: dict[bytes, list[int]] = {}
+    for i, (r, a) in enumerate(zip(searches, args, strict=True)):
+        alone = len(r.vector) != col.dim  # let the engine word the error for this entry
+        key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+        groups.setdefault(key, []).append(i)
+    out: list = [None] * len(searches)
+    plans: list = [None] * len(searches)
+
+    def put(members: list[int], found: Any, a: dict) -> None:
+        hits, plan = found if a["explain"] else (found, None)
+        for i, h in zip(members, hits, strict=True):
+            out[i], plans[i] = h, plan
+
+    for members in groups.values():
+        a = args[members[0]]
+        if len(members) > 1:
+            try:
+                found = col.search([searches[i].vector for i in members], **a)
+            except InvalidArgument:  # one bad entry: find it below and name it
+                pass
+            else:
+                put(members, found, a)
+                continue
+        for i in members:
+            try:
+                found = col.search([searches[i].vector], **a)
+            except InvalidArgument as exc:
+                raise type(exc)(f"searches[{i}]: {exc}") from None
+            put([i], found, a)
+    return out, plans
+
+
+def _accepts_npz(request: Request) -> bool:
+    return NPZ in request.headers.get("accept", "")
+
+
+def _load_npy(raw: bytes) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except Exception as exc:  # truncated, pickled, a broken zip...: the caller's bytes
+        raise InvalidArgument(f"body: not a .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise InvalidArgument("body: expected one .npy array, got an .npz archive")
+    if arr.ndim != 2 or arr.dtype.kind != "f":
+        raise InvalidArgument(f"body: expected a 2-D float matrix, got {arr.dtype} {arr.shape}")
+    return arr
+
