@@ -133,7 +133,7 @@ def warm_up(dim: int, metric: str, spec: str, root: Path, x: np.ndarray, q: np.n
     compiles (or loads its cache) before anything is timed."""
     import quiver
 
-    from ..engine.index.factory import index as make_index
+    from ..engine.index.registry import index as make_index
 
     t = time.perf_counter()
     m = min(len(x), 600)
@@ -238,7 +238,7 @@ def query_case(col, case: Case, q: np.ndarray, cfg: CollectionBenchConfig, ef: i
 def run_collection(cfg: CollectionBenchConfig, log: Callable[[str], None] | None = None) -> dict:
     import quiver
 
-    from ..engine.index.factory import index as make_index
+    from ..engine.index.registry import index as make_index
 
     log = log or log_stderr
     ensure_passive_omp()

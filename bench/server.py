@@ -388,7 +388,7 @@ def _run(cfg: ServerBenchConfig, ds, root: Path, seg: int, m_up: int, log, t_sta
         # --- load N vectors with the binary upsert ---------------------------------------
         _put(url, f"/collections/{COLLECTION}", {"dim": dim, "metric": ds.metric,
                                                  "index": cfg.index, "segment_size": seg})
-        from ..engine.wal import encode_batch
+        from ..engine.frame import encode_batch
 
         pl = [{"pos": int(p), "lexname": int(x)} for p, x in
               zip(ds.payload["pos"].tolist(), ds.payload["lexname"].tolist(), strict=True)]

@@ -20,19 +20,19 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
-from ..engine.collection import Point, upsert_columns
 from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
+from ..engine.frame import encode_batch
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
+from ..engine.params import SearchParams
 from ..engine.payload import canonical_payload
+from ..engine.points import Point, field_rows, pack_fields, upsert_columns
 from ..engine.projection import payload_paths, payload_projection
 from ..engine.validation import check_k, check_threshold
-from ..engine.wal import encode_batch
 from ..server.schemas import BINARY_POINTS, NPY
 
 BINARY_MIN_POINTS = 64
 """Upserts of more points than this travel as the binary points frame instead of JSON."""
-SEARCH_PARAMS = ("ef", "exact", "rerank")
 
 
 class AuthError(QuiverError, PermissionError):
@@ -165,10 +165,20 @@ def error_for(status: int, body: bytes, what: str) -> QuiverError:
 # --- database operations ---------------------------------------------------------------------
 
 
-def create_collection(name: str, dim: int, metric: str, index: str, ef_construction: int,
-                      segment_size: int, fsync: str, exist_ok: bool) -> Op:
-    body = {"dim": dim, "metric": Metric.parse(metric).value, "index": index,
-            "ef_construction": ef_construction, "segment_size": segment_size, "fsync": fsync}
+def create_collection(name: str, dim: int | None, metric: str, index: str, ef_construction: int,
+                      segment_size: int, fsync: str, exist_ok: bool,
+                      vectors: dict | None = None) -> Op:
+    body: dict[str, Any] = {"ef_construction": ef_construction, "segment_size": segment_size,
+                            "fsync": fsync}
+    if vectors is not None:
+        if dim is not None:
+            raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both")
+        if not isinstance(vectors, dict):
+            raise InvalidArgument("vectors: expected a non-empty dict of fields by name")
+        body["vectors"] = {n: (dict(f.__dict__) if hasattr(f, "__dict__") else f)
+                           for n, f in vectors.items()}
+    else:
+        body.update({"dim": dim, "metric": Metric.parse(metric).value, "index": index})
     try:
         return (yield json_req("PUT", f"/collections/{seg(name)}", body, idempotent=False))["result"]
     except AlreadyExists:
@@ -217,6 +227,18 @@ def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
         if isinstance(payloads, dict) or not hasattr(payloads, "__len__"):
             raise InvalidArgument("payloads: expected a list with one payload per id")
         payloads = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+    if isinstance(vectors, dict):  # named fields travel as one binary frame
+        n = len(ids) if isinstance(ids, list) else 0
+        fields = {}
+        for fname, value in vectors.items():
+            x, rows = field_rows(value, n, f"vectors[{fname!r}]")
+            arr = as_float_array(x)
+            if arr is None or arr.ndim != 2:
+                raise InvalidArgument(f"vectors[{fname!r}]: expected a matrix of equal-length rows")
+            fields[fname] = (np.ascontiguousarray(arr), rows)
+        req = Req("PUT", f"/collections/{seg(name)}/points",
+                  encode_batch(ids, pack_fields(fields), payloads), BINARY_POINTS)
+        return (yield req)["result"]["operation_id"]
     vecs = as_float_array(vectors)
     n = len(ids) if isinstance(ids, list) else 0
     if batch_size and n > batch_size and vecs is not None and vecs.ndim == 2 and len(vecs) == n \
@@ -321,12 +343,13 @@ def _int(x: Any) -> Any:
 
 
 def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: Any,
-           with_vectors: bool, explain: bool, score_threshold: float | None = None) -> Op:
+           with_vectors: bool, explain: bool, score_threshold: float | None = None,
+           using: str | None = None) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
     payload_projection(with_payload)
     thr = None if score_threshold is None else check_threshold(score_threshold)
-    params = dict(params) if isinstance(params, dict) else params
+    params = SearchParams.parse(params).to_dict() or None  # the embedded API's checks
     try:
         single = np.ndim(vector) == 1
     except ValueError:  # ragged nesting: let the server describe it
@@ -335,7 +358,7 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
     nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
     if single:
         body: dict[str, Any] = {"vector": q.tolist() if q is not None else vector, "limit": k,
-                                "filter": filter, "params": params,
+                                "filter": filter, "params": params, "using": using,
                                 "with_payload": with_payload, "with_vector": with_vectors}
         if explain:
             body["explain"] = True
@@ -346,15 +369,15 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         return (hits, res.get("plan")) if explain else hits
     if explain:  # one group of a JSON batch: one batched search and its plan, as embedded
         searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
-                     "with_payload": with_payload, "with_vector": with_vectors,
+                     "using": using, "with_payload": with_payload, "with_vector": with_vectors,
                      "score_threshold": thr, "explain": True}
                     for v in (q.tolist() if q is not None else list(vector))]
         res = yield json_req("POST", f"{path}/batch", {"searches": searches}, nonfinite=nonfinite)
         plans = res.get("plans") or [[]]  # no queries: no segment searched
         return [points_from(r) for r in res["result"]], plans[0]
-    if q is not None and q.ndim == 2 and filter is None and not with_vectors and _known(params) \
+    if q is not None and q.ndim == 2 and filter is None and not with_vectors \
             and isinstance(with_payload, bool):
-        req = _npy_search(path, q, k, params, with_payload, thr)
+        req = _npy_search(path, q, k, params, with_payload, thr, using)
         if with_payload:  # payloads come back as JSON
             return [points_from(r) for r in (yield req)["result"]]
         ans = yield req
@@ -362,25 +385,26 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
             return [points_from(r) for r in ans["result"]]
         return _arrays(ans).to_points()
     return (yield from _json_batch(path, vector, q, k, filter, params, with_payload, with_vectors,
-                                   nonfinite, thr))
+                                   nonfinite, thr, using))
 
 
 def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,
-                  score_threshold: float | None = None) -> Op:
+                  score_threshold: float | None = None, using: str | None = None) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
     thr = None if score_threshold is None else check_threshold(score_threshold)
+    params = SearchParams.parse(params).to_dict() or None
     q = as_float_array(queries)
     if q is None or q.ndim != 2:
         got = "" if q is None else f", got {q.ndim} dimension(s)"
         raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row){got}")
-    if filter is None and _known(params) and bool(np.isfinite(q).all()):
-        ans = yield _npy_search(path, q, k, params, False, thr)
+    if filter is None and bool(np.isfinite(q).all()):
+        ans = yield _npy_search(path, q, k, params, False, thr, using)
         if not isinstance(ans, dict):
             return _arrays(ans)
         return SearchArrays.from_points([points_from(r) for r in ans["result"]], k)
     hits = yield from _json_batch(path, queries, q, k, filter, params, False, False,
-                                  not bool(np.isfinite(q).all()), thr)
+                                  not bool(np.isfinite(q).all()), thr, using)
     return SearchArrays.from_points(hits, k)
 
 
@@ -391,17 +415,15 @@ def _arrays(raw: bytes) -> SearchArrays:
         raise QuiverError(f"batch search: the server's answer is unreadable ({exc})") from None
 
 
-def _known(params: Any) -> bool:
-    return params is None or (isinstance(params, dict) and set(params) <= set(SEARCH_PARAMS))
-
-
 def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: bool,
-                threshold: float | None) -> Req:
+                threshold: float | None, using: str | None) -> Req:
     """A .npy batch; answered as arrays (.npz, the cheapest form on both ends) unless
     payloads are wanted."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(q), allow_pickle=False)
     query: dict[str, Any] = {"limit": k}
+    if using is not None:
+        query["using"] = using
     if threshold is not None:
         query["score_threshold"] = repr(threshold)
     for key, value in (params or {}).items():
@@ -416,9 +438,9 @@ def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: boo
 
 def _json_batch(path: str, vector: Any, q: np.ndarray | None, k: int, filter: Any, params: Any,
                 with_payload: Any, with_vectors: bool, nonfinite: bool,
-                threshold: float | None) -> Op:
+                threshold: float | None, using: str | None) -> Op:
     rows = q.tolist() if q is not None else list(vector)
-    searches = [{"vector": v, "limit": k, "filter": filter, "params": params,
+    searches = [{"vector": v, "limit": k, "filter": filter, "params": params, "using": using,
                  "with_payload": with_payload, "with_vector": with_vectors,
                  "score_threshold": threshold} for v in rows]
     res = yield json_req("POST", f"{path}/batch", {"searches": searches}, nonfinite=nonfinite)

@@ -23,10 +23,10 @@ import anyio
 import httpx
 import orjson
 
-from ..engine.collection import Point
 from ..engine.errors import QuiverError
 from ..engine.hits import SearchArrays
 from ..engine.metric import Metric
+from ..engine.points import Point
 from . import _ops as ops
 from ._ops import Req, ServerUnavailable, error_for
 
@@ -132,12 +132,13 @@ class Client(_Base):
 
     # --- database API --------------------------------------------------------------------
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                          index: str = "HNSW16,F32", *, ef_construction: int = 200,
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine",
+                          index: str = "HNSW16,F32", *, vectors: dict | None = None,
+                          ef_construction: int = 200,
                           segment_size: int = 50_000, fsync: str = "batch",
                           exist_ok: bool = False) -> RemoteCollection:
         info = self._drive(ops.create_collection(name, dim, metric, index, ef_construction,
-                                                 segment_size, fsync, exist_ok))
+                                                 segment_size, fsync, exist_ok, vectors))
         return RemoteCollection(self, info)
 
     def get_collection(self, name: str) -> RemoteCollection:
@@ -239,12 +240,13 @@ class AsyncClient(_Base):
         except StopIteration as stop:
             return stop.value
 
-    async def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                                index: str = "HNSW16,F32", *, ef_construction: int = 200,
+    async def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine",
+                                index: str = "HNSW16,F32", *, vectors: dict | None = None,
+                          ef_construction: int = 200,
                                 segment_size: int = 50_000, fsync: str = "batch",
                                 exist_ok: bool = False) -> AsyncRemoteCollection:
         info = await self._drive(ops.create_collection(name, dim, metric, index, ef_construction,
-                                                       segment_size, fsync, exist_ok))
+                                                       segment_size, fsync, exist_ok, vectors))
         return AsyncRemoteCollection(self, info)
 
     async def get_collection(self, name: str) -> AsyncRemoteCollection:
@@ -283,12 +285,18 @@ class _RemoteBase:
     def __init__(self, client: Any, info: dict[str, Any]):
         self.client = client
         self.name: str = info["name"]
-        self.dim: int = int(info["dim"])
-        self.metric = Metric.parse(info["metric"])
+        self.vectors: dict[str, dict] = info.get("vectors") or {}
+        """The vector fields by name ("" alone: one unnamed vector)."""
+        self.named = "" not in self.vectors and bool(self.vectors)
+        self.dim: int | None = int(info["dim"]) if info.get("dim") is not None else None
+        self.metric = Metric.parse(info["metric"]) if info.get("metric") else None
         self.index: str = info.get("index", "")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, dim={self.dim}, metric={self.metric.value!r})"
+        if self.named:
+            return f"{type(self).__name__}({self.name!r}, vectors={sorted(self.vectors)})"
+        metric = self.metric.value if self.metric else None
+        return f"{type(self).__name__}({self.name!r}, dim={self.dim}, metric={metric!r})"
 
 
 class RemoteCollection(_RemoteBase):
@@ -335,19 +343,20 @@ class RemoteCollection(_RemoteBase):
 
     def search(self, vector, k: int = 10, filter: dict | None = None, params: dict | None = None,
                with_payload: bool | list | dict = False, with_vectors: bool = False, explain: bool = False,
-               score_threshold: float | None = None):
+               score_threshold: float | None = None, using: str | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists); with
         ``explain``, ``(results, plan)``; see ``Collection.search``."""
         return self.client._drive(ops.search(self.name, vector, k, filter, params, with_payload,
-                                             with_vectors, explain, score_threshold))
+                                             with_vectors, explain, score_threshold, using))
 
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                       params: dict | None = None,
-                      score_threshold: float | None = None) -> SearchArrays:
+                      score_threshold: float | None = None,
+                      using: str | None = None) -> SearchArrays:
         """Top-k of a batch as matrices (``ids``, ``scores``, ``counts``); see
         ``Collection.search_arrays``."""
         return self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
-                                                    score_threshold))
+                                                    score_threshold, using))
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         self.client._drive(ops.create_payload_index(self.name, field_name, field_type))
@@ -431,16 +440,17 @@ class AsyncRemoteCollection(_RemoteBase):
     async def search(self, vector, k: int = 10, filter: dict | None = None,
                      params: dict | None = None, with_payload: bool | list | dict = False,
                      with_vectors: bool = False, explain: bool = False,
-                     score_threshold: float | None = None):
+                     score_threshold: float | None = None, using: str | None = None):
         return await self.client._drive(ops.search(self.name, vector, k, filter, params,
                                                    with_payload, with_vectors, explain,
-                                                   score_threshold))
+                                                   score_threshold, using))
 
     async def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                             params: dict | None = None,
-                            score_threshold: float | None = None) -> SearchArrays:
+                            score_threshold: float | None = None,
+                            using: str | None = None) -> SearchArrays:
         return await self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
-                                                          score_threshold))
+                                                          score_threshold, using))
 
     async def create_payload_index(self, field_name: str, field_type: str) -> None:
         await self.client._drive(ops.create_payload_index(self.name, field_name, field_type))

@@ -9,12 +9,16 @@ LeanVec, PQ) plug in by implementing this class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
 from .aligned import aligned_empty
 from .errors import InvalidArgument
+from .spec import SpecPart
 
 
 class Codec:
@@ -207,12 +211,54 @@ class LVQ8Codec(Codec):
         self.mean = np.asarray(arrays["mean"], np.float32)
 
 
-CODECS: dict[str, type[Codec]] = {c.name: c for c in (F32Codec, F16Codec, SQ8Codec, LVQ8Codec)}
+@dataclass(frozen=True)
+class CodecEntry:
+    """How a spec writes the codec (``form``, for error messages) and how to build it from
+    its spec part; the ``cls`` restores a stored codec by its ``name``."""
+
+    form: str
+    cls: type[Codec]
+    build: Callable[[SpecPart, int], Codec]
+
+
+CODECS: dict[str, CodecEntry] = {}
+"""The one codec table, keyed by a spec part's ``key`` (``LVQ8``) or, for parameterised
+codecs, its ``family`` (``PQ``): a new codec is a class plus one ``register_codec`` call."""
+
+
+def register_codec(key: str, form: str, cls: type[Codec],
+                   build: Callable[[SpecPart, int], Codec] | None = None) -> None:
+    CODECS[key.upper()] = CodecEntry(form, cls, build or _plain(cls))
+
+
+def _plain(cls: type[Codec]) -> Callable[[SpecPart, int], Codec]:
+    def build(part: SpecPart, dim: int) -> Codec:
+        if part.args:
+            raise InvalidArgument(f"spec: codec {part.key} takes no arguments, got {part}")
+        return cls(dim)
+    return build
+
+
+for _cls in (F32Codec, F16Codec, SQ8Codec, LVQ8Codec):
+    register_codec(_cls.name, _cls.name.upper(), _cls)
+register_codec("FLAT", "Flat (= F32)", F32Codec)
+
+
+def accepted_codecs() -> str:
+    return ", ".join(dict.fromkeys(e.form for e in CODECS.values()))
+
+
+def codec_from_spec(part: SpecPart, dim: int) -> Codec:
+    """The codec a spec part names; unknown ones list what is accepted."""
+    entry = CODECS.get(part.key) or CODECS.get(part.family)
+    if entry is None:
+        raise InvalidArgument(f"spec: unknown codec {str(part)!r}; accepted: {accepted_codecs()}")
+    return entry.build(part, dim)
 
 
 def make_codec(name: str, dim: int) -> Codec:
-    try:
-        return CODECS[name.lower()](dim)
-    except KeyError:
-        raise InvalidArgument(
-            f"codec: unknown codec {name!r}; available: {', '.join(sorted(CODECS))}") from None
+    """A codec by its stored ``name`` (``"lvq8"``) or spec key (``"LVQ8"``)."""
+    entry = CODECS.get(str(name).upper()) if isinstance(name, str) else None
+    if entry is None:
+        raise InvalidArgument(f"codec: unknown codec {name!r}; available: {accepted_codecs()}")
+    return entry.cls(dim)

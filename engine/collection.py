@@ -24,41 +24,76 @@ import orjson
 
 from .errors import CorruptData, InvalidArgument, NotFound
 from .filters import Filter, normalize_id, parse_filter
+from .frame import decode_batch, encode_batch
 from .hits import SearchArrays
+from .index.registry import index as make_index
+from .index.registry import parse_index_spec
 from .metric import Metric
+from .params import SearchParams
 from .payload import canonical_payload
 from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
+from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, unpack_fields
+from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
-from .segment import Segment
-from .validation import as_vectors, check_k, check_threshold, normalize_rows
-from .wal import OP_DELETE, OP_UPSERT, WAL, decode_batch, encode_batch
+from .segment import FieldSpec, Segment
+from .validation import as_vectors, check_dim, check_k, check_threshold, normalize_rows
+from .wal import OP_DELETE, OP_UPSERT, WAL
 
 log = logging.getLogger(__name__)
 
 _MAX_RESERVED_ROWS = 1_000_000
 """Rows an appendable segment reserves up front (virtual memory until written)."""
 PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime")
-SEARCH_PARAMS = ("ef", "exact", "rerank")
+VECTOR_KINDS = ("dense",)
+"""Field kinds; "multi" (a ragged token matrix per point, for MUVERA) is the next one."""
 
 
 @dataclass
-class Point:
-    """A stored point; ``score`` is set in search results (order documented on ``Metric``)."""
+class VectorField:
+    """One vector field: its dimension, metric and index spec. ``kind`` says what one
+    point holds in it (a dense vector; multi-vector fields will hold a token matrix)."""
 
-    id: int | str
-    score: float | None = None
-    payload: dict | None = None
-    vector: list[float] | None = None
+    dim: int
+    metric: str = "cosine"
+    index: str = "HNSW16,F32"
+    kind: str = "dense"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "payload": self.payload, "vector": self.vector}
+    @classmethod
+    def parse(cls, value: Any, where: str) -> VectorField:
+        """From a dict (``{"dim", "metric", "index"}``) or a VectorField; checks each value,
+        and builds the index once so a bad spec fails before anything is written."""
+        if isinstance(value, VectorField):
+            value = dict(value.__dict__)
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"{where}: expected {{'dim', 'metric', 'index'}}, got "
+                                  f"{type(value).__name__}")
+        unknown = sorted(set(value) - {"dim", "metric", "index", "kind"})
+        if unknown:
+            raise InvalidArgument(f"{where}: unknown key(s) {unknown}; known: dim, metric, "
+                                  f"index, kind")
+        if "dim" not in value:
+            raise InvalidArgument(f"{where}.dim: required")
+        try:
+            dim = check_dim(value["dim"])
+            metric = Metric.parse(value.get("metric", "cosine")).value
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}.{exc}") from None
+        kind = value.get("kind", "dense")
+        if kind not in VECTOR_KINDS:
+            raise InvalidArgument(f"{where}.kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
+        spec = value.get("index", "HNSW16,F32")
+        try:
+            make_index(spec, dim, metric)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}.index: {exc}") from None
+        return cls(dim, metric, spec, kind)
 
 
 @dataclass
 class CollectionConfig:
-    dim: int
-    metric: str = "cosine"
-    index: str = "HNSW16,F32"
+    """``vectors``: the fields by name; a single-vector collection has one field, ""."""
+
+    vectors: dict[str, VectorField]
     ef_construction: int = 200
     segment_size: int = 50_000
     max_segments: int = 8
@@ -67,15 +102,20 @@ class CollectionConfig:
     payload_indexes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"format_version": FORMAT_VERSION, **self.__dict__})
+        body = {**self.__dict__, "vectors": {n: f.__dict__ for n, f in self.vectors.items()}}
+        return orjson.dumps({"format_version": FORMAT_VERSION, **body})
 
     @classmethod
     def from_json(cls, raw: bytes, path: Path) -> CollectionConfig:
         try:
             obj = orjson.loads(raw)
             obj.pop("format_version", None)
+            if "vectors" not in obj:  # written before named fields: one unnamed field
+                obj["vectors"] = {DEFAULT_FIELD: {k: obj.pop(k) for k in ("dim", "metric", "index")
+                                                  if k in obj}}
+            obj["vectors"] = {n: VectorField(**f) for n, f in obj["vectors"].items()}
             return cls(**obj)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
             raise CorruptData(f"{path}: invalid collection config ({exc})") from None
 
 
@@ -108,9 +148,8 @@ class Collection:
         self.path = path
         self.name = name
         self.config = config
-        self.dim = config.dim
-        self.metric = Metric.parse(config.metric)
-        self._segment_metric = self.metric.kernel_metric
+        self.fields = dict(config.vectors)
+        self._metrics = {n: Metric.parse(f.metric) for n, f in self.fields.items()}
         """Segments see cosine as ip: the collection normalises vectors and queries once."""
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
@@ -172,14 +211,66 @@ class Collection:
             ids = [normalize_id(i) for i in (batch.ids.tolist() if isinstance(batch.ids, np.ndarray)
                                              else batch.ids)]
             if rec.op == OP_UPSERT:
-                self._apply_upsert(ids, batch.vectors[""], batch.payloads or [{}] * len(ids), rec.seq)
+                self._apply_upsert(ids, unpack_fields(batch.vectors, len(ids)),
+                                   batch.payloads or [{}] * len(ids), rec.seq)
             elif rec.op == OP_DELETE:
                 self._apply_delete(ids)
             self._last_seq = rec.seq
         self._last_seq = max(self._last_seq, self._wal.last_seq)
 
+    # --- fields ------------------------------------------------------------------------
+
+    @property
+    def named(self) -> bool:
+        """Whether the collection has named vector fields (not one unnamed vector)."""
+        return DEFAULT_FIELD not in self.fields
+
+    @property
+    def dim(self) -> int | None:
+        """The dimension of the default field (None with several named fields)."""
+        f = self._default_field()
+        return self.fields[f].dim if f is not None else None
+
+    @property
+    def metric(self) -> Metric | None:
+        f = self._default_field()
+        return self._metrics[f] if f is not None else None
+
+    def _default_field(self) -> str | None:
+        if DEFAULT_FIELD in self.fields:
+            return DEFAULT_FIELD
+        return next(iter(self.fields)) if len(self.fields) == 1 else None
+
+    def _field(self, using: str | None) -> str:
+        """The field a search uses: ``using``, or the only one there is."""
+        if using is None or using == DEFAULT_FIELD:
+            f = self._default_field()
+            if f is None:
+                raise InvalidArgument(f"using: this collection has named vectors "
+                                      f"({', '.join(map(repr, self.fields))}); say which to search")
+            return f
+        if using not in self.fields:
+            known = ", ".join(repr(n) for n in self.fields if n) or "none (one unnamed vector)"
+            raise InvalidArgument(f"using: no vector field {using!r}; named fields: {known}")
+        return using
+
+    def vector_field(self, using: str | None = None) -> VectorField:
+        """The field a search with ``using`` reads (InvalidArgument naming the fields if none)."""
+        return self.fields[self._field(using)]
+
+    def _field_specs(self) -> dict[str, FieldSpec]:
+        out = {}
+        for name, f in self.fields.items():
+            options = ({"ef_construction": self.config.ef_construction}
+                       if parse_index_spec(f.index).index.family == "HNSW" else {})
+            out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
+                                  options)
+        return out
+
     def _new_appendable(self) -> Segment:
-        seg = Segment.appendable(self._next_segment, self.dim, self._segment_metric,
+        seg = Segment.appendable(self._next_segment,
+                                 {n: (f.dim, self._metrics[n].kernel_metric)
+                                  for n, f in self.fields.items()},
                                  min(self.config.segment_size, _MAX_RESERVED_ROWS))
         self._next_segment += 1
         for key, kind in self.config.payload_indexes.items():
@@ -192,7 +283,7 @@ class Collection:
         if self._closed:
             raise InvalidArgument(f"collection {self.name!r} is closed")
 
-    def _validate_points(self, ids, vectors, payloads) -> tuple[list, np.ndarray, list]:
+    def _validate_points(self, ids, vectors, payloads) -> tuple[list, FieldBatch, list]:
         if isinstance(ids, (str, int, np.integer)):
             raise InvalidArgument("ids: expected a list of ids, got a single value")
         try:
@@ -204,9 +295,7 @@ class Collection:
             seen = set()
             dup = next(x for x in norm if x in seen or seen.add(x))
             raise InvalidArgument(f"ids: id {dup!r} appears more than once in this batch")
-        vecs = as_vectors(vectors, self.dim, "vectors") if len(norm) else np.zeros((0, self.dim), np.float32)
-        if vecs.shape[0] != len(norm):
-            raise InvalidArgument(f"vectors: got {vecs.shape[0]} vectors for {len(norm)} ids")
+        fields = self._validate_vectors(vectors, len(norm))
         if payloads is None:
             pl = [{}] * len(norm)
         else:
@@ -215,7 +304,39 @@ class Collection:
             pl = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
             if len(pl) != len(norm):
                 raise InvalidArgument(f"payloads: got {len(pl)} payloads for {len(norm)} ids")
-        return norm, vecs, pl
+        return norm, fields, pl
+
+    def _validate_vectors(self, vectors, n: int) -> FieldBatch:
+        """Each field's float32 vectors (unit rows for cosine) and the points they belong to.
+
+        ``vectors``: a matrix (the default field, or the only one); or a dict by field name
+        of a matrix (every point), a list with None for points without the field, or a
+        ``(matrix, rows)`` pair (the vectors of the points at indices ``rows``)."""
+        if not isinstance(vectors, dict):
+            f = self._default_field()
+            if f is None:
+                raise InvalidArgument(f"vectors: this collection has named vectors "
+                                      f"({', '.join(map(repr, self.fields))}); pass a dict by name")
+            vectors = {f: vectors}
+        out: FieldBatch = {}
+        for name, value in vectors.items():
+            if name not in self.fields:
+                known = ", ".join(repr(x) for x in self.fields)
+                raise InvalidArgument(f"vectors: no vector field {name!r}; fields: {known}")
+            where = f"vectors[{name!r}]" if name else "vectors"
+            value, rows = field_rows(value, n, where)
+            dim = self.fields[name].dim
+            m = n if rows is None else rows.shape[0]
+            x = as_vectors(value, dim, where) if m else np.zeros((0, dim), np.float32)
+            if x.shape[0] != m:
+                raise InvalidArgument(f"{where}: got {x.shape[0]} vectors for {m} "
+                                      f"{'ids' if rows is None else 'rows'}")
+            if self._metrics[name] is Metric.COSINE:
+                x = normalize_rows(x)
+            out[name] = (x, rows)
+        if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
+            raise InvalidArgument("vectors: required")
+        return out
 
     # --- writes ----------------------------------------------------------------------
 
@@ -225,22 +346,20 @@ class Collection:
         the batch is durable."""
         self._check_open()
         ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
-        norm, vecs, pl = self._validate_points(ids, vectors, payloads)
+        norm, fields, pl = self._validate_points(ids, vectors, payloads)
         if not norm:
             return self._last_seq
-        if self.metric is Metric.COSINE:
-            vecs = normalize_rows(vecs)
         with self._write_lock:
-            seq = self._log_upsert(norm, vecs, pl)
+            seq = self._log_upsert(norm, fields, pl)
         if self._appendable.n >= self.config.segment_size:
             self._wake.set()
         return seq
 
-    def _log_upsert(self, ids: list, vecs: np.ndarray, payloads: list) -> int:
+    def _log_upsert(self, ids: list, fields: FieldBatch, payloads: list) -> int:
         """WAL record, then apply; the caller holds the write lock."""
-        seq = self._wal.append(OP_UPSERT, encode_batch(ids, vecs, payloads))
+        seq = self._wal.append(OP_UPSERT, encode_batch(ids, pack_fields(fields), payloads))
         with self._lock:
-            self._apply_upsert(ids, vecs, payloads, seq)
+            self._apply_upsert(ids, fields, payloads, seq)
             self._last_seq = seq
         return seq
 
@@ -290,19 +409,33 @@ class Collection:
                     locs = _still_matching(locs, flt)
                 if not locs:
                     continue
-                vecs = np.empty((len(locs), self.dim), np.float32)
-                by_seg: dict[int, tuple[Segment, list[int]]] = {}
-                for j, (_, (seg, _pos)) in enumerate(locs):
-                    by_seg.setdefault(id(seg), (seg, []))[1].append(j)
-                for seg, rows in by_seg.values():
-                    vecs[rows] = seg.vectors(np.array([locs[j][1][1] for j in rows]))
+                fields = self._stored_vectors([loc for _, loc in locs])
                 pls = [canonical_payload(change(seg.payloads.get(pos)), "payload")
                        for _, (seg, pos) in locs]
-                self._log_upsert([x for x, _ in locs], vecs, pls)
+                self._log_upsert([x for x, _ in locs], fields, pls)
             done += len(locs)
         if self._appendable.n >= self.config.segment_size:
             self._wake.set()
         return done
+
+    def _stored_vectors(self, locs: list[tuple[Segment, int]]) -> FieldBatch:
+        """The stored vectors of rows (in order), field by field, as an upsert batch."""
+        by_seg: dict[int, tuple[Segment, list[int]]] = {}
+        for j, (seg, _pos) in enumerate(locs):
+            by_seg.setdefault(id(seg), (seg, []))[1].append(j)
+        out: FieldBatch = {}
+        for name, f in self.fields.items():
+            vecs = np.empty((len(locs), f.dim), np.float32)
+            has = np.zeros(len(locs), bool)
+            for seg, js in by_seg.values():
+                x, present = seg.vectors(np.array([locs[j][1] for j in js]), name)
+                sel = np.asarray(js)[present]
+                vecs[sel], has[sel] = x, True
+            if has.all():
+                out[name] = (vecs, None)
+            elif has.any():
+                out[name] = (vecs[has], np.flatnonzero(has))
+        return out
 
     def _targets(self, ids, flt: Filter | None) -> list:
         """External ids named by ``ids`` or matched by ``flt`` (exactly one is given)."""
@@ -314,7 +447,7 @@ class Collection:
             raise InvalidArgument("ids: expected a list of ids, got a single value")
         return list(dict.fromkeys(normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))))
 
-    def _apply_upsert(self, ids: list, vecs: np.ndarray, payloads: list, seq: int) -> None:
+    def _apply_upsert(self, ids: list, fields: FieldBatch, payloads: list, seq: int) -> None:
         keep = []
         for j, ext in enumerate(ids):
             loc = self._locator.get(ext)
@@ -325,13 +458,13 @@ class Collection:
                 seg.mark_deleted(np.array([pos]))
             keep.append(j)
         if len(keep) < len(ids):
+            fields = _subset_fields(fields, np.asarray(keep, np.int64), len(ids))
             ids = [ids[j] for j in keep]
-            vecs = vecs[keep]
             payloads = [payloads[j] for j in keep]
         if not ids:
             return
         seg = self._appendable
-        pos = seg.append(ids, vecs, payloads, seq)
+        pos = seg.append(ids, fields, payloads, seq)
         for ext, p in zip(ids, pos.tolist(), strict=True):
             self._locator[ext] = (seg, p)
 
@@ -391,7 +524,16 @@ class Collection:
                with_vectors: bool, score: float | None = None) -> Point:
         return Point(seg.ext_ids[pos], score,
                      payload(seg.payloads.get(pos)) if payload is not None else None,
-                     seg.vectors(np.array([pos]))[0].tolist() if with_vectors else None)
+                     self._vector_of(seg, pos) if with_vectors else None)
+
+    def _vector_of(self, seg: Segment, pos: int) -> list[float] | dict[str, list[float]]:
+        """A point's stored vector: a list, or a dict by field name (fields it has)."""
+        out = {}
+        for name in self.fields:
+            x, present = seg.vectors(np.array([pos]), name)
+            if present[0]:
+                out[name] = x[0].tolist()
+        return out if self.named else out[DEFAULT_FIELD]
 
     def get(self, ids, with_payload: bool | list | dict = True,
             with_vectors: bool = False) -> list[Point]:
@@ -447,12 +589,15 @@ class Collection:
         return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
 
     def search(self, vector, k: int = 10, filter: dict | None = None,
-               params: dict | None = None, with_payload: bool | list | dict = False,
-               with_vectors: bool = False, explain: bool = False,
-               score_threshold: float | None = None):
+               params: SearchParams | dict | None = None,
+               with_payload: bool | list | dict = False, with_vectors: bool = False,
+               explain: bool = False, score_threshold: float | None = None,
+               using: str | None = None):
         """Top-k points for one query (a list of Points) or a batch (a list of lists).
 
-        ``params``: ``ef`` (beam width), ``exact`` (scan), ``rerank`` (lossy codecs).
+        ``params``: ``SearchParams`` or its dict (``ef`` beam width, ``exact`` scan,
+        ``rerank`` for lossy codecs, ``nprobe``). ``using``: the vector field to search (a
+        collection with one field needs none).
         ``score_threshold`` drops hits scoring worse than it (below it for ip/cosine, above it
         for l2). With ``explain``, returns ``(results, plan)`` where plan lists each segment's
         strategy, estimated and actual selectivity."""
@@ -460,17 +605,20 @@ class Collection:
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
         proj = payload_projection(with_payload)
-        q, k, found, plan = self._search_segments(vector, k, filter, params, explain, "vector")
+        q, k, found, plan, name = self._search_segments(vector, k, filter, params, explain,
+                                                        "vector", using)
         plain = proj is None and not with_vectors
         results = [[Point(seg.ext_ids[p], s) if plain else
                      self._point(seg, p, proj, with_vectors, s) for seg, p, s in row]
-                   for row in self._best_rows(found, q.shape[0], k, score_threshold)]
+                   for row in self._best_rows(found, q.shape[0], k, self._metrics[name],
+                                              score_threshold)]
         out = results[0] if single else results
         return (out, plan) if explain else out
 
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
-                      params: dict | None = None,
-                      score_threshold: float | None = None) -> SearchArrays:
+                      params: SearchParams | dict | None = None,
+                      score_threshold: float | None = None,
+                      using: str | None = None) -> SearchArrays:
         """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
         ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
         nd = _ndim(queries, "queries")
@@ -479,45 +627,45 @@ class Collection:
                                   f"{nd} dimension(s)")
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
-        q, k, found, _ = self._search_segments(queries, k, filter, params, False, "queries")
-        rows = self._best_rows(found, q.shape[0], k, score_threshold)
+        q, k, found, _, name = self._search_segments(queries, k, filter, params, False,
+                                                     "queries", using)
+        rows = self._best_rows(found, q.shape[0], k, self._metrics[name], score_threshold)
         return SearchArrays.from_rows([[seg.ext_ids[p] for seg, p, _ in row] for row in rows],
                                       [[s for _, _, s in row] for row in rows], k)
 
-    def _search_segments(self, vector, k, filter, params, explain: bool, field: str):
-        """Validated queries and k, each segment's (segment, scores, positions), and the plan."""
+    def _search_segments(self, vector, k, filter, params, explain: bool, what: str,
+                         using: str | None):
+        """Validated queries and k, each segment's (segment, scores, rows), the plan and the
+        field searched: the one place a search's input is checked."""
         self._check_open()
         k = check_k(k)
-        params = dict(params or {})
-        bad = set(params) - set(SEARCH_PARAMS)
-        if bad:
-            raise InvalidArgument(f"params: unknown search parameter(s) {sorted(bad)}; "
-                                  f"known: {', '.join(SEARCH_PARAMS)}")
+        p = SearchParams.parse(params)
+        name = self._field(using)
         flt = parse_filter(filter) if filter is not None else None
-        q = as_vectors(vector, self.dim, field)
-        if self.metric is Metric.COSINE:
+        q = as_vectors(vector, self.fields[name].dim, what)
+        if self._metrics[name] is Metric.COSINE:
             q = normalize_rows(q)
         with self._lock:
             segs = list(self._segments)
         found, plan = [], []
         for seg in segs if q.shape[0] else ():
-            res = seg.search(q, k, flt, params)
+            res = seg.search(q, k, flt, p, name)
             if res is None:
                 continue
             scores, pos, info = res
             found.append((seg, scores, pos))
             if explain:
-                plan.append({"segment": seg.id, "sealed": seg.sealed,
+                plan.append({"segment": seg.id, "sealed": seg.sealed, "field": name,
                              "estimated_selectivity": seg.estimate(flt), **info})
-        return q, k, found, plan
+        return q, k, found, plan, name
 
-    def _best_rows(self, found: list, nq: int, k: int, threshold: float | None = None,
-                   ) -> list[list[tuple[Segment, int, float]]]:
+    def _best_rows(self, found: list, nq: int, k: int, metric: Metric,
+                   threshold: float | None = None) -> list[list[tuple[Segment, int, float]]]:
         """Each query's best k (segment, position, score) over the segments' top-k rows
         (positions -1 where a segment had fewer hits), none worse than ``threshold``."""
         if threshold is not None:
             # worse than the threshold reads as padding from here on
-            found = [(seg, sc, np.where(sc >= threshold if self.metric.higher_is_better
+            found = [(seg, sc, np.where(sc >= threshold if metric.higher_is_better
                                         else sc <= threshold, pos, -1))
                      for seg, sc, pos in found]
         if len(found) == 1:  # the common case: no sort, no duplicates to drop
@@ -529,7 +677,7 @@ class Collection:
         scores = np.concatenate([f[1] for f in found], axis=1)
         pos = np.concatenate([f[2] for f in found], axis=1)
         owner = np.repeat(np.arange(len(found)), [f[2].shape[1] for f in found])
-        key = -scores if self.metric.higher_is_better else scores
+        key = -scores if metric.higher_is_better else scores
         order = np.lexsort((key, pos < 0), axis=1)  # hits by score, then the padding
         segs = [f[0] for f in found]
         out = []
@@ -562,9 +710,9 @@ class Collection:
         return {
             "name": self.name,
             "points": len(self._locator),
-            "dim": self.dim,
-            "metric": self.metric.value,
-            "index": self.config.index,
+            **({"dim": self.dim, "metric": self.metric.value,
+                "index": self.fields[self._default_field()].index} if not self.named else {}),
+            "vectors": {n: dict(f.__dict__) for n, f in self.fields.items()},
             "segments": [{"id": s.id, "sealed": s.sealed, "points": s.n, "deleted": s.n_deleted,
                           "memory_bytes": s.memory_usage()} for s in segs],
             "indexed_points": sum(s.live for s in segs if s.sealed),
@@ -617,9 +765,8 @@ class Collection:
         self._next_segment += 1
         self._lock.release()
         try:
-            sealed = frozen.build_sealed(seg_id, self.config.index, self.dim, self._segment_metric,
-                                         self.path / "segments" / f"seg-{seg_id:06d}",
-                                         **self._index_options())
+            sealed = frozen.build_sealed(seg_id, self._field_specs(),
+                                         self.path / "segments" / f"seg-{seg_id:06d}")
         finally:
             self._lock.acquire()
         self._swap([frozen], sealed, None)
@@ -633,11 +780,9 @@ class Collection:
         snapshot = [(s, ~_live_mask(s)) for s in sources]
         self._lock.release()
         try:
-            merged = _concat_live(sources, snapshot, self.dim, self._segment_metric)
-            rows = np.arange(merged.n, dtype=np.int64)
-            sealed = merged.build_sealed(seg_id, self.config.index, self.dim, self._segment_metric,
-                                         self.path / "segments" / f"seg-{seg_id:06d}", rows,
-                                         **self._index_options())
+            merged = _concat_live(sources, snapshot, self._field_specs())
+            sealed = merged.build_sealed(seg_id, self._field_specs(),
+                                         self.path / "segments" / f"seg-{seg_id:06d}")
         finally:
             self._lock.acquire()
         # rows deleted in the sources while we built stay deleted in the result
@@ -653,10 +798,6 @@ class Collection:
         for s in sources:
             shutil.rmtree(s.path, ignore_errors=True)
         return True
-
-    def _index_options(self) -> dict:
-        head = self.config.index.split(",")[0].upper()
-        return {"ef_construction": self.config.ef_construction} if head.startswith("HNSW") else {}
 
     def _swap(self, sources: list[Segment], sealed: Segment, origin) -> None:
         """Replace ``sources`` by ``sealed`` (holding the lock). ``origin[i]`` is the source row
@@ -773,25 +914,6 @@ class Collection:
         self.close()
 
 
-def upsert_columns(ids, vectors, payloads, points) -> tuple[Any, Any, Any]:
-    """The columnar form of an upsert given either as columns or as ``points=[{"id",
-    "vector", "payload"}, ...]`` (the embedded database and the client accept both)."""
-    if points is not None:
-        if ids is not None or vectors is not None or payloads is not None:
-            raise InvalidArgument("points: pass either points or ids/vectors/payloads")
-        if not isinstance(points, (list, tuple)):
-            raise InvalidArgument("points: expected a list of {id, vector, payload} objects")
-        for i, p in enumerate(points):
-            if not isinstance(p, dict) or "id" not in p or "vector" not in p:
-                raise InvalidArgument(f"points[{i}]: expected an object with 'id' and 'vector'")
-        ids = [p["id"] for p in points]
-        vectors = [p["vector"] for p in points]
-        payloads = [p.get("payload") for p in points]
-    if ids is None or vectors is None:
-        raise InvalidArgument("ids and vectors are required")
-    return ids, vectors, payloads
-
-
 def _id_order(x):
     return (0, x, "") if isinstance(x, int) else (1, 0, x)
 
@@ -802,15 +924,30 @@ def _live_mask(seg: Segment) -> np.ndarray:
     return ~Bitset(seg.deleted[: (seg.n + 63) >> 6], seg.n).to_mask() if seg.n else np.zeros(0, bool)
 
 
-def _concat_live(sources, snapshot, dim: int, metric: str) -> Segment:
+def _concat_live(sources, snapshot, specs: dict[str, FieldSpec]) -> Segment:
     """An in-memory appendable segment holding the live rows of several segments."""
-    seg = Segment.appendable(0, dim, metric)
+    seg = Segment.appendable(0, {n: (f.dim, f.metric) for n, f in specs.items()})
     for s, dead in snapshot:
         rows = np.flatnonzero(~dead)
         if rows.size == 0:
             continue
         start = seg.n
-        seg.append([s.ext_ids[r] for r in rows.tolist()], s.vectors(rows),
+        seg.append([s.ext_ids[r] for r in rows.tolist()], s.field_vectors(rows),
                    [s.payloads.get(r) for r in rows.tolist()], 0)
         seg.versions[start : start + rows.size] = s.versions[rows]
     return seg
+
+
+def _subset_fields(fields: FieldBatch, keep: np.ndarray, n: int) -> FieldBatch:
+    """The fields of the points at batch indices ``keep`` (ascending), renumbered."""
+    new_index = np.full(n, -1, np.int64)
+    new_index[keep] = np.arange(keep.shape[0])
+    out: FieldBatch = {}
+    for name, (x, rows) in fields.items():
+        if rows is None:
+            out[name] = (x[keep], None)
+            continue
+        mapped = new_index[rows]
+        sel = mapped >= 0
+        out[name] = (x[sel], mapped[sel] if sel.sum() < keep.shape[0] else None)
+    return out

@@ -8,11 +8,10 @@ import tarfile
 import threading
 from pathlib import Path
 
-from .collection import Collection, CollectionConfig
+from .collection import Collection, CollectionConfig, VectorField
 from .errors import AlreadyExists, InvalidArgument, NotFound
-from .index.factory import index as make_index
-from .metric import Metric
 from .persist import atomic_write_bytes
+from .points import DEFAULT_FIELD, check_field_name
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -33,27 +32,41 @@ class Database:
                 f"name: {name!r} is not a valid collection name (1-64 of A-Z a-z 0-9 _ -)")
         return self.path / "collections" / name
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                          index: str = "HNSW16,F32", *, ef_construction: int = 200,
-                          segment_size: int = 50_000, fsync: str = "batch",
-                          exist_ok: bool = False) -> Collection:
-        """Create a collection; ``index`` is a spec such as "HNSW16,F32", "HNSW16,LVQ8", "Flat"."""
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine",
+                          index: str = "HNSW16,F32", *, vectors: dict | None = None,
+                          ef_construction: int = 200, segment_size: int = 50_000,
+                          fsync: str = "batch", exist_ok: bool = False) -> Collection:
+        """Create a collection with one unnamed vector (``dim``, ``metric``, ``index`` spec
+        such as "HNSW16,F32", "HNSW16,LVQ8", "Flat"), or with named vector fields:
+        ``vectors={"text": {"dim": 384, "metric": "cosine", "index": "HNSW16,F32"}, ...}``."""
         d = self._dir(name)
-        make_index(index, dim, metric)  # validates spec, dim and metric before touching disk
-        Metric.parse(metric)
+        if (dim is None) == (vectors is None):
+            raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both"
+                                  if dim is not None else "dim or vectors: one is required")
+        if vectors is not None:
+            if not isinstance(vectors, dict) or not vectors:
+                raise InvalidArgument("vectors: expected a non-empty dict of fields by name")
+            fields = {check_field_name(n): VectorField.parse(f, f"vectors[{n!r}]")
+                      for n, f in vectors.items()}
+        else:
+            fields = {DEFAULT_FIELD: VectorField.parse(
+                {"dim": dim, "metric": metric, "index": index}, "vector")}
         if fsync not in ("batch", "always", "never"):
             raise InvalidArgument(f"fsync: {fsync!r}, expected 'batch', 'always' or 'never'")
-        if not isinstance(segment_size, int) or segment_size < 1:
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
             raise InvalidArgument(f"segment_size: expected a positive integer, got {segment_size!r}")
+        if (isinstance(ef_construction, bool) or not isinstance(ef_construction, int)
+                or ef_construction < 1):
+            raise InvalidArgument(f"ef_construction: expected a positive integer, got "
+                                  f"{ef_construction!r}")
         with self._lock:
             if (d / "config.json").exists():
                 if exist_ok:
                     return self._get(name)
                 raise AlreadyExists(f"name: collection {name!r} already exists")
             d.mkdir(parents=True, exist_ok=True)
-            config = CollectionConfig(dim=int(dim), metric=Metric.parse(metric).value, index=index,
-                                      ef_construction=ef_construction, segment_size=segment_size,
-                                      fsync=fsync)
+            config = CollectionConfig(vectors=fields, ef_construction=ef_construction,
+                                      segment_size=segment_size, fsync=fsync)
             atomic_write_bytes(d / "config.json", config.to_json())
             return self._get(name)
 

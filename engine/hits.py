@@ -55,7 +55,7 @@ class SearchArrays(NamedTuple):
 
     def to_points(self) -> list[list]:
         """Per-query ``Point`` lists, as ``Collection.search`` returns them."""
-        from .collection import Point
+        from .points import Point
 
         text = self.ids.dtype.kind == "U"  # UUIDs have dashes; integer ids never do
         out = []

@@ -76,10 +76,12 @@ def save_arrays(directory: str | os.PathLike, kind: str, meta: dict[str, Any],
     fsync_dir(d)
 
 
-def read_manifest(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
+def read_manifest(directory: str | os.PathLike, kind: str | None) -> dict[str, Any]:
+    """The checked manifest of a saved object; ``kind`` None accepts any kind."""
     path = Path(directory) / MANIFEST
     if not path.exists():
-        raise CorruptData(f"{path}: manifest missing (not a saved {kind}, or an interrupted save)")
+        what = kind or "object"
+        raise CorruptData(f"{path}: manifest missing (not a saved {what}, or an interrupted save)")
     try:
         manifest = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -94,7 +96,7 @@ def read_manifest(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
     crc = manifest.pop("manifest_crc32", None)
     if crc != _manifest_crc(manifest):
         raise CorruptData(f"{path}: manifest checksum mismatch (file damaged)")
-    if manifest.get("kind") != kind:
+    if kind is not None and manifest.get("kind") != kind:
         raise CorruptData(f"{path}: holds a {manifest.get('kind')!r}, expected a {kind!r}")
     return manifest
 

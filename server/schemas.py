@@ -10,13 +10,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engine.params import SearchParams
+
+__all__ = ["SearchParams"]  # the engine's own type: one definition of the knobs
+
 PointId = int | str
 """Unsigned 64-bit integer or UUID string."""
 
 BINARY_POINTS = "application/vnd.quiver.points"
 """Binary upsert body: Quiver's batch frame (``u8 version | u32 header length | JSON header
 {"n", "ids", "payloads", "arrays"} | 8-byte aligned raw little-endian arrays``), the format the
-write-ahead log stores, produced by ``quiver.engine.wal.encode_batch`` and the client."""
+write-ahead log stores, produced by ``quiver.engine.frame.encode_batch`` and the client."""
 NPY = "application/x-npy"
 """Binary batch-search body: one float32 ``.npy`` matrix of queries (parameters in the URL)."""
 
@@ -30,11 +34,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateCollection(_Strict):
+IndexSpec = Field("HNSW16,F32", max_length=128,
+                  description='Index spec: "HNSW16,F32", "HNSW16,LVQ8", "HNSW32,SQ8", "Flat", '
+                              '"Flat,F16" (the grammar: README, "Index specs").')
+
+
+class VectorParams(_Strict):
+    """One named vector field."""
+
     dim: int = Field(gt=0, le=65536, description="Vector dimension.")
     metric: Literal["l2", "ip", "cosine"] = "cosine"
-    index: str = Field("HNSW16,F32", max_length=64,
-                       description='Index spec: "HNSW16,F32", "HNSW16,LVQ8", "HNSW32,SQ8", "Flat".')
+    index: str = IndexSpec
+
+
+class CreateCollection(_Strict):
+    """One unnamed vector (``dim``, ``metric``, ``index``) or named fields (``vectors``)."""
+
+    dim: int | None = Field(None, gt=0, le=65536, description="Vector dimension (one unnamed vector).")
+    metric: Literal["l2", "ip", "cosine"] = "cosine"
+    index: str = IndexSpec
+    vectors: dict[str, VectorParams] | None = Field(
+        None, description='Named vector fields instead of dim: {"text": {"dim": 384}, ...}.')
     ef_construction: int = Field(200, ge=1, le=4096)
     segment_size: int = Field(50_000, ge=1, le=10_000_000)
     fsync: Literal["batch", "always", "never"] = "batch"
@@ -42,7 +62,8 @@ class CreateCollection(_Strict):
 
 class PointStruct(_Strict):
     id: PointId
-    vector: list[float]
+    vector: list[float] | dict[str, list[float]] = Field(
+        description="The vector, or named vectors by field (a point may leave fields out).")
     payload: dict[str, Any] | None = None
 
 
@@ -76,17 +97,13 @@ class GetPoints(_Strict):
     with_vector: bool = False
 
 
-class SearchParams(_Strict):
-    ef: int | None = Field(None, ge=1, description="Beam width of the HNSW search.")
-    exact: bool = Field(False, description="Scan exactly instead of using the index.")
-    rerank: bool | None = Field(None, description="Re-score with float vectors (lossy codecs).")
-
-
 class SearchRequest(_Strict):
     vector: list[float]
     limit: int = Field(10, ge=1, description="k: number of results.")
     filter: dict[str, Any] | None = None
     params: SearchParams | None = None
+    using: str | None = Field(None, max_length=64,
+                              description="The vector field to search (collections with named vectors).")
     with_payload: PayloadSelector = False
     with_vector: bool = False
     explain: bool = False

@@ -149,7 +149,7 @@ def scenario(db, workdir) -> dict:
         lambda: col.search(np.full(DIM, np.nan), 5),
         lambda: col.search(q, 0),
         lambda: col.search(q, 5, filter={"must": [{"key": "g", "range": {"bogus": 1}}]}),
-        lambda: col.search(q, 5, params={"nprobe": 3}),
+        lambda: col.search(q, 5, params={"nprob": 3}),
         lambda: col.upsert([1], [[np.nan] * DIM]),
         lambda: col.upsert(np.arange(100), np.full((100, DIM), np.inf)),
         lambda: col.upsert([1, 1], x[:2]),

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 import pytest
 from quiver.bench.datasets import find_data_file
+from quiver.engine import planner
 from quiver.engine.index import hnsw as hnsw_module
 from quiver.engine.validation import normalize_rows
 
@@ -510,8 +511,10 @@ def allowed_subset(x, ids, share, kind, seed):
 
 
 def force_traversal_plan(monkeypatch) -> None:
-    """Make the planner traverse whatever the selectivity (it would scan small sets)."""
-    monkeypatch.setattr(hnsw_module, "_EXACT_ROWS_PER_EF", 0)
+    """Make the planner take the filter-aware traversal whatever the selectivity (its cost
+    model would scan small sets, and traverse plainly above a share of ~0.3)."""
+    monkeypatch.setattr(planner, "SCAN_BYTES_PER_US", 1e-9)
+    monkeypatch.setattr(hnsw_module, "_TRAVERSAL_US_PER_EF", 1e12)
     monkeypatch.setattr(hnsw_module, "_MIN_TRAVERSAL_SHARE", 0.0)
 
 
@@ -541,8 +544,10 @@ def test_filtered_recall(filter_index, monkeypatch, share, kind, force_traversal
     if force_traversal:
         assert info["strategy"] == "filtered-traversal"
     else:
-        expected = "exact" if share <= 0.1 else "filtered-traversal"
+        expected = "exact" if share <= 0.1 else "traversal"  # 0.5: plain traversal is cheaper
         assert info["strategy"] == expected
+        assert info["strategy"] == min(info["estimated_us_per_query"],
+                                       key=lambda s: info["estimated_us_per_query"][s] or 1e300)
     found = got >= 0
     want = exact_scores(x, q, "l2", got, ids)
     np.testing.assert_allclose(scores[found], want[found], rtol=1e-4, atol=1e-4)
@@ -574,6 +579,8 @@ def test_explain_strategies(filter_index):
     _, _, info = idx.search(q[:3], K, allowed=ids[:50], explain=True)
     assert info["strategy"] == "exact" and info["allowed"] == 50
     _, _, info = idx.search(q[:3], K, allowed=ids[::2], explain=True)
+    assert info["strategy"] == "traversal"  # half the points: the in-loop check is cheapest
+    _, _, info = idx.search(q[:3], K, allowed=ids[::4], explain=True)
     assert info["strategy"] == "filtered-traversal"
     res = idx.search(q[:3], K)
     assert len(res) == 2
@@ -862,7 +869,7 @@ def test_memory_usage(data):
     for codec in CODECS:
         idx = build(x, "l2", codec, m=8, efc=32)
         use[codec] = idx.memory_usage()
-        assert set(use[codec]) == {"vectors", "rerank_vectors", "graph", "ids"}
+        assert set(use[codec]) == {"vectors", "rerank_vectors", "graph", "deleted", "ids", "id_map"}
     assert use["f32"]["vectors"] == 400 * d * 4 and use["f32"]["rerank_vectors"] == 0
     assert use["f16"]["vectors"] <= 0.55 * use["f32"]["vectors"]
     assert use["lvq8"]["vectors"] <= 0.3 * use["f32"]["vectors"]

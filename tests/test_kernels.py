@@ -348,7 +348,7 @@ def test_trained_codec_state_round_trip(name):
 
 
 def test_codec_registry():
-    assert set(CODEC_NAMES) <= set(CODECS)
+    assert {n.upper() for n in CODEC_NAMES} <= set(CODECS)
     for name in CODEC_NAMES:
         codec = make_codec(name.upper(), 5)
         assert codec.name == name and codec.dim == 5

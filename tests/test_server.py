@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 from _live_server import LiveServer, serve
+from quiver.engine.frame import encode_batch
 from quiver.engine.hits import NPZ
-from quiver.engine.wal import encode_batch
 from quiver.server.schemas import BINARY_POINTS, NPY
 
 KEY, RO_KEY = "test-key-rw", "test-key-ro"

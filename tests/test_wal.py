@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from quiver.engine.errors import CorruptData, InvalidArgument
-from quiver.engine.wal import HEADER, WAL, decode_batch, encode_batch
+from quiver.engine.frame import decode_batch, encode_batch
+from quiver.engine.wal import HEADER, WAL
 
 
 def body_for(seq: int) -> bytes:

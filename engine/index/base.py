@@ -57,14 +57,21 @@ def resolve_allowed(allowed, idmap: IdMap, n: int) -> Bitset | None:
     return Bitset.from_positions(idmap.positions(ids, missing="skip"), n)
 
 
+def scores_from_distances(metric: Metric, dist: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Kernel distances -> float32 scores in the metric's convention; missing hits
+    (position -1) get the worst score."""
+    scores = metric.scores_from_distances(dist).astype(np.float32)
+    scores[pos < 0] = metric.distance_bound()
+    return scores
+
+
 def finish_results(metric: Metric, dist: np.ndarray, pos: np.ndarray, ids: np.ndarray,
                    single: bool) -> tuple[np.ndarray, np.ndarray]:
     """Distances/positions from kernels -> (scores, external ids), -1 padded."""
     found = pos >= 0
     ext = np.full(pos.shape, -1, np.int64)
     ext[found] = ids[pos[found]]  # (indexing ids only where found: an empty index has none)
-    scores = metric.scores_from_distances(dist).astype(np.float32)
-    scores[~found] = metric.distance_bound()
+    scores = scores_from_distances(metric, dist, pos)
     if single:
         return scores[0], ext[0]
     return scores, ext

@@ -8,11 +8,13 @@ import numpy as np
 
 from ...kernels import distance as kd
 from ...kernels import scan as ks
+from .. import planner
 from ..bitset import Bitset
 from ..codecs import F16Codec, make_codec
 from ..errors import InvalidArgument
 from ..idmap import IdMap
 from ..metric import Metric
+from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
 from ..vectors import VectorStore
@@ -112,19 +114,42 @@ class FlatIndex:
         self._store.truncate(n)
         return int(pos.size)
 
-    def search(self, queries, k: int, allowed=None, **params) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k for one query (1-D, returns 1-D arrays) or a batch (2-D, returns 2-D)."""
-        unknown = set(params) - {"exact", "ef", "rerank"}
-        if unknown:
-            raise InvalidArgument(f"params: FlatIndex does not take {sorted(unknown)}")
+    @property
+    def needs_training(self) -> bool:
+        return False
+
+    def search(self, queries, k: int, allowed=None, params: SearchParams | dict | None = None,
+               explain: bool = False, **knobs):
+        """Top-k for one query (1-D, returns 1-D arrays) or a batch (2-D, returns 2-D).
+        ``params``/``knobs``: ``SearchParams`` (an exact index uses none of them). With
+        ``explain`` a third value is the plan."""
+        p = SearchParams.parse(params, **knobs)
         k = check_k(k)
         q, single = as_queries(queries, self.dim)
         if self.metric is Metric.COSINE:
             q = normalize_rows(q)
+        bits = resolve_allowed(allowed, self._idmap, self._store.n)
+        dist, pos, info = self.search_positions(q, k, bits, p)
+        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
+        return (scores, ids, info) if explain else (scores, ids)
+
+    def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
+                       filtered: bool) -> dict[str, float]:
+        """The cost model the planner reads: an exact index only scans."""
+        return {"exact": planner.scan_cost(allowed, self.codec.bytes_per_vector())}
+
+    def search_positions(self, q: np.ndarray, k: int, bits: Bitset | None, params: SearchParams,
+                         plan: planner.Plan | None = None, filtered: bool | None = None):
+        """(kernel distances, row positions, plan info) for validated float32 queries (unit
+        rows for cosine) and a Bitset of allowed positions: the path segments call, with no
+        second validation and no id translation."""
         n = self._store.n
-        bits = resolve_allowed(allowed, self._idmap, n)
+        if plan is None:
+            allowed = bits.count() if bits is not None else n
+            plan = planner.choose(self, allowed, n, k, params,
+                                  bits is not None if filtered is None else filtered)
         dist, pos = self._search_positions(q, k, bits)
-        return finish_results(self.metric, dist, pos, self._ids, single)
+        return dist, pos, {**plan.explain(), "fallback_exact": 0}
 
     def _search_positions(self, q: np.ndarray, k: int, bits: Bitset | None):
         n = self._store.n
@@ -181,7 +206,9 @@ class FlatIndex:
     # --- persistence -------------------------------------------------------------------
 
     def memory_usage(self) -> dict[str, int]:
-        return {"vectors": self._store.nbytes(), "ids": 8 * self._store.n, "graph": 0}
+        """Resident bytes by kind; the values sum to the whole footprint."""
+        return {"vectors": self._store.nbytes(), "ids": 8 * self._store.n,
+                "id_map": self._idmap.nbytes()}
 
     def save(self, directory: str | os.PathLike) -> None:
         codes, aux = self._store.view()

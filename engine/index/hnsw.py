@@ -11,12 +11,14 @@ import numpy as np
 
 from ...kernels import hnsw as kh
 from ...kernels import scan as ks
+from .. import planner
 from ..aligned import aligned_full
 from ..bitset import Bitset
 from ..codecs import F32Codec, make_codec
 from ..errors import InvalidArgument
 from ..idmap import IdMap
 from ..metric import Metric
+from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
 from ..vectors import VectorStore
@@ -29,16 +31,17 @@ _MAX_BATCH = 4096
 _PARALLEL_MIN_BATCH = 64
 """Smaller batches insert on one thread: waking the pool costs more than it saves, and on a
 busy machine a parallel region waits for every one of its threads to be scheduled."""
-_EXACT_ROWS_PER_EF = 80
-"""Planner: an exact scan of this many allowed rows costs about what one unit of beam width
-costs a filtered traversal (WordNet 117k x 384, one thread: exact 0.13 us a row, two-hop
-traversal about 10 us per unit of ef, nearly independent of the selectivity)."""
+_TWO_HOP_US_PER_EF = 10.0
+"""Cost model: a two-hop filtered traversal costs about 10 us per unit of beam width at 384
+dimensions, nearly independent of the selectivity (WordNet 117k x 384, one thread; an exact
+scan there costs 0.13 us a row, so the two cross near 77 rows per unit of ef)."""
+_TRAVERSAL_US_PER_EF = 3.0
+"""Cost model: a plain traversal costs about 3 us per unit of ef at 384 dimensions when
+every row qualifies, and 1/share times that under a filter (it must wade through rejected
+nodes); it beats two-hop above a share of about 0.3."""
 _MIN_TRAVERSAL_SHARE = 0.08
 """Below this share the allowed points fragment the two-hop graph (recall@10 0.958 at 5%,
-0.983 at 10% with ef=64 on WordNet), so the planner scans them exactly instead."""
-_TWO_HOP_BELOW = 0.3
-"""Filters allowing less than this share traverse with two-hop (ACORN-1 style) expansion:
-non-allowed neighbours are skipped in favour of their own allowed neighbours."""
+0.983 at 10% with ef=64 on WordNet): the cost model prices it out, so the planner scans."""
 
 
 class HNSWIndex:
@@ -95,11 +98,13 @@ class HNSWIndex:
         return len(self)
 
     def memory_usage(self) -> dict[str, int]:
+        """Resident bytes by kind (the float32 copy kept for re-ranking and exact scans of a
+        lossy codec counts); the values sum to the whole footprint."""
         n = self._float.n
         rerank = 0 if self._codes is self._float else self._float.nbytes()
         return {"vectors": self._codes.nbytes(), "rerank_vectors": rerank,
                 "graph": n * 2 * self.m * 4 + self._n_upper * kh.MAX_UPPER * self.m * 4 + n * 8,
-                "ids": 8 * n}
+                "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
 
     # --- build ----------------------------------------------------------------------
 
@@ -276,44 +281,78 @@ class HNSWIndex:
     # --- search ---------------------------------------------------------------------
 
     def _live_words(self, bits: Bitset | None) -> tuple[np.ndarray, int, bool]:
-        """Words of rows a result may come from, their count, and whether to check them."""
+        """Words of rows a result may come from, their count, and whether to check them.
+        The index's own deletion bitmap joins in only when it has deletions (never under a
+        collection, whose segments pass one bitmap with their deletions in it)."""
         n = self._float.n
         if bits is None and self._n_deleted == 0:
-            return np.zeros(1, np.uint64), n - self._n_deleted, False
+            return np.zeros(1, np.uint64), n, False
         if bits is None:
             words = ~self._deleted[: (n + 63) >> 6]
             if n & 63:
                 words[-1] &= np.uint64((1 << (n & 63)) - 1)
             return words, n - self._n_deleted, True
-        words = bits.words[: (n + 63) >> 6] & ~self._deleted[: (n + 63) >> 6]
+        words = bits.words[: (n + 63) >> 6]
+        if self._n_deleted:
+            words = words & ~self._deleted[: (n + 63) >> 6]
         return words, Bitset(words, n).count(), True
 
-    def search(self, queries, k: int, allowed=None, ef: int | None = None,
-               rerank: bool | None = None, exact: bool = False, explain: bool = False):
-        """Top-k per query. ``ef``: beam width (default max(64, k)); ``rerank``: re-score on
-        float vectors (default for lossy codecs); ``exact``: scan instead of traversing;
-        ``allowed``: ids or a Bitset the results must come from. With ``explain`` a third
-        value reports the strategy, selectivity and fallbacks."""
+    @property
+    def needs_training(self) -> bool:
+        """Lossy codecs learn from data (``add`` trains on its first batch otherwise)."""
+        return not self.codec.trained
+
+    def search(self, queries, k: int, allowed=None, params: SearchParams | dict | None = None,
+               explain: bool = False, **knobs):
+        """Top-k per query. ``params`` (or the same as keywords): ``ef`` beam width (default
+        max(64, k)), ``rerank`` re-score on float vectors (default for lossy codecs),
+        ``exact`` scan instead of traversing. ``allowed``: ids or a Bitset the results must
+        come from. With ``explain`` a third value is the planner's choice and estimates."""
+        p = SearchParams.parse(params, **knobs)
         k = check_k(k)
-        if ef is None:
-            ef = max(64, k)
-        if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1:
-            raise InvalidArgument(f"ef: expected a positive integer, got {ef!r}")
-        ef = max(int(ef), k)
-        if rerank is None:
-            rerank = self.codec.lossy
         q, single = as_queries(queries, self.dim)
         if self.metric is Metric.COSINE:
             q = normalize_rows(q)
+        bits = resolve_allowed(allowed, self._idmap, self._float.n)
+        dist, pos, info = self.search_positions(q, k, bits, p)
+        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
+        return (scores, ids, info) if explain else (scores, ids)
+
+    def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
+                       filtered: bool) -> dict[str, float]:
+        """The cost model the planner reads (microseconds per query, one thread).
+
+        Exact scans the float32 rows. A plain traversal needs about 1/share times the work
+        to collect ``ef`` allowed results; the two-hop filtered traversal costs about the
+        same at any share, but only holds its recall above ``_MIN_TRAVERSAL_SHARE``."""
+        ef = params.beam(k)
+        scale = self.dim / 384
+        share = allowed / points if points else 0.0
+        costs = {"exact": planner.scan_cost(allowed, 4 * self.dim)}
+        if self._entry < 0 or share == 0.0:
+            return costs
+        if filtered:
+            costs["filtered-traversal"] = (ef * _TWO_HOP_US_PER_EF * scale
+                                           if share >= _MIN_TRAVERSAL_SHARE else math.inf)
+        costs["traversal"] = ef * _TRAVERSAL_US_PER_EF * scale / share
+        return costs
+
+    def search_positions(self, q: np.ndarray, k: int, bits: Bitset | None, params: SearchParams,
+                         plan: planner.Plan | None = None, filtered: bool | None = None):
+        """(kernel distances, row positions, plan info) for validated float32 queries (unit
+        rows for cosine) and a Bitset of allowed positions: the path segments call, with no
+        second validation and no id translation. ``filtered``: the bitset comes from a filter
+        (default: whenever one is given), so a filter-aware traversal may pay off."""
         n = self._float.n
         nq = q.shape[0]
-        bits = resolve_allowed(allowed, self._idmap, n)
+        ef = params.beam(k)
+        rerank = self.codec.lossy if params.rerank is None else params.rerank
         words, n_ok, use_ok = self._live_words(bits)
-        share = n_ok / n if n else 0.0
-        plan = self._plan(n_ok, n, ef, exact, bits is not None)
-        info = {"strategy": plan, "allowed": n_ok, "points": n, "selectivity": share,
-                "fallback_exact": 0}
-        if plan == "exact" or self._entry < 0:
+        filtered = bits is not None if filtered is None else filtered
+        if plan is None:
+            plan = planner.choose(self, n_ok, n, k, params, filtered)
+        info = {**plan.explain(), "fallback_exact": 0}
+        if plan.strategy == "exact" or self._entry < 0:
             dist, pos = self._exact(q, k, words if use_ok else None, n)
         else:
             r = ef if rerank else k
@@ -325,7 +364,7 @@ class HNSWIndex:
             codes, aux = self._codes.view()
             qs = self.codec.prepare(q)
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
-            two_hop = use_ok and bits is not None and share < _TWO_HOP_BELOW
+            two_hop = use_ok and plan.strategy == "filtered-traversal"
             graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
             if nchunks == 1:  # no thread pool wake-up for a lone query
                 tags[0] = kh.search_chunk(self.codec.dist(self._kmetric), qs, codes, aux, *graph,
@@ -352,20 +391,7 @@ class HNSWIndex:
                 dist[redo], pos[redo] = d2, p2
         if self._kmetric == "l2":
             np.maximum(dist, 0, out=dist)
-        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
-        return (scores, ids, info) if explain else (scores, ids)
-
-    @staticmethod
-    def _plan(n_ok: int, n: int, ef: int, exact: bool, filtered: bool) -> str:
-        """Exact scan when the filter is so selective that scanning the allowed rows is cheaper
-        than a traversal, or below the share where the traversal keeps its recall."""
-        if exact or n == 0:
-            return "exact"
-        if filtered:
-            if n_ok <= ef * _EXACT_ROWS_PER_EF or n_ok < _MIN_TRAVERSAL_SHARE * n:
-                return "exact"
-            return "filtered-traversal"
-        return "traversal"
+        return dist, pos, info
 
     def _exact(self, q, k, words, n):
         X, aux = self._float.view()

@@ -19,9 +19,11 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     async def create_collection(name: str, request: Request):
         t = time.perf_counter()
         body = await parse(request, s.CreateCollection)
+        vectors = ({n: f.model_dump() for n, f in body.vectors.items()}
+                   if body.vectors is not None else None)
         col = await run(database().create_collection, name, body.dim, body.metric, body.index,
-                        ef_construction=body.ef_construction, segment_size=body.segment_size,
-                        fsync=body.fsync)
+                        vectors=vectors, ef_construction=body.ef_construction,
+                        segment_size=body.segment_size, fsync=body.fsync)
         return ok(col.info(), t)
 
     @app.get("/collections", tags=TAGS)

@@ -8,7 +8,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 
 from ...engine.errors import CorruptData, InvalidArgument
-from ...engine.wal import decode_batch
+from ...engine.frame import decode_batch
+from ...engine.points import unpack_fields, upsert_columns
 from .. import schemas as s
 from ..context import JSON, ServerContext, body_doc, ok, parse
 
@@ -27,11 +28,12 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                 batch = decode_batch(await request.body())
             except (CorruptData, ValueError, KeyError, TypeError) as exc:
                 raise InvalidArgument(f"body: malformed {s.BINARY_POINTS} frame ({exc})") from None
-            if "" not in batch.vectors:
+            if not batch.vectors:
                 raise InvalidArgument("body: the frame holds no vectors")
             ids = batch.ids.tolist() if isinstance(batch.ids, np.ndarray) else batch.ids
             check_batch(len(ids), "points")
-            seq = await run(col.upsert, ids, batch.vectors[""], batch.payloads)
+            fields = unpack_fields(batch.vectors, len(ids))
+            seq = await run(col.upsert, ids, fields, batch.payloads)
         else:
             body = await parse(request, s.UpsertPoints)
             check_batch(len(body.points), "points")
@@ -39,11 +41,12 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             if not pts:  # nothing to write: the engine answers the last sequence number
                 seq = await run(col.upsert, [], [])
                 return ok({"operation_id": seq, "status": "acknowledged"}, t)
-            dims = {len(p.vector) for p in pts}
-            if len(dims) != 1:
+            if isinstance(pts[0].vector, list) and len({len(p.vector) for p in pts}) != 1:
                 raise InvalidArgument("points: vectors have different lengths")
-            seq = await run(col.upsert, [p.id for p in pts], [p.vector for p in pts],
-                            [p.payload for p in pts])
+            ids, vectors, payloads = upsert_columns(
+                None, None, None, [{"id": p.id, "vector": p.vector, "payload": p.payload}
+                                   for p in pts])
+            seq = await run(col.upsert, ids, vectors, payloads)
         return ok({"operation_id": seq, "status": "acknowledged"}, t)
 
     @app.post("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.GetPoints))

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from ...engine.errors import InvalidArgument
 from ...engine.hits import NPZ
+from ...engine.params import SearchParams
 from .. import schemas as s
 from ..context import RawBody, ServerContext, body_doc, ok, parse, parse_raw
 
@@ -27,14 +28,11 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     def _search_args(req: s.SearchRequest) -> dict:
         check_k(req.limit, "limit")
-        params = req.params.model_dump(exclude_none=True) if req.params else {}
-        if params.get("exact") is False:
-            params.pop("exact")
-        if "ef" in params:
-            check_k(params["ef"], "params.ef")
-        return {"k": req.limit, "filter": req.filter, "params": params,
+        if req.params is not None and req.params.ef is not None:
+            check_k(req.params.ef, "params.ef")
+        return {"k": req.limit, "filter": req.filter, "params": req.params,
                 "with_payload": req.with_payload, "with_vectors": req.with_vector,
-                "score_threshold": req.score_threshold}
+                "score_threshold": req.score_threshold, "using": req.using}
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
     # function with (name, body); no docstring: it would become the OpenAPI description
@@ -60,6 +58,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                               NPZ: {"schema": {"type": "string", "format": "binary"}}}}}})
     async def search_batch(name: str, request: Request, limit: int = 10, ef: int | None = None,
                            exact: bool = False, rerank: bool | None = None,
+                           nprobe: int | None = None, using: str | None = None,
                            with_payload: bool = False, score_threshold: float | None = None):
         t = time.perf_counter()
         col = database().get_collection(name)
@@ -67,21 +66,22 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             queries = _load_npy(await request.body())
             check_batch(queries.shape[0], "queries")
             check_k(limit, "limit")
-            params = {k: v for k, v in (("ef", ef), ("rerank", rerank)) if v is not None}
-            if exact:
-                params["exact"] = True
+            params = SearchParams.parse({"ef": ef, "rerank": rerank, "nprobe": nprobe,
+                                         "exact": exact})
+            if ef is not None:
+                check_k(ef, "ef")
             if _accepts_npz(request):
                 if with_payload:
                     raise InvalidArgument(f"with_payload: the {NPZ} answer holds ids and scores "
                                           "only; ask for JSON to get payloads")
                 arrs = await run(col.search_arrays, queries, k=limit, params=params,
-                                 score_threshold=score_threshold)
+                                 score_threshold=score_threshold, using=using)
                 return Response(arrs.to_npz(), media_type=NPZ,
                                 headers={"x-quiver-time": f"{time.perf_counter() - t:.6f}"})
             if queries.shape[0] == 0:
                 return ok([], t)
             res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload,
-                            score_threshold=score_threshold)
+                            score_threshold=score_threshold, using=using)
             return ok(res, t)
         body = await parse(request, s.SearchBatch)
         check_batch(len(body.searches), "searches")
@@ -105,7 +105,10 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> t
     cover the whole group)."""
     groups: dict[bytes, list[int]] = {}
     for i, (r, a) in enumerate(zip(searches, args, strict=True)):
-        alone = len(r.vector) != col.dim  # let the engine word the error for this entry
+        try:  # a wrong length or field: let the engine word the error for this entry alone
+            alone = len(r.vector) != col.vector_field(r.using).dim
+        except InvalidArgument:
+            alone = True
         key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(searches)

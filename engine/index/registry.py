@@ -1,0 +1,132 @@
+"""The index-type table and the spec strings that build from it.
+
+``quiver.index("HNSW32,LVQ8", dim)`` parses the spec once (``engine.spec``): the first part
+names the index type, the second (optional, default F32) the codec, and later parts are
+options such as ``Refine(F32)``. A new index type is one module plus one ``register_index``
+call; segments build, train and load any registered type through this table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..codecs import codec_from_spec
+from ..errors import CorruptData, InvalidArgument
+from ..metric import Metric
+from ..persist import read_manifest
+from ..spec import SpecPart, parse_spec
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A spec split into its roles: the index part, the codec part, the option parts."""
+
+    index: SpecPart
+    codec: SpecPart
+    options: tuple[SpecPart, ...]
+
+    def refine(self) -> SpecPart | None:
+        """The codec of a ``Refine(...)`` option, if any."""
+        for part in self.options:
+            if part.family == "REFINE":
+                if len(part.args) != 1 or not isinstance(part.args[0], SpecPart):
+                    raise InvalidArgument(f"spec: Refine takes one codec, e.g. Refine(F32); got {part}")
+                return part.args[0]
+        return None
+
+
+@dataclass(frozen=True)
+class IndexType:
+    """``form``: how a spec writes it; ``kind``: the name saved indexes carry; ``build``
+    makes an empty index from the parsed spec; ``cls.load(dir)`` restores one."""
+
+    form: str
+    kind: str
+    cls: type
+    build: Callable[[ParsedSpec, int, Metric, dict[str, Any]], Any]
+    options: tuple[str, ...] = ()
+    """Spec option families (besides the codec) this type understands, e.g. REFINE."""
+
+
+INDEX_TYPES: dict[str, IndexType] = {}
+"""The one index-type table, keyed by a spec part's family (``HNSW``)."""
+
+
+def register_index(family: str, entry: IndexType) -> None:
+    INDEX_TYPES[family.upper()] = entry
+
+
+def parse_index_spec(spec: str) -> ParsedSpec:
+    """The roles of each part of ``spec``; unknown index types list what is accepted."""
+    parts = parse_spec(spec)
+    head = parts[0]
+    entry = INDEX_TYPES.get(head.family)
+    if entry is None:
+        raise InvalidArgument(f"spec: unknown index type {str(head)!r} in {spec!r}; accepted: "
+                              f"{', '.join(e.form for e in INDEX_TYPES.values())}")
+    codec = parts[1] if len(parts) > 1 else SpecPart("F", (32,), (), "F32")
+    options = tuple(parts[2:])
+    for part in options:
+        if part.family not in entry.options:
+            allowed = ", ".join(f"{o.title()}(...)" for o in entry.options) or "none"
+            raise InvalidArgument(f"spec: {head.family.title()} does not take {str(part)!r} in "
+                                  f"{spec!r}; options it accepts after the codec: {allowed}")
+    return ParsedSpec(head, codec, options)
+
+
+def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
+    """An empty index built from a spec string, e.g. ``"Flat"``, ``"Flat,F16"``,
+    ``"HNSW32,LVQ8"``. Keyword ``options`` go to the index (``ef_construction=200``)."""
+    parsed = parse_index_spec(spec)
+    metric = Metric.parse(metric)
+    codec_from_spec(parsed.codec, 1)  # names an unknown codec before the index type does
+    return INDEX_TYPES[parsed.index.family].build(parsed, dim, metric, options)
+
+
+def load_index(directory: str | os.PathLike, mmap: bool = True):
+    """Whatever index was saved in ``directory``, by the kind its manifest records."""
+    kind = read_manifest(directory, None).get("kind")
+    for entry in INDEX_TYPES.values():
+        if entry.kind == kind:
+            return entry.cls.load(directory, mmap=mmap)
+    raise CorruptData(f"{directory}: unknown index kind {kind!r}")
+
+
+def _no_numbers(part: SpecPart) -> None:
+    if part.numbers or part.args:
+        raise InvalidArgument(f"spec: {part.family.title()} takes no parameters, got {part}")
+
+
+def _build_flat(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
+    from .flat import FlatIndex
+
+    _no_numbers(parsed.index)
+    return FlatIndex(dim, metric, dtype=codec_from_spec(parsed.codec, 1).name, **options)
+
+
+def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
+    from .hnsw import HNSWIndex
+
+    head = parsed.index
+    if len(head.numbers) > 1 or head.args:
+        raise InvalidArgument(f"spec: write HNSW<M> (M links per node, e.g. HNSW16), got {head}")
+    refine = parsed.refine()
+    if refine is not None and codec_from_spec(refine, 1).name != "f32":
+        raise InvalidArgument(f"spec: HNSW re-ranks on F32 vectors; Refine({refine}) is not "
+                              f"available yet")
+    links = head.numbers[0] if head.numbers else 16
+    return HNSWIndex(dim, metric, m=links, codec=codec_from_spec(parsed.codec, 1).name, **options)
+
+
+def _register_builtin() -> None:
+    from .flat import FlatIndex
+    from .hnsw import HNSWIndex
+
+    register_index("FLAT", IndexType("Flat", "flat", FlatIndex, _build_flat))
+    register_index("HNSW", IndexType("HNSW<M>", "hnsw", HNSWIndex, _build_hnsw, ("REFINE",)))
+
+
+_register_builtin()

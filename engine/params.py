@@ -1,0 +1,95 @@
+"""Per-call search knobs, defined once for the index layer, collections, REST and the client.
+
+Knobs are passed with each search and never stored on an index, so one index serves callers
+with different speed/recall trade-offs at once. Importing this module pulls in no Numba.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from .errors import InvalidArgument
+
+
+def _positive_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or (not isinstance(value, int) and not _is_np_int(value)):
+        raise InvalidArgument(f"params.{name}: expected a positive integer, got {value!r}")
+    if value < 1:
+        raise InvalidArgument(f"params.{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _is_np_int(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu"
+
+
+def _flag(name: str, value: Any, optional: bool) -> bool | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool) and not (type(value).__module__ == "numpy"
+                                            and getattr(value, "dtype", None) is not None
+                                            and value.dtype.kind == "b"):
+        raise InvalidArgument(f"params.{name}: expected true or false, got {value!r}")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """``ef``: HNSW beam width (default max(64, k)); ``nprobe``: IVF lists to visit;
+    ``rerank``: re-score candidates on the accurate vectors (default: for lossy codecs);
+    ``exact``: scan every allowed row instead of using the index. An index ignores the knobs
+    its structure has no use for (``nprobe`` on HNSW), so one set fits every field."""
+
+    ef: int | None = None
+    nprobe: int | None = None
+    rerank: bool | None = None
+    exact: bool = False
+
+    __pydantic_config__: ClassVar[dict] = {"extra": "forbid", "strict": True}
+    """REST bodies embed this very type; unknown knobs there are a 422 naming them."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ef", _positive_int("ef", self.ef))
+        object.__setattr__(self, "nprobe", _positive_int("nprobe", self.nprobe))
+        object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
+        object.__setattr__(self, "exact", _flag("exact", self.exact, optional=False))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def parse(cls, value: SearchParams | dict | None = None, **overrides: Any) -> SearchParams:
+        """From a ``SearchParams``, a dict (REST/JSON shape) or None; ``overrides`` (e.g.
+        ``ef=64`` passed as keywords to ``index.search``) win. Unknown names are an error."""
+        if value is None:
+            base: dict[str, Any] = {}
+        elif isinstance(value, SearchParams):
+            base = asdict(value)
+        elif isinstance(value, dict):
+            base = dict(value)
+        else:
+            raise InvalidArgument(f"params: expected a dict of search parameters, got "
+                                  f"{type(value).__name__}")
+        base.update(overrides)
+        unknown = sorted(set(base) - set(cls.names()))
+        if unknown:
+            raise InvalidArgument(f"params: unknown search parameter(s) {unknown}; "
+                                  f"known: {', '.join(cls.names())}")
+        if base.get("exact") is None:
+            base.pop("exact", None)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The knobs that are set (for JSON bodies and URLs)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if not out.get("exact"):
+            out.pop("exact", None)
+        return out
+
+    def beam(self, k: int) -> int:
+        """The HNSW beam width for top-``k``: ``ef`` or max(64, k), never below k."""
+        return max(self.ef if self.ef is not None else 64, k)
