@@ -61,7 +61,9 @@ class VectorField:
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
         """From a dict (``{"dim", "metric", "index"}``) or a VectorField; checks each value,
-        and builds the index once so a bad spec fails before anything is written."""
+        and builds the index once so a bad spec fails before anything is written. ``where``
+        prefixes messages (empty for the single-vector form, whose keys are top-level)."""
+        pre = f"{where}." if where else ""
         if isinstance(value, VectorField):
             value = dict(value.__dict__)
         if not isinstance(value, dict):
@@ -72,20 +74,22 @@ class VectorField:
             raise InvalidArgument(f"{where}: unknown key(s) {unknown}; known: dim, metric, "
                                   f"index, kind")
         if "dim" not in value:
-            raise InvalidArgument(f"{where}.dim: required")
+            raise InvalidArgument(f"{pre}dim: required")
         try:
             dim = check_dim(value["dim"])
             metric = Metric.parse(value.get("metric", "cosine")).value
         except InvalidArgument as exc:
-            raise InvalidArgument(f"{where}.{exc}") from None
+            raise InvalidArgument(f"{pre}{exc}") from None
         kind = value.get("kind", "dense")
         if kind not in VECTOR_KINDS:
-            raise InvalidArgument(f"{where}.kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
+            raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")
         try:
             make_index(spec, dim, metric)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"{where}.index: {exc}") from None
+            if not where:
+                raise
+            raise InvalidArgument(f"{pre}index: {exc}") from None
         return cls(dim, metric, spec, kind)
 
 

@@ -50,7 +50,7 @@ class Database:
                       for n, f in vectors.items()}
         else:
             fields = {DEFAULT_FIELD: VectorField.parse(
-                {"dim": dim, "metric": metric, "index": index}, "vector")}
+                {"dim": dim, "metric": metric, "index": index}, "")}
         if fsync not in ("batch", "always", "never"):
             raise InvalidArgument(f"fsync: {fsync!r}, expected 'batch', 'always' or 'never'")
         if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:

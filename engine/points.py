@@ -130,9 +130,7 @@ def unpack_fields(arrays: dict[str, np.ndarray], n: int) -> FieldBatch:
                 raise InvalidArgument(f"vectors: {name!r} has no field {name.split('#', 1)[0]!r}")
             continue
         rows = arrays.get(name + _ROWS)
-        if rows is not None:
+        if rows is not None:  # (without rows, shapes are the collection's to judge)
             rows = check_rows(rows, len(x), n, f"vectors[{name!r}]")
-        elif np.ndim(x) != 2 or len(x) != n:
-            raise InvalidArgument(f"vectors[{name!r}]: got {len(x)} vectors for {n} points")
         out[name] = (x, rows)
     return out

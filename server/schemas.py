@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..engine.params import SearchParams
 
@@ -55,6 +55,13 @@ class CreateCollection(_Strict):
     index: str = IndexSpec
     vectors: dict[str, VectorParams] | None = Field(
         None, description='Named vector fields instead of dim: {"text": {"dim": 384}, ...}.')
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CreateCollection:
+        if (self.dim is None) == (self.vectors is None):
+            raise ValueError("pass dim (one unnamed vector) or vectors (named fields)"
+                             + (", not both" if self.dim is not None else ""))
+        return self
     ef_construction: int = Field(200, ge=1, le=4096)
     segment_size: int = Field(50_000, ge=1, le=10_000_000)
     fsync: Literal["batch", "always", "never"] = "batch"

@@ -11,6 +11,8 @@ from ..bitset import Bitset
 from ..errors import InvalidArgument
 from ..idmap import IdMap
 from ..metric import Metric
+from ..params import SearchParams
+from ..validation import as_queries, check_k, normalize_rows
 
 
 @runtime_checkable
@@ -55,6 +57,20 @@ def resolve_allowed(allowed, idmap: IdMap, n: int) -> Bitset | None:
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise InvalidArgument(f"allowed: ids must be integers, got {ids.dtype}")
     return Bitset.from_positions(idmap.positions(ids, missing="skip"), n)
+
+
+def search_by_ids(index, queries, k, allowed, params, explain: bool, knobs: dict, rows: int):
+    """The public ``search`` of every index: validate once, search positions, translate to
+    external ids once. ``rows``: the index's row count (deleted rows included)."""
+    p = SearchParams.parse(params, **knobs)
+    k = check_k(k)
+    q, single = as_queries(queries, index.dim)
+    if index.metric is Metric.COSINE:
+        q = normalize_rows(q)
+    bits = resolve_allowed(allowed, index._idmap, rows)
+    dist, pos, info = index.search_positions(q, k, bits, p)
+    scores, ids = finish_results(index.metric, dist, pos, index._ids, single)
+    return (scores, ids, info) if explain else (scores, ids)
 
 
 def scores_from_distances(metric: Metric, dist: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ from ..idmap import IdMap
 from ..metric import Metric
 from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
-from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
+from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
-from .base import finish_results, resolve_allowed
+from .base import search_by_ids
 
 _BLAS_MIN_QUERIES = 16
 """From this batch size on, a float scan goes through BLAS matrix products in row blocks."""
@@ -123,15 +123,7 @@ class FlatIndex:
         """Top-k for one query (1-D, returns 1-D arrays) or a batch (2-D, returns 2-D).
         ``params``/``knobs``: ``SearchParams`` (an exact index uses none of them). With
         ``explain`` a third value is the plan."""
-        p = SearchParams.parse(params, **knobs)
-        k = check_k(k)
-        q, single = as_queries(queries, self.dim)
-        if self.metric is Metric.COSINE:
-            q = normalize_rows(q)
-        bits = resolve_allowed(allowed, self._idmap, self._store.n)
-        dist, pos, info = self.search_positions(q, k, bits, p)
-        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
-        return (scores, ids, info) if explain else (scores, ids)
+        return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._store.n)
 
     def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
                        filtered: bool) -> dict[str, float]:

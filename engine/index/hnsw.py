@@ -20,9 +20,9 @@ from ..idmap import IdMap
 from ..metric import Metric
 from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
-from ..validation import as_ids, as_queries, as_vectors, check_dim, check_k, normalize_rows
+from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
-from .base import finish_results, resolve_allowed
+from .base import search_by_ids
 
 _BATCH_SHARE = 0.02
 """A build batch holds at most this share of the nodes already in the graph (nodes of one
@@ -308,15 +308,7 @@ class HNSWIndex:
         max(64, k)), ``rerank`` re-score on float vectors (default for lossy codecs),
         ``exact`` scan instead of traversing. ``allowed``: ids or a Bitset the results must
         come from. With ``explain`` a third value is the planner's choice and estimates."""
-        p = SearchParams.parse(params, **knobs)
-        k = check_k(k)
-        q, single = as_queries(queries, self.dim)
-        if self.metric is Metric.COSINE:
-            q = normalize_rows(q)
-        bits = resolve_allowed(allowed, self._idmap, self._float.n)
-        dist, pos, info = self.search_positions(q, k, bits, p)
-        scores, ids = finish_results(self.metric, dist, pos, self._ids, single)
-        return (scores, ids, info) if explain else (scores, ids)
+        return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._float.n)
 
     def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
                        filtered: bool) -> dict[str, float]:
