@@ -77,7 +77,7 @@ def test_registries_build_every_entry():
     for spec in ("Flat", "Flat,F16", "Flat,Flat", "HNSW8", "HNSW8,F16", "HNSW8,SQ8",
                  "HNSW12,LVQ8", "HNSW8,LVQ8,Refine(F32)", "hnsw8,flat"):
         idx = quiver.index(spec, dim=8, metric="l2")
-        assert idx.needs_training in (False, True)
+        assert isinstance(idx, quiver.Index) and idx.needs_training in (False, True)
         if idx.needs_training:
             idx.train(x)
             assert not idx.needs_training

@@ -17,18 +17,33 @@ from ..validation import as_queries, check_k, normalize_rows
 
 @runtime_checkable
 class Index(Protocol):
-    """train / add / search / remove / save / load. Search parameters are per call."""
+    """What every registered index type implements. Search parameters are per call
+    (``SearchParams``); ``search_positions`` and ``strategy_costs`` are the collection's and
+    the planner's side of the same search."""
 
     dim: int
     metric: Metric
+
+    @property
+    def needs_training(self) -> bool: ...
 
     def train(self, x: Any) -> None: ...
 
     def add(self, x: Any, ids: Any = None) -> np.ndarray: ...
 
-    def search(self, queries: Any, k: int, **params: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(self, queries: Any, k: int, allowed: Any = None, params: Any = None,
+               explain: bool = False, **knobs: Any) -> tuple: ...
+
+    def search_positions(self, q: np.ndarray, k: int, bits: Bitset | None,
+                         params: SearchParams, plan: Any = None,
+                         filtered: bool | None = None) -> tuple: ...
+
+    def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
+                       filtered: bool) -> dict[str, float]: ...
 
     def remove(self, ids: Any) -> int: ...
+
+    def memory_usage(self) -> dict[str, int]: ...
 
     def save(self, directory: str | os.PathLike) -> None: ...
 
