@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import tarfile
 import threading
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-from .errors import CorruptData, InvalidArgument, NotFound
+from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
 from .filters import Filter, normalize_id, parse_filter
 from .frame import decode_batch, encode_batch
 from .hits import SearchArrays
@@ -30,8 +30,8 @@ from .index.registry import index as make_index
 from .index.registry import parse_index_spec
 from .metric import Metric
 from .params import SearchParams
-from .payload import canonical_payload
-from .persist import FORMAT_VERSION, atomic_write_bytes, fsync_dir
+from .payload import canonical_payload, split_key
+from .persist import read_metadata, write_metadata
 from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, unpack_fields
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
@@ -40,6 +40,7 @@ from .validation import as_vectors, check_dim, check_k, check_threshold, normali
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
 log = logging.getLogger(__name__)
+_SEG_DIR = re.compile(r"^seg-\d{6,}$")
 
 _MAX_RESERVED_ROWS = 1_000_000
 """Rows an appendable segment reserves up front (virtual memory until written)."""
@@ -105,21 +106,28 @@ class CollectionConfig:
     fsync: str = "batch"
     payload_indexes: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> bytes:
-        body = {**self.__dict__, "vectors": {n: f.__dict__ for n, f in self.vectors.items()}}
-        return orjson.dumps({"format_version": FORMAT_VERSION, **body})
+    def save(self, path: Path) -> None:
+        """Checksummed and atomic (``persist.write_metadata``)."""
+        write_metadata(path, {**self.__dict__, "vectors": {n: dict(f.__dict__)
+                                                           for n, f in self.vectors.items()}})
 
     @classmethod
-    def from_json(cls, raw: bytes, path: Path) -> CollectionConfig:
+    def load(cls, path: Path) -> CollectionConfig:
+        obj = read_metadata(path)
         try:
-            obj = orjson.loads(raw)
             obj.pop("format_version", None)
             if "vectors" not in obj:  # written before named fields: one unnamed field
                 obj["vectors"] = {DEFAULT_FIELD: {k: obj.pop(k) for k in ("dim", "metric", "index")
                                                   if k in obj}}
             obj["vectors"] = {n: VectorField(**f) for n, f in obj["vectors"].items()}
-            return cls(**obj)
-        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+            config = cls(**obj)
+            for n, f in config.vectors.items():  # values a checksum cannot judge
+                if not isinstance(f.dim, int) or f.dim < 1 or f.kind not in VECTOR_KINDS:
+                    raise ValueError(f"field {n!r}: {f.__dict__}")
+                Metric.parse(f.metric)
+                parse_index_spec(f.index)
+            return config
+        except (TypeError, AttributeError, ValueError) as exc:
             raise CorruptData(f"{path}: invalid collection config ({exc})") from None
 
 
@@ -148,9 +156,12 @@ def _ndim(x: Any, field: str) -> int:
 class Collection:
     """Use ``Database.create_collection`` / ``get_collection`` rather than this constructor."""
 
-    def __init__(self, path: Path, config: CollectionConfig, name: str, optimizer: bool = True):
+    def __init__(self, path: Path, config: CollectionConfig, name: str, optimizer: bool = True,
+                 *, read_only: bool = False, on_corrupt: str = "raise"):
         self.path = path
         self.name = name
+        self.read_only = read_only
+        self._on_corrupt = on_corrupt
         self.config = config
         self.fields = dict(config.vectors)
         self._metrics = {n: Metric.parse(f.metric) for n, f in self.fields.items()}
@@ -163,13 +174,15 @@ class Collection:
         self._checkpoint_seq = 0
         self._next_segment = 1
         self._closed = False
+        self._unsealed: list[tuple[Segment, int]] = []
+        self._wal: WAL | None = None
         self._open()
         self._wake = threading.Event()
         self._optimizer: threading.Thread | None = None
         self._optimizer_error: BaseException | None = None
         self._idle = threading.Event()
         self._idle.set()
-        if optimizer:
+        if optimizer and not read_only:
             self._optimizer = threading.Thread(target=self._optimize_loop, daemon=True,
                                                name=f"quiver-optimizer-{name}")
             self._optimizer.start()
@@ -177,24 +190,12 @@ class Collection:
     # --- open / replay ---------------------------------------------------------------
 
     def _open(self) -> None:
+        """Load the manifest's segments and replay the log after its checkpoint. Nothing is
+        deleted until all of it has succeeded: a damaged store raises naming the file."""
         seg_root = self.path / "segments"
-        seg_root.mkdir(parents=True, exist_ok=True)
-        manifest_path = self.path / "manifest.json"
-        entries = []
-        if manifest_path.exists():
-            try:
-                manifest = orjson.loads(manifest_path.read_bytes())
-            except orjson.JSONDecodeError as exc:
-                raise CorruptData(f"{manifest_path}: not valid JSON ({exc})") from None
-            if manifest.get("format_version") != FORMAT_VERSION:
-                raise CorruptData(f"{manifest_path}: format version {manifest.get('format_version')!r}")
-            self._checkpoint_seq = int(manifest["checkpoint_seq"])
-            self._next_segment = int(manifest["next_segment"])
-            entries = manifest["segments"]
-        known = {e["dir"] for e in entries}
-        for d in seg_root.iterdir():  # builds interrupted by a crash
-            if d.name not in known:
-                shutil.rmtree(d, ignore_errors=True)
+        if not self.read_only:
+            seg_root.mkdir(parents=True, exist_ok=True)
+        entries = self._read_manifest(seg_root)
         for e in entries:
             seg = Segment.load(seg_root / e["dir"], e.get("deleted"), e.get("deleted_crc"))
             seg.deleted_file, seg.deleted_crc = e.get("deleted"), e.get("deleted_crc")
@@ -206,12 +207,15 @@ class Collection:
                 self._locator[seg.ext_ids[pos]] = (seg, pos)
         self._appendable = self._new_appendable()
         self._segments.append(self._appendable)
-        self._wal = WAL(self.path / "wal", fsync=self.config.fsync, start_seq=self._checkpoint_seq + 1)
+        self._last_seq = self._checkpoint_seq
+        if self.read_only:  # the sealed state only: opening the log may truncate its tail
+            return
+        self._wal = WAL(self.path / "wal", fsync=self.config.fsync,
+                        start_seq=self._checkpoint_seq + 1, on_corrupt=self._on_corrupt)
         if self._wal.repair is not None:
             log.warning("collection %s: %s", self.name, self._wal.repair)
-        self._last_seq = self._checkpoint_seq
         for rec in self._wal.replay(after_seq=self._checkpoint_seq):
-            batch = decode_batch(rec.body)
+            batch = decode_batch(rec.body, legacy=True)
             ids = [normalize_id(i) for i in (batch.ids.tolist() if isinstance(batch.ids, np.ndarray)
                                              else batch.ids)]
             if rec.op == OP_UPSERT:
@@ -221,7 +225,43 @@ class Collection:
                 self._apply_delete(ids)
             self._last_seq = rec.seq
         self._last_seq = max(self._last_seq, self._wal.last_seq)
+        self._remove_leftovers(seg_root, {e["dir"] for e in entries})
 
+    def _read_manifest(self, seg_root: Path) -> list[dict]:
+        """The checkpoint's segment entries (checked); none for a collection never sealed."""
+        path = self.path / "manifest.json"
+        if not path.exists():
+            found = sorted(d.name for d in seg_root.iterdir()) if seg_root.is_dir() else []
+            if found:
+                raise CorruptData(
+                    f"{path}: missing, but {seg_root} holds {len(found)} segment "
+                    f"director{'y' if len(found) == 1 else 'ies'} ({', '.join(found[:3])}"
+                    f"{', ...' if len(found) > 3 else ''}); nothing was deleted. "
+                    f"`quiver repair {self.path.parent.parent}` reports what can be recovered")
+            return []
+        manifest = read_metadata(path)
+        try:
+            self._checkpoint_seq = int(manifest["checkpoint_seq"])
+            self._next_segment = int(manifest["next_segment"])
+            entries = list(manifest["segments"])
+            for e in entries:
+                if not isinstance(e, dict) or not _SEG_DIR.match(str(e.get("dir"))):
+                    raise ValueError(f"bad segment entry {e!r:.80}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"{path}: malformed ({exc})") from None
+        return entries
+
+    def _remove_leftovers(self, seg_root: Path, known: set[str]) -> None:
+        """Segment directories no checkpoint names (builds a crash interrupted, sources of a
+        merge whose removal it cut short) and temporary files: only once the open has fully
+        succeeded, so a damaged manifest can never make Quiver delete data."""
+        for d in seg_root.iterdir():
+            if d.name not in known:
+                log.warning("collection %s: removing %s (not in the manifest: an interrupted "
+                            "build or merge)", self.name, d)
+                shutil.rmtree(d, ignore_errors=True)
+        for tmp in self.path.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
     # --- fields ------------------------------------------------------------------------
 
     @property
@@ -287,6 +327,11 @@ class Collection:
         if self._closed:
             raise InvalidArgument(f"collection {self.name!r} is closed")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnly(f"collection {self.name!r}: opened read-only")
+
     def _validate_points(self, ids, vectors, payloads) -> tuple[list, FieldBatch, list]:
         if isinstance(ids, (str, int, np.integer)):
             raise InvalidArgument("ids: expected a list of ids, got a single value")
@@ -348,7 +393,7 @@ class Collection:
         """Insert or replace points: columnar (``ids``, ``vectors``, ``payloads``) or
         ``points=[{"id", "vector", "payload"}, ...]``. Returns the WAL sequence number once
         the batch is durable."""
-        self._check_open()
+        self._check_writable()
         ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
         norm, fields, pl = self._validate_points(ids, vectors, payloads)
         if not norm:
@@ -399,7 +444,7 @@ class Collection:
         """Rewrite the points' payloads as new rows with the same vectors, through the WAL
         like an upsert (so replay, versions and segment swaps need nothing new). Each batch
         of ``_PAYLOAD_BATCH`` points is one atomic record."""
-        self._check_open()
+        self._check_writable()
         flt = parse_filter(filter) if filter is not None else None
         targets = self._targets(ids, flt)
         done = 0
@@ -474,7 +519,7 @@ class Collection:
 
     def delete(self, ids=None, filter: dict | None = None) -> int:
         """Delete by ids or by filter; returns how many live points were deleted."""
-        self._check_open()
+        self._check_writable()
         if (ids is None) == (filter is None):
             raise InvalidArgument("delete: pass exactly one of ids or filter")
         norm = self._targets(ids, parse_filter(filter) if filter is not None else None)
@@ -501,26 +546,36 @@ class Collection:
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         """Index a payload field (keyword, integer, float, bool, datetime) in every segment."""
-        self._check_open()
+        self._check_writable()
         if not isinstance(field_name, str) or not field_name:
             raise InvalidArgument("field: expected a non-empty string")
         if field_type not in PAYLOAD_INDEX_TYPES:
             raise InvalidArgument(
                 f"type: {field_type!r} is not one of {', '.join(PAYLOAD_INDEX_TYPES)}")
+        try:  # everything that can reject it, before anything is persisted
+            split_key(field_name)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"field_name: {exc}") from None
         with self._write_lock, self._lock:
-            self.config.payload_indexes[field_name] = field_type
-            atomic_write_bytes(self.path / "config.json", self.config.to_json())
             for seg in self._segments:
                 seg.payloads.create_index(field_name, field_type)
+            self._save_config({**self.config.payload_indexes, field_name: field_type})
 
     def delete_payload_index(self, field_name: str) -> None:
-        self._check_open()
+        self._check_writable()
         with self._write_lock, self._lock:
-            if self.config.payload_indexes.pop(field_name, None) is None:
+            if field_name not in self.config.payload_indexes:
                 raise NotFound(f"field: no payload index on {field_name!r}")
-            atomic_write_bytes(self.path / "config.json", self.config.to_json())
+            self._save_config({k: v for k, v in self.config.payload_indexes.items()
+                               if k != field_name})
             for seg in self._segments:
                 seg.payloads.drop_index(field_name)
+
+    def _save_config(self, payload_indexes: dict[str, str]) -> None:
+        """Persist a changed config, then adopt it: a failed write changes nothing."""
+        new = CollectionConfig(**{**self.config.__dict__, "payload_indexes": payload_indexes})
+        new.save(self.path / "config.json")
+        self.config = new
 
     # --- reads -----------------------------------------------------------------------
 
@@ -729,26 +784,36 @@ class Collection:
     # --- optimizer -------------------------------------------------------------------
 
     def _optimize_loop(self) -> None:
+        failures, retry_at = 0, 0.0
         while not self._closed:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             if self._closed:
                 break
+            if time.monotonic() < retry_at:  # after a failure (a full disk), back off
+                continue
             try:
                 self._idle.clear()
                 self.optimize_once()
+                failures, self._optimizer_error = 0, None
             except Exception as exc:  # keep serving; report via info/log
                 self._optimizer_error = exc
-                log.exception("collection %s: optimizer failed", self.name)
+                failures += 1
+                retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** failures)
+                log.exception("collection %s: optimizer failed (retrying in %.1f s)", self.name,
+                              retry_at - time.monotonic())
             finally:
                 self._idle.set()
 
     def optimize_once(self, force_seal: bool = False) -> bool:
         """One optimizer step: seal, merge or vacuum; returns whether anything changed."""
         with self._opt_lock, self._lock:
+            if self._unsealed:  # frozen by a seal that failed (a full disk): retry, oldest first
+                return self._build_frozen(*self._unsealed[0])
             app = self._appendable
             if app.n and (force_seal or app.n >= self.config.segment_size):
-                return self._seal(app)
+                self._freeze(app)
+                return self._build_frozen(*self._unsealed[0])
             sealed = [s for s in self._segments if s.sealed]
             dirty = [s for s in sealed if s.n_deleted > self.config.vacuum_share * max(s.n, 1)]
             if dirty:
@@ -759,20 +824,30 @@ class Collection:
                 return self._rebuild(small[:2])
         return False
 
-    def _seal(self, frozen: Segment) -> bool:
-        # called holding self._lock: freeze, then build without it
-        frozen.frozen = True
-        seq = self._last_seq
+    def _freeze(self, app: Segment) -> None:
+        """Stop writes to ``app`` (holding the lock): a new appendable segment takes them,
+        and ``app`` waits in ``_unsealed`` with the last seq it holds until it is sealed."""
+        app.frozen = True
+        self._unsealed.append((app, self._last_seq))
         self._appendable = self._new_appendable()
         self._segments.append(self._appendable)
+
+    def _build_frozen(self, frozen: Segment, seq: int) -> bool:
+        # called holding self._lock; builds without it. A failed build (a full disk) leaves
+        # no partial directory and keeps the segment frozen and searchable for a retry; its
+        # rows stay in the log until a checkpoint covers them.
         seg_id = self._next_segment
         self._next_segment += 1
+        path = self.path / "segments" / f"seg-{seg_id:06d}"
         self._lock.release()
         try:
-            sealed = frozen.build_sealed(seg_id, self._field_specs(),
-                                         self.path / "segments" / f"seg-{seg_id:06d}")
+            sealed = frozen.build_sealed(seg_id, self._field_specs(), path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         finally:
             self._lock.acquire()
+        self._unsealed.pop(0)
         self._swap([frozen], sealed, None)
         self._checkpoint(seq)
         return True
@@ -787,6 +862,9 @@ class Collection:
             merged = _concat_live(sources, snapshot, self._field_specs())
             sealed = merged.build_sealed(seg_id, self._field_specs(),
                                          self.path / "segments" / f"seg-{seg_id:06d}")
+        except BaseException:
+            shutil.rmtree(self.path / "segments" / f"seg-{seg_id:06d}", ignore_errors=True)
+            raise
         finally:
             self._lock.acquire()
         # rows deleted in the sources while we built stay deleted in the result
@@ -840,10 +918,9 @@ class Collection:
                 s.deleted_file, s.deleted_crc = name, crc
             entries.append({"id": s.id, "dir": s.path.name, "deleted": s.deleted_file,
                             "deleted_crc": s.deleted_crc})
-        manifest = {"format_version": FORMAT_VERSION, "checkpoint_seq": seq,
-                    "next_segment": self._next_segment, "segments": entries}
-        atomic_write_bytes(self.path / "manifest.json", orjson.dumps(manifest))
-        fsync_dir(self.path)
+        write_metadata(self.path / "manifest.json", {"checkpoint_seq": seq,
+                                                     "next_segment": self._next_segment,
+                                                     "segments": entries})
         self._checkpoint_seq = seq
         for f in old_files:
             f.unlink(missing_ok=True)
@@ -851,7 +928,7 @@ class Collection:
 
     def flush(self, timeout: float = 600.0) -> None:
         """Seal the appendable segment now and wait until the optimizer is idle."""
-        self._check_open()
+        self._check_writable()
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise InvalidArgument(f"timeout: expected a positive number of seconds, got {timeout!r}")
         deadline = time.monotonic() + timeout
@@ -882,7 +959,7 @@ class Collection:
 
     def snapshot(self, directory: str | Path | None = None) -> Path:
         """A tar archive of the collection at its current acknowledged state."""
-        self._check_open()
+        self._check_writable()
         out_dir = Path(directory) if directory else self.path.parent.parent / "snapshots"
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-{self._last_seq}.tar"
@@ -891,15 +968,19 @@ class Collection:
             with self._lock:
                 self._wal.sync()
                 tmp = target.with_name(target.name + ".tmp")
-                with tarfile.open(tmp, "w") as tar:
-                    for name in ("config.json", "manifest.json"):
-                        if (self.path / name).exists():
-                            tar.add(self.path / name, arcname=name)
-                    for s in self._segments:
-                        if s.sealed:
-                            tar.add(s.path, arcname=f"segments/{s.path.name}")
-                    tar.add(self.path / "wal", arcname="wal")
-                tmp.replace(target)
+                try:
+                    with tarfile.open(tmp, "w") as tar:
+                        for name in ("config.json", "manifest.json"):
+                            if (self.path / name).exists():
+                                tar.add(self.path / name, arcname=name)
+                        for s in self._segments:
+                            if s.sealed:
+                                tar.add(s.path, arcname=f"segments/{s.path.name}")
+                        tar.add(self.path / "wal", arcname="wal")
+                    tmp.replace(target)
+                except BaseException:  # a full disk: no half-written archive eats the space
+                    tmp.unlink(missing_ok=True)
+                    raise
         return target
 
     def close(self) -> None:
@@ -909,7 +990,8 @@ class Collection:
         self._wake.set()
         if self._optimizer is not None:
             self._optimizer.join(timeout=600)
-        self._wal.close()
+        if self._wal is not None:
+            self._wal.close()
 
     def __enter__(self) -> Collection:
         return self

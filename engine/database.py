@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tarfile
@@ -9,22 +10,58 @@ import threading
 from pathlib import Path
 
 from .collection import Collection, CollectionConfig, VectorField
-from .errors import AlreadyExists, InvalidArgument, NotFound
-from .persist import atomic_write_bytes
+from .errors import AlreadyExists, InvalidArgument, NotFound, QuiverError, ReadOnly
+from .lock import DirectoryLock
+from .persist import fsync_dir
 from .points import DEFAULT_FIELD, check_field_name
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Database:
-    """``quiver.connect(path)``: collections live in ``path/collections/<name>/``."""
+    """``quiver.connect(path)``: collections live in ``path/collections/<name>/``.
 
-    def __init__(self, path: str | Path, optimizer: bool = True):
+    The directory is held with an OS lock while the Database is open: one writer at a time
+    (a second opener gets ``DirectoryLocked`` naming the holder's pid). ``read_only=True``
+    shares the lock with other read-only openers, is refused while a writer holds it, and
+    serves reads of the sealed state (the write-ahead log tail is not replayed: that would
+    take the writer's lock). ``on_corrupt="truncate"`` opens collections whose log has a
+    damaged record by cutting the log there (what ``quiver repair`` reports first)."""
+
+    def __init__(self, path: str | Path, optimizer: bool = True, *, read_only: bool = False,
+                 on_corrupt: str = "raise"):
         self.path = Path(path)
-        (self.path / "collections").mkdir(parents=True, exist_ok=True)
-        self._optimizer = optimizer
+        if on_corrupt not in ("raise", "truncate"):
+            raise InvalidArgument(f"on_corrupt: {on_corrupt!r}, expected 'raise' or 'truncate'")
+        if read_only:
+            if not (self.path / "collections").is_dir():
+                raise NotFound(f"{self.path}: no Quiver data directory here to open read-only")
+        else:
+            (self.path / "collections").mkdir(parents=True, exist_ok=True)
+        self._dir_lock = DirectoryLock(self.path, shared=read_only)
+        self.read_only = read_only
+        if not read_only:
+            self._remove_temporaries()
+        self._on_corrupt = on_corrupt
+        self._optimizer = optimizer and not read_only
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
+
+    def _remove_temporaries(self) -> None:
+        """Half-written snapshot archives and restores a crash (or a full disk) left behind:
+        never data, only space. Collections clean their own."""
+        for tmp in [*(self.path / "snapshots").glob("**/*.tar.tmp"),
+                    *(self.path / "snapshots").glob(".upload-*.tar")]:
+            log.warning("removing %s (an interrupted snapshot or upload)", tmp)
+            tmp.unlink(missing_ok=True)
+        for d in (self.path / "collections").glob("*.restoring"):
+            log.warning("removing %s (an interrupted snapshot restore)", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly(f"{self.path}: opened read-only")
 
     def _dir(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -40,6 +77,7 @@ class Database:
         such as "HNSW16,F32", "HNSW16,LVQ8", "Flat"), or with named vector fields:
         ``vectors={"text": {"dim": 384, "metric": "cosine", "index": "HNSW16,F32"}, ...}``."""
         d = self._dir(name)
+        self._check_writable()
         if (dim is None) == (vectors is None):
             raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both"
                                   if dim is not None else "dim or vectors: one is required")
@@ -67,7 +105,7 @@ class Database:
             d.mkdir(parents=True, exist_ok=True)
             config = CollectionConfig(vectors=fields, ef_construction=ef_construction,
                                       segment_size=segment_size, fsync=fsync)
-            atomic_write_bytes(d / "config.json", config.to_json())
+            config.save(d / "config.json")
             return self._get(name)
 
     def _get(self, name: str) -> Collection:
@@ -76,8 +114,9 @@ class Database:
             d = self._dir(name)
             if not (d / "config.json").exists():
                 raise NotFound(f"collection {name!r} does not exist")
-            config = CollectionConfig.from_json((d / "config.json").read_bytes(), d / "config.json")
-            col = Collection(d, config, name, optimizer=self._optimizer)
+            config = CollectionConfig.load(d / "config.json")
+            col = Collection(d, config, name, optimizer=self._optimizer,
+                             read_only=self.read_only, on_corrupt=self._on_corrupt)
             self._open[name] = col
         return col
 
@@ -87,10 +126,12 @@ class Database:
 
     def list_collections(self) -> list[str]:
         root = self.path / "collections"
-        return sorted(p.name for p in root.iterdir() if (p / "config.json").exists())
+        return sorted(p.name for p in root.iterdir()
+                      if _NAME.match(p.name) and (p / "config.json").exists())
 
     def drop_collection(self, name: str) -> None:
         d = self._dir(name)
+        self._check_writable()
         with self._lock:
             if not (d / "config.json").exists():
                 raise NotFound(f"collection {name!r} does not exist")
@@ -102,6 +143,7 @@ class Database:
     def restore_snapshot(self, snapshot: str | Path, name: str) -> Collection:
         """Create collection ``name`` from a snapshot archive (it must not exist yet)."""
         d = self._dir(name)
+        self._check_writable()
         with self._lock:
             if d.exists():
                 raise AlreadyExists(f"name: collection {name!r} already exists")
@@ -110,13 +152,19 @@ class Database:
             try:
                 with tarfile.open(snapshot) as tar:
                     tar.extractall(tmp, filter="data")
-            except (tarfile.TarError, OSError) as exc:
+                if not (tmp / "config.json").exists():
+                    raise InvalidArgument(f"snapshot: {snapshot} is not a Quiver collection snapshot")
+                # open it where it lies first: a damaged archive must not become a collection
+                Collection(tmp, CollectionConfig.load(tmp / "config.json"), name,
+                           optimizer=False).close()
+            except (tarfile.TarError, OSError, QuiverError) as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise InvalidArgument(f"snapshot: cannot read {snapshot} ({exc})") from None
-            if not (tmp / "config.json").exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise InvalidArgument(f"snapshot: {snapshot} is not a Quiver collection snapshot")
+                if isinstance(exc, InvalidArgument):
+                    raise
+                raise InvalidArgument(f"snapshot: cannot restore {Path(snapshot).name} "
+                                      f"({exc})") from None
             tmp.rename(d)
+            fsync_dir(d.parent)
             return self._get(name)
 
     def close(self) -> None:
@@ -124,6 +172,7 @@ class Database:
             for col in self._open.values():
                 col.close()
             self._open.clear()
+            self._dir_lock.release()
 
     def __enter__(self) -> Database:
         return self
@@ -132,6 +181,7 @@ class Database:
         self.close()
 
 
-def connect(path: str | Path = "./quiver-data", optimizer: bool = True) -> Database:
-    """Open (creating if needed) the embedded database at ``path``."""
-    return Database(path, optimizer=optimizer)
+def connect(path: str | Path = "./quiver-data", optimizer: bool = True, *,
+            read_only: bool = False, on_corrupt: str = "raise") -> Database:
+    """Open (creating if needed) the embedded database at ``path``; see ``Database``."""
+    return Database(path, optimizer=optimizer, read_only=read_only, on_corrupt=on_corrupt)

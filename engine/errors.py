@@ -26,3 +26,11 @@ class CorruptData(QuiverError):
 
 class AlreadyExists(InvalidArgument):
     """Creating something that exists (a collection name, a restored snapshot's target)."""
+
+
+class DirectoryLocked(QuiverError):
+    """Another process holds the data directory (one writer at a time)."""
+
+
+class ReadOnly(InvalidArgument):
+    """A write to a database opened with ``read_only=True``."""

@@ -1,5 +1,10 @@
-"""The binary batch frame: points as ``u8 version | u32 header length | JSON header | raw
-little-endian arrays (8-byte aligned)``.
+"""The binary batch frame: points as ``u8 version | u32 header length | u32 crc32 | JSON
+header | raw little-endian arrays (each 8-byte aligned from the frame's start)``.
+
+The crc32 covers the header length and every byte after the crc, so a flipped, truncated or
+extended frame is refused before anything is written. Version 1 frames (no crc) are what
+write-ahead logs written before it hold; they are read only from the log, whose records
+carry their own crc.
 
 One format for the write-ahead log's bodies, binary REST upserts and the client, so a batch
 is encoded once by whoever has it and never converted on the way to disk. Importing this
@@ -9,6 +14,7 @@ module pulls in no Numba (the HTTP client uses it).
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -17,7 +23,10 @@ import orjson
 
 from .errors import CorruptData, InvalidArgument
 
-_BATCH_VERSION = 1
+_BATCH_VERSION = 2
+_LEGACY_VERSION = 1
+_PREFIX = struct.Struct("<BII")  # version, header length, crc32
+_LEGACY_PREFIX = struct.Struct("<BI")
 
 
 class Batch(NamedTuple):
@@ -35,8 +44,8 @@ def _pad8(n: int) -> int:
 def encode_batch(ids: Sequence[int | str] | np.ndarray,
                  vectors: np.ndarray | Mapping[str, np.ndarray] | None = None,
                  payloads: Sequence[dict | None] | None = None) -> bytes:
-    """Compact body for a batch of points: ``u8 version | u32 header length | JSON header |
-    pad | raw arrays``, each array 8-byte aligned. Integer ids travel as raw uint64, UUIDs and
+    """Compact body for a batch of points: ``u8 version | u32 header length | u32 crc32 |
+    JSON header | pad | raw arrays``, each array 8-byte aligned. Integer ids travel as raw uint64, UUIDs and
     payloads as orjson. Vectors may be one matrix (named "") or a name -> array mapping (e.g.
     multi-vector token rows plus offsets); any numeric dtype and shape round-trips."""
     arrays: dict[str, np.ndarray] = {}
@@ -78,24 +87,36 @@ def encode_batch(ids: Sequence[int | str] | np.ndarray,
         head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError as exc:
         raise InvalidArgument(f"payloads: not JSON-serialisable ({exc})") from None
-    out = [struct.pack("<BI", _BATCH_VERSION, len(head)), head]
-    size = 5 + len(head)
+    out = [head]
+    size = _PREFIX.size + len(head)
     for b in blobs:
         out.append(b"\0" * _pad8(size))
         size += _pad8(size)
         out.append(b)
         size += len(b)
-    return b"".join(out)
+    rest = b"".join(out)
+    hlen = struct.pack("<I", len(head))
+    return _PREFIX.pack(_BATCH_VERSION, len(head), zlib.crc32(rest, zlib.crc32(hlen))) + rest
 
 
-def decode_batch(body: bytes | memoryview) -> Batch:
-    """Inverse of ``encode_batch``; raises ``CorruptData`` on a malformed body."""
+def decode_batch(body: bytes | memoryview, legacy: bool = False) -> Batch:
+    """Inverse of ``encode_batch``; raises ``CorruptData`` on a malformed body or a failed
+    checksum. ``legacy`` also reads unchecked version 1 frames (write-ahead log replay)."""
     try:
-        version, hlen = struct.unpack_from("<BI", body, 0)
-        if version != _BATCH_VERSION:
-            raise CorruptData(f"batch body: version {version}, this Quiver reads {_BATCH_VERSION}")
-        header = orjson.loads(bytes(body[5:5 + hlen]))
-        off = 5 + hlen
+        version = body[0] if len(body) else None
+        if version == _BATCH_VERSION:
+            _, hlen, crc = _PREFIX.unpack_from(body, 0)
+            start = _PREFIX.size
+            if zlib.crc32(memoryview(body)[start:], zlib.crc32(struct.pack("<I", hlen))) != crc:
+                raise CorruptData("batch body: checksum mismatch (damaged or truncated frame)")
+        elif version == _LEGACY_VERSION and legacy:
+            _, hlen = _LEGACY_PREFIX.unpack_from(body, 0)
+            start = _LEGACY_PREFIX.size
+        else:
+            raise CorruptData(f"batch body: frame version {version}, this Quiver reads "
+                              f"{_BATCH_VERSION}")
+        header = orjson.loads(bytes(body[start:start + hlen]))
+        off = start + hlen
 
         def take(dtype: str, shape: list[int]) -> np.ndarray:
             nonlocal off
@@ -110,6 +131,13 @@ def decode_batch(body: bytes | memoryview) -> Batch:
 
         ids = header["ids"] if header["ids"] is not None else take("<u8", [header["n"]])
         vectors = {a["name"]: take(a["dtype"], a["shape"]) for a in header["arrays"]}
-    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if off != len(body):
+            raise CorruptData(f"batch body: {len(body) - off} bytes after the last array")
+        payloads = header["payloads"]
+        n = len(ids)
+        if n != header["n"] or (payloads is not None and len(payloads) != n):
+            raise CorruptData("batch body: id and payload counts disagree with the header")
+    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError,
+            IndexError) as exc:
         raise CorruptData(f"batch body: malformed ({exc})") from None
-    return Batch(ids, vectors, header["payloads"])
+    return Batch(ids, vectors, payloads)

@@ -50,6 +50,15 @@ def canonical_payload(obj: Any, path: str = "payload") -> dict:
     return _canon(obj, path)
 
 
+def _check_key(k: str, path: str) -> None:
+    """Filters and payload selectors address keys by dotted path (``a.b`` is key b inside
+    a; ``a[]`` the elements of list a): a key that path syntax cannot name is refused rather
+    than stored where no filter could ever match it."""
+    if not k or "." in k or k.endswith("[]"):
+        raise InvalidArgument(f"{path}: key {k!r} cannot be used in filters (keys must be "
+                              f"non-empty, without '.' or a trailing '[]'; nest objects instead)")
+
+
 def _canon(v: Any, path: str) -> Any:
     if type(v) is dict:  # fast path: plain JSON values need no conversion, paths stay unbuilt
         out = {}
@@ -57,11 +66,13 @@ def _canon(v: Any, path: str) -> Any:
             tx = type(x)
             if type(k) is str and (x is None or tx is str or tx is bool
                                    or (tx is int and INT64_MIN <= x <= INT64_MAX)
-                                   or (tx is float and math.isfinite(x))):
+                                   or (tx is float and math.isfinite(x))) \
+                    and "." not in k and k and not k.endswith("[]"):
                 out[k] = x
             else:
                 if not isinstance(k, str):
                     raise InvalidArgument(f"{path}: key {k!r} is not a string")
+                _check_key(k, path)
                 out[k] = _canon(x, f"{path}.{k}")
         return out
     if v is None or isinstance(v, (str, bool)):
@@ -83,6 +94,7 @@ def _canon(v: Any, path: str) -> Any:
         for k, x in v.items():
             if not isinstance(k, str):
                 raise InvalidArgument(f"{path}: key {k!r} is not a string")
+            _check_key(k, path)
             out[k] = _canon(x, f"{path}.{k}")
         return out
     if isinstance(v, (list, tuple)):

@@ -32,12 +32,57 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write under a temporary name, fsync, rename over ``path``, fsync the directory; a
+    failure (a full disk) leaves the old file and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+METADATA_VERSION = 2
+"""Version of checksummed metadata files (collection config, collection manifest); version 1
+files (before checksums) are still read."""
+
+
+def write_metadata(path: Path, body: dict[str, Any]) -> None:
+    """A JSON metadata file with its format version and a crc32 of its canonical form,
+    written atomically: an edited or damaged value can never load silently."""
+    body = {k: v for k, v in body.items() if k not in ("format_version", "crc32")}
+    body["format_version"] = METADATA_VERSION
+    body["crc32"] = _manifest_crc(body)
+    atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """What ``write_metadata`` wrote, verified; ``CorruptData`` naming the file otherwise."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptData(f"{path}: missing") from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise CorruptData(f"{path}: not a JSON object")
+    version = body.get("format_version")
+    crc = body.pop("crc32", None)
+    if crc is None and version != 1:  # only files from before checksums may lack one
+        raise CorruptData(f"{path}: no checksum (format version {version!r})")
+    if crc is not None and crc != _manifest_crc(body):
+        raise CorruptData(f"{path}: checksum mismatch (file damaged or edited)")
+    if version not in (1, METADATA_VERSION):
+        raise CorruptData(f"{path}: format version {version!r}, this Quiver reads 1 and "
+                          f"{METADATA_VERSION}")
+    return body
 
 
 def file_crc32(path: Path) -> int:

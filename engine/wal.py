@@ -142,6 +142,7 @@ class WAL:
         self.fsync = fsync
         self.max_file_bytes = max_file_bytes
         self.repair: TailRepair | None = None
+        self._broken: OSError | None = None
         self._lock = threading.Lock()
         self._fd: int | None = None
         self.path.mkdir(parents=True, exist_ok=True)
@@ -171,10 +172,15 @@ class WAL:
 
     def _open_new(self, first_seq: int) -> None:
         p = self.path / _file_name(first_seq)
-        self._fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if self.fsync != "never":
-            os.fsync(self._fd)
-            fsync_dir(self.path)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if self.fsync != "never":
+                os.fsync(fd)
+                fsync_dir(self.path)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._active, self._active_first, self._size = p, first_seq, 0
         self._next = first_seq
 
@@ -232,27 +238,49 @@ class WAL:
 
     def append_many(self, records: Iterable[tuple[int, bytes]]) -> range:
         """Write records as one batch (one write, one fsync under ``"batch"``); returns their
-        seqs. Nothing in the batch is acknowledged until this returns."""
+        seqs. Nothing in the batch is acknowledged until this returns.
+
+        A failed write or fsync (a full disk, an I/O error) cuts the file back to where the
+        batch began before the error is raised, so writes acknowledged later never land
+        behind a partial record; if even that fails the log refuses writes until reopened."""
         records = [(op, bytes(body)) for op, body in records]
         with self._lock:
             for op, body in records:
                 self._check(op, body)
+            if self._broken is not None:
+                raise OSError(self._broken.errno, f"{self._active}: the write-ahead log could "
+                              f"not be cut back after a failed write ({self._broken}); "
+                              f"reopen the collection")
             if self._size >= self.max_file_bytes and records:
                 self._rotate_locked()
-            first = self._next
-            if self.fsync == "always":
-                for op, body in records:
-                    self._write(encode_record(self._next, op, body))
-                    os.fsync(self._fd)
-                    self._next += 1
-            else:
-                chunks = [encode_record(first + i, op, body) for i, (op, body) in
-                          enumerate(records)]
-                self._write(b"".join(chunks))
-                self._next += len(records)
-                if self.fsync == "batch" and records:
-                    os.fsync(self._fd)
+            first, start_size = self._next, self._size
+            try:
+                if self.fsync == "always":
+                    for op, body in records:
+                        self._write(encode_record(self._next, op, body))
+                        os.fsync(self._fd)
+                        self._next += 1
+                else:
+                    chunks = [encode_record(first + i, op, body) for i, (op, body) in
+                              enumerate(records)]
+                    self._write(b"".join(chunks))
+                    self._next += len(records)
+                    if self.fsync == "batch" and records:
+                        os.fsync(self._fd)
+            except OSError:
+                self._cut_back(start_size, first)
+                raise
             return range(first, self._next)
+
+    def _cut_back(self, size: int, next_seq: int) -> None:
+        self._next, self._size = next_seq, size
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._broken = exc
+            log.error("%s: could not truncate back to %d bytes after a failed append: %s",
+                      self._active, size, exc)
 
     def sync(self) -> None:
         """fsync now (for ``fsync="never"`` users that want a durability point)."""
@@ -265,8 +293,9 @@ class WAL:
             return
         if self.fsync != "never":
             os.fsync(self._fd)
-        os.close(self._fd)
-        self._open_new(self._next)
+        old = self._fd
+        self._open_new(self._next)  # first: if it fails (a full disk) the old file stays open
+        os.close(old)
 
     def rotate(self) -> None:
         """Start a new file at the next seq (no-op if the current one is empty)."""
