@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,25 +13,28 @@ from functools import partial
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engine.collection import Collection
 from ..engine.database import Database
 from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
-from .gate import BodyTooLarge
+from .gate import BodyTimeout, BodyTooLarge
 from .metrics import Metrics
 from .settings import Settings
 
 _TIMEOUT = getattr(asyncio, "timeout", None)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no EDQUOT on some systems
+log = logging.getLogger("quiver.server")
 
 BODY_MODELS: list[type[BaseModel]] = []
 """Models of the bodies parsed by hand (``body_doc``): the app's OpenAPI adds their schemas."""
 
-HANDLED = (QuiverError, BodyTooLarge, ValidationError, RequestValidationError,
-           StarletteHTTPException, TimeoutError)
+HANDLED = (QuiverError, BodyTooLarge, BodyTimeout, ValidationError, RequestValidationError,
+           StarletteHTTPException, TimeoutError, OSError)
 """Exception types ``ServerContext.error_for`` answers."""
 
 
@@ -69,18 +74,39 @@ async def raw_body(request: Request) -> bytes:
 
 RawBody = Annotated[bytes, Depends(raw_body)]
 """A route parameter holding the raw request body."""
-
-
-def parse_raw(raw: bytes, model: type[BaseModel]) -> Any:
-    return model.model_validate_json(raw if raw.strip() else b"{}")
-
-
-async def parse(request: Request, model: type[BaseModel]) -> Any:
-    return parse_raw(await request.body(), model)
+ContentType = Annotated[str | None, Header(include_in_schema=False)]
+"""A route parameter holding the request's Content-Type header (None when not sent)."""
 
 
 class Limit(InvalidArgument):
     """A request over one of the server's limits (422)."""
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """A body in a media type the route does not take (415)."""
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("", "application/json") or (
+        media.startswith("application/") and media.endswith("+json"))
+
+
+def parse_raw(raw: bytes, model: type[BaseModel], content_type: str | None, *binary: str) -> Any:
+    """``raw`` as ``model``. The body must be JSON (no Content-Type counts as JSON), so that a
+    client sending something else learns it from a 415 instead of by luck; ``binary`` names
+    the route's other media types, for that message. No body at all is ``{}``."""
+    if not raw.strip():
+        return model.model_validate_json(b"{}")
+    if content_type and not is_json(content_type):
+        accepted = " or ".join(("application/json", *binary))
+        raise UnsupportedMediaType(f"content-type: {content_type!r} is not accepted here; "
+                                   f"send {accepted}")
+    return model.model_validate_json(raw)
+
+
+async def parse(request: Request, model: type[BaseModel], *binary: str) -> Any:
+    return parse_raw(await request.body(), model, request.headers.get("content-type"), *binary)
 
 
 def _validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, list]:
@@ -128,6 +154,19 @@ class ServerContext:
         except asyncio.TimeoutError:  # distinct from the builtin before 3.11
             raise expired from None
 
+    def collections(self) -> dict[str, Collection | QuiverError | OSError]:
+        """Every collection by name: opened, or the error it failed to open with (a damaged
+        config or manifest), so listings report it instead of hiding it. Opens each: call it
+        in the worker pool."""
+        db = self.database()
+        out: dict[str, Collection | QuiverError | OSError] = {}
+        for name in db.list_collections():
+            try:
+                out[name] = db.get_collection(name)
+            except (QuiverError, OSError) as exc:
+                out[name] = exc
+        return out
+
     def check_k(self, k: int, field: str) -> None:
         if k > self.settings.max_k:
             raise Limit(f"{field}: {k} exceeds the server's limit of {self.settings.max_k}")
@@ -146,6 +185,8 @@ class ServerContext:
             return error(422, "limit_exceeded", str(exc))
         if isinstance(exc, BodyTooLarge):
             return error(413, "body_too_large", str(exc))
+        if isinstance(exc, UnsupportedMediaType):
+            return error(415, "unsupported_media_type", str(exc))
         if isinstance(exc, InvalidArgument):
             return error(400, "invalid_argument", str(exc))
         if isinstance(exc, CorruptData):
@@ -157,9 +198,19 @@ class ServerContext:
             return error(422, "validation_error", msg, details)
         if isinstance(exc, StarletteHTTPException):
             return error(exc.status_code, "http_error", str(exc.detail))
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, BodyTimeout):
+            res = error(408, "request_timeout", str(exc))
+            res.headers["connection"] = "close"  # the unread rest of the body ends with it
+            return res
+        if isinstance(exc, TimeoutError):  # before OSError, its base class
             return error(503, "timeout", str(exc) or
                          f"request exceeded the server's {self.settings.request_timeout:g} s limit")
+        if isinstance(exc, OSError):  # the server's storage, not the request: a 5xx, as JSON
+            if exc.errno in _FULL:
+                log.warning("storage full answering a request: %s", exc)
+                return error(507, "insufficient_storage", f"storage full: {exc}")
+            log.warning("I/O error answering a request: %s", exc, exc_info=exc)
+            return error(503, "io_error", f"I/O error: {exc}")
         return None
 
     async def handle_error(self, _request: Request, exc: Exception) -> JSON | None:

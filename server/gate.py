@@ -1,10 +1,12 @@
-"""Pure ASGI middleware in front of the app: body-size limit, API keys, metrics.
+"""Pure ASGI middleware in front of the app: body-size limit and timeout, API keys, metrics.
 
 One small layer instead of several BaseHTTPMiddleware ones keeps the per-request overhead
 down (each of those costs a task and a queue per request)."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import re
 import time
 from collections.abc import Iterable
@@ -16,10 +18,32 @@ from .settings import Settings
 
 _OPEN = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 _READ_POST = re.compile(r"^/collections/[^/]+/points(/search(/batch)?|/scroll|/count)?$")
+_TIMEOUT = getattr(asyncio, "timeout", None)
 
 
 class BodyTooLarge(Exception):
     """A streamed body (no or a false content-length) went past ``max_body_bytes``."""
+
+
+class BodyTimeout(Exception):
+    """The body stopped arriving for ``body_timeout`` seconds: answered 408, and the
+    connection closed (the rest of the body would be read as the next request)."""
+
+
+async def _receive_within(receive, seconds: float):
+    if _TIMEOUT is None:  # Python 3.10
+        return await asyncio.wait_for(receive(), seconds)
+    async with _TIMEOUT(seconds):
+        return await receive()
+
+
+def _known(key: bytes, keys: list[bytes]) -> bool:
+    """Whether ``key`` is one of ``keys``; compared with each in constant time, so the
+    answer's timing does not tell how much of a key was right."""
+    found = False
+    for k in keys:
+        found |= hmac.compare_digest(key, k)
+    return found
 
 
 def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -38,7 +62,8 @@ class Gate:
     """``fast_routes``: (method, path template) of app routes served here directly, skipping
     the framework's middleware and dependency machinery on the hottest request (single
     search). Each is served by calling the documented route's own endpoint, which must take
-    (name, raw body) and answer a Response: one handler, whichever way a request comes in."""
+    (name, raw body, content type) and answer a Response: one handler, whichever way a
+    request comes in."""
 
     def __init__(self, app, settings: Settings, metrics: Metrics, error_for=None,
                  fast_routes: Iterable[tuple[str, str]] = ()):
@@ -49,6 +74,8 @@ class Gate:
         self.fast = [(method, re.compile("^" + re.escape(path).replace(r"\{name\}", "([^/]+)") + "$"),
                       path, _endpoint(app, method, path)) for method, path in fast_routes]
         self.state = app.state
+        self._keys = [k.encode() for k in settings.api_keys]
+        self._read_only_keys = [k.encode() for k in settings.read_only_keys]
         if settings.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
 
@@ -69,28 +96,42 @@ class Gate:
                 status_holder[0] = message["status"]
             await send(message)
 
-        denied = self._check(scope)
+        headers = dict(scope["headers"])
+        denied = self._check(scope, headers)
         if denied is not None:
             await self._reply(send, *denied)
             status_holder[0] = denied[0]
         else:
-            limit = self.settings.max_body_bytes
+            limit, wait = self.settings.max_body_bytes, self.settings.body_timeout
             received = 0
+            body_done = False
 
             async def receive_limited():
-                nonlocal received
-                message = await receive()
+                # raised inside the route's body read: the app's handlers answer 413 / 408
+                nonlocal received, body_done
+                if body_done:  # what comes after the body (a disconnect) may take any time
+                    return await receive()
+                try:
+                    message = await _receive_within(receive, wait)
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise BodyTimeout(f"body: nothing arrived for {wait:g} s after {received} "
+                                      f"bytes (the server's body timeout)") from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        # raised inside the route's body read: the app's handler answers 413
                         raise BodyTooLarge(f"body: larger than the server's limit of {limit} bytes")
+                    body_done = not message.get("more_body", False)
+                else:
+                    body_done = True
                 return message
 
             for method, pattern, template, handler in self.fast:
                 m = pattern.match(scope["path"]) if scope["method"] == method else None
                 if m is not None:
-                    status = await self._serve_fast(handler, m.group(1), receive_limited, send)
+                    ctype = headers.get(b"content-type")
+                    status = await self._serve_fast(
+                        handler, m.group(1), None if ctype is None else ctype.decode("latin-1"),
+                        receive_limited, send)
                     self.metrics.observe(method, template, status, time.perf_counter() - started)
                     return
             try:
@@ -100,7 +141,7 @@ class Gate:
             return
         self._observe(scope, status_holder[0], started)
 
-    async def _serve_fast(self, handler, name: str, receive, send) -> int:
+    async def _serve_fast(self, handler, name: str, content_type: str | None, receive, send) -> int:
         try:
             chunks = []
             while True:
@@ -110,7 +151,7 @@ class Gate:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            response = await handler(name, b"".join(chunks))
+            response = await handler(name, b"".join(chunks), content_type)
         except Exception as exc:
             response = self.error_for(exc) if self.error_for else None
             if response is None:
@@ -125,8 +166,7 @@ class Gate:
         self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"), status,
                              time.perf_counter() - started)
 
-    def _check(self, scope) -> tuple[int, bytes] | None:
-        headers = dict(scope["headers"])
+    def _check(self, scope, headers: dict[bytes, bytes]) -> tuple[int, bytes] | None:
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -145,10 +185,9 @@ class Gate:
                 key = auth[7:].strip()
         if key is None:
             return _error_body(401, "unauthorized", "api-key: header missing")
-        k = key.decode("latin-1")
-        if k in self.settings.api_keys:
+        if _known(key, self._keys):
             return None
-        if k in self.settings.read_only_keys:
+        if _known(key, self._read_only_keys):
             method = scope["method"]
             if method in ("GET", "HEAD", "OPTIONS") or (
                     method == "POST" and _READ_POST.match(scope["path"])):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -26,7 +27,9 @@ class Metrics:
             h[bisect.bisect_left(BUCKETS, seconds)] += 1
             self._sum[key] += seconds
 
-    def render(self, collections: dict[str, dict]) -> str:
+    def render(self, collections: dict[str, dict], failed: Iterable[str] = ()) -> str:
+        """``collections``: infos of the open collections by name; ``failed``: the names of
+        those that failed to open (1 in quiver_collection_open_failed; the open ones 0)."""
         lines = ["# HELP quiver_requests_total HTTP requests by route and status.",
                  "# TYPE quiver_requests_total counter"]
         with self._lock:
@@ -50,4 +53,10 @@ class Metrics:
                   "# TYPE quiver_collection_segments gauge"]
         for name, info in sorted(collections.items()):
             lines.append(f'quiver_collection_segments{{collection="{name}"}} {len(info["segments"])}')
+        lines += ["# HELP quiver_collection_open_failed 1 for a collection that failed to open "
+                  "(damaged files; GET /collections says why), else 0.",
+                  "# TYPE quiver_collection_open_failed gauge"]
+        states = {**dict.fromkeys(collections, 0), **dict.fromkeys(failed, 1)}
+        for name, bad in sorted(states.items()):
+            lines.append(f'quiver_collection_open_failed{{collection="{name}"}} {bad}')
         return "\n".join(lines) + "\n"

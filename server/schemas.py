@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..engine.params import SearchParams
 
 __all__ = ["SearchParams"]  # the engine's own type: one definition of the knobs
 
-PointId = int | str
-"""Unsigned 64-bit integer or UUID string."""
+PointId = StrictInt | StrictStr
+"""Unsigned 64-bit integer or UUID string; strict, so ``true`` or ``1.0`` is a 422 instead of
+the id 1."""
 
 BINARY_POINTS = "application/vnd.quiver.points"
-"""Binary upsert body: Quiver's batch frame (``u8 version | u32 header length | JSON header
-{"n", "ids", "payloads", "arrays"} | 8-byte aligned raw little-endian arrays``), the format the
-write-ahead log stores, produced by ``quiver.engine.frame.encode_batch`` and the client."""
+"""Binary upsert body: Quiver's batch frame (``u8 version (2) | u32 header length | u32 crc32 |
+JSON header {"n", "ids", "payloads", "arrays"} | 8-byte aligned raw little-endian arrays``), the
+format the write-ahead log stores, produced by ``quiver.engine.frame.encode_batch`` and the
+client."""
 NPY = "application/x-npy"
 """Binary batch-search body: one float32 ``.npy`` matrix of queries (parameters in the URL)."""
 

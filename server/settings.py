@@ -18,6 +18,8 @@ class Settings:
     """Points per upsert, searches per batch request."""
     max_k: int = 10_000
     request_timeout: float = 60.0
+    body_timeout: float = 30.0
+    """Seconds a request's body may stall between two chunks before the answer is a 408."""
     api_keys: set[str] = field(default_factory=set)
     """Read-write keys. With no keys at all, the server is open (bind it to 127.0.0.1)."""
     read_only_keys: set[str] = field(default_factory=set)
@@ -34,7 +36,8 @@ class Settings:
     def from_env(cls, config_file: str | os.PathLike | None = None, **overrides) -> Settings:
         """Keys come from QUIVER_API_KEY / QUIVER_READ_ONLY_API_KEY (comma-separated), or a
         JSON config file {"api_keys": [...], "read_only_api_keys": [...], "max_body_bytes":
-        ..., "max_batch": ..., "max_k": ..., "request_timeout": ..., "cors_origins": [...]}."""
+        ..., "max_batch": ..., "max_k": ..., "request_timeout": ..., "body_timeout": ...,
+        "cors_origins": [...]}. Prefer these to --api-key, which shows in the process list."""
         s = cls()
         if config_file:
             try:
@@ -43,7 +46,8 @@ class Settings:
                 raise InvalidArgument(f"config: cannot read {config_file} ({exc})") from None
             s.api_keys |= set(cfg.get("api_keys", []))
             s.read_only_keys |= set(cfg.get("read_only_api_keys", []))
-            for key in ("max_body_bytes", "max_batch", "max_k", "request_timeout", "cors_origins"):
+            for key in ("max_body_bytes", "max_batch", "max_k", "request_timeout", "body_timeout",
+                        "cors_origins"):
                 if key in cfg:
                     setattr(s, key, cfg[key])
         for var, target in (("QUIVER_API_KEY", s.api_keys),

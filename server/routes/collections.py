@@ -6,6 +6,7 @@ import time
 
 from fastapi import FastAPI, Query, Request
 
+from ...engine.collection import Collection
 from .. import schemas as s
 from ..context import ServerContext, body_doc, ok, parse
 
@@ -28,8 +29,13 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.get("/collections", tags=TAGS)
     async def list_collections():
+        """Each collection's name; one that failed to open (a damaged config or manifest) also
+        has ``"status": "failed"`` and the ``error`` it failed with."""
         t = time.perf_counter()
-        return ok({"collections": [{"name": n} for n in database().list_collections()]}, t)
+        found = await run(ctx.collections)
+        return ok({"collections": [
+            {"name": n} if isinstance(c, Collection) else {"name": n, "status": "failed", "error": str(c)}
+            for n, c in found.items()]}, t)
 
     @app.get("/collections/{name}", tags=TAGS)
     async def collection_info(name: str):

@@ -35,7 +35,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             fields = unpack_fields(batch.vectors, len(ids))
             seq = await run(col.upsert, ids, fields, batch.payloads)
         else:
-            body = await parse(request, s.UpsertPoints)
+            body = await parse(request, s.UpsertPoints, s.BINARY_POINTS)
             check_batch(len(body.points), "points")
             pts = body.points
             if not pts:  # nothing to write: the engine answers the last sequence number

@@ -16,7 +16,7 @@ from ...engine.errors import InvalidArgument
 from ...engine.hits import NPZ
 from ...engine.params import SearchParams
 from .. import schemas as s
-from ..context import RawBody, ServerContext, body_doc, ok, parse, parse_raw
+from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
 
 TAGS = ["search"]
 SEARCH = ("POST", "/collections/{name}/points/search")
@@ -35,11 +35,12 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                 "score_threshold": req.score_threshold, "using": req.using}
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
-    # function with (name, body); no docstring: it would become the OpenAPI description
+    # function with (name, body, content type); no docstring: it would become the OpenAPI
+    # description
     @app.post(SEARCH[1], tags=TAGS, openapi_extra=body_doc(s.SearchRequest))
-    async def search(name: str, raw: RawBody):
+    async def search(name: str, raw: RawBody, content_type: ContentType = None):
         t = time.perf_counter()
-        req = parse_raw(raw, s.SearchRequest)
+        req = parse_raw(raw, s.SearchRequest, content_type)
         col = database().get_collection(name)
         if req.explain:
             hits, plan = await run(col.search, req.vector, explain=True, **_search_args(req))
@@ -83,7 +84,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             res = await run(col.search, queries, k=limit, params=params, with_payload=with_payload,
                             score_threshold=score_threshold, using=using)
             return ok(res, t)
-        body = await parse(request, s.SearchBatch)
+        body = await parse(request, s.SearchBatch, s.NPY)
         check_batch(len(body.searches), "searches")
 
         args = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from ...engine.collection import Collection
 from ...engine.errors import QuiverError
 from ..context import ServerContext, error
 
@@ -12,7 +15,7 @@ TAGS = ["service"]
 
 
 def register(app: FastAPI, ctx: ServerContext) -> None:
-    database, ready, metrics = ctx.database, ctx.ready, ctx.metrics
+    ready, metrics = ctx.ready, ctx.metrics
 
     @app.get("/healthz", tags=TAGS)
     async def healthz():
@@ -26,12 +29,19 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.get("/metrics", tags=TAGS)
     async def metrics_route():
-        infos = {}
-        db_ = database()
-        for name in db_.list_collections():
-            try:
-                infos[name] = db_.get_collection(name).info()
-            except QuiverError:
-                continue
-        return Response(metrics.render(infos), media_type="text/plain; version=0.0.4")
+        return Response(metrics.render(*await ctx.run(_infos)), media_type="text/plain; version=0.0.4")
+
+    def _infos() -> tuple[dict[str, dict], list[str]]:
+        """The open collections' infos and the names of those that failed to open."""
+        infos, failed = {}, []
+        for name, col in ctx.collections().items():
+            info = None
+            if isinstance(col, Collection):
+                with contextlib.suppress(QuiverError, OSError):
+                    info = col.info()
+            if info is None:
+                failed.append(name)
+            else:
+                infos[name] = info
+        return infos, failed
 

@@ -84,18 +84,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the REST server on an embedded database",
                        description="Serve the REST API (OpenAPI docs at /docs). API keys come "
-                                   "from --api-key, QUIVER_API_KEY / QUIVER_READ_ONLY_API_KEY "
-                                   "or the --config JSON file.")
+                                   "from QUIVER_API_KEY / QUIVER_READ_ONLY_API_KEY, the --config "
+                                   "JSON file or --api-key (which other users can read in the "
+                                   "process list).")
     p.add_argument("--data", default="./quiver-data", help="database folder (default ./quiver-data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6333)
-    p.add_argument("--api-key", help="read-write API key (header api-key)")
-    p.add_argument("--read-only-api-key", help="read-only API key")
+    p.add_argument("--api-key", help="read-write API key (header api-key); visible in the process "
+                                     "list, so prefer QUIVER_API_KEY or --config")
+    p.add_argument("--read-only-api-key", help="read-only API key; prefer "
+                                               "QUIVER_READ_ONLY_API_KEY or --config")
     p.add_argument("--config", help="JSON config file (keys, limits, CORS origins)")
     p.add_argument("--max-body-bytes", type=int)
     p.add_argument("--max-batch", type=int)
     p.add_argument("--max-k", type=int)
     p.add_argument("--request-timeout", type=float)
+    p.add_argument("--body-timeout", type=float,
+                   help="seconds a request body may stall before a 408 (default 30)")
     p.add_argument("--no-warmup", action="store_true", help="skip the JIT warm-up")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=cmd_serve)
@@ -112,7 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env(args.config, data=args.data, max_body_bytes=args.max_body_bytes,
                                  max_batch=args.max_batch, max_k=args.max_k,
-                                 request_timeout=args.request_timeout)
+                                 request_timeout=args.request_timeout,
+                                 body_timeout=args.body_timeout)
     if args.api_key:
         settings.api_keys.add(args.api_key)
     if args.read_only_api_key:
