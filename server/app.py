@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if ctx.db is None:
-            ctx.db = Database(settings.data)
+            ctx.db = Database(settings.data, on_corrupt=settings.on_corrupt)
         app.state.db = ctx.db
 
         def settle() -> None:

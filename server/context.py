@@ -21,7 +21,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.collection import Collection
 from ..engine.database import Database
-from ..engine.errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError
+from ..engine.errors import (
+    AlreadyExists,
+    CorruptData,
+    InvalidArgument,
+    NotFound,
+    QuiverError,
+    ReadOnly,
+)
 from .gate import BodyTimeout, BodyTooLarge
 from .metrics import Metrics
 from .settings import Settings
@@ -179,6 +186,8 @@ class ServerContext:
         """The JSON error answer for an exception a request may raise (None: a real bug)."""
         if isinstance(exc, NotFound):
             return error(404, "not_found", str(exc))
+        if isinstance(exc, ReadOnly):
+            return error(403, "read_only", str(exc))
         if isinstance(exc, AlreadyExists):
             return error(409, "already_exists", str(exc))
         if isinstance(exc, Limit):

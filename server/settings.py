@@ -25,6 +25,9 @@ class Settings:
     read_only_keys: set[str] = field(default_factory=set)
     cors_origins: list[str] = field(default_factory=list)
     warmup: bool = True
+    on_corrupt: str = "raise"
+    """"truncate" opens collections whose log has a damaged record by cutting it there (the
+    records after it are lost: ``quiver repair`` reports which first)."""
     workers: int = 16
     """Threads running engine calls; searches release the GIL inside the kernels."""
 

@@ -428,3 +428,175 @@ def test_kill9_during_seals_and_snapshots(tmp_path):
             assert len(col.get(ids)) == len(ids)
             assert not list(path.rglob("*.tmp")), list(path.rglob("*.tmp"))
     assert len(acked) >= 12
+
+
+# ---------------------------------------------------------------- repair
+
+
+def test_repair_reports_first_then_rebuilds_a_lost_manifest(tmp_path):
+    from quiver.engine.repair import repair
+
+    db, col, x = _filled(tmp_path / "d")
+    y = np.random.default_rng(8).standard_normal((100, DIM)).astype(np.float32)
+    col.upsert(list(range(100, 200)), y)  # replaced: the newest rows must win
+    col.flush()
+    col.upsert(list(range(300, 320)), y[:20])
+    col.flush()
+    col.delete([310, 150])
+    want = sorted(p.id for p in col.scroll(limit=10_000)[0])
+    db.close()
+    (tmp_path / "d" / "collections" / "c" / "manifest.json").unlink()
+    with pytest.raises(CorruptData, match="missing"):
+        quiver.connect(tmp_path / "d").get_collection("c")
+    before = _tree(tmp_path / "d")
+    (finding,) = repair(tmp_path / "d")
+    assert "rebuild it from 3 segment(s)" in finding.action and finding.fixable
+    assert _tree(tmp_path / "d") == before  # a report changes nothing
+    repair(tmp_path / "d", apply=True)
+    with quiver.connect(tmp_path / "d") as again:
+        c = again.get_collection("c")
+        assert sorted(p.id for p in c.scroll(limit=10_000)[0]) == want
+        assert c.search(x[500], 1, params={"exact": True})[0].id == 500
+        assert c.search(y[60], 1, params={"exact": True})[0].id == 160
+        np.testing.assert_allclose(c.get([160], with_vectors=True)[0].vector, y[60], rtol=1e-6)
+    assert repair(tmp_path / "d") == []
+
+
+def test_repair_cuts_a_damaged_log_and_quarantines_a_damaged_segment(tmp_path):
+    from quiver.engine.repair import repair
+
+    db, col, x = _filled(tmp_path / "d", n=300, seal=True)  # one sealed segment (250) + 50
+    for b in range(3):
+        col.upsert([1000 + b], x[:1])
+    db.close()
+    base = tmp_path / "d" / "collections" / "c"
+    (wal_file,) = sorted((base / "wal").iterdir())
+    data = bytearray(wal_file.read_bytes())
+    recs, _, _ = wal_module._scan(memoryview(bytes(data)), int(wal_file.name[4:24]))
+    data[recs[-2][2] + wal_module.HEADER.size + 3] ^= 0xFF  # the next-to-last record
+    wal_file.write_bytes(bytes(data))
+    seg = next(p for p in (base / "segments").iterdir())
+    vec = seg / "index" / "vectors.npy"
+    raw = bytearray(vec.read_bytes())
+    raw[-5] ^= 1
+    vec.write_bytes(bytes(raw))
+    with pytest.raises(CorruptData):
+        quiver.connect(tmp_path / "d").get_collection("c")
+    findings = repair(tmp_path / "d")
+    assert {("damaged record" in f.problem) for f in findings} == {True, False}
+    log_fix = next(f for f in findings if "damaged record" in f.problem)
+    assert f"every write after seq {recs[-3][0]}" in log_fix.loses
+    seg_fix = next(f for f in findings if f is not log_fix)
+    assert "quarantine" in seg_fix.action and "checksum" in seg_fix.problem
+    repair(tmp_path / "d", apply=True)
+    with quiver.connect(tmp_path / "d") as again:
+        c = again.get_collection("c")
+        ids = {p.id for p in c.scroll(limit=10_000)[0]}
+        assert 1000 in ids and 1002 not in ids and 1001 not in ids
+        assert (base / "quarantine" / seg.name).is_dir()
+
+
+def test_repair_command_and_serve_on_a_held_directory(tmp_path):
+    db, col, _ = _filled(tmp_path / "d")
+    db.close()
+    (tmp_path / "d" / "collections" / "c" / "manifest.json").unlink()
+    cli = [sys.executable, "-m", "quiver.cli"]
+    out = subprocess.run([*cli, "repair", str(tmp_path / "d")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 1 and "problem: " in out.stdout and "--apply" in out.stdout
+    assert not (tmp_path / "d" / "collections" / "c" / "manifest.json").exists()
+    out = subprocess.run([*cli, "repair", str(tmp_path / "d"), "--apply"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "repaired 1 of 1" in out.stdout
+    with quiver.connect(tmp_path / "d") as held:
+        assert held.get_collection("c").count() == 600 - 14
+        out = subprocess.run([*cli, "serve", "--data", str(tmp_path / "d"), "--port", "1"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 2
+        assert f"in use by a writer (pid {os.getpid()})" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- the REST service
+
+
+def test_fuzzed_binary_upserts_over_rest_are_400_and_write_nothing(tmp_path_factory):
+    import httpx
+    from _live_server import serve
+
+    for server in serve(tmp_path_factory, "fuzz"):
+        http = httpx.Client(base_url=server.url, timeout=30)
+        assert http.put("/collections/f", json={"dim": 4, "metric": "l2"}).status_code == 200
+        frame = encode_batch([1, 2, 3], np.arange(12, dtype=np.float32).reshape(3, 4),
+                             [{"a": 1}, {"b": 2}, None])
+        rnd = random.Random(5)
+        statuses = {}
+        for trial in range(300):
+            data = bytearray(frame)
+            if trial % 5 == 0:
+                data = data[: rnd.randrange(len(data))]
+            else:
+                data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+            r = http.put("/collections/f/points", content=bytes(data),
+                         headers={"content-type": "application/vnd.quiver.points"})
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert r.status_code == 400 and "frame" in r.json()["error"]["message"], r.text
+        count = http.post("/collections/f/points/count", json={}).json()["result"]["count"]
+        assert count == 0 and statuses == {400: 300}
+        r = http.put("/collections/f/points", content=frame,
+                     headers={"content-type": "application/vnd.quiver.points"})
+        assert r.status_code == 200
+        http.close()
+
+
+def test_kill9_of_the_server_during_rest_upserts_loses_nothing_acknowledged(tmp_path):
+    import threading
+
+    import httpx
+    from _live_server import LiveServer
+
+    data = tmp_path / "data"
+    acked: list[int] = []
+    rnd = random.Random(6)
+    next_id = 0
+    for run in range(3):
+        server = LiveServer(data, "--no-warmup").start()
+        http = httpx.Client(base_url=server.url, timeout=30)
+        if run == 0:
+            r = http.put("/collections/k", json={"dim": 8, "metric": "l2", "segment_size": 400})
+            assert r.status_code == 200
+        stop = threading.Event()
+
+        def writer(start: int, http: httpx.Client, stop: threading.Event) -> None:
+            b = start
+            rng = np.random.default_rng(start)
+            while not stop.is_set():
+                ids = list(range(b * 20, b * 20 + 20))
+                x = rng.standard_normal((20, 8)).astype(np.float32)
+                try:
+                    if b % 2:
+                        r = http.put("/collections/k/points", content=encode_batch(ids, x),
+                                     headers={"content-type": "application/vnd.quiver.points"})
+                    else:
+                        r = http.put("/collections/k/points", json={"points": [
+                            {"id": i, "vector": v.tolist()} for i, v in zip(ids, x, strict=True)]})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acked.append(b)
+                b += 1
+
+        t = threading.Thread(target=writer, args=(next_id, http, stop))
+        t.start()
+        time.sleep(rnd.uniform(1.5, 3.0))
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        stop.set()
+        t.join(30)
+        http.close()
+        next_id = max(acked, default=next_id) + 1000
+    with quiver.connect(data, optimizer=False) as db:
+        col = db.get_collection("k")
+        ids = [i for b in acked for i in range(b * 20, b * 20 + 20)]
+        assert len(acked) >= 10 and len(col.get(ids)) == len(ids)

@@ -101,6 +101,10 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float)
     p.add_argument("--body-timeout", type=float,
                    help="seconds a request body may stall before a 408 (default 30)")
+    p.add_argument("--on-corrupt", choices=["raise", "truncate"], default="raise",
+                   help="a collection whose write-ahead log has a damaged record: refuse to open "
+                        "it (default), or cut the log there, losing the records after it "
+                        "(`quiver repair DATA` reports which first)")
     p.add_argument("--no-warmup", action="store_true", help="skip the JIT warm-up")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=cmd_serve)
@@ -124,7 +128,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.read_only_api_key:
         settings.read_only_keys.add(args.read_only_api_key)
     settings.warmup = not args.no_warmup
-    app = create_app(settings)
+    settings.on_corrupt = args.on_corrupt
+    from quiver.engine.database import Database
+    from quiver.engine.errors import QuiverError
+
+    try:  # here, not in the app's startup: a held directory is one line, not a traceback
+        db = Database(settings.data, on_corrupt=settings.on_corrupt)
+    except QuiverError as exc:
+        print(f"quiver serve: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, db=db)
     print(f"Quiver serving {settings.data.resolve()} on http://{args.host}:{args.port} "
           f"(docs: http://{args.host}:{args.port}/docs)", flush=True)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the
@@ -137,6 +150,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=30)
     return 0
+
+
+def register_repair(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "repair", help="report (and with --apply, drop) what damage a data directory holds",
+        description="Check every collection of a data directory: damaged write-ahead log "
+                    "records, a missing or damaged manifest, segments failing their checksums. "
+                    "Prints each problem, the repair and what it loses; changes nothing unless "
+                    "--apply is given. No server may run on the directory meanwhile.")
+    p.add_argument("data", help="the data directory (what `quiver serve --data` uses)")
+    p.add_argument("--apply", action="store_true", help="carry out the repairs listed")
+    p.set_defaults(handler=cmd_repair)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from quiver.engine.errors import QuiverError
+    from quiver.engine.repair import repair
+
+    try:
+        findings = repair(args.data, apply=args.apply)
+    except QuiverError as exc:
+        print(f"quiver repair: {exc}", file=sys.stderr)
+        return 2
+    if not findings:
+        print(f"{args.data}: no damage found")
+        return 0
+    for f in findings:
+        print(f)
+    stuck = [f for f in findings if not f.fixable]
+    if args.apply:
+        print(f"repaired {len(findings) - len(stuck)} of {len(findings)} problem(s)")
+    else:
+        print(f"{len(findings)} problem(s); run again with --apply to carry out the fixable ones")
+    return 1 if stuck or not args.apply else 0
 
 
 def _register_bench_module(sub: argparse._SubParsersAction, command: str, module: str,
@@ -169,7 +216,7 @@ def register_bench_server(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
-    register_serve]
+    register_serve, register_repair]
 
 
 def build_parser() -> argparse.ArgumentParser:
