@@ -7,7 +7,7 @@ with different speed/recall trade-offs at once. Importing this module pulls in n
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from .errors import InvalidArgument
 
@@ -39,13 +39,15 @@ def _flag(name: str, value: Any, optional: bool) -> bool | None:
 @dataclass(frozen=True)
 class SearchParams:
     """``ef``: HNSW beam width (default max(64, k)); ``nprobe``: IVF lists to visit;
-    ``rerank``: re-score candidates on the accurate vectors (default: for lossy codecs);
+    ``rerank``: re-score the ``ef`` candidates of a lossy codec on the float32 originals
+    (``True`` or ``"exact"``; they stay on disk, memory-mapped, until read); default: codes
+    only, so no float32 is resident;
     ``exact``: scan every allowed row instead of using the index. An index ignores the knobs
     its structure has no use for (``nprobe`` on HNSW), so one set fits every field."""
 
     ef: int | None = None
     nprobe: int | None = None
-    rerank: bool | None = None
+    rerank: bool | Literal["exact"] | None = None
     exact: bool = False
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid", "strict": True}
@@ -54,7 +56,8 @@ class SearchParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ef", _positive_int("ef", self.ef))
         object.__setattr__(self, "nprobe", _positive_int("nprobe", self.nprobe))
-        object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
+        if self.rerank != "exact":
+            object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
         object.__setattr__(self, "exact", _flag("exact", self.exact, optional=False))
 
     @classmethod

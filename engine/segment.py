@@ -285,6 +285,9 @@ class Segment:
                 index.add(x, np.arange(x.shape[0], dtype=np.int64))
             sub = "index" if name == DEFAULT_FIELD else f"index-{name}"
             index.save(path / sub)
+            # served from its files: memory-mapped, and what a lossy codec never reads (the
+            # float32 originals) never becomes resident
+            index = load_index(path / sub)
             entry = {"name": name, "dir": sub, "kind": spec.kind, "rows": None}
             kept = None
             if not present.all():

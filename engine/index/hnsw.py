@@ -47,9 +47,10 @@ _MIN_TRAVERSAL_SHARE = 0.08
 class HNSWIndex:
     """Hierarchical navigable small-world graph (Malkov & Yashunin, 2018).
 
-    The graph is built on float32 vectors; searches traverse it through ``codec`` (``f32``,
-    ``f16``, ``sq8``, ``lvq8``) and, with ``rerank`` (default for lossy codecs), re-score the
-    ``ef`` best candidates on the float vectors. Scores follow ``quiver.Metric``.
+    The graph is built on float32 vectors; searches (traversals and exact scans alike) read
+    only the ``codec``'s codes (``f32``, ``f16``, ``sq8``, ``lvq8``), so a saved index loaded
+    back keeps the float32 originals on disk, memory-mapped and untouched; ``rerank=True``
+    re-scores the ``ef`` best candidates on them. Scores follow ``quiver.Metric``.
 
     Searches may run from many threads at once; ``add``, ``remove`` and ``compact`` must not
     overlap with searches (collections get that by searching immutable sealed segments)."""
@@ -98,10 +99,13 @@ class HNSWIndex:
         return len(self)
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind (the float32 copy kept for re-ranking and exact scans of a
-        lossy codec counts); the values sum to the whole footprint."""
+        """Resident bytes by kind; the values sum to the whole footprint. A lossy codec's
+        float32 originals count while they are in RAM (an index built or added to here:
+        adding links new nodes on them); loaded from disk they stay memory-mapped, read only
+        by ``rerank=True``, and count as 0."""
         n = self._float.n
-        rerank = 0 if self._codes is self._float else self._float.nbytes()
+        on_disk = isinstance(self._float.view()[0], np.memmap)
+        rerank = 0 if self._codes is self._float or on_disk else self._float.nbytes()
         return {"vectors": self._codes.nbytes(), "rerank_vectors": rerank,
                 "graph": n * 2 * self.m * 4 + self._n_upper * kh.MAX_UPPER * self.m * 4 + n * 8,
                 "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
@@ -305,7 +309,7 @@ class HNSWIndex:
     def search(self, queries, k: int, allowed=None, params: SearchParams | dict | None = None,
                explain: bool = False, **knobs):
         """Top-k per query. ``params`` (or the same as keywords): ``ef`` beam width (default
-        max(64, k)), ``rerank`` re-score on float vectors (default for lossy codecs),
+        max(64, k)), ``rerank`` re-score a lossy codec's candidates on the float32 originals,
         ``exact`` scan instead of traversing. ``allowed``: ids or a Bitset the results must
         come from. With ``explain`` a third value is the planner's choice and estimates."""
         return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._float.n)
@@ -338,7 +342,7 @@ class HNSWIndex:
         n = self._float.n
         nq = q.shape[0]
         ef = params.beam(k)
-        rerank = self.codec.lossy if params.rerank is None else params.rerank
+        rerank = bool(params.rerank) and self.codec.lossy  # f32 codes are the originals
         words, n_ok, use_ok = self._live_words(bits)
         filtered = bits is not None if filtered is None else filtered
         if plan is None:
@@ -386,15 +390,21 @@ class HNSWIndex:
         return dist, pos, info
 
     def _exact(self, q, k, words, n):
-        X, aux = self._float.view()
-        dist = self._float.codec.dist(self._kmetric)
+        """Scan the codes (for a lossy codec too: reading the float32 originals would make
+        them resident), the way a traversal scores rows."""
+        X, aux = self._codes.view()
         out_d = np.empty((q.shape[0], k), np.float32)
         out_i = np.empty((q.shape[0], k), np.int64)
+        if n == 0:  # (an empty index may have an untrained codec: nothing to prepare)
+            out_d[:], out_i[:] = np.inf, -1
+            return out_d, out_i
+        dist = self.codec.dist(self._kmetric)
+        qs = self.codec.prepare(q)
         if words is None:
-            ks.scan_topk_any(dist, q, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
+            ks.scan_topk_any(dist, qs, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)
         else:
             rows = Bitset(words, n).positions()
-            ks.scan_topk_rows_any(dist, q, X, aux, rows, k, out_d, out_i)
+            ks.scan_topk_rows_any(dist, qs, X, aux, rows, k, out_d, out_i)
         return out_d, out_i
 
     def reconstruct(self, positions) -> np.ndarray:
