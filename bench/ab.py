@@ -6,10 +6,10 @@ live in the same process: the base (a git commit, checked out as a worktree unde
 Both build the same index on the same data, then every round sweeps every ef with the two
 builds back to back, base first in even rounds and head first in odd ones. Per (build, ef)
 the best QPS over rounds is kept. QPS is the project's "QPS 1 thread" figure (see
-``runner.measure``): all queries in one batch ``search`` call, Numba/BLAS pinned to
-``--threads``, best of ``--reps`` calls per round. Each build's QPS at the target recall is
-interpolated linearly in recall between the two sweep points that bracket it; head/base is
-the result.
+``runner.measure_engines``, which schedules ``quiver bench`` the same way): all queries in
+one batch ``search`` call, Numba/BLAS pinned to ``--threads``, best of ``--reps`` calls per
+round. Each build's QPS at the target recall is interpolated linearly in recall between the
+two sweep points that bracket it (``metrics.at_target``); head/base is the result.
 
     python -m quiver.bench.ab --base HEAD~1 --limit 20000 --queries 200 --rounds 2   # quick
     python -m quiver.bench.ab --base main --spec HNSW16,LVQ8                         # full file
@@ -36,9 +36,9 @@ from .args import int_list
 from .common import fmt, log_stderr, md_table, module_main, results_dir, write_outputs
 from .datasets import DEFAULT_DENSE_FILE, data_dirs, find_data_file, load_dataset
 from .engines import QuiverEngine
-from .metrics import recall_at_k
+from .metrics import at_target, recall_at_k
 from .runner import environment
-from .timing import batch_qps, ensure_passive_omp, thread_limit, timed
+from .timing import batch_qps, ensure_passive_omp, rotated, thread_limit, timed
 
 DEFAULT_EFS = (16, 24, 32, 48, 64, 96, 128)
 AB_ROOT = Path("/tmp/quiver-ab")
@@ -200,22 +200,6 @@ class BuildEngine(QuiverEngine):
 # --- measurement -----------------------------------------------------------------------------
 
 
-def at_target(points: list[dict], target: float) -> dict:
-    """QPS at ``target`` recall, linear in recall between the first two consecutive sweep
-    points (in ef order) that bracket it. ``status``: 'interpolated', 'lower bound' (the
-    lowest ef already reaches it: the QPS there) or 'not reached' (qps None)."""
-    for i, p in enumerate(points):
-        if p["recall"] < target:
-            continue
-        if i == 0:
-            return {"qps": p["qps"], "status": "lower bound", "efs": [p["ef"]]}
-        lo = points[i - 1]
-        t = (target - lo["recall"]) / (p["recall"] - lo["recall"])
-        return {"qps": lo["qps"] + t * (p["qps"] - lo["qps"]), "status": "interpolated",
-                "efs": [lo["ef"], p["ef"]]}
-    return {"qps": None, "status": "not reached", "efs": []}
-
-
 def run_ab(cfg: ABConfig, log: Callable[[str], None] = log_stderr) -> dict:
     """Set up the base build, load the data, build both, run the interleaved rounds."""
     cfg.validate()
@@ -260,7 +244,7 @@ def run_ab(cfg: ABConfig, log: Callable[[str], None] = log_stderr) -> dict:
         gc.disable()
         try:
             for r in range(cfg.rounds):
-                order = engines if r % 2 == 0 else engines[::-1]
+                order = rotated(engines, r)
                 for ef in efs:
                     for eng in order:
                         def search(q, eng=eng, ef=ef):
@@ -297,8 +281,9 @@ def run_ab(cfg: ABConfig, log: Callable[[str], None] = log_stderr) -> dict:
 def _target_text(t: dict) -> str:
     if t["qps"] is None:
         return "not reached"
-    note = f"between ef={t['efs'][0]} and ef={t['efs'][1]}" if len(t["efs"]) == 2 else (
-        f">=, already reached at the lowest ef={t['efs'][0]}")
+    ef = t["between"]
+    note = f"between ef={ef[0]} and ef={ef[1]}" if len(ef) == 2 else (
+        f">=, already reached at the lowest ef={ef[0]}")
     return f"{fmt(t['qps'], 0)} ({note})"
 
 

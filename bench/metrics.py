@@ -1,6 +1,9 @@
-"""Recall: how many of the true top-k ids a search returned, the accuracy half of every plot."""
+"""Recall: how many of the true top-k ids a search returned, the accuracy half of every plot;
+and QPS at a target recall, read off a sweep."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,3 +29,24 @@ def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Mean recall@k over queries."""
     return float(recall_per_query(found, truth, k).mean())
+
+
+def at_target(points: Sequence[dict], target: float, qps: str = "qps",
+              param: str = "ef") -> dict:
+    """QPS at ``target`` recall from a sweep (points in sweep order, each with "recall", the
+    ``qps`` key and the ``param`` key), linear in recall between the first two consecutive
+    points that bracket it: the one number that compares engines whose knobs differ.
+
+    ``status``: 'interpolated' (``between`` names the two points' ``param``), 'lower bound'
+    (the first point already reaches the target: its QPS, which the engine at least reaches
+    there) or 'not reached' (qps None)."""
+    for i, p in enumerate(points):
+        if p["recall"] < target:
+            continue
+        if i == 0:
+            return {"qps": p[qps], "status": "lower bound", "between": [p[param]]}
+        lo = points[i - 1]
+        t = (target - lo["recall"]) / (p["recall"] - lo["recall"])
+        return {"qps": lo[qps] + t * (p[qps] - lo[qps]), "status": "interpolated",
+                "between": [lo[param], p[param]]}
+    return {"qps": None, "status": "not reached", "between": []}

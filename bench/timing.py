@@ -1,7 +1,9 @@
 """Timing harness: thread control, batch QPS, single-query latency, best of N repetitions.
 
 The box is small and shared, so every number is the best of several repetitions (noise only
-ever adds time), and thread counts are pinned for Numba, BLAS/OpenMP and the peers alike.
+ever adds time), thread counts are pinned for Numba, BLAS/OpenMP and the peers alike, and
+engines that are compared are timed in interleaved rounds (``rotated``), never one after
+another.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 SearchFn = Callable[[np.ndarray], object]
+T = TypeVar("T")
 
 
 def ensure_passive_omp() -> None:
@@ -73,15 +77,31 @@ def batch_qps(search: SearchFn, queries: np.ndarray, reps: int = 3) -> float:
     return queries.shape[0] / best_time(lambda: search(queries), reps)
 
 
+def rotated(items: Sequence[T], round_no: int) -> list[T]:
+    """Round ``round_no``'s order: A B C, then B C A, then C A B (A B, B A for two), so each
+    engine runs first, and last, as often as the others and box-wide drift cancels out."""
+    n = len(items)
+    if n == 0:
+        return []
+    r = round_no % n
+    return list(items[r:]) + list(items[:r])
+
+
 @dataclass
 class Latency:
     p50_ms: float
     p99_ms: float
     mean_ms: float
 
+    @classmethod
+    def of(cls, ms: np.ndarray) -> Latency:
+        """Percentiles of per-query times in milliseconds."""
+        return cls(float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.mean()))
 
-def single_query_latency(search: SearchFn, queries: np.ndarray, reps: int = 3) -> Latency:
-    """One query per call, as a request would arrive; each query's best of ``reps`` calls."""
+
+def single_query_times(search: SearchFn, queries: np.ndarray, reps: int = 1) -> np.ndarray:
+    """Milliseconds per query, one query per call as a request would arrive; each query's best
+    of ``reps`` passes (a pass times every query once)."""
     nq = queries.shape[0]
     rows = [queries[i : i + 1] for i in range(nq)]
     times = np.full(nq, np.inf)
@@ -93,8 +113,12 @@ def single_query_latency(search: SearchFn, queries: np.ndarray, reps: int = 3) -
             dt = clock() - t
             if dt < times[i]:
                 times[i] = dt
-    ms = times / 1e6
-    return Latency(float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.mean()))
+    return times / 1e6
+
+
+def single_query_latency(search: SearchFn, queries: np.ndarray, reps: int = 3) -> Latency:
+    """p50/p99/mean of ``single_query_times``."""
+    return Latency.of(single_query_times(search, queries, reps))
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:

@@ -11,11 +11,12 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from quiver.bench import datasets as dsm  # noqa: E402
+from quiver.bench import runner  # noqa: E402
 from quiver.bench.engines import Engine, QuiverEngine  # noqa: E402
-from quiver.bench.metrics import recall_at_k, recall_per_query  # noqa: E402
+from quiver.bench.metrics import at_target, recall_at_k, recall_per_query  # noqa: E402
 from quiver.bench.report import markdown, write_report  # noqa: E402
 from quiver.bench.runner import BenchConfig, measure, run_benchmark  # noqa: E402
-from quiver.bench.timing import single_query_latency, thread_limit  # noqa: E402
+from quiver.bench.timing import rotated, single_query_latency, thread_limit  # noqa: E402
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -208,7 +209,7 @@ def test_quiver_engine_sweeps_by_spec():
 def tiny_config(**kw) -> BenchConfig:
     # One spec only: each (codec, metric) pays a Numba compile for single-query latency.
     base = dict(dataset="synthetic:600x16", indexes=["Flat"], queries=25,
-                latency_queries=5, reps=1)
+                latency_queries=5, reps=1, rounds=2)
     return BenchConfig(**(base | kw))
 
 
@@ -219,14 +220,23 @@ def test_runner_end_to_end_writes_json_md_png(tmp_path):
     assert row["recall"] == 1.0
     assert row["qps_1"] > 0 and row["qps_all"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
     assert row["bytes_per_vector"] >= 16 * 4 and row["build_s"] >= 0
+    assert len(row["qps_1_rounds"]) == len(row["qps_all_rounds"]) == 2
+    assert row["qps_1"] == max(row["qps_1_rounds"]) and len(row["p50_ms_rounds"]) == 2
     assert report["skipped"][0]["name"] == "no-such-peer"
+    assert report["schedule"]["mode"] == "interleaved"
+    assert report["schedule"]["orders"] == [["quiver Flat"]] * 2
+    (entry,) = report["summary"]["engines"]
+    assert report["summary"]["reference"] == "quiver Flat"
+    assert entry["at_target"]["1"]["0.95"] == {"qps": row["qps_1"], "status": "lower bound",
+                                               "between": [{}]}
     paths = write_report(report, tmp_path / "out")
     expected = {"results.json", "results.md"} | ({"recall_qps.png"} if HAS_MPL else set())
     assert {p.name for p in (tmp_path / "out").iterdir()} == expected
     assert json.loads(paths["json"].read_text())["dataset"]["n"] == 600
     md = paths["md"].read_text()
     for col in ("engine", "recall@10", "QPS 1 thread", "QPS all threads", "p50 ms", "p99 ms",
-                "build s", "bytes/vector"):
+                "build s", "bytes/vector", "Interleaved", "2 rounds", "QPS @0.90", "QPS @0.95",
+                "QPS @0.99", "| ref |"):
         assert col in md
     if HAS_MPL:
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -236,7 +246,8 @@ def test_runner_threads_only_one(tmp_path):
     report = run_benchmark(tiny_config(indexes=["Flat"], threads="1"), log=lambda m: None)
     (row,) = report["results"]
     assert row["qps_all"] is None and row["qps_1"] > 0
-    assert "| - |" in markdown(report)
+    md = markdown(report)
+    assert "QPS 1 thread" in md and "QPS all threads" not in md and "all threads (" not in md
 
 
 def test_cli_bench(tmp_path, capsys):
@@ -244,9 +255,10 @@ def test_cli_bench(tmp_path, capsys):
 
     out = tmp_path / "cli"
     rc = main(["bench", "--dataset", "synthetic:500x8", "--queries", "20", "--latency-queries",
-               "4", "--reps", "1", "--index", "Flat", "--out", str(out)])
+               "4", "--reps", "1", "--rounds", "2", "--index", "Flat", "--out", str(out)])
     assert rc == 0
-    assert "| quiver | Flat |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| quiver | Flat |" in printed and "then 2 rounds" in printed
     assert (out / "results.json").is_file()
     assert main(["bench", "--dataset", str(tmp_path / "nope.hdf5"), "--out", str(out)]) == 2
 
@@ -289,3 +301,117 @@ def test_measure_keeps_going_past_a_failing_point():
     assert [r.params for r in rows] == [{"ef": 20}] and rows[0].recall == 1.0
     assert rows[0].bytes_per_vector == 16
     assert "ef=5" in failed[0]["name"] and "too small" in failed[0]["reason"]
+
+
+class _Recorder(Engine):
+    """Exact search that logs (index, batch size, ef) of every call into a shared list."""
+
+    engine, param = "fake", "ef"
+
+    def __init__(self, name: str, calls: list, param: str | None = "ef"):
+        super().__init__(4, "l2")
+        self.index, self.calls, self.param = name, calls, param
+
+    def build(self, x):
+        self.x = x
+
+    def search(self, q, k, **params):
+        self.calls.append((self.index, q.shape[0], params.get("ef")))
+        return dsm.exact_neighbors(self.x, q, k, self.metric)[0]
+
+    def memory(self):
+        return self.x.nbytes
+
+
+def test_rotated_orders():
+    assert [rotated("ABC", r) for r in range(4)] == [list("ABC"), list("BCA"), list("CAB"),
+                                                    list("ABC")]
+    assert rotated([], 3) == []
+
+
+def test_engines_are_timed_interleaved_by_sweep_position():
+    ds = dsm.synthetic(n=200, nq=6, dim=4, seed=1, gt_k=10)
+    calls: list = []
+    engines = [_Recorder("A", calls), _Recorder("B", calls), _Recorder("C", calls, None)]
+    cfg = tiny_config(efs=[16, 32], reps=1, rounds=3, threads="1", latency_queries=0)
+    rows, orders = runner.measure_engines(engines, ds, cfg, lambda m: None)
+    assert orders == [["fake A", "fake B", "fake C"], ["fake B", "fake C", "fake A"],
+                      ["fake C", "fake A", "fake B"]]
+    # recall first (untimed), engine by engine; C is a Flat-like engine with one point
+    assert [(n, ef) for n, _, ef in calls[:5]] == [("A", 16), ("A", 32), ("B", 16), ("B", 32),
+                                                   ("C", None)]
+    expected = [("A", 16), ("B", 16), ("C", None), ("A", 32), ("B", 32),   # round 1: A B C
+                ("B", 16), ("C", None), ("A", 16), ("B", 32), ("A", 32),   # round 2: B C A
+                ("C", None), ("A", 16), ("B", 16), ("A", 32), ("B", 32)]   # round 3: C A B
+    assert [(n, ef) for n, _, ef in calls[5:]] == expected
+    assert [(r.label, r.params) for r in rows] == [
+        ("fake A", {"ef": 16}), ("fake A", {"ef": 32}), ("fake B", {"ef": 16}),
+        ("fake B", {"ef": 32}), ("fake C", {})]
+    for r in rows:
+        assert len(r.qps_1_rounds) == 3 and r.qps_1 == max(r.qps_1_rounds) and r.qps_all is None
+        assert r.recall == 1.0 and r.p50_ms is None
+
+
+def test_both_thread_settings_and_latency_interleave_too():
+    ds = dsm.synthetic(n=200, nq=6, dim=4, seed=1, gt_k=10)
+    calls: list = []
+    engines = [_Recorder("A", calls), _Recorder("B", calls)]
+    cfg = tiny_config(efs=[16], reps=1, rounds=2, threads="both", latency_queries=2)
+    rows, _ = runner.measure_engines(engines, ds, cfg, lambda m: None)
+    seq = [(n, nq) for n, nq, _ in calls]
+    warm = [("A", 6), ("A", 1), ("B", 6), ("B", 1)]
+    r1 = [("A", 6), ("B", 6), ("A", 6), ("B", 6), ("A", 1), ("A", 1), ("B", 1), ("B", 1)]
+    r2 = [("B", 6), ("A", 6), ("B", 6), ("A", 6), ("B", 1), ("B", 1), ("A", 1), ("A", 1)]
+    assert seq == warm + r1 + r2
+    for r in rows:
+        assert len(r.qps_1_rounds) == len(r.qps_all_rounds) == len(r.p50_ms_rounds) == 2
+        assert r.p99_ms >= r.p50_ms > 0
+
+
+def test_at_target_interpolates_between_bracketing_points():
+    pts = [{"ef": 16, "recall": 0.8, "qps": 1000.0}, {"ef": 32, "recall": 0.9, "qps": 600.0},
+           {"ef": 64, "recall": 0.99, "qps": 300.0}]
+    got = at_target(pts, 0.95)
+    assert got["status"] == "interpolated" and got["between"] == [32, 64]
+    assert got["qps"] == pytest.approx(600 - 300 * 0.05 / 0.09)
+    assert at_target(pts, 0.5) == {"qps": 1000.0, "status": "lower bound", "between": [16]}
+    assert at_target(pts, 0.995) == {"qps": None, "status": "not reached", "between": []}
+
+
+def _row(label, engine, recall, qps, rounds):
+    return {"label": label, "engine": engine, "index": label, "params": {"ef": recall},
+            "recall": recall, "qps_1": qps, "qps_1_rounds": rounds, "build_s": 1.0,
+            "bytes_per_vector": 8.0}
+
+
+def test_summary_ratios_against_the_first_quiver_engine():
+    results = [_row("peer", "faiss", 0.9, 2000.0, [2000.0, 1800.0]),
+               _row("peer", "faiss", 1.0, 1000.0, [1000.0, 1000.0]),
+               _row("mine", "quiver", 1.0, 500.0, [500.0, 450.0]),  # out of recall order
+               _row("mine", "quiver", 0.9, 1000.0, [900.0, 1000.0])]
+    s = runner.summarize(results, [0.9, 0.95, 0.99], ["1"])
+    assert s["reference"] == "mine"
+    peer, mine = s["engines"]
+    assert mine["at_target"]["1"]["0.95"]["qps"] == pytest.approx(750)
+    assert peer["at_target"]["1"]["0.95"]["qps"] == pytest.approx(1500)
+    r = peer["ratio"]["1"]["0.95"]
+    assert r["ratio"] == pytest.approx(2.0) and not r["bound"]
+    assert r["paired_median"] == pytest.approx((1500 / 700 + 1400 / 725) / 2)
+    assert peer["ratio"]["1"]["0.9"]["bound"]  # both reach 0.9 at their first point
+    assert peer["build_s"] == 1.0 and peer["bytes_per_vector"] == 8.0
+
+
+def test_too_little_memory_falls_back_to_sequential(monkeypatch):
+    monkeypatch.setattr(runner, "memory_budget", lambda: 1)
+    report = run_benchmark(tiny_config(indexes=["Flat", "Flat"], threads="1"),
+                           log=lambda m: None)
+    assert report["schedule"]["mode"] == "sequential"
+    assert "ratios not trustworthy" in report["schedule"]["note"]
+    assert [r["label"] for r in report["results"]] == ["quiver Flat", "quiver Flat #2"]
+    assert report["schedule"]["orders"] == [["quiver Flat", "quiver Flat #2"]]
+    assert "sequential: ratios not trustworthy" in markdown(report)
+
+
+def test_bad_rounds_are_rejected():
+    with pytest.raises(ValueError, match="rounds"):
+        run_benchmark(tiny_config(rounds=0), log=lambda m: None)

@@ -27,7 +27,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                     "writes results.json, results.md and recall_qps.png.")
     p.add_argument("--quickstart", action="store_true",
                    help="Flat vs faiss Flat on the WordNet file if present, else synthetic "
-                        "20k x 128; 200 latency queries")
+                        "20k x 128; 200 latency queries, 2 rounds of 2 reps")
     p.add_argument("--dataset", help="ann-benchmarks HDF5 path, or synthetic[:NxD][:metric] "
                                      "(default: WordNet file in ../shared/data or "
                                      "$QUIVER_DATA_DIR, else synthetic:20000x128)")
@@ -44,7 +44,12 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, help="use the first N queries")
     p.add_argument("--latency-queries", type=int, default=200,
                    help="queries timed one at a time (default 200)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions, best kept (default 3)")
+    p.add_argument("--reps", type=int,
+                   help="timed batch calls per engine, point and round, best kept (default 3; "
+                        "2 with --quickstart)")
+    p.add_argument("--rounds", type=int,
+                   help="interleaved rounds: every engine timed back to back once per round, "
+                        "engine order rotating, best round kept (default 3; 2 with --quickstart)")
     p.add_argument("--threads-only", choices=["1", "all"],
                    help="measure QPS with only this thread setting (default both)")
     p.add_argument("--out", help="output folder (default bench/results/<dataset>-<name>)")
@@ -59,10 +64,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     peers = args.peers
     if peers is None:
         peers = ["faiss"] if args.quickstart and importlib.util.find_spec("faiss") else []
+    short = 2 if args.quickstart else 3  # rounds and reps: quickstart stays about as fast
     cfg = BenchConfig(dataset=args.dataset or default_dataset(),
                       indexes=args.indexes or ["Flat"], peers=peers, k=args.k,
                       limit=args.limit, queries=args.queries,
-                      latency_queries=args.latency_queries, reps=args.reps,
+                      latency_queries=args.latency_queries,
+                      reps=short if args.reps is None else args.reps,
+                      rounds=short if args.rounds is None else args.rounds,
                       threads=args.threads_only or "both")
     if args.ef:
         cfg.efs = args.ef
