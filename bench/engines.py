@@ -92,6 +92,21 @@ class QuiverEngine(Engine):
         self.idx = make_index(self.index, self.dim, self.metric, **self.options)
         self.idx.train(x)
         self.idx.add(x)
+        codec = getattr(self.idx, "codec", None)
+        if codec is not None and codec.lossy:
+            self._serve_from_files()
+
+    def _serve_from_files(self) -> None:
+        """Search a lossy index the way a collection's sealed segment is searched: saved and
+        memory-mapped back, so the float32 originals it never reads stay out of RAM (and out
+        of ``memory()``). The save counts in the build time, as it does for a segment."""
+        import tempfile
+
+        from ..engine.index import load_index
+
+        self._files = tempfile.TemporaryDirectory(prefix="quiver-bench-")
+        self.idx.save(self._files.name)
+        self.idx = load_index(self._files.name)
 
     def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
         _, ids = self.idx.search(q, k, **params)
@@ -102,3 +117,7 @@ class QuiverEngine(Engine):
 
     def close(self) -> None:
         self.idx = None
+        files = getattr(self, "_files", None)
+        if files is not None:
+            files.cleanup()
+            self._files = None

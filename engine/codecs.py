@@ -9,6 +9,7 @@ LeanVec, PQ) plug in by implementing this class.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ class Codec:
         raise NotImplementedError
 
     def bytes_per_vector(self) -> int:
-        return self.dim * np.dtype(self.code_dtype).itemsize + 4 * self.aux_width
+        return self.code_width * np.dtype(self.code_dtype).itemsize + 4 * self.aux_width
 
     def state(self) -> dict[str, np.ndarray]:
         return {}
@@ -56,9 +57,19 @@ class Codec:
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what ``state`` returned."""
 
+    @property
+    def code_width(self) -> int:
+        """Code entries per row (packed codecs hold fewer than ``dim``)."""
+        return self.dim
+
+    def rerank_dist(self, kernel_metric: str) -> int | None:
+        """A second, more accurate distance over the same rows, for re-ranking (two-level
+        codecs); None when the codec has only one."""
+        return None
+
     def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """Uninitialised storage for ``cap`` rows (only rows below the store's n are read)."""
-        return (aligned_empty((cap, self.dim), self.code_dtype),
+        return (aligned_empty((cap, self.code_width), self.code_dtype),
                 aligned_empty((cap, self.aux_width), np.float32))
 
 
@@ -164,20 +175,35 @@ class SQ8Codec(Codec):
         self.step = np.asarray(arrays["step"], np.float32)
 
 
-class LVQ8Codec(Codec):
-    """LVQ-8: centre on the dataset mean, then per-vector uint8 codes between the vector's own
-    min and max. Adapts the grid to each vector, which global SQ8 cannot.
+class LVQCodec(Codec):
+    """LVQ (Aguerrebere et al., 2023): centre on the dataset mean, then per-vector uniform
+    codes between the vector's own min and max (an adaptive grid global SQ8 cannot have).
+    ``bits`` 8 or 4 (two codes per byte). Two-level LVQ-B1xB2 adds ``residual_bits`` coding
+    the primary's error over [-step/2, step/2]: traversal reads the primary codes, re-ranking
+    both (``rerank_dist``), so no float32 is needed to re-score.
 
-    Prepared query: [q (d), <q, mean>, sum(q), ||q||^2]. aux = [bias, step, ||x_hat||^2]."""
+    Prepared query: [q (d), <q, mean>, sum(q), ||q||^2]. A row: primary codes (d or d/2
+    bytes; at 4 bits byte j holds dims j and j + d/2), then the residual codes. aux = [bias,
+    step, ||x1||^2] (+ [bias2, step2, ||x||^2] for two levels)."""
 
-    name = "lvq8"
     code_dtype = np.uint8
-    aux_width = 3
     lossy = True
 
-    def __init__(self, dim):
+    def __init__(self, dim, bits: int = 8, residual_bits: int = 0):
         super().__init__(dim)
+        if (bits == 4 or residual_bits == 4) and dim % 2:
+            raise InvalidArgument(f"dim: 4-bit LVQ packs two dimensions per byte and needs an "
+                                  f"even dimension, got {dim}")
+        self.bits, self.residual_bits = bits, residual_bits
+        self.name = f"lvq{bits}" + (f"x{residual_bits}" if residual_bits else "")
+        self.aux_width = 6 if residual_bits else 3
         self.mean: np.ndarray | None = None
+
+    @property
+    def code_width(self) -> int:
+        def width(b: int) -> int:
+            return 0 if b == 0 else (self.dim if b == 8 else self.dim // 2)
+        return width(self.bits) + width(self.residual_bits)
 
     @property
     def trained(self):
@@ -187,9 +213,10 @@ class LVQ8Codec(Codec):
         self.mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def encode(self, x):
-        codes = np.empty(x.shape, np.uint8)
-        aux = np.empty((x.shape[0], 3), np.float32)
-        kq.lvq8_encode(np.ascontiguousarray(x, np.float32), self.mean, codes, aux)
+        codes = np.empty((x.shape[0], self.code_width), np.uint8)
+        aux = np.empty((x.shape[0], self.aux_width), np.float32)
+        kq.lvq_encode(np.ascontiguousarray(x, np.float32), self.mean, self.bits,
+                      self.residual_bits, codes, aux)
         return codes, aux
 
     def prepare(self, q):
@@ -202,7 +229,16 @@ class LVQ8Codec(Codec):
         return qs
 
     def dist(self, kernel_metric):
-        return kk.LVQ8_L2 if kernel_metric == "l2" else kk.LVQ8_IP
+        l2 = kernel_metric == "l2"
+        if self.bits == 8:
+            return kk.LVQ8_L2 if l2 else kk.LVQ8_IP
+        return kk.LVQ4_L2 if l2 else kk.LVQ4_IP
+
+    def rerank_dist(self, kernel_metric):
+        if not self.residual_bits:
+            return None
+        table = kk.LVQ_2L_L2 if kernel_metric == "l2" else kk.LVQ_2L_IP
+        return table[(self.bits, self.residual_bits)]
 
     def state(self):
         return {"mean": self.mean}
@@ -217,7 +253,7 @@ class CodecEntry:
     its spec part; the ``cls`` restores a stored codec by its ``name``."""
 
     form: str
-    cls: type[Codec]
+    cls: Callable[[int], Codec]
     build: Callable[[SpecPart, int], Codec]
 
 
@@ -226,12 +262,12 @@ CODECS: dict[str, CodecEntry] = {}
 codecs, its ``family`` (``PQ``): a new codec is a class plus one ``register_codec`` call."""
 
 
-def register_codec(key: str, form: str, cls: type[Codec],
+def register_codec(key: str, form: str, cls: Callable[[int], Codec],
                    build: Callable[[SpecPart, int], Codec] | None = None) -> None:
     CODECS[key.upper()] = CodecEntry(form, cls, build or _plain(cls))
 
 
-def _plain(cls: type[Codec]) -> Callable[[SpecPart, int], Codec]:
+def _plain(cls: Callable[[int], Codec]) -> Callable[[SpecPart, int], Codec]:
     def build(part: SpecPart, dim: int) -> Codec:
         if part.args:
             raise InvalidArgument(f"spec: codec {part.key} takes no arguments, got {part}")
@@ -239,9 +275,12 @@ def _plain(cls: type[Codec]) -> Callable[[SpecPart, int], Codec]:
     return build
 
 
-for _cls in (F32Codec, F16Codec, SQ8Codec, LVQ8Codec):
+for _cls in (F32Codec, F16Codec, SQ8Codec):
     register_codec(_cls.name, _cls.name.upper(), _cls)
 register_codec("FLAT", "Flat (= F32)", F32Codec)
+for _b1, _b2 in ((8, 0), (4, 0), (4, 4), (4, 8), (8, 8)):
+    _name = f"lvq{_b1}" + (f"x{_b2}" if _b2 else "")
+    register_codec(_name, _name.upper(), functools.partial(LVQCodec, bits=_b1, residual_bits=_b2))
 
 
 def accepted_codecs() -> str:

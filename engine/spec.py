@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgument
 
-_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z][A-Za-z_]*?)(?P<nums>\d+(?:x\d+)*)?(?=[\s,()]|$)"
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z][A-Za-z_]*?)(?P<nums>\d+(?:[xX]\d+)*)?(?=[\s,()]|$)"
                     r"|(?P<num>\d+)|(?P<punct>[,()]))")
 
 
@@ -98,7 +98,7 @@ def _parse_list(spec, tokens, i, top: bool) -> tuple[list, int]:
 
 def _parse_part(spec, tokens, i) -> tuple[SpecPart, int]:
     text, at, m = tokens[i]
-    nums = tuple(int(n) for n in m.group("nums").split("x")) if m.group("nums") else ()
+    nums = tuple(int(n) for n in m.group("nums").lower().split("x")) if m.group("nums") else ()
     i += 1
     args: tuple = ()
     end = at + len(text)

@@ -11,9 +11,23 @@ from numba import njit
 
 from . import INLINE
 from .distance import f32_ip, f32_l2
-from .quantized import f16_ip, f16_l2, lvq8_ip, lvq8_l2, sq8_ip, sq8_l2
+from .quantized import (
+    f16_ip,
+    f16_l2,
+    lvq4_ip,
+    lvq4_l2,
+    lvq8_ip,
+    lvq8_l2,
+    sq8_ip,
+    sq8_l2,
+    two_level_ip,
+    two_level_l2,
+)
 
-F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2 = range(8)
+F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = range(10)
+LVQ_2L_IP = {(4, 4): 10, (4, 8): 11, (8, 4): 12, (8, 8): 13}
+LVQ_2L_L2 = {(4, 4): 14, (4, 8): 15, (8, 4): 16, (8, 8): 17}
+"""Two-level LVQ (primary and residual together): the re-ranking distance of LVQ-B1xB2."""
 
 
 @njit(**INLINE)
@@ -33,4 +47,12 @@ def codec_distance(kind: int, qs: np.ndarray, codes: np.ndarray, aux: np.ndarray
         return sq8_l2(qs, codes, aux, i)
     if kind == LVQ8_IP:
         return lvq8_ip(qs, codes, aux, i)
-    return lvq8_l2(qs, codes, aux, i)
+    if kind == LVQ8_L2:
+        return lvq8_l2(qs, codes, aux, i)
+    if kind == LVQ4_IP:
+        return lvq4_ip(qs, codes, aux, i)
+    if kind == LVQ4_L2:
+        return lvq4_l2(qs, codes, aux, i)
+    if kind < 14:  # two-level ip: 10..13 = (4,4), (4,8), (8,4), (8,8)
+        return two_level_ip(qs, codes, aux, i, 4 if kind < 12 else 8, 4 if kind % 2 == 0 else 8)
+    return two_level_l2(qs, codes, aux, i, 4 if kind < 16 else 8, 4 if kind % 2 == 0 else 8)

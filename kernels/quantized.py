@@ -68,9 +68,25 @@ def sq8_l2(qs, codes, aux, i):
 
 
 @njit(**INLINE)
+def _u4_dot(qv: np.ndarray, row: np.ndarray, h: int) -> np.float32:
+    """Packed 4-bit codes: byte j holds dimension j (low nibble) and j + h (high nibble), so
+    both halves of the query are read contiguously and the loop vectorises."""
+    s = np.float32(0.0)
+    for j in range(h):
+        b = np.uint32(row[j])
+        s += qv[j] * np.float32(b & np.uint32(15)) + qv[j + h] * np.float32(b >> np.uint32(4))
+    return s
+
+
+# LVQ layouts (engine/codecs.py): prepared query [q (d), <q, mean>, sum(q), ||q||^2]; a row
+# holds the primary codes first (d bytes at 8 bits, d/2 at 4 bits) and, for two-level codecs,
+# the residual codes after them; aux = [bias, step, ||x1||^2 (, bias2, step2, ||x||^2)].
+
+
+@njit(**INLINE)
 def _lvq8_ip(qs, codes, aux, i):
-    d = codes.shape[1]
-    return qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _u8_dot(qs, codes[i])
+    d = qs.shape[0] - 3
+    return qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _u8_dot(qs, codes[i, :d])
 
 
 @njit(**INLINE)
@@ -80,11 +96,111 @@ def lvq8_ip(qs, codes, aux, i):
 
 @njit(**INLINE)
 def lvq8_l2(qs, codes, aux, i):
-    d = codes.shape[1]
+    d = qs.shape[0] - 3
     return qs[d + 2] - np.float32(2.0) * _lvq8_ip(qs, codes, aux, i) + aux[i, 2]
 
 
+@njit(**INLINE)
+def _lvq4_ip(qs, codes, aux, i):
+    d = qs.shape[0] - 3
+    return qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _u4_dot(qs, codes[i], d >> 1)
+
+
+@njit(**INLINE)
+def lvq4_ip(qs, codes, aux, i):
+    return -_lvq4_ip(qs, codes, aux, i)
+
+
+@njit(**INLINE)
+def lvq4_l2(qs, codes, aux, i):
+    d = qs.shape[0] - 3
+    return qs[d + 2] - np.float32(2.0) * _lvq4_ip(qs, codes, aux, i) + aux[i, 2]
+
+
+@njit(**INLINE)
+def _two_level_ip(qs, codes, aux, i, b1: int, b2: int):
+    """<q, x_hat> with x_hat = mean + bias + step * c1 + bias2 + step2 * c2."""
+    d = qs.shape[0] - 3
+    row = codes[i]
+    w1 = d if b1 == 8 else d >> 1
+    p1 = _u8_dot(qs, row[:w1]) if b1 == 8 else _u4_dot(qs, row, d >> 1)
+    p2 = _u8_dot(qs, row[w1 : w1 + d]) if b2 == 8 else _u4_dot(qs, row[w1:], d >> 1)
+    return qs[d] + (aux[i, 0] + aux[i, 3]) * qs[d + 1] + aux[i, 1] * p1 + aux[i, 4] * p2
+
+
+@njit(**INLINE)
+def two_level_ip(qs, codes, aux, i, b1: int, b2: int):
+    return -_two_level_ip(qs, codes, aux, i, b1, b2)
+
+
+@njit(**INLINE)
+def two_level_l2(qs, codes, aux, i, b1: int, b2: int):
+    d = qs.shape[0] - 3
+    return qs[d + 2] - np.float32(2.0) * _two_level_ip(qs, codes, aux, i, b1, b2) + aux[i, 5]
+
+
 # --- encoders -----------------------------------------------------------------------------
+
+
+@njit(**JIT)
+def lvq_encode(X, mean, b1: int, b2: int, codes, aux) -> None:
+    """LVQ-``b1`` (and, with ``b2`` > 0, a ``b2``-bit residual): centre each vector on the
+    dataset mean, code it uniformly between its own min and max, then code the primary's
+    error uniformly over [-step/2, step/2]. 4-bit codes pack two per byte (dims j, j + d/2).
+
+    aux[i] = (bias, step, ||x1||^2) and, two-level, (bias2, step2, ||x||^2) after them."""
+    n, d = X.shape
+    h = d >> 1
+    w1 = d if b1 == 8 else h
+    l1 = np.float32((1 << b1) - 1)
+    l2 = np.float32((1 << b2) - 1) if b2 > 0 else np.float32(1.0)
+    r = np.empty(d, np.float32)
+    c1 = np.empty(d, np.int32)
+    c2 = np.empty(d, np.int32)
+    for i in range(n):
+        lo = np.float32(np.inf)
+        hi = np.float32(-np.inf)
+        for j in range(d):
+            r[j] = X[i, j] - mean[j]
+            lo = min(lo, r[j])
+            hi = max(hi, r[j])
+        step = (hi - lo) / l1
+        inv = np.float32(0.0) if step == 0 else np.float32(1.0) / step
+        step2 = step / l2
+        inv2 = np.float32(0.0) if step2 == 0 else np.float32(1.0) / step2
+        lo2 = -step * np.float32(0.5)
+        n1 = np.float32(0.0)
+        n2 = np.float32(0.0)
+        for j in range(d):
+            c = min(max(np.int32((r[j] - lo) * inv + np.float32(0.5)), 0), np.int32(l1))
+            c1[j] = c
+            x1 = lo + step * np.float32(c)
+            n1 += (mean[j] + x1) * (mean[j] + x1)
+            if b2 > 0:
+                e = min(max(np.int32((r[j] - x1 - lo2) * inv2 + np.float32(0.5)), 0),
+                        np.int32(l2))
+                c2[j] = e
+                x = mean[j] + x1 + lo2 + step2 * np.float32(e)
+                n2 += x * x
+        if b1 == 8:
+            for j in range(d):
+                codes[i, j] = np.uint8(c1[j])
+        else:
+            for j in range(h):
+                codes[i, j] = np.uint8(c1[j] | (c1[j + h] << 4))
+        aux[i, 0] = lo
+        aux[i, 1] = step
+        aux[i, 2] = n1
+        if b2 > 0:
+            if b2 == 8:
+                for j in range(d):
+                    codes[i, w1 + j] = np.uint8(c2[j])
+            else:
+                for j in range(h):
+                    codes[i, w1 + j] = np.uint8(c2[j] | (c2[j + h] << 4))
+            aux[i, 3] = lo2
+            aux[i, 4] = step2
+            aux[i, 5] = n2
 
 
 @njit(**JIT)
@@ -94,31 +210,3 @@ def sq8_encode(X, lo, inv_step, codes) -> None:
             v = (X[i, j] - lo[j]) * inv_step[j]
             v = min(max(v, np.float32(0.0)), np.float32(255.0))
             codes[i, j] = np.uint8(np.int32(v + np.float32(0.5)))
-
-
-@njit(**JIT)
-def lvq8_encode(X, mean, codes, aux) -> None:
-    """Per vector: centre on the dataset mean, then uniform 8-bit codes between its min and max.
-
-    aux[i] = (bias, step, ||reconstruction||^2)."""
-    d = X.shape[1]
-    r = np.empty(d, np.float32)
-    for i in range(X.shape[0]):
-        lo = np.float32(np.inf)
-        hi = np.float32(-np.inf)
-        for j in range(d):
-            r[j] = X[i, j] - mean[j]
-            lo = min(lo, r[j])
-            hi = max(hi, r[j])
-        step = (hi - lo) / np.float32(255.0)
-        inv = np.float32(0.0) if step == 0 else np.float32(1.0) / step
-        norm = np.float32(0.0)
-        for j in range(d):
-            c = np.int32((r[j] - lo) * inv + np.float32(0.5))
-            c = min(max(c, 0), 255)
-            codes[i, j] = np.uint8(c)
-            x = mean[j] + lo + step * np.float32(c)
-            norm += x * x
-        aux[i, 0] = lo
-        aux[i, 1] = step
-        aux[i, 2] = norm

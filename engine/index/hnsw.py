@@ -342,7 +342,11 @@ class HNSWIndex:
         n = self._float.n
         nq = q.shape[0]
         ef = params.beam(k)
-        rerank = bool(params.rerank) and self.codec.lossy  # f32 codes are the originals
+        exact_rerank = bool(params.rerank) and self.codec.lossy  # f32 codes are the originals
+        second = self.codec.rerank_dist(self._kmetric)  # a two-level codec's accurate level
+        if params.rerank is False or exact_rerank:
+            second = None
+        rerank = exact_rerank or second is not None
         words, n_ok, use_ok = self._live_words(bits)
         filtered = bits is not None if filtered is None else filtered
         if plan is None:
@@ -369,7 +373,14 @@ class HNSWIndex:
             else:
                 kh.search_batch(self.codec.dist(self._kmetric), qs, codes, aux, *graph, visited,
                                 tags, words, use_ok, two_hop, budget, out_d, out_i, counts)
-            if rerank:
+            if second is not None:  # re-score the candidates on both levels of the codes
+                dist = np.empty((nq, k), np.float32)
+                pos = np.empty((nq, k), np.int64)
+                if nq == 1:
+                    kh.rerank_one(second, qs[0], codes, aux, out_i[0], k, dist[0], pos[0])
+                else:
+                    kh.rerank_batch(second, qs, codes, aux, out_i, k, dist, pos)
+            elif rerank:
                 X, faux = self._float.view()
                 dist = np.empty((nq, k), np.float32)
                 pos = np.empty((nq, k), np.int64)
@@ -398,7 +409,8 @@ class HNSWIndex:
         if n == 0:  # (an empty index may have an untrained codec: nothing to prepare)
             out_d[:], out_i[:] = np.inf, -1
             return out_d, out_i
-        dist = self.codec.dist(self._kmetric)
+        rerank_dist = self.codec.rerank_dist(self._kmetric)  # the most accurate level there is
+        dist = self.codec.dist(self._kmetric) if rerank_dist is None else rerank_dist
         qs = self.codec.prepare(q)
         if words is None:
             ks.scan_topk_any(dist, qs, X, aux, n, k, np.zeros(1, np.uint64), False, out_d, out_i)

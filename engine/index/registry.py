@@ -18,6 +18,7 @@ from ..errors import CorruptData, InvalidArgument
 from ..metric import Metric
 from ..persist import read_manifest
 from ..spec import SpecPart, parse_spec
+from ..validation import check_dim
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
     ``"HNSW32,LVQ8"``. Keyword ``options`` go to the index (``ef_construction=200``)."""
     parsed = parse_index_spec(spec)
     metric = Metric.parse(metric)
-    codec_from_spec(parsed.codec, 1)  # names an unknown codec before the index type does
+    dim = check_dim(dim)
+    codec_from_spec(parsed.codec, dim)  # names an unknown codec before the index type does
     return INDEX_TYPES[parsed.index.family].build(parsed, dim, metric, options)
 
 
@@ -104,7 +106,7 @@ def _build_flat(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     from .flat import FlatIndex
 
     _no_numbers(parsed.index)
-    return FlatIndex(dim, metric, dtype=codec_from_spec(parsed.codec, 1).name, **options)
+    return FlatIndex(dim, metric, dtype=codec_from_spec(parsed.codec, dim).name, **options)
 
 
 def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
@@ -114,11 +116,11 @@ def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     if len(head.numbers) > 1 or head.args:
         raise InvalidArgument(f"spec: write HNSW<M> (M links per node, e.g. HNSW16), got {head}")
     refine = parsed.refine()
-    if refine is not None and codec_from_spec(refine, 1).name != "f32":
+    if refine is not None and codec_from_spec(refine, dim).name != "f32":
         raise InvalidArgument(f"spec: HNSW re-ranks on F32 vectors; Refine({refine}) is not "
                               f"available yet")
     links = head.numbers[0] if head.numbers else 16
-    return HNSWIndex(dim, metric, m=links, codec=codec_from_spec(parsed.codec, 1).name, **options)
+    return HNSWIndex(dim, metric, m=links, codec=codec_from_spec(parsed.codec, dim).name, **options)
 
 
 def _register_builtin() -> None:

@@ -1,0 +1,131 @@
+"""LVQ codecs (one and two levels, 8 and 4 bits) against a NumPy reference: round-trip error
+bounds, the packed 4-bit layout, distance kernels on decoded vectors, HNSW over each codec
+with no float32 read, and save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from quiver.engine.codecs import make_codec
+from quiver.kernels.dispatch import codec_distance
+
+import quiver
+
+LVQ = ("lvq8", "lvq4", "lvq4x4", "lvq4x8", "lvq8x8")
+D = 24
+
+
+def _unpack(codes: np.ndarray, bits: int, d: int) -> np.ndarray:
+    if bits == 8:
+        return codes[:, :d].astype(np.float32)
+    h = d // 2
+    return np.concatenate([codes[:, :h] & 15, codes[:, :h] >> 4], axis=1).astype(np.float32)
+
+
+def decode(codec, codes: np.ndarray, aux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(primary, full) reconstructions by the formulas in engine/codecs.py."""
+    d = codec.dim
+    x1 = codec.mean + aux[:, :1] + aux[:, 1:2] * _unpack(codes, codec.bits, d)
+    if not codec.residual_bits:
+        return x1, x1
+    w1 = d if codec.bits == 8 else d // 2
+    c2 = _unpack(codes[:, w1:], codec.residual_bits, d)
+    return x1, x1 + aux[:, 3:4] + aux[:, 4:5] * c2
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((400, D)) * rng.uniform(0.5, 2, D)).astype(np.float32), \
+        rng.standard_normal((4, D)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", LVQ)
+def test_round_trip_error_bounds(data, name):
+    x, _ = data
+    c = make_codec(name, D)
+    c.fit(x)
+    codes, aux = c.encode(x)
+    assert codes.shape == (400, c.code_width) and codes.dtype == np.uint8
+    assert c.bytes_per_vector() == c.code_width + 4 * c.aux_width
+    x1, full = decode(c, codes, aux)
+    step = aux[:, 1:2]
+    assert (np.abs(x - x1) <= step / 2 + 1e-5).all()  # the nearest level of the vector's own grid
+    if c.residual_bits:
+        step2 = aux[:, 4:5]
+        assert np.allclose(step2, step / ((1 << c.residual_bits) - 1))
+        assert (np.abs(x - full) <= step2 / 2 + 1e-5).all()
+    np.testing.assert_allclose(aux[:, 2], (x1 * x1).sum(1), rtol=1e-4)
+    np.testing.assert_allclose(aux[:, -1], (full * full).sum(1), rtol=1e-4)
+
+
+def test_packed_4bit_layout():
+    c = make_codec("lvq4", 4)
+    c.mean = np.zeros(4, np.float32)
+    x = np.array([[0.0, 1.0, 2.0, 15.0]], np.float32)  # step 1, bias 0: codes = the values
+    codes, aux = c.encode(x)
+    assert aux[0, 0] == 0 and aux[0, 1] == 1
+    # byte j: low nibble dimension j, high nibble dimension j + d/2
+    assert codes.tolist() == [[0 | (2 << 4), 1 | (15 << 4)]]
+    with pytest.raises(quiver.InvalidArgument, match="even dimension"):
+        make_codec("lvq4x8", 5)
+
+
+@pytest.mark.parametrize("name", LVQ)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_distance_kernels_match_decoded_vectors(data, name, metric):
+    x, q = data
+    c = make_codec(name, D)
+    c.fit(x)
+    codes, aux = c.encode(x)
+    qs = c.prepare(q)
+    x1, full = decode(c, codes, aux)
+    for kind, ref in ((c.dist(metric), x1), (c.rerank_dist(metric), full)):
+        if kind is None:
+            continue
+        got = np.array([[codec_distance(kind, qs[a], codes, aux, i) for i in range(50)]
+                        for a in range(len(q))])
+        want = ((ref[None, :50] - q[:, None]) ** 2).sum(-1) if metric == "l2" else -(q @ ref[:50].T)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", LVQ)
+def test_hnsw_over_each_codec_reads_no_float32(tmp_path, name):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1500, 32)).astype(np.float32)
+    q = x[:20] + 0.05 * rng.standard_normal((20, 32)).astype(np.float32)
+    truth = np.argsort(((x[None] - q[:, None]) ** 2).sum(-1), axis=1)[:, :5]
+    idx = quiver.index(f"HNSW12,{name.upper()}", 32, "l2", ef_construction=64)
+    idx.add(x)
+    idx.save(tmp_path / "h")
+    loaded = quiver.load_index(tmp_path / "h")
+    assert loaded.codec.name == name and loaded.memory_usage()["rerank_vectors"] == 0
+    floor = 0.8 if name == "lvq4" else 0.95  # 4 bits alone are coarse; two levels re-rank
+    for kw in ({}, {"exact": True}, {"allowed": np.arange(0, 1500, 3)}):
+        _, ids = loaded.search(q, 5, ef=64, **kw)
+        want = truth if "allowed" not in kw else None
+        if want is not None:
+            r = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, want, strict=True)])
+            assert r >= floor, (name, kw, r)
+        else:
+            assert np.isin(ids, np.arange(0, 1500, 3)).all()
+    # the float32 originals are read only when asked for
+    before = loaded.search(q, 5, ef=64)
+    loaded._float.codes = np.full(loaded._float.codes.shape, np.nan, np.float32)
+    np.testing.assert_array_equal(loaded.search(q, 5, ef=64)[1], before[1])
+    _, exact_ids = idx.search(q, 5, ef=64, rerank="exact")
+    r = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact_ids, truth, strict=True)])
+    assert r >= 0.97
+
+
+def test_codec_specs_in_collections(tmp_path):
+    x = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    with quiver.connect(tmp_path) as db:
+        col = db.create_collection("c", vectors={"a": {"dim": 16, "metric": "cosine",
+                                                        "index": "HNSW8,LVQ4x8"}})
+        col.upsert(list(range(300)), {"a": x})
+        col.flush()
+        (seg,) = [s for s in col._segments if s.sealed]
+        use = seg.fields["a"].index.memory_usage()
+        assert use["rerank_vectors"] == 0 and use["vectors"] == 300 * (8 + 16 + 24)
+        assert col.search(x[7], 1, params={"exact": True})[0].id == 7
