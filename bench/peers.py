@@ -102,6 +102,69 @@ class FaissHNSW(_Faiss):
             self.idx.hnsw.efSearch = int(params["ef"])
 
 
+class FaissHNSWSQ8(FaissHNSW):
+    """IndexHNSWSQ(M, QT_8bit): the graph over 8-bit scalar codes (no float32 kept)."""
+
+    def __init__(self, dim: int, metric: str, m: int = HNSW_M):
+        super().__init__(dim, metric, m)
+        self.index = f"IndexHNSWSQ(M={self.m},SQ8)"
+
+    def build(self, x: np.ndarray) -> None:
+        self.idx = self.faiss.IndexHNSWSQ(self.dim, self.faiss.ScalarQuantizer.QT_8bit, self.m,
+                                          self.fmetric)
+        self.idx.hnsw.efConstruction = EF_CONSTRUCTION
+        x = self._prep(x)
+        self.idx.train(x)
+        self.idx.add(x)
+
+
+class SvsVamana(Engine):
+    """Intel SVS Vamana over float16 (or float32) rows, graph degree R (default 32), alpha 0.95
+    for ip/cosine and 1.2 for l2, build window 64 (shared/FACTS.md's settings); ``ef`` is the
+    search window. LVQ/LeanVec are left out: they exit the process on non-Intel CPUs."""
+
+    engine = "svs"
+    param = "ef"
+
+    def __init__(self, dim: int, metric: str, r: int = 32, bits: int = 16):
+        super().__init__(dim, metric)
+        self.svs = _require("svs", "scalable-vs")
+        self.r, self.dtype = int(r), np.float16 if int(bits) == 16 else np.float32
+        self.index = f"Vamana(R={self.r},{'float16' if bits == 16 else 'float32'})"
+        self.idx = None
+        self.threads = 1
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+        if self.idx is not None:
+            self.idx.num_threads = n
+
+    def build(self, x: np.ndarray) -> None:
+        l2 = self.metric == "l2"
+        params = self.svs.VamanaBuildParameters(alpha=1.2 if l2 else 0.95,
+                                                graph_max_degree=self.r, window_size=64)
+        dist = self.svs.DistanceType.L2 if l2 else self.svs.DistanceType.MIP
+        data = normalized(x) if self.metric == "cosine" else np.ascontiguousarray(x, np.float32)
+        self.n = data.shape[0]
+        self.idx = self.svs.Vamana.build(params, data.astype(self.dtype), dist,
+                                         num_threads=max(self.threads, 2))
+        self.idx.num_threads = self.threads
+
+    def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
+        if "ef" in params:
+            self.idx.search_window_size = max(int(params["ef"]), k)
+        q = normalized(q) if self.metric == "cosine" else np.ascontiguousarray(q, np.float32)
+        ids, _ = self.idx.search(np.atleast_2d(q).astype(np.float32), k)
+        return pad_ids(np.asarray(ids, np.int64), k)
+
+    def memory(self) -> int:
+        """Rows plus a full-degree graph of uint32 neighbours (SVS reports no footprint)."""
+        return int(self.n * (self.dim * np.dtype(self.dtype).itemsize + 4 * self.r))
+
+    def close(self) -> None:
+        self.idx = None
+
+
 def default_nlist(n: int) -> int:
     """About 4 sqrt(n) lists, with at least 39 training points per list as faiss wants."""
     return int(max(1, min(4 * int(np.sqrt(n)), n // 39)))
@@ -257,16 +320,19 @@ PEERS: dict[str, type[Engine]] = {
     "faiss": FaissFlat,
     "faiss-flat": FaissFlat,
     "faiss-hnsw": FaissHNSW,
+    "faiss-hnsw-sq8": FaissHNSWSQ8,
     "faiss-ivf": FaissIVFFlat,
     "faiss-ivfpq": FaissIVFPQ,
     "hnswlib": Hnswlib,
     "usearch": USearch,
+    "svs": SvsVamana,
 }
 
 
 def make_peer(spec: str, dim: int, metric: str) -> Engine:
-    """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], faiss-ivfpq[:nlist[:m]],
-    hnswlib[:M], usearch[:M]. Raises PeerUnavailableError for unknown names or missing packages."""
+    """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], faiss-ivf[:nlist],
+    faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
+    Raises PeerUnavailableError for unknown names or missing packages."""
     name, *args = spec.strip().lower().split(":")
     cls = PEERS.get(name)
     if cls is None:
