@@ -1,0 +1,130 @@
+"""k-means steps: nearest-centroid selection from BLAS similarities, centroid means, k-means++.
+
+The expensive part of a Lloyd iteration, the similarities between every row and every centroid,
+is a matrix product the caller hands to BLAS in row blocks (``S = X_block @ C.T``); these
+kernels do what BLAS cannot: the per-row argmin over ``||c||^2 - 2 S`` (plain ``-2 S`` for
+inner product), the per-cluster means, and the k-means++ distance updates. Everything is
+deterministic: no kernel's result depends on the thread count.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import INLINE, JIT
+from .topk import heap_push, heap_sorted
+
+_LANES = 64
+"""Rows per independent lane group in ``assign_block``: a fixed trip count the loop vectoriser
+turns into compare-and-blend over registers (4x faster than a per-row argmin, which LLVM
+leaves scalar)."""
+
+
+@njit(**INLINE)
+def _assign_lanes(ST, cnorms, i0, w, best, arg) -> None:
+    two = np.float32(2.0)
+    for j in range(ST.shape[0]):
+        row = ST[j, i0 : i0 + w]
+        cj = cnorms[j]
+        jj = np.int32(j)
+        for t in range(w):
+            v = cj - two * row[t]
+            better = v < best[t]
+            best[t] = min(v, best[t])
+            arg[t] = jj if better else arg[t]
+
+
+@njit(parallel=True, **JIT)
+def assign_block(ST, cnorms, row0, labels, scores) -> None:
+    """For each column i of ``ST`` (k centroids x b rows, ``ST = C @ X_block.T``):
+    labels[row0 + i] = argmin_j (cnorms[j] - 2 ST[j, i]), scores[row0 + i] = that minimum.
+
+    For l2, ``cnorms`` are the centroids' squared norms and the row's own norm is left to the
+    caller; for inner product they are zeros (argmax of the similarity). Ties go to the
+    smaller j. Columns are taken 64 at a time, centroids streamed past them."""
+    b = ST.shape[1]
+    groups = (b + _LANES - 1) // _LANES
+    for g in prange(groups):
+        i0 = g * _LANES
+        best = np.full(_LANES, np.inf, np.float32)
+        arg = np.zeros(_LANES, np.int32)
+        if i0 + _LANES <= b:
+            _assign_lanes(ST, cnorms, i0, _LANES, best, arg)
+        else:
+            _assign_lanes(ST, cnorms, i0, b - i0, best, arg)
+        for t in range(min(_LANES, b - i0)):
+            labels[row0 + i0 + t] = arg[t]
+            scores[row0 + i0 + t] = best[t]
+
+
+@njit(parallel=True, **JIT)
+def top_lists_block(S, cnorms, row0, nprobe, out) -> None:
+    """out[row0 + i] = the ``nprobe`` j with the smallest cnorms[j] - 2 S[i, j], closest first
+    (the IVF coarse quantizer of a query batch; multi-assignment)."""
+    nq, k = S.shape
+    two = np.float32(2.0)
+    for i in prange(nq):
+        hd = np.empty(nprobe, np.float32)
+        hi = np.empty(nprobe, np.int64)
+        size = 0
+        for j in range(k):
+            v = cnorms[j] - two * S[i, j]
+            if size < nprobe or v < hd[0]:
+                size = heap_push(hd, hi, size, v, j)
+        sd = np.empty(nprobe, np.float32)
+        heap_sorted(hd, hi, size, sd, out[row0 + i])
+
+
+@njit(parallel=True, **JIT)
+def centroid_means(x, order, starts, out) -> None:
+    """out[c] = mean of x[order[starts[c]:starts[c+1]]] (float64 sums); empty clusters are
+    left as they are. ``order`` lists rows grouped by cluster (a stable argsort of the
+    labels), so each cluster is summed by one thread in a fixed order."""
+    k = starts.shape[0] - 1
+    d = x.shape[1]
+    for c in prange(k):
+        a = starts[c]
+        b = starts[c + 1]
+        if b == a:
+            continue
+        acc = np.zeros(d, np.float64)
+        for t in range(a, b):
+            row = x[order[t]]
+            for j in range(d):
+                acc[j] += row[j]
+        inv = 1.0 / (b - a)
+        for j in range(d):
+            out[c, j] = np.float32(acc[j] * inv)
+
+
+@njit(parallel=True, **JIT)
+def min_sq_dist_update(x, xnorms, c, cnorm, mind) -> None:
+    """mind[i] = min(mind[i], ||x_i - c||^2) for k-means++."""
+    n, d = x.shape
+    for i in prange(n):
+        row = x[i]
+        s = np.float32(0.0)
+        for j in range(d):
+            s += row[j] * c[j]
+        v = max(xnorms[i] + cnorm - np.float32(2.0) * s, np.float32(0.0))
+        if v < mind[i]:
+            mind[i] = v
+
+
+@njit(**JIT)
+def pick_weighted(weights, r) -> int:
+    """Index i drawn with probability weights[i] / sum(weights), for ``r`` uniform in [0, 1):
+    the first i whose running sum passes r * total (both sums serial, so deterministic)."""
+    n = weights.shape[0]
+    total = 0.0
+    for i in range(n):
+        total += weights[i]
+    u = r * total
+    acc = 0.0
+    for i in range(n):
+        acc += weights[i]
+        if acc > u:
+            return i
+    for i in range(n - 1, -1, -1):  # u at the very top (rounding): the last non-zero weight
+        if weights[i] > 0:
+            return i
+    return n - 1
