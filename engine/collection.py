@@ -305,8 +305,10 @@ class Collection:
     def _field_specs(self) -> dict[str, FieldSpec]:
         out = {}
         for name, f in self.fields.items():
-            options = ({"ef_construction": self.config.ef_construction}
-                       if parse_index_spec(f.index).index.family == "HNSW" else {})
+            family = parse_index_spec(f.index).index.family
+            # IVF: a segment with too few rows for its nlist trains fewer lists (see IVFIndex)
+            options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
+                       else {"adapt_nlist": True} if family == "IVF" else {})
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
                                   options)
         return out

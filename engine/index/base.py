@@ -74,6 +74,26 @@ def resolve_allowed(allowed, idmap: IdMap, n: int) -> Bitset | None:
     return Bitset.from_positions(idmap.positions(ids, missing="skip"), n)
 
 
+def live_words(bits: Bitset | None, deleted: np.ndarray, n_deleted: int,
+               n: int) -> tuple[np.ndarray, int, bool]:
+    """Words of the rows in [0, n) a result may come from, their count, and whether a kernel
+    must check them: ``bits`` (the caller's allowed rows) less the index's own ``deleted``
+    words, which join in only when there are deletions (never under a collection, whose
+    segments pass one bitset with their deletions in it)."""
+    w = (n + 63) >> 6
+    if bits is None and n_deleted == 0:
+        return np.zeros(1, np.uint64), n, False
+    if bits is None:
+        words = ~deleted[:w]
+        if n & 63:
+            words[-1] &= np.uint64((1 << (n & 63)) - 1)
+        return words, n - n_deleted, True
+    words = bits.words[:w]
+    if n_deleted:
+        words = words & ~deleted[:w]
+    return words, Bitset(words, n).count(), True
+
+
 def search_by_ids(index, queries, k, allowed, params, explain: bool, knobs: dict, rows: int):
     """The public ``search`` of every index: validate once, search positions, translate to
     external ids once. ``rows``: the index's row count (deleted rows included)."""

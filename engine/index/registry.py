@@ -123,12 +123,24 @@ def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     return HNSWIndex(dim, metric, m=links, codec=codec_from_spec(parsed.codec, dim).name, **options)
 
 
+def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
+    from .ivf import IVFIndex
+
+    head = parsed.index
+    if len(head.numbers) != 1 or head.args:
+        raise InvalidArgument(f"spec: write IVF<nlist> (nlist lists, e.g. IVF1024), got {head}")
+    return IVFIndex(dim, metric, nlist=head.numbers[0], codec=codec_from_spec(parsed.codec, dim).name,
+                    **options)
+
+
 def _register_builtin() -> None:
     from .flat import FlatIndex
     from .hnsw import HNSWIndex
+    from .ivf import IVFIndex
 
     register_index("FLAT", IndexType("Flat", "flat", FlatIndex, _build_flat))
     register_index("HNSW", IndexType("HNSW<M>", "hnsw", HNSWIndex, _build_hnsw, ("REFINE",)))
+    register_index("IVF", IndexType("IVF<nlist>", "ivf", IVFIndex, _build_ivf))
 
 
 _register_builtin()
