@@ -35,8 +35,9 @@ class Codec:
     def trained(self) -> bool:
         return True
 
-    def fit(self, x: np.ndarray) -> None:
-        """Learn codec parameters from a sample; lossless codecs need none."""
+    def fit(self, x: np.ndarray, queries: np.ndarray | None = None) -> None:
+        """Learn codec parameters from a sample (and, for query-aware codecs, a sample of
+        queries); lossless codecs need none."""
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -144,7 +145,7 @@ class SQ8Codec(Codec):
     def trained(self):
         return self.lo is not None
 
-    def fit(self, x):
+    def fit(self, x, queries=None):
         lo = x.min(axis=0).astype(np.float32)
         hi = x.max(axis=0).astype(np.float32)
         self.lo = lo
@@ -209,7 +210,7 @@ class LVQCodec(Codec):
     def trained(self):
         return self.mean is not None
 
-    def fit(self, x):
+    def fit(self, x, queries=None):
         self.mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def encode(self, x):
@@ -296,8 +297,18 @@ def codec_from_spec(part: SpecPart, dim: int) -> Codec:
 
 
 def make_codec(name: str, dim: int) -> Codec:
-    """A codec by its stored ``name`` (``"lvq8"``) or spec key (``"LVQ8"``)."""
+    """A codec by its stored ``name``: a key (``"lvq8"``, ``"LVQ8"``) or, for parameterised
+    codecs, the spec part it was written as (``"LeanVec(128,LVQ8,LVQ8)"``)."""
     entry = CODECS.get(str(name).upper()) if isinstance(name, str) else None
+    if entry is None and isinstance(name, str) and "(" in name:
+        from .spec import parse_spec
+
+        parts = parse_spec(name)
+        if len(parts) == 1:
+            return codec_from_spec(parts[0], dim)
     if entry is None:
         raise InvalidArgument(f"codec: unknown codec {name!r}; available: {accepted_codecs()}")
     return entry.cls(dim)
+
+
+from . import leanvec as _leanvec  # noqa: E402,F401  (registers LeanVec)

@@ -31,7 +31,7 @@ from .index.registry import parse_index_spec
 from .metric import Metric
 from .params import SearchParams
 from .payload import canonical_payload, split_key
-from .persist import read_metadata, write_metadata
+from .persist import load_arrays, read_metadata, save_arrays, write_metadata
 from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, unpack_fields
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
@@ -40,6 +40,7 @@ from .validation import as_vectors, check_dim, check_k, check_threshold, normali
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
 log = logging.getLogger(__name__)
+_MAX_LEARN_QUERIES = 100_000
 _SEG_DIR = re.compile(r"^seg-\d{6,}$")
 
 _MAX_RESERVED_ROWS = 1_000_000
@@ -310,8 +311,33 @@ class Collection:
             options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
                        else {"adapt_nlist": True} if family == "IVF" else {})
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
-                                  options)
+                                  options, self._learn_queries(name))
         return out
+
+    def _learn_dir(self, name: str) -> Path:
+        return self.path / "learn" / (name or "_default")
+
+    def _learn_queries(self, name: str) -> np.ndarray | None:
+        d = self._learn_dir(name)
+        if not (d / "manifest.json").exists():
+            return None
+        return np.asarray(load_arrays(d, "learn_queries", mmap=False)[1]["queries"], np.float32)
+
+    def train_queries(self, queries, using: str | None = None) -> int:
+        """Keep a sample of the queries a field will see (e.g. 10,000 logged ones): query-
+        aware codecs (``LeanVec``: the out-of-distribution projection) train on it when
+        segments seal. Replaces an earlier sample; returns how many were kept."""
+        self._check_writable()
+        name = self._field(using)
+        q = as_vectors(queries, self.fields[name].dim, "queries")
+        if self._metrics[name] is Metric.COSINE:
+            q = normalize_rows(q)
+        if q.shape[0] == 0:
+            raise InvalidArgument("queries: expected at least one query")
+        q = q[:_MAX_LEARN_QUERIES]
+        with self._write_lock:
+            save_arrays(self._learn_dir(name), "learn_queries", {"field": name}, {"queries": q})
+        return int(q.shape[0])
 
     def _new_appendable(self) -> Segment:
         seg = Segment.appendable(self._next_segment,
@@ -979,6 +1005,8 @@ class Collection:
                             if s.sealed:
                                 tar.add(s.path, arcname=f"segments/{s.path.name}")
                         tar.add(self.path / "wal", arcname="wal")
+                        if (self.path / "learn").is_dir():
+                            tar.add(self.path / "learn", arcname="learn")
                     tmp.replace(target)
                 except BaseException:  # a full disk: no half-written archive eats the space
                     tmp.unlink(missing_ok=True)

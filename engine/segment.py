@@ -280,7 +280,10 @@ class Segment:
             x, present = self.vectors(rows, name)
             index = make_index(spec.index, spec.dim, spec.metric, **spec.options)
             if x.shape[0] and index.needs_training:
-                index.train(_train_sample(x))
+                if spec.queries is not None:  # a query-aware codec (LeanVec-OOD)
+                    index.train(_train_sample(x), queries=spec.queries)
+                else:
+                    index.train(_train_sample(x))
             if x.shape[0]:
                 index.add(x, np.arange(x.shape[0], dtype=np.int64))
             sub = "index" if name == DEFAULT_FIELD else f"index-{name}"
@@ -389,6 +392,9 @@ class FieldSpec:
     index: str
     kind: str = "dense"
     options: dict = dataclass_field(default_factory=dict)
+    queries: np.ndarray | None = dataclass_field(default=None, compare=False, repr=False)
+    """A sample of the queries to expect (``Collection.train_queries``), for codecs that
+    learn from them."""
 
 
 def _mask_tail(words: np.ndarray, n: int) -> np.ndarray:

@@ -139,6 +139,57 @@ def two_level_l2(qs, codes, aux, i, b1: int, b2: int):
     return qs[d + 2] - np.float32(2.0) * _two_level_ip(qs, codes, aux, i, b1, b2) + aux[i, 5]
 
 
+# LeanVec: prepared query [Pq (dp), <Pq, mean_p>, sum(Pq), ||Pq||^2, q (d), <q, mean>,
+# sum(q), ||q||^2, dp]; a row holds the primary LVQ codes of the projected vector (dp or dp/2
+# bytes), then LVQ-8 codes of the full vector (d bytes); aux = [bias_p, step_p, ||z||^2,
+# bias, step, ||x||^2].
+
+
+@njit(**INLINE)
+def _leanvec_primary_ip(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    row = codes[i]
+    dot = _u8_dot(qs, row[:dp]) if bits == 8 else _u4_dot(qs, row, dp >> 1)
+    return qs[dp] + aux[i, 0] * qs[dp + 1] + aux[i, 1] * dot
+
+
+@njit(**INLINE)
+def leanvec_primary_ip(qs, codes, aux, i, bits: int):
+    return -_leanvec_primary_ip(qs, codes, aux, i, bits)
+
+
+@njit(**INLINE)
+def leanvec_primary_l2(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    return qs[dp + 2] - np.float32(2.0) * _leanvec_primary_ip(qs, codes, aux, i, bits) + aux[i, 2]
+
+
+@njit(**INLINE)
+def _leanvec_secondary_ip(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    d = qs.shape[0] - dp - 7
+    w1 = dp if bits == 8 else dp >> 1
+    o = dp + 3
+    dot = np.float32(0.0)
+    row = codes[i]
+    for j in range(d):
+        dot += qs[o + j] * np.float32(row[w1 + j])
+    return qs[o + d] + aux[i, 3] * qs[o + d + 1] + aux[i, 4] * dot
+
+
+@njit(**INLINE)
+def leanvec_secondary_ip(qs, codes, aux, i, bits: int):
+    return -_leanvec_secondary_ip(qs, codes, aux, i, bits)
+
+
+@njit(**INLINE)
+def leanvec_secondary_l2(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    d = qs.shape[0] - dp - 7
+    return (qs[dp + 3 + d + 2] - np.float32(2.0) * _leanvec_secondary_ip(qs, codes, aux, i, bits)
+            + aux[i, 5])
+
+
 # --- encoders -----------------------------------------------------------------------------
 
 

@@ -129,3 +129,84 @@ def test_codec_specs_in_collections(tmp_path):
         use = seg.fields["a"].index.memory_usage()
         assert use["rerank_vectors"] == 0 and use["vectors"] == 300 * (8 + 16 + 24)
         assert col.search(x[7], 1, params={"exact": True})[0].id == 7
+
+
+# ---------------------------------------------------------------- LeanVec
+
+
+def _ood_data(seed: int = 3):
+    """Data spread over many directions, queries concentrated on a few others: the data's
+    principal directions are the wrong ones for these queries."""
+    rng = np.random.default_rng(seed)
+    d = 32
+    x = rng.standard_normal((3000, d)).astype(np.float32) * np.linspace(2.0, 0.5, d)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0][:, -6:]  # low-variance directions
+    q = (rng.standard_normal((400, 6)) @ basis.T * 3).astype(np.float32)
+    return x, q[:200], q[200:]
+
+
+def test_leanvec_projections_are_orthonormal_and_ood_lowers_the_query_side_error():
+    from quiver.engine.leanvec import _second_moment, ip_error, learn_projection
+
+    x, learn, held = _ood_data()
+    p_id, kind_id, _ = learn_projection(x, 8)
+    p_ood, kind_ood, blend = learn_projection(x, 8, learn)
+    assert (kind_id, kind_ood) == ("id", "ood") and blend > 0
+    for p in (p_id, p_ood):
+        np.testing.assert_allclose(p.T @ p, np.eye(8), atol=1e-5)
+    kx, kq = _second_moment(x), _second_moment(held)  # queries not seen in training
+    assert ip_error(p_ood, kx, kq) < 0.5 * ip_error(p_id, kx, kq)
+
+
+@pytest.mark.parametrize("primary", ["LVQ8", "LVQ4"])
+def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary):
+    x, learn, held = _ood_data()
+    spec = f"HNSW12,LeanVec(16,{primary},LVQ8)"
+    truth = np.argsort(-(held[:40] @ x.T), axis=1)[:, :5]
+    recalls = {}
+    for kind in ("id", "ood"):
+        idx = quiver.index(spec, 32, "ip", ef_construction=64)
+        idx.train(x, queries=learn if kind == "ood" else None)
+        assert idx.codec.kind == kind
+        idx.add(x)
+        _, ids = idx.search(held[:40], 5, ef=64)
+        recalls[kind] = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth, strict=True)])
+        assert idx.memory_usage()["vectors"] == 3000 * (idx.codec.code_width + 24)
+    assert recalls["ood"] >= 0.9 and recalls["ood"] >= recalls["id"]
+    idx.save(tmp_path / "h")
+    loaded = quiver.load_index(tmp_path / "h")
+    assert loaded.codec.name == f"LeanVec(16,{primary},LVQ8)" and loaded.codec.kind == "ood"
+    np.testing.assert_array_equal(loaded.search(held[:40], 5, ef=64)[1], ids)
+    assert loaded.memory_usage()["rerank_vectors"] == 0
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("HNSW16,LeanVec(64,LVQ8)", r"write LeanVec\(d', PRIMARY, SECONDARY\)"),
+    ("HNSW16,LeanVec(64,SQ8,LVQ8)", r"primary codec is LVQ4 or LVQ8"),
+    ("HNSW16,LeanVec(64,LVQ8,F16)", r"secondary codec is LVQ8"),
+    ("HNSW16,LeanVec(99,LVQ8,LVQ8)", r"1 <= d' <= 32"),
+    ("HNSW16,LeanVec(15,LVQ4,LVQ8)", r"even d'"),
+])
+def test_leanvec_bad_specs(spec, match):
+    with pytest.raises(quiver.InvalidArgument, match=match):
+        quiver.index(spec, 32)
+
+
+def test_collection_field_trains_leanvec_ood_on_its_query_sample(tmp_path):
+    x, learn, held = _ood_data()
+    with quiver.connect(tmp_path / "db") as db:
+        col = db.create_collection("c", vectors={"t": {"dim": 32, "metric": "ip",
+                                                        "index": "HNSW12,LeanVec(16,LVQ8,LVQ8)"}})
+        with pytest.raises(quiver.InvalidArgument, match="wrong dimension"):
+            col.train_queries(learn[:, :5], using="t")
+        assert col.train_queries(learn, using="t") == 200
+        col.upsert(list(range(3000)), {"t": x})
+        col.flush()
+        (seg,) = [s for s in col._segments if s.sealed]
+        assert seg.fields["t"].index.codec.kind == "ood"
+        truth = np.argsort(-(held[:40] @ x.T), axis=1)[:, :5]
+        arrs = col.search_arrays(held[:40], 5, using="t", params={"ef": 64})
+        r = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(arrs.ids.tolist(), truth, strict=True)])
+        assert r >= 0.9
+        restored = db.restore_snapshot(col.snapshot(tmp_path / "s"), "copy")
+        assert restored._learn_queries("t").shape == (200, 32)

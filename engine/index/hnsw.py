@@ -112,9 +112,12 @@ class HNSWIndex:
 
     # --- build ----------------------------------------------------------------------
 
-    def train(self, x) -> None:
-        """Fit the codec (a sample of the data is enough); ``add`` does it if needed."""
-        self.codec.fit(self._prepare_vectors(x, "vectors"))
+    def train(self, x, queries=None) -> None:
+        """Fit the codec (a sample of the data is enough; ``add`` does it if needed).
+        ``queries``: a sample of the queries to expect, for query-aware codecs (LeanVec
+        learns an out-of-distribution projection from them)."""
+        q = None if queries is None else self._prepare_vectors(queries, "queries")
+        self.codec.fit(self._prepare_vectors(x, "vectors"), q)
 
     def _prepare_vectors(self, x, name):
         v = as_vectors(x, self.dim, name)

@@ -1,0 +1,167 @@
+"""LeanVec (Tepper et al., 2023): traverse on LVQ codes of a linear projection of the vectors to
+d' dimensions, re-rank on LVQ-8 codes of the full vectors. Both live in one row, so a traversal
+reads d' (or d'/2) bytes per vector and no float32 is needed at any step.
+
+The projection P (d x d', orthonormal columns) preserves inner products ``<q, x> ~ <Pq, Px>``:
+- in-distribution (LeanVec-ID, ``train(x)``): the top principal directions of the data's
+  second moment;
+- out-of-distribution (LeanVec-OOD, ``train(x, queries=Q)``): queries that do not look like the
+  data (short questions against passages) need directions the queries use. The error to
+  minimise is E[(q^T (I - PP^T) x)^2] = tr(Kq (I - PP^T) Kx (I - PP^T)), Kq and Kx the
+  query and data second moments. Searched over the eigenvectors of the blends
+  lambda Kq / tr(Kq) + (1 - lambda) Kx / tr(Kx) (the paper's eigenvector search), keeping the
+  lambda whose projection has the least error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..kernels import dispatch as kk
+from ..kernels import quantized as kq
+from .codecs import Codec, _sq_norms, register_codec
+from .errors import InvalidArgument
+from .spec import SpecPart
+
+log = logging.getLogger(__name__)
+
+_BLENDS = (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
+
+
+def _second_moment(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x.T @ x / max(len(x), 1)
+
+
+def _top_eigenvectors(m: np.ndarray, k: int) -> np.ndarray:
+    _, vecs = np.linalg.eigh(m)
+    return np.ascontiguousarray(vecs[:, ::-1][:, :k], np.float32)
+
+
+def ip_error(p: np.ndarray, kx: np.ndarray, kq: np.ndarray) -> float:
+    """E[(q^T (I - PP^T) x)^2] under second moments ``kx``, ``kq``."""
+    r = np.eye(p.shape[0]) - p.astype(np.float64) @ p.T.astype(np.float64)
+    return float(np.trace(kq @ r @ kx @ r))
+
+
+def learn_projection(x: np.ndarray, d_out: int, queries: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, str, float]:
+    """(P, "id" | "ood", blend) for ``d_out`` dimensions; see the module docstring."""
+    kx = _second_moment(x)
+    if queries is None or len(queries) == 0:
+        return _top_eigenvectors(kx, d_out), "id", 0.0
+    kq = _second_moment(queries)
+    kxn, kqn = kx / np.trace(kx), kq / np.trace(kq)
+    best = None
+    for lam in _BLENDS:
+        p = _top_eigenvectors(lam * kqn + (1 - lam) * kxn, d_out)
+        err = ip_error(p, kx, kq)
+        if best is None or err < best[0]:
+            best = (err, p, lam)
+    log.info("LeanVec-OOD: blend %.2f of query statistics (inner-product error %.4g)",
+             best[2], best[0])
+    return best[1], "ood", best[2]
+
+
+class LeanVecCodec(Codec):
+    """``LeanVec(d', LVQ4|LVQ8, LVQ8)``: primary LVQ codes of ``P^T x`` (d' dims) first in
+    each row, LVQ-8 codes of ``x`` after them; see the module docstring and the layouts in
+    kernels/quantized.py."""
+
+    code_dtype = np.uint8
+    lossy = True
+    aux_width = 6
+
+    def __init__(self, dim: int, d_out: int, primary_bits: int = 8):
+        super().__init__(dim)
+        if not 1 <= d_out <= dim:
+            raise InvalidArgument(f"spec: LeanVec reduces to d' dimensions with 1 <= d' <= "
+                                  f"{dim} (the vector dimension), got {d_out}")
+        if primary_bits == 4 and d_out % 2:
+            raise InvalidArgument(f"spec: LeanVec with an LVQ4 primary needs an even d', "
+                                  f"got {d_out}")
+        self.d_out, self.primary_bits = d_out, primary_bits
+        self.name = f"LeanVec({d_out},LVQ{primary_bits},LVQ8)"
+        self.projection: np.ndarray | None = None
+        self.mean: np.ndarray | None = None
+        self.mean_p: np.ndarray | None = None
+        self.kind = "id"
+
+    @property
+    def code_width(self) -> int:
+        return (self.d_out if self.primary_bits == 8 else self.d_out // 2) + self.dim
+
+    @property
+    def trained(self) -> bool:
+        return self.projection is not None
+
+    def fit(self, x: np.ndarray, queries: np.ndarray | None = None) -> None:
+        x = np.ascontiguousarray(x, np.float32)
+        self.projection, self.kind, _ = learn_projection(x, self.d_out, queries)
+        self.mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.mean_p = (x @ self.projection).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    def encode(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        codes = np.empty((x.shape[0], self.code_width), np.uint8)
+        aux = np.empty((x.shape[0], 6), np.float32)
+        w1 = self.code_width - self.dim
+        z = np.ascontiguousarray(x @ self.projection, np.float32)
+        kq.lvq_encode(z, self.mean_p, self.primary_bits, 0, codes[:, :w1], aux[:, :3])
+        kq.lvq_encode(x, self.mean, 8, 0, codes[:, w1:], aux[:, 3:])
+        return codes, aux
+
+    def prepare(self, q):
+        d, dp = self.dim, self.d_out
+        qs = np.empty((q.shape[0], dp + d + 7), np.float32)
+        z = q @ self.projection
+        qs[:, :dp] = z
+        qs[:, dp] = z @ self.mean_p
+        qs[:, dp + 1] = z.sum(axis=1)
+        qs[:, dp + 2] = _sq_norms(np.ascontiguousarray(z))
+        o = dp + 3
+        qs[:, o : o + d] = q
+        qs[:, o + d] = q @ self.mean
+        qs[:, o + d + 1] = q.sum(axis=1)
+        qs[:, o + d + 2] = _sq_norms(q)
+        qs[:, -1] = dp
+        return qs
+
+    def dist(self, kernel_metric):
+        table = kk.LEANVEC_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_PRIMARY_IP
+        return table[self.primary_bits]
+
+    def rerank_dist(self, kernel_metric):
+        table = kk.LEANVEC_SECONDARY_L2 if kernel_metric == "l2" else kk.LEANVEC_SECONDARY_IP
+        return table[self.primary_bits]
+
+    def state(self):
+        return {"projection": self.projection, "mean": self.mean, "mean_p": self.mean_p,
+                "ood": np.array([self.kind == "ood"])}
+
+    def load_state(self, arrays):
+        self.projection = np.ascontiguousarray(arrays["projection"], np.float32)
+        self.mean = np.asarray(arrays["mean"], np.float32)
+        self.mean_p = np.asarray(arrays["mean_p"], np.float32)
+        self.kind = "ood" if bool(np.asarray(arrays.get("ood", [False]))[0]) else "id"
+
+
+def _build(part: SpecPart, dim: int) -> Codec:
+    args = part.args
+    if (part.numbers or len(args) != 3 or not isinstance(args[0], int)
+            or not all(isinstance(a, SpecPart) for a in args[1:])):
+        raise InvalidArgument(f"spec: write LeanVec(d', PRIMARY, SECONDARY), e.g. "
+                              f"LeanVec(128,LVQ8,LVQ8); got {part}")
+    primary, secondary = args[1].key, args[2].key
+    if primary not in ("LVQ4", "LVQ8"):
+        raise InvalidArgument(f"spec: LeanVec's primary codec is LVQ4 or LVQ8, got {args[1]}")
+    if secondary != "LVQ8":
+        raise InvalidArgument(f"spec: LeanVec's secondary codec is LVQ8 (F16 is not available "
+                              f"yet), got {args[2]}")
+    return LeanVecCodec(dim, args[0], int(primary[3:]))
+
+
+register_codec("LEANVEC", "LeanVec(d',LVQ4|LVQ8,LVQ8)", lambda dim: LeanVecCodec(dim, dim),
+               _build)
