@@ -42,6 +42,9 @@ class Dataset:
     """ann-benchmarks convention: angular 1 - cos, euclidean sqrt(l2), dot -ip."""
     payload: dict[str, np.ndarray] = field(default_factory=dict)
     path: str | None = None
+    learn: np.ndarray | None = None
+    """A sample of queries from the test queries' distribution, disjoint from them (for
+    query-aware codecs: LeanVec-OOD)."""
 
     @property
     def n(self) -> int:
@@ -231,9 +234,17 @@ def load_hdf5(path: str | os.PathLike, limit: int | None = None, queries: int | 
     path = Path(path)
     with h5py.File(path, "r") as f:
         metric = metric_from_distance(f.attrs.get("distance", "euclidean"))
-        n_total = f["train"].shape[0]
+        learn = _f32(f["learn"][:]) if "learn" in f else None
+        if "train" in f:
+            source = f["train"]
+        else:  # a query file (e.g. out-of-distribution) naming the train file beside it
+            other = path.parent / str(f.attrs.get("train_file", ""))
+            if not f.attrs.get("train_file") or not other.is_file():
+                raise FileNotFoundError(f"{path}: no train set, and no train_file beside it")
+            source = h5py.File(other, "r")["train"]
+        n_total = source.shape[0]
         cut = n_total if limit is None or limit >= n_total else int(limit)
-        train = _f32(f["train"][:cut])
+        train = _f32(source[:cut])
         nq = f["test"].shape[0] if queries is None else min(int(queries), f["test"].shape[0])
         test = _f32(f["test"][:nq])
         payload = {c: np.asarray(f[c][:cut]) for c in PAYLOAD_COLUMNS if c in f}
@@ -244,7 +255,7 @@ def load_hdf5(path: str | os.PathLike, limit: int | None = None, queries: int | 
     if neighbors is None:
         neighbors, scores = exact_neighbors(train, test, gt_k, metric)
         distances = ann_distances(scores, metric)
-    return Dataset(name, train, test, neighbors, metric, distances, payload, str(path))
+    return Dataset(name, train, test, neighbors, metric, distances, payload, str(path), learn)
 
 
 def load_multivector(path: str | os.PathLike, limit: int | None = None,

@@ -71,9 +71,16 @@ class QuiverEngine(Engine):
 
     engine = "quiver"
 
+    learn: np.ndarray | None = None
+    """Set by the runner from the dataset; used only by specs ending in ``@learn``."""
+
     def __init__(self, spec: str, dim: int, metric: str, **options):
         super().__init__(dim, metric)
-        self.index = spec
+        self.use_learn = spec.endswith("@learn")
+        """``SPEC@learn``: train the codec with the dataset's learn queries (LeanVec-OOD)."""
+        spec = spec.removesuffix("@learn")
+        self.index = spec + ("@learn" if self.use_learn else "")
+        self.spec = spec
         self.options = options
         head = spec.split(",")[0].strip().upper()
         self.param = "ef" if head.startswith("HNSW") else "nprobe" if head.startswith(
@@ -82,15 +89,27 @@ class QuiverEngine(Engine):
 
     def warmup(self, x: np.ndarray, q: np.ndarray) -> None:
         """Build and search a small index of the same spec: Numba compiles (or loads its
-        cache) here, so build time and latency measure the work, not the compiler."""
-        self.build(x[: min(len(x), 512)])
+        cache) here, so build time and latency measure the work, not the compiler. IVF specs
+        train fewer lists on the small sample (``adapt_nlist``): the same kernels compile."""
+        options = self.options
+        if self.param == "nprobe":
+            self.options = {**options, "adapt_nlist": True}
+        try:
+            self.build(x[: min(len(x), 512)])
+        finally:
+            self.options = options
         for batch in (q[:1], q[:32]):
             self.search(batch, min(10, len(self.idx)))
         self.idx = None
 
     def build(self, x: np.ndarray) -> None:
-        self.idx = make_index(self.index, self.dim, self.metric, **self.options)
-        self.idx.train(x)
+        self.idx = make_index(self.spec, self.dim, self.metric, **self.options)
+        if self.use_learn:
+            if self.learn is None:
+                raise ValueError(f"{self.index}: the dataset has no learn queries")
+            self.idx.train(x, queries=self.learn)
+        else:
+            self.idx.train(x)
         self.idx.add(x)
         codec = getattr(self.idx, "codec", None)
         if codec is not None and codec.lossy:

@@ -319,7 +319,9 @@ def _ms(v: float | None) -> str:
 def _engines(cfg: BenchConfig, ds: Dataset, skipped: list[dict], log: Log) -> Iterator[Engine]:
     """Quiver specs first, then peers; a peer that is missing is skipped with its reason."""
     for spec in cfg.indexes:
-        yield QuiverEngine(spec, ds.dim, ds.metric)
+        eng = QuiverEngine(spec, ds.dim, ds.metric)
+        eng.learn = ds.learn
+        yield eng
     for name in cfg.peers:
         try:
             yield make_peer(name, ds.dim, ds.metric)

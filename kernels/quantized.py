@@ -70,12 +70,17 @@ def sq8_l2(qs, codes, aux, i):
 @njit(**INLINE)
 def _u4_dot(qv: np.ndarray, row: np.ndarray, h: int) -> np.float32:
     """Packed 4-bit codes: byte j holds dimension j (low nibble) and j + h (high nibble), so
-    both halves of the query are read contiguously and the loop vectorises."""
+    both halves of the query are read contiguously. One loop per nibble: the fused loop
+    (both nibbles per byte) vectorised to half this speed (40 vs 18 ns a 384-d row; 8-bit
+    codes 14 ns). The uint32 casts let every arm of ``codec_distance`` type-check on float
+    rows too."""
     s = np.float32(0.0)
     for j in range(h):
-        b = np.uint32(row[j])
-        s += qv[j] * np.float32(b & np.uint32(15)) + qv[j + h] * np.float32(b >> np.uint32(4))
-    return s
+        s += qv[j] * np.float32(np.uint32(row[j]) & np.uint32(15))
+    t = np.float32(0.0)
+    for j in range(h):
+        t += qv[j + h] * np.float32(np.uint32(row[j]) >> np.uint32(4))
+    return s + t
 
 
 # LVQ layouts (engine/codecs.py): prepared query [q (d), <q, mean>, sum(q), ||q||^2]; a row

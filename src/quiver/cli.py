@@ -32,7 +32,8 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                                      "(default: WordNet file in ../shared/data or "
                                      "$QUIVER_DATA_DIR, else synthetic:20000x128)")
     p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
-                   help="Quiver index spec, repeatable (default Flat)")
+                   help="Quiver index spec, repeatable (default Flat); SPEC@learn trains the codec "
+                        "with the dataset's learn queries (LeanVec-OOD)")
     p.add_argument("--peers", type=_name_list, default=None,
                    help="comma list: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], "
                         "faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M]")
