@@ -28,11 +28,13 @@ MAX_POINTS_PER_CENTROID = 256
 """Training rows per centroid beyond which a seeded sample is taken (as FAISS)."""
 NITER = 25
 SEED = 1234
+CANDIDATES = 16
+"""Centroids a row is compared with in pruned iterations (see ``kmeans(exact_iters=...)``)."""
 _SPLIT_EPS = np.float32(1.0 / 1024.0)
 """Relative perturbation that separates the two halves of a split cluster (as FAISS)."""
 _BLOCK_BYTES = 1 << 21
 """Row blocks are sized so their similarity tile (k x rows float32) stays within 2 MB, in cache
-for the argmin that follows the matrix product."""
+for the argmin that follows the matrix product (and the block itself for the cluster sums)."""
 _LOG_AFTER_S = 3.0
 """Trainings running longer than this log their progress each iteration."""
 
@@ -92,15 +94,39 @@ def nearest_lists(q: np.ndarray, centroids: np.ndarray, cnorms: np.ndarray,
     return out
 
 
-def _means(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Cluster sizes; ``centroids`` updated in place to the means (empty ones untouched)."""
-    k = centroids.shape[0]
-    order = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=k)
-    starts = np.zeros(k + 1, np.int64)
-    np.cumsum(counts, out=starts[1:])
-    kk.centroid_means(x, order, starts, centroids)
-    return counts
+def _lloyd_step(x: np.ndarray, centroids: np.ndarray, metric: str,
+                cand: np.ndarray | None = None, collect: bool = False) -> tuple[np.ndarray, float]:
+    """One Lloyd iteration: assign every row and sum each cluster's rows (block by block,
+    while the block is in cache); ``centroids`` become the means (empty ones untouched).
+    ``cand`` (n, t): compare each row with its candidate centroids only; ``collect``: an
+    exact pass that also fills ``cand`` with each row's t nearest centroids, nearest first.
+    Returns the cluster sizes and the sum of the kernel's scores (``||c||^2 - 2 x.c``)."""
+    k, d = centroids.shape
+    cnorms = sq_norms(centroids) if metric == "l2" else np.zeros(k, np.float32)
+    n = x.shape[0]
+    labels = np.empty(n, np.int64)
+    scores = np.empty(n, np.float32)
+    sums = np.zeros((k, d), np.float32)
+    counts = np.zeros(k, np.int64)
+    if cand is not None and not collect:
+        kk.assign_candidates(x, centroids, cnorms, cand, labels, scores)
+        kk.accumulate_rows(x, labels, 0, sums, counts)
+    else:
+        step = _block_rows(k)
+        for r0 in range(0, n, step):
+            xb = x[r0 : r0 + step]
+            if collect:
+                S = xb @ centroids.T
+                kk.top_lists_block(S, cnorms, r0, cand.shape[1], cand)
+                labels[r0 : r0 + xb.shape[0]] = cand[r0 : r0 + xb.shape[0], 0]
+                best = S[np.arange(xb.shape[0]), labels[r0 : r0 + xb.shape[0]]]
+                scores[r0 : r0 + xb.shape[0]] = cnorms[labels[r0 : r0 + xb.shape[0]]] - 2 * best
+            else:
+                kk.assign_block(centroids @ xb.T, cnorms, r0, labels, scores)
+            kk.accumulate_rows(xb, labels, r0, sums, counts)
+    full = counts > 0
+    centroids[full] = sums[full] / counts[full, None]
+    return counts, float(scores.sum(dtype=np.float64))
 
 
 def split_empty(centroids: np.ndarray, counts: np.ndarray) -> int:
@@ -160,13 +186,20 @@ def _check_count(name: str, value, low: int = 1) -> int:
 def kmeans(x: np.ndarray, k: int, *, niter: int = NITER, seed: int = SEED,
            metric: str = "l2", spherical: bool | None = None,
            init: str | np.ndarray = "random",
-           max_points_per_centroid: int | None = MAX_POINTS_PER_CENTROID) -> KMeans:
+           max_points_per_centroid: int | None = MAX_POINTS_PER_CENTROID,
+           exact_iters: int | None = None, candidates: int = CANDIDATES) -> KMeans:
     """Cluster the rows of ``x`` (float32, C-contiguous) into ``k`` centroids.
 
     ``metric``: how rows are assigned, ``"l2"`` or ``"ip"`` (largest inner product);
     ``spherical`` (default: for ip) normalises the centroids after each update;
     ``init``: ``"random"`` (k distinct sample rows), ``"k-means++"``, or a (k, d) array;
-    ``max_points_per_centroid``: sample at most that many rows per centroid (None: all)."""
+    ``max_points_per_centroid``: sample at most that many rows per centroid (None: all);
+    ``exact_iters``: None runs every iteration exactly; a number runs that many exact
+    iterations, the last of which keeps each row's ``candidates`` nearest centroids, and
+    later iterations compare each row with those only (*pruned* Lloyd: centroids move little
+    after the first iterations, so a row's nearest centroid stays among them; on WordNet 117k,
+    1,024 lists, 3 exact + 7 pruned iterations gave the objective of 10 exact ones within
+    0.03% and the same IVF recall, in 40% of the time)."""
     k = _check_count("k", k)
     niter = _check_count("niter", niter, 0)
     if metric not in ("l2", "ip"):
@@ -198,11 +231,20 @@ def kmeans(x: np.ndarray, k: int, *, niter: int = NITER, seed: int = SEED,
         _normalise(C)
     inertia = float("nan")
     splits = 0
+    xsq = float(sq_norms(x).sum(dtype=np.float64)) if metric == "l2" else 0.0
+    pruned_from = niter if exact_iters is None else max(1, _check_count("exact_iters", exact_iters))
+    t = min(_check_count("candidates", candidates), k)
+    cand = np.empty((x.shape[0], t), np.int64) if pruned_from < niter else None
+    split = 0
     for it in range(niter):
-        labels, dist = assign(x, C, metric)
-        inertia = float(dist.sum(dtype=np.float64))
-        counts = _means(x, labels, C)
-        splits += split_empty(C, counts)
+        pruned = cand is not None and it >= pruned_from
+        # the last exact iteration collects the candidates; so does the one after a split,
+        # since a re-seeded centroid is in no row's candidates yet
+        collect = cand is not None and (it == pruned_from - 1 or (pruned and split > 0))
+        counts, total = _lloyd_step(x, C, metric, cand if pruned or collect else None, collect)
+        inertia = total + xsq if metric == "l2" else total / 2  # ip: the kernel minimised -2 x.c
+        split = split_empty(C, counts)
+        splits += split
         if spherical:
             _normalise(C)
         elapsed = time.perf_counter() - t0
@@ -210,6 +252,6 @@ def kmeans(x: np.ndarray, k: int, *, niter: int = NITER, seed: int = SEED,
             log.info("k-means %d x %d -> %d: iteration %d/%d, objective %.6g, %.1f s",
                      x.shape[0], x.shape[1], k, it + 1, niter, inertia, elapsed)
     seconds = time.perf_counter() - t0
-    log.debug("k-means %d x %d -> %d: %d iterations, %d empty clusters split, %.2f s",
-              x.shape[0], x.shape[1], k, niter, splits, seconds)
+    log.debug("k-means %d x %d -> %d: %d iterations (%d exact), %d empty clusters split, "
+              "%.2f s", x.shape[0], x.shape[1], k, niter, min(pruned_from, niter), splits, seconds)
     return KMeans(C, inertia, niter, x.shape[0], seconds)

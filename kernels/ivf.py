@@ -17,9 +17,23 @@ from numba import njit, prange
 
 from . import INLINE, JIT
 from .bitset import bitset_test
-from .dispatch import codec_distance
-from .distance import dot
+from .dispatch import F16_IP, F32_IP, F32_L2
+from .distance import dot, f32_ip, f32_l2
+from .quantized import f16_ip, f16_l2
 from .topk import heap_push, heap_sorted
+
+
+@njit(**INLINE)
+def list_distance(kind: int, qs, codes, aux, s: int):
+    """Distance of prepared query ``qs`` to slot ``s``, for the codecs IVF lists store (the
+    F32/F16 arms of ``dispatch.codec_distance``: each kernel compiles only what lists hold)."""
+    if kind == F32_IP:
+        return f32_ip(qs, codes, aux, s)
+    if kind == F32_L2:
+        return f32_l2(qs, codes, aux, s)
+    if kind == F16_IP:
+        return f16_ip(qs, codes, aux, s)
+    return f16_l2(qs, codes, aux, s)
 
 
 @njit(**INLINE)
@@ -29,7 +43,7 @@ def _scan_list(kind, qs, codes, aux, a, b, slot_pos, words, filtered, hd, hi, si
         p = slot_pos[s]
         if filtered and not bitset_test(words, p):
             continue
-        d = codec_distance(kind, qs, codes, aux, s)
+        d = list_distance(kind, qs, codes, aux, s)
         if size < k or d < hd[0]:
             size = heap_push(hd, hi, size, d, p)
     return size
@@ -125,12 +139,36 @@ def search_lists(kind, QS, probes, codes, aux, offsets, slot_pos, words, filtere
 
 
 @njit(parallel=True, **JIT)
-def copy_rows(src, src_rows, dst_rows, out) -> None:
-    """out[dst_rows[i]] = src[src_rows[i]]: rows moved into their list slots in parallel (the
-    first touch of a fresh array is paid once, by both threads)."""
+def scan_slots(kind, QS, codes, aux, slots, slot_pos, k, out_d, out_i) -> None:
+    """Exact top-k of each query over the given slots only (a selective filter's rows),
+    reported as row positions."""
+    for q in prange(QS.shape[0]):
+        hd = np.empty(k, np.float32)
+        hi = np.empty(k, np.int64)
+        size = 0
+        qs = QS[q]
+        for j in range(slots.shape[0]):
+            s = slots[j]
+            d = list_distance(kind, qs, codes, aux, s)
+            if size < k or d < hd[0]:
+                size = heap_push(hd, hi, size, d, slot_pos[s])
+        heap_sorted(hd, hi, size, out_d[q], out_i[q])
+
+
+@njit(parallel=True, **JIT)
+def copy_rows(src, src_rows, dst_rows, scale, out) -> None:
+    """out[dst_rows[i]] = src[src_rows[i]] (times scale[src_rows[i]] unless ``scale`` is
+    empty): rows moved into their list slots in parallel, normalised on the way for cosine,
+    so a fresh array is touched once."""
     w = src.shape[1]
+    scaled = scale.shape[0] > 0
     for i in prange(src_rows.shape[0]):
         s = src_rows[i]
         d = dst_rows[i]
-        for j in range(w):
-            out[d, j] = src[s, j]
+        if scaled:
+            f = scale[s]
+            for j in range(w):
+                out[d, j] = src[s, j] * f
+        else:
+            for j in range(w):
+                out[d, j] = src[s, j]

@@ -83,19 +83,34 @@ def test_kmeans_inertia_within_one_percent_of_numpy_lloyd(spherical):
         np.testing.assert_allclose(np.linalg.norm(km.centroids, axis=1), 1, atol=1e-5)
 
 
+def test_pruned_lloyd_matches_exact_lloyd():
+    """After the exact iterations each row only meets its 16 nearest centroids: the objective
+    stays within 0.5% of exact Lloyd's, and no cluster is left empty."""
+    rng = np.random.default_rng(6)
+    x = blobs(rng, 6000, 16, centers=40)
+    init = x[rng.choice(6000, 64, replace=False)]
+    exact = kmeans(x, 64, niter=10, init=init, max_points_per_centroid=None)
+    pruned = kmeans(x, 64, niter=10, init=init, max_points_per_centroid=None, exact_iters=3)
+    inertia = [assign(x, km.centroids)[1].sum(dtype=np.float64) for km in (exact, pruned)]
+    assert abs(inertia[1] - inertia[0]) <= 0.005 * inertia[0]
+    dup = np.repeat(x[:1], 12, axis=0)  # empty clusters re-seeded in pruned iterations too
+    km = kmeans(x[:2000], 12, niter=8, init=dup, exact_iters=1)
+    assert np.bincount(assign(x[:2000], km.centroids)[0], minlength=12).min() > 0
+
+
 def test_kmeans_is_seeded_and_deterministic_across_thread_counts():
     rng = np.random.default_rng(2)
     x = blobs(rng, 4000, 8)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        a = kmeans(x, 20, niter=5, seed=3)
+        a = kmeans(x, 20, niter=5, seed=3, exact_iters=2)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        b = kmeans(x, 20, niter=5, seed=3)
+        b = kmeans(x, 20, niter=5, seed=3, exact_iters=2)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(a.centroids, b.centroids)
-    assert not np.array_equal(a.centroids, kmeans(x, 20, niter=5, seed=4).centroids)
+    assert not np.array_equal(a.centroids, kmeans(x, 20, niter=5, seed=4, exact_iters=2).centroids)
     pp = kmeans(x, 20, niter=5, init="k-means++")
     assert pp.centroids.shape == (20, 8) and np.isfinite(pp.inertia)
 
