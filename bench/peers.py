@@ -235,6 +235,31 @@ class FaissIVFPQ(_FaissIVF):
         return self.faiss.IndexIVFPQ(quantizer, self.dim, nlist, self.m, 8, self.fmetric)
 
 
+class FaissIVFPQRefine(FaissIVFPQ):
+    """IndexIVFPQ(nlist, m, 8 bits) inside IndexRefineFlat: the best ``k_factor`` * k PQ
+    candidates re-scored on the float32 vectors (k_factor 10, as Quiver's Refine default)."""
+
+    def __init__(self, dim: int, metric: str, nlist: int | None = None, m: int | None = None,
+                 k_factor: int = 10):
+        super().__init__(dim, metric, nlist, m)
+        self.k_factor = int(k_factor)
+
+    @property
+    def index(self) -> str:
+        return (f"IndexIVFPQ(nlist={self.nlist or 'auto'},m={self.m},nbits=8)"
+                f"+IndexRefineFlat(k_factor={self.k_factor})")
+
+    def _make(self, quantizer, nlist: int):
+        self._ivf = super()._make(quantizer, nlist)
+        idx = self.faiss.IndexRefineFlat(self._ivf)
+        idx.k_factor = self.k_factor
+        return idx
+
+    def _set_params(self, params: dict) -> None:
+        if "nprobe" in params:
+            self._ivf.nprobe = int(params["nprobe"])
+
+
 class Hnswlib(Engine):
     """hnswlib HNSW (M=16, ef_construction=200), sweeping ef via set_ef."""
 
@@ -323,6 +348,7 @@ PEERS: dict[str, type[Engine]] = {
     "faiss-hnsw-sq8": FaissHNSWSQ8,
     "faiss-ivf": FaissIVFFlat,
     "faiss-ivfpq": FaissIVFPQ,
+    "faiss-ivfpq-refine": FaissIVFPQRefine,
     "hnswlib": Hnswlib,
     "usearch": USearch,
     "svs": SvsVamana,
@@ -331,7 +357,8 @@ PEERS: dict[str, type[Engine]] = {
 
 def make_peer(spec: str, dim: int, metric: str) -> Engine:
     """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], faiss-ivf[:nlist],
-    faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
+    faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine[:nlist[:m[:k_factor]]], hnswlib[:M],
+    usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
     Raises PeerUnavailableError for unknown names or missing packages."""
     name, *args = spec.strip().lower().split(":")
     cls = PEERS.get(name)

@@ -81,7 +81,7 @@ def search_one(kind, q, qs, centroids, cnorms, nprobe, codes, aux, offsets, slot
 
 
 @njit(**JIT)
-def _queries_by_list(probes, q0, q1, nlist):
+def queries_by_list(probes, q0, q1, nlist):
     """CSR of the queries in [q0, q1) grouped by the lists they probe: starts (nlist + 1) and
     query numbers, ascending within each list."""
     nprobe = probes.shape[1]
@@ -118,7 +118,7 @@ def search_lists(kind, QS, probes, codes, aux, offsets, slot_pos, words, filtere
     for g in prange(groups):
         q0 = g * nq // groups
         q1 = (g + 1) * nq // groups
-        starts, queries = _queries_by_list(probes, q0, q1, nlist)
+        starts, queries = queries_by_list(probes, q0, q1, nlist)
         hd = np.empty((q1 - q0, k), np.float32)
         hi = np.empty((q1 - q0, k), np.int64)
         sizes = np.zeros(q1 - q0, np.int64)

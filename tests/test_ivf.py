@@ -295,7 +295,8 @@ def test_bad_input_errors(data):
     ("IVF", r"write IVF<nlist>"),
     ("IVF16x2", r"write IVF<nlist>"),
     ("IVF16,SQ8", r"codec: IVF stores F32 or F16"),
-    ("IVF16,Flat,Refine(F32)", r"Ivf does not take"),
+    ("IVF16,Flat,Refine(F32)", r"Refine re-ranks PQ codes"),
+    ("IVF16,F32,Refine(F32,F16)", r"Refine takes one codec"),
 ])
 def test_bad_specs(spec, match):
     with pytest.raises(InvalidArgument, match=match):

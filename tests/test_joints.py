@@ -56,7 +56,8 @@ def test_spec_grammar_rejects(spec, match):
 @pytest.mark.parametrize(("spec", "match"), [
     ("NSG32,Flat", r"unknown index type .NSG32. in .NSG32,Flat.; accepted: Flat, HNSW<M>"),
     ("HNSW16,RaBitQ(4)", r"unknown codec 'RaBitQ\(4\)'; accepted: F32"),
-    ("HNSW16,PQ48x8", r"unknown codec 'PQ48x8'.*SQ8, .*LVQ8, LVQ4, LVQ4X4, LVQ4X8, LVQ8X8"),
+    ("HNSW16,PQ48x8", r"PQ48: m=48 does not divide the dimension 8"),
+    ("HNSW16,PQ4x8", r"PQ codes are searched by IVF \(e.g. IVF1024,PQ4x8\)"),
     ("HNSW16x2", r"write HNSW<M>"),
     ("Flat16", r"Flat takes no parameters"),
     ("HNSW16,F32,Refine(F16)", r"Refine\(F16\) is not available"),

@@ -21,13 +21,14 @@ from ...kernels import ivf as ki
 from ...kernels.bitset import bitset_set_many
 from .. import planner
 from ..bitset import Bitset
-from ..codecs import F16Codec, make_codec
+from ..codecs import Codec, F16Codec, codec_from_spec
 from ..errors import CorruptData, InvalidArgument
 from ..idmap import IdMap
 from ..kmeans import MAX_POINTS_PER_CENTROID, SEED, assign, kmeans, nearest_lists, sample_rows, sq_norms
 from ..metric import Metric
 from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
+from ..spec import parse_spec
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from .base import live_words, search_by_ids
 
@@ -86,10 +87,7 @@ class IVFIndex:
                 raise InvalidArgument(f"{name}: expected an integer >= {low}, got {value!r}")
         if not isinstance(adapt_nlist, bool):
             raise InvalidArgument(f"adapt_nlist: expected true or false, got {adapt_nlist!r}")
-        self.codec = make_codec(codec, self.dim)
-        if self.codec.name not in CODECS:
-            raise InvalidArgument(f"codec: IVF stores {' or '.join(c.upper() for c in CODECS)} "
-                                  f"rows, got {self.codec.name.upper()}")
+        self.codec = self._make_codec(codec)
         self.nlist = int(nlist)
         self.niter = int(niter)
         self.seed = int(seed)
@@ -106,6 +104,17 @@ class IVFIndex:
         self._n_deleted = 0
         self._n = 0
         self._idmap = IdMap()
+
+    def _make_codec(self, name: str) -> Codec:
+        """The codec a stored name or spec part names (``"f16"``, ``"PQ48x8"``)."""
+        parts = parse_spec(name) if isinstance(name, str) else []
+        if len(parts) != 1:
+            raise InvalidArgument(f"codec: expected one codec such as 'F32', got {name!r}")
+        codec = codec_from_spec(parts[0], self.dim)
+        if codec.name not in CODECS:
+            raise InvalidArgument(f"codec: IVF stores {' or '.join(c.upper() for c in CODECS)} "
+                                  f"rows (or PQ<m>x8 codes), got {codec.name.upper()}")
+        return codec
 
     # --- sizes ----------------------------------------------------------------------
 
@@ -172,9 +181,13 @@ class IVFIndex:
             v = normalize_rows(v)
         km = kmeans(v, nlist, niter=self.niter, seed=self.seed, metric=self._kmetric,
                     exact_iters=TRAIN_EXACT_ITERS)
-        self.codec.fit(v)
         self._set_centroids(km.centroids)
         self._offsets = np.zeros(nlist + 1, np.int64)
+        self._fit_codec(v)
+
+    def _fit_codec(self, v: np.ndarray) -> None:
+        """Train the row codec on the (normalised) training sample, once centroids exist."""
+        self.codec.fit(v)
 
     def _set_centroids(self, centroids: np.ndarray) -> None:
         self._centroids = centroids
@@ -201,8 +214,9 @@ class IVFIndex:
         self._idmap.check_new(ids)
         if v.shape[0] == 0:
             return ids
-        codes, aux = self.codec.encode(v)  # first: a codec may reject the batch (f16 range)
         labels, _ = assign(v, self._centroids, self._kmetric, self._cnorms)
+        codes, aux = self._encode(v, labels)
+        self._add_rows(v, scale)
         n0 = self._n
         self._merge(labels, codes, aux, scale)
         self._ids = np.concatenate([self._ids[:n0], ids])
@@ -211,6 +225,13 @@ class IVFIndex:
         self._deleted = words
         self._idmap.assign(ids, np.arange(n0, self._n, dtype=np.int64))
         return ids
+
+    def _encode(self, v: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, aux) the lists store for rows ``v`` assigned to ``labels``."""
+        return self.codec.encode(v)
+
+    def _add_rows(self, v: np.ndarray, scale: np.ndarray) -> None:
+        """Keep what a subclass stores by position besides the lists (nothing here)."""
 
     def _merge(self, labels: np.ndarray, codes: np.ndarray, aux: np.ndarray,
                scale: np.ndarray) -> None:
@@ -272,6 +293,10 @@ class IVFIndex:
             return nprobe
         return min(lists, max(1, math.ceil(nprobe * lists / self.nlist)))
 
+    def _row_cost_bytes(self) -> float:
+        """What scoring one row costs, in bytes of a float32 scan (the planner's unit)."""
+        return self.codec.bytes_per_vector()
+
     def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
                        filtered: bool) -> dict[str, float]:
         """The cost model the planner reads (microseconds per query, one thread).
@@ -280,7 +305,7 @@ class IVFIndex:
         scans the ``n * nprobe / nlist`` rows of the probed lists, scoring only the allowed
         ones; if those are expected to hold fewer than k allowed rows, the exact fallback it
         will need is added."""
-        bpv = self.codec.bytes_per_vector()
+        bpv = self._row_cost_bytes()
         costs = {"exact": planner.scan_cost(allowed, bpv)}
         if self._centroids is None or points == 0:
             return costs
@@ -308,51 +333,60 @@ class IVFIndex:
                                   bits is not None if filtered is None else filtered)
         info = {**plan.explain(), "fallback_exact": 0, "nprobe": nprobe}
         if plan.strategy == "exact" or n == 0:
-            dist, pos = self._exact(q, k, words, use_ok, n_ok)
+            dist, pos = self._exact(q, k, words, use_ok, n_ok, params)
         else:
-            dist, pos = self._probe(q, k, nprobe, words, use_ok)
+            dist, pos = self._probe(q, k, nprobe, words, use_ok, params)
             redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
             if redo.size and nprobe < self.lists:
                 info["fallback_exact"] = int(redo.size)
-                dist[redo], pos[redo] = self._exact(q[redo], k, words, use_ok, n_ok)
+                dist[redo], pos[redo] = self._exact(q[redo], k, words, use_ok, n_ok, params)
         if self._kmetric == "l2":
             np.maximum(dist, 0, out=dist)
         return dist, pos, info
 
-    def _probe(self, q, k, nprobe, words, use_ok):
-        """Top-k over each query's ``nprobe`` nearest lists."""
+    def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams):
+        """Top-k over each query's ``nprobe`` nearest lists (a batch in chunks of query-list
+        pairs, so the per-call bookkeeping stays bounded)."""
         nq = q.shape[0]
-        qs = self.codec.prepare(q)
-        kind = self.codec.dist(self._kmetric)
-        lists = (self._codes, self._aux, self._offsets, self._slot_pos)
-        if nq == 1:
-            out_d = np.empty((1, k), np.float32)
-            out_i = np.empty((1, k), np.int64)
-            ki.search_one(kind, q[0], qs[0], self._centroids, self._cnorms, nprobe, *lists, k,
-                          words, use_ok, out_d[0], out_i[0])
-            return out_d, out_i
         out_d = np.empty((nq, k), np.float32)
         out_i = np.empty((nq, k), np.int64)
+        if nq == 1:
+            self._scan_one(q, nprobe, words, use_ok, out_d, out_i)
+            return out_d, out_i
         chunk = max(1, _PAIRS_PER_CALL // nprobe)
         for q0 in range(0, nq, chunk):
             q1 = min(nq, q0 + chunk)
             probes = nearest_lists(q[q0:q1], self._centroids, self._cnorms, nprobe)
-            groups = min(q1 - q0, numba.get_num_threads())
-            ki.search_lists(kind, qs[q0:q1], probes, *lists, words, use_ok, groups,
-                            out_d[q0:q1], out_i[q0:q1])
+            self._scan_batch(q[q0:q1], probes, words, use_ok, out_d[q0:q1], out_i[q0:q1])
         return out_d, out_i
 
-    def _exact(self, q, k, words, use_ok, n_ok):
+    def _lists(self) -> tuple:
+        return self._codes, self._aux, self._offsets, self._slot_pos
+
+    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
+        qs = self.codec.prepare(q)
+        ki.search_one(self.codec.dist(self._kmetric), q[0], qs[0], self._centroids, self._cnorms,
+                      nprobe, *self._lists(), out_d.shape[1], words, use_ok, out_d[0], out_i[0])
+
+    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
+        groups = min(q.shape[0], numba.get_num_threads())
+        ki.search_lists(self.codec.dist(self._kmetric), self.codec.prepare(q), probes,
+                        *self._lists(), words, use_ok, groups, out_d, out_i)
+
+    def _exact(self, q, k, words, use_ok, n_ok, params: SearchParams):
         """Top-k over every allowed row: a selective filter's rows by slot, else all lists."""
         n = self._n
         if n == 0 or not use_ok or n_ok >= _ROWS_PATH_SHARE * n:
-            return self._probe(q, k, max(self.lists, 1), words, use_ok)
+            return self._probe(q, k, max(self.lists, 1), words, use_ok, params)
         slots = np.sort(self._slot_of[Bitset(words, n).positions()])  # list order: sequential
         out_d = np.empty((q.shape[0], k), np.float32)
         out_i = np.empty((q.shape[0], k), np.int64)
-        ki.scan_slots(self.codec.dist(self._kmetric), self.codec.prepare(q), self._codes, self._aux,
-                      slots, self._slot_pos, k, out_d, out_i)
+        self._scan_slots(q, slots, out_d, out_i)
         return out_d, out_i
+
+    def _scan_slots(self, q, slots, out_d, out_i) -> None:
+        ki.scan_slots(self.codec.dist(self._kmetric), self.codec.prepare(q), self._codes, self._aux,
+                      slots, self._slot_pos, out_d.shape[1], out_d, out_i)
 
     def reconstruct(self, positions) -> np.ndarray:
         """Float32 vectors stored at row positions (normalised for cosine)."""
@@ -372,16 +406,29 @@ class IVFIndex:
                   "offsets": self._offsets, "codes": self._codes[:n], "aux": self._aux[:n],
                   "slot_pos": self._slot_pos[:n], "slot_of": self._slot_of[:n],
                   "ids": self._ids[:n], "deleted": self._deleted[: (n + 63) >> 6]}
-        for name, arr in self.codec.state().items():
-            arrays[f"codec_{name}"] = arr
+        if self.codec.trained:
+            for name, arr in self.codec.state().items():
+                arrays[f"codec_{name}"] = arr
+        meta.update(self._extra_meta())
+        arrays.update(self._extra_arrays())
         save_arrays(directory, self.kind, meta, arrays)
+
+    def _extra_meta(self) -> dict:
+        return {}
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _load_extra(self, directory, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what ``_extra_arrays`` saved (after the lists and codec are back)."""
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> IVFIndex:
         meta, a = load_arrays(directory, cls.kind, mmap=mmap)
         try:
-            index = cls(meta["dim"], meta["metric"], meta["nlist"], meta["codec"], meta["niter"],
-                        meta["seed"], meta["adapt_nlist"])
+            kind = _list_class(meta["codec"])
+            index = kind(meta["dim"], meta["metric"], meta["nlist"], meta["codec"], meta["niter"],
+                         meta["seed"], meta["adapt_nlist"], **kind._options_from_meta(meta))
             n, trained = int(meta["n"]), bool(meta["trained"])
             n_deleted = int(meta["n_deleted"])
         except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
@@ -397,11 +444,25 @@ class IVFIndex:
         index._deleted, index._n_deleted, index._n = a["deleted"], n_deleted, n
         live = ~Bitset(index._deleted, n).to_mask() if n else np.zeros(0, bool)
         index._idmap = IdMap.from_array(index._ids, live)
+        index._load_extra(directory, meta, a)
         return index
+
+    @classmethod
+    def _options_from_meta(cls, meta: dict) -> dict:
+        return {}
 
     def __repr__(self) -> str:
         return (f"IVFIndex(dim={self.dim}, metric={self.metric.value!r}, nlist={self.nlist}, "
                 f"codec={self.codec.name!r}, n={len(self)})")
+
+
+def _list_class(codec: str) -> type[IVFIndex]:
+    """The class whose lists a stored codec name belongs to: PQ codes are IVFPQIndex's."""
+    if str(codec).lower().startswith("pq"):
+        from .ivfpq import IVFPQIndex
+
+        return IVFPQIndex
+    return IVFIndex
 
 
 def _check_layout(directory, a: dict[str, np.ndarray], n: int, trained: bool, dim: int) -> None:

@@ -17,6 +17,7 @@ from ..codecs import codec_from_spec
 from ..errors import CorruptData, InvalidArgument
 from ..metric import Metric
 from ..persist import read_manifest
+from ..pq import PQCodec  # registers the PQ<m>x8 codec
 from ..spec import SpecPart, parse_spec
 from ..validation import check_dim
 
@@ -120,17 +121,28 @@ def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
         raise InvalidArgument(f"spec: HNSW re-ranks on F32 vectors; Refine({refine}) is not "
                               f"available yet")
     links = head.numbers[0] if head.numbers else 16
-    return HNSWIndex(dim, metric, m=links, codec=codec_from_spec(parsed.codec, dim).name, **options)
+    codec = codec_from_spec(parsed.codec, dim)
+    if isinstance(codec, PQCodec):
+        raise InvalidArgument(f"spec: PQ codes are searched by IVF (e.g. IVF1024,{parsed.codec}); "
+                              f"HNSW takes row codecs such as F32, F16, SQ8, LVQ8")
+    return HNSWIndex(dim, metric, m=links, codec=codec.name, **options)
 
 
 def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     from .ivf import IVFIndex
+    from .ivfpq import IVFPQIndex
 
     head = parsed.index
     if len(head.numbers) != 1 or head.args:
         raise InvalidArgument(f"spec: write IVF<nlist> (nlist lists, e.g. IVF1024), got {head}")
-    return IVFIndex(dim, metric, nlist=head.numbers[0], codec=codec_from_spec(parsed.codec, dim).name,
-                    **options)
+    codec, refine = codec_from_spec(parsed.codec, dim), parsed.refine()
+    if isinstance(codec, PQCodec):
+        return IVFPQIndex(dim, metric, nlist=head.numbers[0], codec=str(parsed.codec),
+                          refine=None if refine is None else str(refine), **options)
+    if refine is not None:
+        raise InvalidArgument(f"spec: Refine re-ranks PQ codes; IVF over {codec.name.upper()} "
+                              f"rows has nothing to refine")
+    return IVFIndex(dim, metric, nlist=head.numbers[0], codec=codec.name, **options)
 
 
 def _register_builtin() -> None:
@@ -140,7 +152,7 @@ def _register_builtin() -> None:
 
     register_index("FLAT", IndexType("Flat", "flat", FlatIndex, _build_flat))
     register_index("HNSW", IndexType("HNSW<M>", "hnsw", HNSWIndex, _build_hnsw, ("REFINE",)))
-    register_index("IVF", IndexType("IVF<nlist>", "ivf", IVFIndex, _build_ivf))
+    register_index("IVF", IndexType("IVF<nlist>", "ivf", IVFIndex, _build_ivf, ("REFINE",)))
 
 
 _register_builtin()
