@@ -1,9 +1,10 @@
-"""Search structures over codecs: Flat (exact), HNSW and IVF."""
+"""Search structures over codecs: Flat (exact), HNSW, IVF and IVF-PQ."""
 
 from .base import Index
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
 from .ivf import IVFIndex
+from .ivfpq import IVFPQIndex
 from .registry import index, load_index
 
-__all__ = ["FlatIndex", "HNSWIndex", "IVFIndex", "Index", "index", "load_index"]
+__all__ = ["FlatIndex", "HNSWIndex", "IVFIndex", "IVFPQIndex", "Index", "index", "load_index"]
