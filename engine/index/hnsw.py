@@ -22,7 +22,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
-from .base import search_by_ids
+from .base import live_words, search_by_ids
 
 _BATCH_SHARE = 0.02
 """A build batch holds at most this share of the nodes already in the graph (nodes of one
@@ -288,21 +288,7 @@ class HNSWIndex:
     # --- search ---------------------------------------------------------------------
 
     def _live_words(self, bits: Bitset | None) -> tuple[np.ndarray, int, bool]:
-        """Words of rows a result may come from, their count, and whether to check them.
-        The index's own deletion bitmap joins in only when it has deletions (never under a
-        collection, whose segments pass one bitmap with their deletions in it)."""
-        n = self._float.n
-        if bits is None and self._n_deleted == 0:
-            return np.zeros(1, np.uint64), n, False
-        if bits is None:
-            words = ~self._deleted[: (n + 63) >> 6]
-            if n & 63:
-                words[-1] &= np.uint64((1 << (n & 63)) - 1)
-            return words, n - self._n_deleted, True
-        words = bits.words[: (n + 63) >> 6]
-        if self._n_deleted:
-            words = words & ~self._deleted[: (n + 63) >> 6]
-        return words, Bitset(words, n).count(), True
+        return live_words(bits, self._deleted, self._n_deleted, self._float.n)
 
     @property
     def needs_training(self) -> bool:
