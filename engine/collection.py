@@ -321,7 +321,13 @@ class Collection:
         d = self._learn_dir(name)
         if not (d / "manifest.json").exists():
             return None
-        return np.asarray(load_arrays(d, "learn_queries", mmap=False)[1]["queries"], np.float32)
+        try:
+            return np.asarray(load_arrays(d, "learn_queries", mmap=False)[1]["queries"],
+                              np.float32)
+        except CorruptData as exc:  # an input to training only: seal without it, loudly
+            log.warning("collection %s: ignoring the query sample of field %r (%s); call "
+                        "train_queries again", self.name, name, exc)
+            return None
 
     def train_queries(self, queries, using: str | None = None) -> int:
         """Keep a sample of the queries a field will see (e.g. 10,000 logged ones): query-

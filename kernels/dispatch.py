@@ -18,10 +18,8 @@ from .quantized import (
     leanvec_primary_l2,
     leanvec_secondary_ip,
     leanvec_secondary_l2,
-    lvq4_ip,
-    lvq4_l2,
-    lvq8_ip,
-    lvq8_l2,
+    lvq_ip,
+    lvq_l2,
     sq8_ip,
     sq8_l2,
     two_level_ip,
@@ -55,13 +53,13 @@ def codec_distance(kind: int, qs: np.ndarray, codes: np.ndarray, aux: np.ndarray
     if kind == SQ8_L2:
         return sq8_l2(qs, codes, aux, i)
     if kind == LVQ8_IP:
-        return lvq8_ip(qs, codes, aux, i)
+        return lvq_ip(qs, codes, aux, i, 8)
     if kind == LVQ8_L2:
-        return lvq8_l2(qs, codes, aux, i)
+        return lvq_l2(qs, codes, aux, i, 8)
     if kind == LVQ4_IP:
-        return lvq4_ip(qs, codes, aux, i)
+        return lvq_ip(qs, codes, aux, i, 4)
     if kind == LVQ4_L2:
-        return lvq4_l2(qs, codes, aux, i)
+        return lvq_l2(qs, codes, aux, i, 4)
     if kind < 14:  # two-level ip: 10..13 = (4,4), (4,8), (8,4), (8,8)
         return two_level_ip(qs, codes, aux, i, 4 if kind < 12 else 8, 4 if kind % 2 == 0 else 8)
     if kind < 18:

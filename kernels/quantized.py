@@ -89,37 +89,23 @@ def _u4_dot(qv: np.ndarray, row: np.ndarray, h: int) -> np.float32:
 
 
 @njit(**INLINE)
-def _lvq8_ip(qs, codes, aux, i):
+def _lvq_ip(qs, row, bias, step, d: int, bits: int):
+    """<q, x_hat> for LVQ codes of a d-dim vector at the start of ``row``, the prepared query
+    [q (d), <q, mean>, sum(q), ...] at the start of ``qs``."""
+    dot = _u8_dot(qs, row[:d]) if bits == 8 else _u4_dot(qs, row, d >> 1)
+    return qs[d] + bias * qs[d + 1] + step * dot
+
+
+@njit(**INLINE)
+def lvq_ip(qs, codes, aux, i, bits: int):
+    return -_lvq_ip(qs, codes[i], aux[i, 0], aux[i, 1], qs.shape[0] - 3, bits)
+
+
+@njit(**INLINE)
+def lvq_l2(qs, codes, aux, i, bits: int):
     d = qs.shape[0] - 3
-    return qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _u8_dot(qs, codes[i, :d])
-
-
-@njit(**INLINE)
-def lvq8_ip(qs, codes, aux, i):
-    return -_lvq8_ip(qs, codes, aux, i)
-
-
-@njit(**INLINE)
-def lvq8_l2(qs, codes, aux, i):
-    d = qs.shape[0] - 3
-    return qs[d + 2] - np.float32(2.0) * _lvq8_ip(qs, codes, aux, i) + aux[i, 2]
-
-
-@njit(**INLINE)
-def _lvq4_ip(qs, codes, aux, i):
-    d = qs.shape[0] - 3
-    return qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _u4_dot(qs, codes[i], d >> 1)
-
-
-@njit(**INLINE)
-def lvq4_ip(qs, codes, aux, i):
-    return -_lvq4_ip(qs, codes, aux, i)
-
-
-@njit(**INLINE)
-def lvq4_l2(qs, codes, aux, i):
-    d = qs.shape[0] - 3
-    return qs[d + 2] - np.float32(2.0) * _lvq4_ip(qs, codes, aux, i) + aux[i, 2]
+    return (qs[d + 2] - np.float32(2.0) * _lvq_ip(qs, codes[i], aux[i, 0], aux[i, 1], d, bits)
+            + aux[i, 2])
 
 
 @njit(**INLINE)
@@ -151,22 +137,16 @@ def two_level_l2(qs, codes, aux, i, b1: int, b2: int):
 
 
 @njit(**INLINE)
-def _leanvec_primary_ip(qs, codes, aux, i, bits: int):
-    dp = np.int64(qs[qs.shape[0] - 1])
-    row = codes[i]
-    dot = _u8_dot(qs, row[:dp]) if bits == 8 else _u4_dot(qs, row, dp >> 1)
-    return qs[dp] + aux[i, 0] * qs[dp + 1] + aux[i, 1] * dot
-
-
-@njit(**INLINE)
 def leanvec_primary_ip(qs, codes, aux, i, bits: int):
-    return -_leanvec_primary_ip(qs, codes, aux, i, bits)
+    dp = np.int64(qs[qs.shape[0] - 1])
+    return -_lvq_ip(qs, codes[i], aux[i, 0], aux[i, 1], dp, bits)
 
 
 @njit(**INLINE)
 def leanvec_primary_l2(qs, codes, aux, i, bits: int):
     dp = np.int64(qs[qs.shape[0] - 1])
-    return qs[dp + 2] - np.float32(2.0) * _leanvec_primary_ip(qs, codes, aux, i, bits) + aux[i, 2]
+    return (qs[dp + 2] - np.float32(2.0) * _lvq_ip(qs, codes[i], aux[i, 0], aux[i, 1], dp, bits)
+            + aux[i, 2])
 
 
 @njit(**INLINE)

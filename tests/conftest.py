@@ -69,6 +69,23 @@ def oracle_scores(xs: np.ndarray, qs: np.ndarray, metric: str) -> np.ndarray:
     return qs @ xs.T
 
 
+def blobs(rng: np.random.Generator, n: int, d: int, centers: int = 16) -> np.ndarray:
+    """Gaussian clusters: what k-means and IVF are for (and a fair recall test)."""
+    c = rng.standard_normal((centers, d)).astype(np.float32) * 4
+    return (c[rng.integers(0, centers, n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+def brute_ids(x: np.ndarray, q: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Brute-force top-k row ids in float64 (cosine on unit rows)."""
+    x = np.asarray(x, np.float64)
+    q = np.asarray(q, np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    s = oracle_scores(x, q, metric)
+    return np.argsort(s if metric == "l2" else -s, axis=1, kind="stable")[:, :k]
+
+
 def pad_score(metric: str) -> float:
     return np.inf if metric == "l2" else -np.inf
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from conftest import blobs, brute_ids
 from quiver.engine.errors import CorruptData, InvalidArgument
 from quiver.engine.index.ivf import IVFIndex, default_nprobe
 from quiver.engine.kmeans import assign, kmeans, split_empty
@@ -14,27 +15,10 @@ import quiver
 K = 10
 
 
-def blobs(rng: np.random.Generator, n: int, d: int, centers: int = 16) -> np.ndarray:
-    """Gaussian clusters: what k-means and IVF are for (and a fair recall test)."""
-    c = rng.standard_normal((centers, d)).astype(np.float32) * 4
-    return (c[rng.integers(0, centers, n)] + rng.standard_normal((n, d))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(7)
     return blobs(rng, 1500, 12), blobs(rng, 40, 12)
-
-
-def oracle(x, q, metric, k=K):
-    """Brute-force top-k ids in float64 (cosine on unit rows)."""
-    x = np.asarray(x, np.float64)
-    q = np.asarray(q, np.float64)
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    d = ((q[:, None, :] - x[None]) ** 2).sum(-1) if metric == "l2" else -(q @ x.T)
-    return np.argsort(d, axis=1, kind="stable")[:, :k], np.sort(d, axis=1)[:, :k]
 
 
 def recall(got, true):
@@ -167,7 +151,7 @@ def test_full_probe_equals_exact_search(data, metric, codec):
 def test_few_probes_keep_good_recall_on_clustered_data(data):
     x, q = data
     idx = trained(x, "l2")
-    true, _ = oracle(x, q, "l2")
+    true = brute_ids(x, q, "l2", K)
     assert recall(idx.search(q, K, nprobe=4)[1], true) >= 0.9
     assert recall(idx.search(q, K, nprobe=1)[1], true) < recall(idx.search(q, K, nprobe=16)[1], true) + 1e-9
     assert default_nprobe(16) == 8 and default_nprobe(1024) == 32 and default_nprobe(4) == 4
@@ -179,7 +163,7 @@ def test_filtered_search_against_the_oracle(data, share):
     rng = np.random.default_rng(5)
     idx = trained(x, "cosine")
     allowed = np.sort(rng.choice(x.shape[0], max(1, int(share * x.shape[0])), replace=False))
-    true, _ = oracle(x[allowed], q, "cosine", min(K, allowed.size))
+    true = brute_ids(x[allowed], q, "cosine", min(K, allowed.size))
     true = allowed[true]
     _, got = idx.search(q, K, allowed=allowed, nprobe=16)  # every list: exact
     assert recall(got[:, : true.shape[1]], true) == 1.0
@@ -201,12 +185,12 @@ def test_remove_add_and_reconstruct_keep_positions(data):
     np.testing.assert_array_equal(idx.reconstruct(np.arange(1500)), x)
     assert sorted(idx.list_sizes().tolist()) == sorted(
         np.bincount(assign(x, idx._centroids)[0], minlength=16).tolist())
-    gone = oracle(x, q, "l2", 1)[0][:, 0]
+    gone = brute_ids(x, q, "l2", 1)[:, 0]
     assert idx.remove(np.r_[gone, gone, 99999]) == np.unique(gone).size
     assert len(idx) == 1500 - np.unique(gone).size
     _, got = idx.search(q, K, nprobe=16)
     assert not np.isin(got, gone).any()
-    true, _ = oracle(np.delete(x, gone, axis=0), q, "l2")
+    true = brute_ids(np.delete(x, gone, axis=0), q, "l2", K)
     keep = np.delete(np.arange(1500), gone)
     assert recall(got, keep[true]) == 1.0
     with pytest.raises(quiver.DuplicateId):
@@ -318,13 +302,13 @@ def test_adapt_nlist_trains_fewer_lists_and_scales_nprobe(data, caplog):
     idx.add(x[:400])
     assert idx.nprobe_for(quiver.SearchParams(nprobe=64)) == idx.lists
     assert idx.nprobe_for(quiver.SearchParams(nprobe=8)) == 2
-    true, _ = oracle(x[:400], q, "l2")
+    true = brute_ids(x[:400], q, "l2", K)
     assert recall(idx.search(q, K, nprobe=64)[1], true) == 1.0
     tiny = IVFIndex(x.shape[1], "l2", nlist=64, adapt_nlist=True)
     tiny.train(x[:20])  # an exact scan: one list
     tiny.add(x[:20])
     assert tiny.lists == 1
-    assert recall(tiny.search(q, K, nprobe=1)[1], oracle(x[:20], q, "l2")[0]) == 1.0
+    assert recall(tiny.search(q, K, nprobe=1)[1], brute_ids(x[:20], q, "l2", K)) == 1.0
 
 
 def test_planner_prices_lists_against_an_exact_scan(data):
@@ -356,7 +340,7 @@ def test_collection_with_ivf_segments_survives_restart_and_snapshot(tmp_path):
         col.flush()
     col.wait_indexed()
     assert sum(s["sealed"] for s in col.info()["segments"]) == 3
-    true, _ = oracle(x, q, "cosine")
+    true = brute_ids(x, q, "cosine", K)
     assert recall(_answers(col, q, nprobe=16), true) == 1.0
     approx = _answers(col, q, nprobe=4)
     assert recall(approx, true) >= 0.8

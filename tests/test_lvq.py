@@ -210,3 +210,22 @@ def test_collection_field_trains_leanvec_ood_on_its_query_sample(tmp_path):
         assert r >= 0.9
         restored = db.restore_snapshot(col.snapshot(tmp_path / "s"), "copy")
         assert restored._learn_queries("t").shape == (200, 32)
+
+
+def test_query_samples_on_fields_that_do_not_learn_from_them(tmp_path):
+    """Every index type takes a query sample at seal time (ignored unless its codec learns
+    from it); a damaged sample is ignored with a warning rather than blocking every seal."""
+    x, learn, _ = _ood_data()
+    with quiver.connect(tmp_path / "db") as db:
+        col = db.create_collection("c", vectors={
+            "h": {"dim": 32, "metric": "ip", "index": "HNSW8,F32"},
+            "i": {"dim": 32, "metric": "ip", "index": "IVF8,Flat"},
+            "f": {"dim": 32, "metric": "ip", "index": "Flat"}})
+        for field in ("h", "i", "f"):
+            col.train_queries(learn, using=field)
+        (col.path / "learn" / "h" / "queries.npy").write_bytes(b"damaged")
+        col.upsert(list(range(3000)), {"h": x, "i": x, "f": x})
+        col.flush()
+        assert [s.sealed for s in col._segments if s.n] == [True]
+        for field in ("h", "i", "f"):
+            assert col.search(x[5], 1, using=field, params={"exact": True})[0].id == 5

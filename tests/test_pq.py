@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blobs, brute_ids
 from quiver.engine.errors import CorruptData, InvalidArgument
 from quiver.engine.index.ivfpq import IVFPQIndex
 from quiver.engine.pq import PQCodec
@@ -15,25 +16,10 @@ import quiver
 K = 10
 
 
-def blobs(rng, n, d, centers=16):
-    c = rng.standard_normal((centers, d)).astype(np.float32) * 4
-    return (c[rng.integers(0, centers, n)] + rng.standard_normal((n, d))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(21)
     return blobs(rng, 3000, 32), blobs(rng, 30, 32)
-
-
-def exact(x, q, metric, k=K):
-    x = np.asarray(x, np.float64)
-    q = np.asarray(q, np.float64)
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    d = ((q[:, None] - x[None]) ** 2).sum(-1) if metric == "l2" else -(q @ x.T)
-    return np.argsort(d, axis=1, kind="stable")[:, :k], d
 
 
 def recall(got, true):
@@ -95,7 +81,7 @@ def test_refine_recovers_exact_results(data, metric, refine):
     idx = quiver.index(f"IVF8,PQ8x8,Refine({refine})", 32, metric)
     idx.train(x)
     idx.add(x)
-    true, _ = exact(x, q, metric)
+    true = brute_ids(x, q, metric, K)
     assert recall(idx.search(q, K, nprobe=8, ef=x.shape[0])[1], true) == 1.0
     assert recall(idx.search(q, K, nprobe=8)[1], true) >= 0.95  # 10 k candidates re-ranked
     assert recall(idx.search(q, K, exact=True)[1], true) == 1.0
@@ -115,7 +101,7 @@ def test_filtered_ivfpq_against_the_oracle(data):
     idx.add(x)
     for share in (0.01, 0.2, 1.0):
         allowed = np.sort(rng.choice(x.shape[0], int(share * x.shape[0]), replace=False))
-        true, _ = exact(x[allowed], q, "ip", min(K, allowed.size))
+        true = brute_ids(x[allowed], q, "ip", min(K, allowed.size))
         _, got = idx.search(q, K, allowed=allowed, nprobe=8, ef=x.shape[0])
         assert recall(got[:, : true.shape[1]], allowed[true]) == 1.0
         _, few = idx.search(q, K, allowed=allowed, nprobe=2)
@@ -156,7 +142,7 @@ def test_collection_with_ivfpq_segments_restarts(tmp_path: Path):
         col.upsert(list(range(lo, lo + 600)), x[lo : lo + 600])
         col.flush()
     col.wait_indexed()
-    true, _ = exact(x, q, "cosine")
+    true = brute_ids(x, q, "cosine", K)
     got = [[p.id for p in r] for r in col.search(q, k=K, params={"nprobe": 8, "ef": 600})]
     assert recall(got, true) == 1.0
     db.close()

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ...kernels.bitset import bitset_set_many
 from ..bitset import Bitset
 from ..errors import InvalidArgument
 from ..idmap import IdMap
@@ -27,7 +28,7 @@ class Index(Protocol):
     @property
     def needs_training(self) -> bool: ...
 
-    def train(self, x: Any) -> None: ...
+    def train(self, x: Any, queries: Any = None) -> None: ...
 
     def add(self, x: Any, ids: Any = None) -> np.ndarray: ...
 
@@ -92,6 +93,21 @@ def live_words(bits: Bitset | None, deleted: np.ndarray, n_deleted: int,
     if n_deleted:
         words = words & ~deleted[:w]
     return words, Bitset(words, n).count(), True
+
+
+def mark_removed(idmap: IdMap, ids: Any, row_ids: np.ndarray,
+                 deleted: np.ndarray) -> tuple[np.ndarray, int]:
+    """Set the rows of ``ids`` (unknown ones ignored, a repeated one counted once) in the
+    deletion bitmap ``deleted`` (copied first if it is a read-only map) and drop them from
+    ``idmap``; returns the bitmap and how many rows were removed."""
+    pos = np.unique(idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)), missing="skip"))
+    if pos.size == 0:
+        return deleted, 0
+    if not deleted.flags.writeable:
+        deleted = deleted.copy()
+    bitset_set_many(deleted, pos)
+    idmap.drop(row_ids[pos])
+    return deleted, int(pos.size)
 
 
 def search_by_ids(index, queries, k, allowed, params, explain: bool, knobs: dict, rows: int):

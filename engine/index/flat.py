@@ -58,7 +58,7 @@ class FlatIndex:
     def ntotal(self) -> int:
         return self._store.n
 
-    def train(self, x=None) -> None:
+    def train(self, x=None, queries=None) -> None:
         """Exact storage needs no training; present for the common protocol."""
 
     def _prepare_vectors(self, x, name: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
-from .base import live_words, search_by_ids
+from .base import live_words, mark_removed, search_by_ids
 
 _BATCH_SHARE = 0.02
 """A build batch holds at most this share of the nodes already in the graph (nodes of one
@@ -249,18 +249,9 @@ class HNSWIndex:
     def remove(self, ids) -> int:
         """Mark ids deleted: they still route searches but are never returned."""
         with self._write_lock:
-            pos = np.unique(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
-                                                  missing="skip"))  # an id given twice counts once
-            if pos.size == 0:
-                return 0
-            if not self._deleted.flags.writeable:
-                self._deleted = self._deleted.copy()
-            from ...kernels.bitset import bitset_set_many
-
-            bitset_set_many(self._deleted, pos)
-            self._idmap.drop(self._ids[pos])
-            self._n_deleted += int(pos.size)
-            return int(pos.size)
+            self._deleted, n = mark_removed(self._idmap, ids, self._ids, self._deleted)
+            self._n_deleted += n
+            return n
 
     def compact(self) -> None:
         """Rebuild the graph without deleted points, reclaiming their memory.

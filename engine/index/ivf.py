@@ -18,7 +18,6 @@ import numba
 import numpy as np
 
 from ...kernels import ivf as ki
-from ...kernels.bitset import bitset_set_many
 from .. import planner
 from ..bitset import Bitset
 from ..codecs import Codec, F16Codec, codec_from_spec
@@ -30,7 +29,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..spec import parse_spec
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
-from .base import live_words, search_by_ids
+from .base import live_words, mark_removed, search_by_ids
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +154,10 @@ class IVFIndex:
             raise InvalidArgument(f"{what}: the IVF index is not trained; train first "
                                   f"(index.train(x) with a sample of the data)")
 
-    def train(self, x) -> None:
+    def train(self, x, queries=None) -> None:
         """Learn the ``nlist`` centroids from ``x`` (at most 256 points per list are used, a
-        seeded sample beyond that). An index that holds rows cannot be re-trained."""
+        seeded sample beyond that). An index that holds rows cannot be re-trained.
+        ``queries`` (a query sample, for query-aware codecs) is not used by IVF's codecs."""
         v = as_vectors(x, self.dim, "vectors")
         if self._n:
             raise InvalidArgument(f"train: the index already holds {self._n} vectors; build a "
@@ -260,16 +260,9 @@ class IVFIndex:
 
     def remove(self, ids) -> int:
         """Mark ids deleted (unknown ones are ignored); returns how many were removed."""
-        pos = np.unique(self._idmap.positions(np.atleast_1d(np.asarray(ids, np.int64)),
-                                              missing="skip"))
-        if pos.size == 0:
-            return 0
-        if not self._deleted.flags.writeable:
-            self._deleted = self._deleted.copy()
-        bitset_set_many(self._deleted, pos)
-        self._idmap.drop(self._ids[pos])
-        self._n_deleted += int(pos.size)
-        return int(pos.size)
+        self._deleted, n = mark_removed(self._idmap, ids, self._ids, self._deleted)
+        self._n_deleted += n
+        return n
 
     # --- search ---------------------------------------------------------------------
 
