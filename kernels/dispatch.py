@@ -1,15 +1,28 @@
-"""One entry point for every codec distance, selected by an integer ``kind``.
+"""One entry point for every codec distance, selected by a codec *kind* that Numba sees as a type.
 
-Kernels take ``kind`` (a codec's ``Codec.dist(metric)``) rather than a jitted function as an
-argument: Numba cannot reuse its on-disk cache for functions specialised on another
-dispatcher (the cache key changes per process), while an integer argument caches. The branch
-is loop-invariant and perfectly predicted; each arm inlines into the caller's loop.
+A kernel takes ``kind`` (a codec's ``Codec.dist(metric)``, one of ``KINDS``) as its first
+argument. Each ``CodecKind`` value has its own Numba type, so a kernel is compiled once per
+kind actually used, with only that codec's distance inlined into its loops: the first search
+of an f32 HNSW index compiles the f32 arm, not all 26. (An integer argument compiled every arm
+into every kernel, minutes on a fresh machine; a jitted function as the argument defeats
+Numba's disk cache, whose key would change per process.) ``for_kind`` gives the Python entry
+point of a kernel for one kind, which calls at the cost of a plain integer argument.
 """
 
-import numpy as np
-from numba import njit
+from __future__ import annotations
 
-from . import INLINE
+import hashlib
+import inspect
+import threading
+import types as pytypes
+from pathlib import Path
+
+import numpy as np
+from numba import njit, types
+from numba.core.imputils import lower_constant
+from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
+
+from . import JIT
 from .distance import f32_ip, f32_l2
 from .quantized import (
     f16_ip,
@@ -26,49 +39,127 @@ from .quantized import (
     two_level_l2,
 )
 
-F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = range(10)
-LVQ_2L_IP = {(4, 4): 10, (4, 8): 11, (8, 4): 12, (8, 8): 13}
-LVQ_2L_L2 = {(4, 4): 14, (4, 8): 15, (8, 4): 16, (8, 8): 17}
+
+class CodecKind:
+    """Which distance a kernel computes (codec and metric); ``value`` indexes ``KINDS``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __reduce__(self):
+        return CodecKind, (self.value,)
+
+    def __repr__(self) -> str:
+        return f"CodecKind({self.value})"
+
+
+class CodecKindType(types.Type):
+    """The Numba type of one codec kind: the value is in the type, so it is a compile-time
+    constant and each kind compiles (and caches) its own specialisation."""
+
+    def __init__(self, value: int):
+        self.value = value
+        super().__init__(name=f"CodecKind({value})")
+
+
+@typeof_impl.register(CodecKind)
+def _typeof_kind(val: CodecKind, c) -> CodecKindType:
+    return CodecKindType(val.value)
+
+
+register_model(CodecKindType)(models.OpaqueModel)
+
+
+@unbox(CodecKindType)
+def _unbox_kind(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+@lower_constant(CodecKindType)
+def _constant_kind(context, builder, ty, pyval):
+    return context.get_dummy_value()
+
+
+KINDS = tuple(CodecKind(v) for v in range(26))
+F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
+LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
+LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
 """Two-level LVQ (primary and residual together): the re-ranking distance of LVQ-B1xB2."""
-LEANVEC_PRIMARY_IP = {4: 18, 8: 19}
-LEANVEC_PRIMARY_L2 = {4: 20, 8: 21}
-LEANVEC_SECONDARY_IP = {4: 22, 8: 23}
-LEANVEC_SECONDARY_L2 = {4: 24, 8: 25}
+LEANVEC_PRIMARY_IP = {4: KINDS[18], 8: KINDS[19]}
+LEANVEC_PRIMARY_L2 = {4: KINDS[20], 8: KINDS[21]}
+LEANVEC_SECONDARY_IP = {4: KINDS[22], 8: KINDS[23]}
+LEANVEC_SECONDARY_L2 = {4: KINDS[24], 8: KINDS[25]}
 """LeanVec by its primary's bits: the reduced-dimension distance, and the full one."""
 
 
-@njit(**INLINE)
-def codec_distance(kind: int, qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int):
-    """Distance (smaller is closer) between prepared query ``qs`` and stored row ``i``."""
-    if kind == F32_IP:
-        return f32_ip(qs, codes, aux, i)
-    if kind == F32_L2:
-        return f32_l2(qs, codes, aux, i)
-    if kind == F16_IP:
-        return f16_ip(qs, codes, aux, i)
-    if kind == F16_L2:
-        return f16_l2(qs, codes, aux, i)
-    if kind == SQ8_IP:
-        return sq8_ip(qs, codes, aux, i)
-    if kind == SQ8_L2:
-        return sq8_l2(qs, codes, aux, i)
-    if kind == LVQ8_IP:
-        return lvq_ip(qs, codes, aux, i, 8)
-    if kind == LVQ8_L2:
-        return lvq_l2(qs, codes, aux, i, 8)
-    if kind == LVQ4_IP:
-        return lvq_ip(qs, codes, aux, i, 4)
-    if kind == LVQ4_L2:
-        return lvq_l2(qs, codes, aux, i, 4)
-    if kind < 14:  # two-level ip: 10..13 = (4,4), (4,8), (8,4), (8,8)
-        return two_level_ip(qs, codes, aux, i, 4 if kind < 12 else 8, 4 if kind % 2 == 0 else 8)
-    if kind < 18:
-        return two_level_l2(qs, codes, aux, i, 4 if kind < 16 else 8, 4 if kind % 2 == 0 else 8)
-    bits = 4 if kind % 2 == 0 else 8
-    if kind < 20:
-        return leanvec_primary_ip(qs, codes, aux, i, bits)
-    if kind < 22:
-        return leanvec_primary_l2(qs, codes, aux, i, bits)
-    if kind < 24:
-        return leanvec_secondary_ip(qs, codes, aux, i, bits)
-    return leanvec_secondary_l2(qs, codes, aux, i, bits)
+def _arm(value: int):
+    """The distance implementation of kind ``value`` (signature of ``codec_distance``)."""
+    if value < 10:
+        plain = (f32_ip, f32_l2, f16_ip, f16_l2, sq8_ip, sq8_l2)
+        if value < 6:
+            fn = plain[value]
+            return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i)
+        fn, bits = (lvq_ip, lvq_l2)[value % 2], 8 if value < 8 else 4
+        return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
+    if value < 18:
+        fn = two_level_ip if value < 14 else two_level_l2
+        b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
+        return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
+    fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip,
+          leanvec_secondary_l2)[(value - 18) // 2]
+    bits = 4 if value % 2 == 0 else 8
+    return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
+
+
+def codec_distance(kind: CodecKind, qs: np.ndarray, codes: np.ndarray, aux: np.ndarray, i: int):
+    """Distance (smaller is closer) between prepared query ``qs`` and stored row ``i``; only
+    callable from jitted code."""
+    raise TypeError("codec_distance is a kernel helper: call it from jitted code")
+
+
+@overload(codec_distance, jit_options=JIT)
+def _codec_distance(kind, qs, codes, aux, i):
+    if not isinstance(kind, CodecKindType):
+        raise TypeError(f"codec_distance: kind must be a CodecKind, got {kind}")
+    return _arm(kind.value)
+
+
+# --- per-kind Python entry points --------------------------------------------------------------
+
+
+def _entry_template(kind, key):
+    def entry(*args):
+        key  # noqa: B018 -- a closure cell, so part of Numba's cache key: one entry per kernel
+        return KERNEL(kind, *args)  # noqa: F821 -- bound per kernel in ``for_kind``
+
+    return entry
+
+
+_ENTRIES: dict[tuple[object, int], object] = {}
+_LOCK = threading.Lock()
+
+
+def for_kind(kernel, kind: CodecKind):
+    """``kernel`` (a jitted function whose first argument is a kind) with ``kind`` bound, as
+    a jitted entry point compiled on its first call and cached on disk.
+
+    Calling ``kernel(kind, ...)`` from Python works too, but Numba types a CodecKind argument
+    in Python (microseconds per call); the entry takes the kind as a compile-time constant.
+    Its cache key names the kernel and a hash of the kernel's source file, so an edited kernel
+    never reuses a stale entry."""
+    key = (kernel, kind.value)
+    fn = _ENTRIES.get(key)
+    if fn is not None:
+        return fn
+    with _LOCK:
+        fn = _ENTRIES.get(key)
+        if fn is None:
+            py = kernel.py_func
+            source = hashlib.sha1(Path(inspect.getfile(py)).read_bytes()).hexdigest()[:16]
+            template = _entry_template(kind, f"{py.__module__}.{py.__qualname__}@{source}")
+            bound = pytypes.FunctionType(template.__code__, {"KERNEL": kernel, "__name__": __name__},
+                                         py.__name__, None, template.__closure__)
+            fn = _ENTRIES[key] = njit(**JIT)(bound)
+    return fn

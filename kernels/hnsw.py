@@ -6,19 +6,19 @@ Graph layout: layer 0 is ``nbr0[node, :2M]``; layers 1..MAX_UPPER live in
 with -1. ``visited`` holds generation tags so a query never clears it.
 
 Insertion runs in batches: (1) every new node of a batch searches the graph as it was before
-the batch and writes only its own rows, in parallel; (2) the reverse links are grouped by
+the batch and writes only its own rows, in interleaved chunks on threads; (2) the reverse links are grouped by
 target node and each target's row is updated by one thread. No two threads write one row, so
 the build is lock-free and gives the same graph for any number of threads.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import INLINE, JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance
 from .prefetch import prefetch_row
-from .topk import heap_push, heap_sorted
+from .topk import heap_push, heap_sorted, sort_pairs
 
 PREFETCH_BYTES = 256
 """How much of each unvisited neighbour's row a traversal prefetches before scoring them."""
@@ -159,8 +159,9 @@ def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, vi
                cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget, out_d, out_i):
     """Full HNSW query: greedy descent, then layer-0 beam search; writes the best
     len(out_d) results ascending. Returns the result count, or -1 if the budget ran out."""
-    ep, ep_d = greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, 0)
-    rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, 0, ef, visited,
+    layer0 = np.int64(0)  # not a literal 0: one compiled callee for every call site
+    ep, ep_d = greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, layer0)
+    rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, layer0, ef, visited,
                             tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget)
     if rsize < 0:
         return -1
@@ -191,19 +192,6 @@ def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
     return tag
 
 
-@njit(parallel=True, **JIT)
-def search_batch(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tags,
-                 ok_words, use_ok, two_hop, budget, out_d, out_i, counts):
-    """Queries in parallel: chunk c handles queries c, c + nchunks, ... with visited row c.
-    (A single query should call ``search_chunk`` directly: waking a thread pool costs more
-    than a small search.)"""
-    nchunks = visited.shape[0]
-    for c in prange(nchunks):
-        tags[c] = search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef,
-                               visited[c], tags[c], ok_words, use_ok, two_hop, budget, out_d,
-                               out_i, counts, c, nchunks)
-
-
 # --- construction --------------------------------------------------------------------------
 
 
@@ -230,8 +218,9 @@ def select_heuristic(kind, X, aux, cand_d, cand_i, count, m, out):
 
 @njit(**JIT)
 def _sort_pairs(d, i, count):
-    order = np.argsort(d[:count])
-    return d[:count][order].copy(), i[:count][order].copy()
+    sd, si = d[:count].copy(), i[:count].copy()
+    sort_pairs(sd, si, count)
+    return sd, si
 
 
 @njit(**JIT)
@@ -246,6 +235,7 @@ def insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
     res_i = np.empty(efc, np.int64)
     sel = np.empty(nbr0.shape[1], np.int64)
     dummy = np.zeros(1, np.uint64)
+    no, unbounded = np.bool_(False), np.int64(1 << 62)  # typed like search_one's arguments
     for j in range(first, nodes.shape[0], step):
         u = nodes[j]
         qs = X[u]
@@ -256,7 +246,7 @@ def insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
             tag += 1
             rsize, _ = search_layer(kind, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
                                     efc, visited, tag, cand_d, cand_i, res_d, res_i,
-                                    dummy, False, False, 1 << 62)
+                                    dummy, no, no, unbounded)
             sd, si = _sort_pairs(res_d, res_i, rsize)
             nsel = select_heuristic(kind, X, aux, sd, si, rsize, m, sel)
             row = neighbors(nbr0, upper, uidx, u, level)
@@ -266,16 +256,6 @@ def insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
             ep = si[0]
             ep_d = sd[0]
     return tag
-
-
-@njit(parallel=True, **JIT)
-def insert_batch(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_level, efc, m,
-                 visited, tags):
-    """Phase 1 in parallel: chunk c takes nodes c, c + nchunks, ... with visited row c."""
-    nchunks = visited.shape[0]
-    for c in prange(nchunks):
-        tags[c] = insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry,
-                               max_level, efc, m, visited[c], tags[c], c, nchunks)
 
 
 @njit(**JIT)
@@ -314,27 +294,16 @@ def link_groups(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts
             row[s] = sel[s]
 
 
-@njit(parallel=True, **JIT)
-def link_back(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts, nchunks):
-    """Phase 2 in parallel over interleaved chunks of groups."""
-    for c in prange(nchunks):
-        link_groups(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts, c, nchunks)
-
-
 @njit(**JIT)
-def rerank_one(kind, q, X, aux, cand, k, out_d, out_i):
-    """Re-score one query's candidates with an accurate distance and keep the best k."""
+def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
+    """Re-score the candidates of queries first, first + step, ... with an accurate distance
+    and keep the best k of each."""
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    size = 0
-    for c in cand:
-        if c < 0:
-            break
-        size = heap_push(hd, hi, size, codec_distance(kind, q, X, aux, c), c)
-    heap_sorted(hd, hi, size, out_d, out_i)
-
-
-@njit(parallel=True, **JIT)
-def rerank_batch(kind, Q, X, aux, cand_i, k, out_d, out_i):
-    for q in prange(Q.shape[0]):
-        rerank_one(kind, Q[q], X, aux, cand_i[q], k, out_d[q], out_i[q])
+    for q in range(first, Q.shape[0], step):
+        size = 0
+        for c in cand_i[q]:
+            if c < 0:
+                break
+            size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
+        heap_sorted(hd, hi, size, out_d[q], out_i[q])

@@ -17,23 +17,9 @@ from numba import njit, prange
 
 from . import INLINE, JIT
 from .bitset import bitset_test
-from .dispatch import F16_IP, F32_IP, F32_L2
-from .distance import dot, f32_ip, f32_l2
-from .quantized import f16_ip, f16_l2
+from .dispatch import codec_distance
+from .distance import dot
 from .topk import heap_push, heap_sorted
-
-
-@njit(**INLINE)
-def list_distance(kind: int, qs, codes, aux, s: int):
-    """Distance of prepared query ``qs`` to slot ``s``, for the codecs IVF lists store (the
-    F32/F16 arms of ``dispatch.codec_distance``: each kernel compiles only what lists hold)."""
-    if kind == F32_IP:
-        return f32_ip(qs, codes, aux, s)
-    if kind == F32_L2:
-        return f32_l2(qs, codes, aux, s)
-    if kind == F16_IP:
-        return f16_ip(qs, codes, aux, s)
-    return f16_l2(qs, codes, aux, s)
 
 
 @njit(**INLINE)
@@ -43,7 +29,7 @@ def _scan_list(kind, qs, codes, aux, a, b, slot_pos, words, filtered, hd, hi, si
         p = slot_pos[s]
         if filtered and not bitset_test(words, p):
             continue
-        d = list_distance(kind, qs, codes, aux, s)
+        d = codec_distance(kind, qs, codes, aux, s)
         if size < k or d < hd[0]:
             size = heap_push(hd, hi, size, d, p)
     return size
@@ -149,7 +135,7 @@ def scan_slots(kind, QS, codes, aux, slots, slot_pos, k, out_d, out_i) -> None:
         qs = QS[q]
         for j in range(slots.shape[0]):
             s = slots[j]
-            d = list_distance(kind, qs, codes, aux, s)
+            d = codec_distance(kind, qs, codes, aux, s)
             if size < k or d < hd[0]:
                 size = heap_push(hd, hi, size, d, slot_pos[s])
         heap_sorted(hd, hi, size, out_d[q], out_i[q])

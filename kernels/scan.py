@@ -1,11 +1,15 @@
-"""Exact scans: one query (or a batch) against all rows, or against a list of rows."""
+"""Exact scans: one query (or a batch) against all rows, or against a list of rows.
+
+``scan_topk_any`` and ``scan_topk_rows_any`` are the Python entry points: a codec kind and a
+batch of prepared queries, run on threads (``chunks``)."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import JIT
 from .bitset import bitset_test
-from .dispatch import codec_distance
+from .chunks import chunk_count, run_chunks
+from .dispatch import codec_distance, for_kind
 from .prefetch import prefetch_row
 from .topk import heap_push, heap_sorted
 
@@ -42,31 +46,29 @@ def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
     heap_sorted(hd, hi, size, out_d, out_i)
 
 
-@njit(parallel=True, **JIT)
-def scan_topk_batch(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
-    for q in prange(QS.shape[0]):
+@njit(**JIT)
+def scan_topk_chunk(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i, first, step):
+    """``scan_topk`` for queries first, first + step, ..."""
+    for q in range(first, QS.shape[0], step):
         scan_topk(kind, QS[q], codes, aux, n, k, words, filtered, out_d[q], out_i[q])
 
 
-@njit(parallel=True, **JIT)
-def scan_topk_rows_batch(kind, QS, codes, aux, rows, k, out_d, out_i) -> None:
-    for q in prange(QS.shape[0]):
+@njit(**JIT)
+def scan_topk_rows_chunk(kind, QS, codes, aux, rows, k, out_d, out_i, first, step):
+    """``scan_topk_rows`` for queries first, first + step, ..."""
+    for q in range(first, QS.shape[0], step):
         scan_topk_rows(kind, QS[q], codes, aux, rows, k, out_d[q], out_i[q])
 
 
-
-
 def scan_topk_any(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i) -> None:
-    """``scan_topk_batch``, or for one query the serial kernel (no thread-pool wake-up)."""
-    if QS.shape[0] == 1:
-        scan_topk(kind, QS[0], codes, aux, n, k, words, filtered, out_d[0], out_i[0])
-    else:
-        scan_topk_batch(kind, QS, codes, aux, n, k, words, filtered, out_d, out_i)
+    """``scan_topk`` for every query of ``QS``, a batch in interleaved chunks on threads."""
+    scan = for_kind(scan_topk_chunk, kind)
+    run_chunks(lambda c, m: scan(QS, codes, aux, n, k, words, filtered, out_d, out_i, c, m),
+               chunk_count(QS.shape[0]))
 
 
 def scan_topk_rows_any(kind, QS, codes, aux, rows, k, out_d, out_i) -> None:
-    """``scan_topk_rows_batch``, or for one query the serial kernel."""
-    if QS.shape[0] == 1:
-        scan_topk_rows(kind, QS[0], codes, aux, rows, k, out_d[0], out_i[0])
-    else:
-        scan_topk_rows_batch(kind, QS, codes, aux, rows, k, out_d, out_i)
+    """``scan_topk_rows`` for every query of ``QS``, a batch in interleaved chunks."""
+    scan = for_kind(scan_topk_rows_chunk, kind)
+    run_chunks(lambda c, m: scan(QS, codes, aux, rows, k, out_d, out_i, c, m),
+               chunk_count(QS.shape[0]))

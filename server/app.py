@@ -8,6 +8,7 @@ requests use every core) while the event loop keeps accepting requests. The rout
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from contextlib import asynccontextmanager
 
@@ -21,8 +22,9 @@ from .gate import Gate
 from .routes import ROUTES, search
 from .routes.search import _load_npy
 from .settings import Settings
-from .warmup import warm_up
+from .warmup import warm_background, warm_for_requests
 
+log = logging.getLogger("quiver.server")
 __all__ = ["JSON", "_load_npy", "create_app"]  # the bench times the server's own body handling
 
 
@@ -38,13 +40,21 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
         def settle() -> None:
             if settings.warmup:
-                warm_up()
+                try:
+                    warm_for_requests(ctx.db)
+                except Exception:  # a failed warm-up only costs speed: serve anyway
+                    log.exception("warm-up failed; kernels compile on first use")
             # what exists now (modules, the database, compiled kernels) lives as long as the
             # server: out of the collector's reach, full collections stop walking it (they
             # cost tens of ms per request that triggers one otherwise)
             gc.collect()
             gc.freeze()
             ctx.ready.set()
+            if settings.warmup:
+                try:
+                    warm_background()
+                except Exception:
+                    log.exception("background warm-up failed; kernels compile on first use")
 
         if settings.warmup:
             threading.Thread(target=settle, daemon=True).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 from quiver.engine.codecs import make_codec
 from quiver.kernels.dispatch import codec_distance
 
@@ -71,6 +72,12 @@ def test_packed_4bit_layout():
         make_codec("lvq4x8", 5)
 
 
+@njit
+def _row_distances(kind, qs, codes, aux, out):
+    for i in range(out.shape[0]):
+        out[i] = codec_distance(kind, qs, codes, aux, i)
+
+
 @pytest.mark.parametrize("name", LVQ)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_distance_kernels_match_decoded_vectors(data, name, metric):
@@ -83,8 +90,9 @@ def test_distance_kernels_match_decoded_vectors(data, name, metric):
     for kind, ref in ((c.dist(metric), x1), (c.rerank_dist(metric), full)):
         if kind is None:
             continue
-        got = np.array([[codec_distance(kind, qs[a], codes, aux, i) for i in range(50)]
-                        for a in range(len(q))])
+        got = np.zeros((len(q), 50), np.float32)
+        for a in range(len(q)):
+            _row_distances(kind, qs[a], codes, aux, got[a])
         want = ((ref[None, :50] - q[:, None]) ** 2).sum(-1) if metric == "l2" else -(q @ ref[:50].T)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 

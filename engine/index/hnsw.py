@@ -6,11 +6,12 @@ import math
 import os
 import threading
 
-import numba
 import numpy as np
 
 from ...kernels import hnsw as kh
 from ...kernels import scan as ks
+from ...kernels.chunks import chunk_count, run_chunks
+from ...kernels.dispatch import for_kind
 from .. import planner
 from ..aligned import aligned_full
 from ..bitset import Bitset
@@ -42,6 +43,19 @@ nodes); it beats two-hop above a share of about 0.3."""
 _MIN_TRAVERSAL_SHARE = 0.08
 """Below this share the allowed points fragment the two-hop graph (recall@10 0.958 at 5%,
 0.983 at 10% with ef=64 on WordNet): the cost model prices it out, so the planner scans."""
+
+
+
+def rerank_candidates(kind, qs: np.ndarray, X: np.ndarray, aux: np.ndarray, cand: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score each query's candidate positions (-1 padded) with distance ``kind`` over the
+    rows (X, aux); the best k of each, ascending."""
+    out_d = np.empty((qs.shape[0], k), np.float32)
+    out_i = np.empty((qs.shape[0], k), np.int64)
+    rerank = for_kind(kh.rerank_chunk, kind)
+    run_chunks(lambda c, n: rerank(qs, X, aux, cand, k, out_d, out_i, c, n),
+               chunk_count(qs.shape[0] // 8))  # a thread hand-off pays for itself at ~8 queries
+    return out_d, out_i
 
 
 class HNSWIndex:
@@ -199,21 +213,21 @@ class HNSWIndex:
     def _insert(self, start: int, stop: int) -> None:
         X, aux = self._float.view()
         dist = self._float.codec.dist(self._kmetric)
-        nchunks = numba.get_num_threads()
+        nchunks = chunk_count(stop - start)
         visited, tags = self._visited(nchunks)
         pos = start
         if self._entry < 0:
             self._entry, self._max_level = start, int(self._levels[start])
             pos += 1
+        insert = for_kind(kh.insert_chunk, dist)
         while pos < stop:
             size = int(min(_MAX_BATCH, max(1, pos * _BATCH_SHARE), stop - pos))
             nodes = np.arange(pos, pos + size, dtype=np.int64)
-            args = (dist, X, aux, nodes, self._levels, self._nbr0, self._upper, self._uidx,
+            args = (X, aux, nodes, self._levels, self._nbr0, self._upper, self._uidx,
                     self._entry, self._max_level, self.ef_construction, self.m)
-            if nchunks == 1 or size < _PARALLEL_MIN_BATCH:
-                tags[0] = kh.insert_chunk(*args, visited[0], tags[0], 0, 1)
-            else:
-                kh.insert_batch(*args, visited, tags)
+            parts = 1 if size < _PARALLEL_MIN_BATCH else nchunks
+            tags[:parts] = run_chunks(
+                lambda c, n, args=args: insert(*args, visited[c], tags[c], c, n), parts)
             top = int(self._levels[pos : pos + size].max())
             for level in range(min(top, self._max_level), -1, -1):
                 self._link_back(dist, X, aux, nodes, level)
@@ -237,12 +251,10 @@ class HNSWIndex:
         order = np.lexsort((src, tgt))
         src, tgt = src[order], tgt[order]
         starts = np.flatnonzero(np.r_[True, tgt[1:] != tgt[:-1], True]).astype(np.int64)
-        graph = (dist, X, aux, self._nbr0, self._upper, self._uidx, level, tgt, src, starts)
-        nchunks = numba.get_num_threads()
-        if nchunks == 1 or starts.shape[0] < 4 * _PARALLEL_MIN_BATCH:
-            kh.link_groups(*graph, 0, 1)
-        else:
-            kh.link_back(*graph, nchunks)
+        graph = (X, aux, self._nbr0, self._upper, self._uidx, level, tgt, src, starts)
+        link = for_kind(kh.link_groups, dist)
+        parts = 1 if starts.shape[0] < 4 * _PARALLEL_MIN_BATCH else chunk_count(starts.shape[0])
+        run_chunks(lambda c, n: link(*graph, c, n), parts)
 
     # --- delete ---------------------------------------------------------------------
 
@@ -339,36 +351,23 @@ class HNSWIndex:
             out_d = np.empty((nq, r), np.float32)
             out_i = np.full((nq, r), -1, np.int64)  # a query out of budget writes nothing
             counts = np.zeros(nq, np.int64)
-            nchunks = min(numba.get_num_threads(), nq)
+            nchunks = chunk_count(nq)
             visited, tags = self._visited(nchunks)
             codes, aux = self._codes.view()
             qs = self.codec.prepare(q)
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and plan.strategy == "filtered-traversal"
             graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
-            if nchunks == 1:  # no thread pool wake-up for a lone query
-                tags[0] = kh.search_chunk(self.codec.dist(self._kmetric), qs, codes, aux, *graph,
-                                          visited[0], tags[0], words, use_ok, two_hop, budget,
-                                          out_d, out_i, counts, 0, 1)
-            else:
-                kh.search_batch(self.codec.dist(self._kmetric), qs, codes, aux, *graph, visited,
-                                tags, words, use_ok, two_hop, budget, out_d, out_i, counts)
+            search = for_kind(kh.search_chunk, self.codec.dist(self._kmetric))
+            tags[:nchunks] = run_chunks(
+                lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
+                                    two_hop, budget, out_d, out_i, counts, c, n), nchunks)
             if second is not None:  # re-score the candidates on both levels of the codes
-                dist = np.empty((nq, k), np.float32)
-                pos = np.empty((nq, k), np.int64)
-                if nq == 1:
-                    kh.rerank_one(second, qs[0], codes, aux, out_i[0], k, dist[0], pos[0])
-                else:
-                    kh.rerank_batch(second, qs, codes, aux, out_i, k, dist, pos)
+                dist, pos = rerank_candidates(second, qs, codes, aux, out_i, k)
             elif rerank:
                 X, faux = self._float.view()
-                dist = np.empty((nq, k), np.float32)
-                pos = np.empty((nq, k), np.int64)
-                fkind = self._float.codec.dist(self._kmetric)
-                if nq == 1:
-                    kh.rerank_one(fkind, q[0], X, faux, out_i[0], k, dist[0], pos[0])
-                else:
-                    kh.rerank_batch(fkind, q, X, faux, out_i, k, dist, pos)
+                dist, pos = rerank_candidates(self._float.codec.dist(self._kmetric), q, X, faux,
+                                              out_i, k)
             else:
                 dist, pos = out_d, out_i
             redo = np.flatnonzero(counts < min(k, n_ok))

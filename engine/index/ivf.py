@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from ...kernels import ivf as ki
+from ...kernels.dispatch import for_kind
 from .. import planner
 from ..bitset import Bitset
 from ..codecs import Codec, F16Codec, codec_from_spec
@@ -358,12 +359,12 @@ class IVFIndex:
 
     def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
         qs = self.codec.prepare(q)
-        ki.search_one(self.codec.dist(self._kmetric), q[0], qs[0], self._centroids, self._cnorms,
+        for_kind(ki.search_one, self.codec.dist(self._kmetric))(q[0], qs[0], self._centroids, self._cnorms,
                       nprobe, *self._lists(), out_d.shape[1], words, use_ok, out_d[0], out_i[0])
 
     def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
         groups = min(q.shape[0], numba.get_num_threads())
-        ki.search_lists(self.codec.dist(self._kmetric), self.codec.prepare(q), probes,
+        for_kind(ki.search_lists, self.codec.dist(self._kmetric))(self.codec.prepare(q), probes,
                         *self._lists(), words, use_ok, groups, out_d, out_i)
 
     def _exact(self, q, k, words, use_ok, n_ok, params: SearchParams):
@@ -378,7 +379,7 @@ class IVFIndex:
         return out_d, out_i
 
     def _scan_slots(self, q, slots, out_d, out_i) -> None:
-        ki.scan_slots(self.codec.dist(self._kmetric), self.codec.prepare(q), self._codes, self._aux,
+        for_kind(ki.scan_slots, self.codec.dist(self._kmetric))(self.codec.prepare(q), self._codes, self._aux,
                       slots, self._slot_pos, out_d.shape[1], out_d, out_i)
 
     def reconstruct(self, positions) -> np.ndarray:

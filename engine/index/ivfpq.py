@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 
-from ...kernels import hnsw as kh
 from ...kernels import pq as kp
 from ...kernels import scan as ks
 from .. import planner
@@ -26,6 +25,7 @@ from ..params import SearchParams
 from ..pq import PQCodec
 from ..spec import parse_spec
 from ..vectors import VectorStore
+from .hnsw import rerank_candidates
 from .ivf import TRAIN_NITER, IVFIndex
 
 REFINE_CODECS = ("f32", "f16")
@@ -141,15 +141,7 @@ class IVFPQIndex(IVFIndex):
     def _rerank(self, q: np.ndarray, cand: np.ndarray, k: int):
         codec = self._refine.codec
         X, aux = self._refine.view()
-        kind = codec.dist(self._kmetric)
-        qs = codec.prepare(q)
-        out_d = np.empty((q.shape[0], k), np.float32)
-        out_i = np.empty((q.shape[0], k), np.int64)
-        if q.shape[0] == 1:
-            kh.rerank_one(kind, qs[0], X, aux, cand[0], k, out_d[0], out_i[0])
-        else:
-            kh.rerank_batch(kind, qs, X, aux, cand, k, out_d, out_i)
-        return out_d, out_i
+        return rerank_candidates(codec.dist(self._kmetric), codec.prepare(q), X, aux, cand, k)
 
     def _exact(self, q, k, words, use_ok, n_ok, params: SearchParams):
         """With a refine copy: an exact scan of it (over the allowed rows); else ADC over

@@ -161,6 +161,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_warmup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "warmup", help="compile the search kernels into the Numba cache ahead of first use",
+        description="Run every search path of the named index specs once on tiny data, in "
+                    "memory and memory-mapped from files, so later processes (a server, a "
+                    "notebook) load compiled kernels from the cache (NUMBA_CACHE_DIR) instead "
+                    "of compiling on their first request. Default: Flat and HNSW16,F32 (what "
+                    "a collection with the default index runs), metrics cosine, l2 and ip.")
+    p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
+                   help="an index spec to warm, repeatable (e.g. HNSW16,LVQ4x8, IVF64,Flat)")
+    p.add_argument("--codecs", type=_name_list, default=[],
+                   help="comma list of codecs, each warmed as HNSW16,<codec> (F32, F16, SQ8, "
+                        "LVQ8, LVQ4x8, ...)")
+    p.add_argument("--metrics", type=_name_list, default=None,
+                   help="comma list (default cosine,l2,ip)")
+    p.add_argument("--data", help="also open this data directory read-only and search every "
+                                  "field of every collection once")
+    p.set_defaults(handler=cmd_warmup)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    import time
+
+    from quiver.engine import warmup
+    from quiver.engine.errors import QuiverError
+
+    specs = list(args.indexes or []) + [f"HNSW16,{c}" for c in args.codecs]
+    specs = specs or list(warmup.DEFAULT_SPECS)
+    t = time.perf_counter()
+    try:
+        took = warmup.warm_up(specs, args.metrics or warmup.DEFAULT_METRICS)
+        for what, secs in took.items():
+            print(f"{what:40s} {secs:6.2f} s")
+        if args.data:
+            from quiver.engine.database import Database
+
+            with Database(args.data, read_only=True, optimizer=False) as db:
+                print(f"{'collections of ' + args.data:40s} {warmup.warm_database(db):6.2f} s")
+    except QuiverError as exc:
+        print(f"quiver warmup: {exc}", file=sys.stderr)
+        return 2
+    print(f"warm in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
 def register_repair(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "repair", help="report (and with --apply, drop) what damage a data directory holds",
@@ -223,9 +268,15 @@ def register_bench_server(sub: argparse._SubParsersAction) -> None:
                            "overhead, JSON vs binary bodies")
 
 
+def register_bench_first_use(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-first-use", "first_use",
+                           "fresh install: seconds to the first search result and to a ready "
+                           "server, empty and warm JIT cache, per-kernel compile time")
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
-    register_serve, register_repair]
+    register_bench_first_use, register_serve, register_warmup, register_repair]
 
 
 def build_parser() -> argparse.ArgumentParser:
