@@ -21,7 +21,7 @@ from ...kernels import ivf as ki
 from ...kernels.dispatch import for_kind
 from .. import planner
 from ..bitset import Bitset
-from ..codecs import Codec, F16Codec, codec_from_spec
+from ..codecs import Codec, F16Codec, F32Codec, codec_from_spec
 from ..errors import CorruptData, InvalidArgument
 from ..idmap import IdMap
 from ..kmeans import MAX_POINTS_PER_CENTROID, SEED, assign, kmeans, nearest_lists, sample_rows, sq_norms
@@ -30,11 +30,17 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..spec import parse_spec
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
+from ..vectors import VectorStore
 from .base import live_words, mark_removed, search_by_ids
+from .hnsw import rerank_candidates
 
 log = logging.getLogger(__name__)
 
-CODECS = ("f32", "f16")
+_RERANK_FACTOR = 10
+"""Candidates a two-level codec re-ranks per query unless ``ef`` says otherwise: 10 k."""
+_DECODABLE = ("f32", "f16")
+"""Row codecs whose codes give the vectors back; IVF over any other keeps a float32 copy by
+position on disk (memory-mapped, never read by a search) for ``reconstruct``."""
 """Codecs IVF stores rows in (lossless ones: no re-ranking copy needed)."""
 MIN_POINTS_PER_LIST = 39
 """Fewer training points per list than this gives poor centroids (FAISS warns below it too);
@@ -62,7 +68,9 @@ def default_nprobe(nlist: int) -> int:
 
 
 class IVFIndex:
-    """Inverted file over k-means lists with ``f32`` or ``f16`` rows and external int64 ids.
+    """Inverted file over k-means lists of codec rows (F32, F16, SQ8, LVQ, LeanVec) and
+    external int64 ids. A two-level codec (LVQ-B1xB2) scans its lists on the first level and
+    re-ranks the best ``ef`` candidates (default 10 k) on both; ``rerank=False`` skips that.
 
     ``train(x)`` clusters (a sample of) the data into ``nlist`` lists (spherical k-means for
     ``ip``/``cosine``); ``add`` assigns rows to their nearest list; ``search`` probes the
@@ -104,6 +112,8 @@ class IVFIndex:
         self._n_deleted = 0
         self._n = 0
         self._idmap = IdMap()
+        self._float = None if self.codec.name in _DECODABLE or self.codec.name.startswith(
+            "pq") else VectorStore(F32Codec(self.dim))
 
     def _make_codec(self, name: str) -> Codec:
         """The codec a stored name or spec part names (``"f16"``, ``"PQ48x8"``)."""
@@ -111,9 +121,9 @@ class IVFIndex:
         if len(parts) != 1:
             raise InvalidArgument(f"codec: expected one codec such as 'F32', got {name!r}")
         codec = codec_from_spec(parts[0], self.dim)
-        if codec.name not in CODECS:
-            raise InvalidArgument(f"codec: IVF stores {' or '.join(c.upper() for c in CODECS)} "
-                                  f"rows (or PQ<m>x8 codes), got {codec.name.upper()}")
+        if codec.name.startswith("pq"):
+            raise InvalidArgument(f"codec: PQ codes are IVFPQIndex's (spec IVF<nlist>,"
+                                  f"{codec.name.upper()}); IVFIndex stores row codecs such as F32")
         return codec
 
     # --- sizes ----------------------------------------------------------------------
@@ -184,11 +194,16 @@ class IVFIndex:
                     exact_iters=TRAIN_EXACT_ITERS)
         self._set_centroids(km.centroids)
         self._offsets = np.zeros(nlist + 1, np.int64)
-        self._fit_codec(v)
+        self._fit_codec(v, queries)
 
-    def _fit_codec(self, v: np.ndarray) -> None:
-        """Train the row codec on the (normalised) training sample, once centroids exist."""
-        self.codec.fit(v)
+    def _fit_codec(self, v: np.ndarray, queries: np.ndarray | None = None) -> None:
+        """Train the row codec on the (normalised) training sample, once centroids exist;
+        ``queries`` for a query-aware codec (LeanVec-OOD)."""
+        if queries is not None:
+            queries = as_vectors(queries, self.dim, "queries")
+            if self.metric is Metric.COSINE:
+                queries = normalize_rows(queries)
+        self.codec.fit(v, queries)
 
     def _set_centroids(self, centroids: np.ndarray) -> None:
         self._centroids = centroids
@@ -232,7 +247,10 @@ class IVFIndex:
         return self.codec.encode(v)
 
     def _add_rows(self, v: np.ndarray, scale: np.ndarray) -> None:
-        """Keep what a subclass stores by position besides the lists (nothing here)."""
+        """Keep what is stored by position besides the lists: the float32 copy of rows whose
+        codes do not give them back."""
+        if self._float is not None:
+            self._float.append(v)
 
     def _merge(self, labels: np.ndarray, codes: np.ndarray, aux: np.ndarray,
                scale: np.ndarray) -> None:
@@ -326,17 +344,29 @@ class IVFIndex:
             plan = planner.choose(self, n_ok, n, k, params,
                                   bits is not None if filtered is None else filtered)
         info = {**plan.explain(), "fallback_exact": 0, "nprobe": nprobe}
+        second = None if params.rerank is False else self.codec.rerank_dist(self._kmetric)
+        r = k if second is None else max(k, params.ef if params.ef is not None
+                                         else _RERANK_FACTOR * k)
         if plan.strategy == "exact" or n == 0:
-            dist, pos = self._exact(q, k, words, use_ok, n_ok, params)
+            dist, pos = self._exact(q, r, words, use_ok, n_ok, params)
         else:
-            dist, pos = self._probe(q, k, nprobe, words, use_ok, params)
+            dist, pos = self._probe(q, r, nprobe, words, use_ok, params)
             redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
             if redo.size and nprobe < self.lists:
                 info["fallback_exact"] = int(redo.size)
-                dist[redo], pos[redo] = self._exact(q[redo], k, words, use_ok, n_ok, params)
+                dist[redo], pos[redo] = self._exact(q[redo], r, words, use_ok, n_ok, params)
+        if second is not None and n:
+            dist, pos = self._rerank_two_level(second, q, pos, k)
         if self._kmetric == "l2":
             np.maximum(dist, 0, out=dist)
         return dist, pos, info
+
+    def _rerank_two_level(self, second, q, pos, k):
+        """Re-score candidate positions on both levels of a two-level codec's codes."""
+        slots = np.where(pos >= 0, self._slot_of[np.maximum(pos, 0)], -1)
+        dist, best = rerank_candidates(second, self.codec.prepare(q), self._codes, self._aux,
+                                       slots, k)
+        return dist, np.where(best >= 0, self._slot_pos[np.maximum(best, 0)], -1)
 
     def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams):
         """Top-k over each query's ``nprobe`` nearest lists (a batch in chunks of query-list
@@ -384,7 +414,10 @@ class IVFIndex:
 
     def reconstruct(self, positions) -> np.ndarray:
         """Float32 vectors stored at row positions (normalised for cosine)."""
-        codes = self._codes[self._slot_of[np.asarray(positions, np.int64)]]
+        pos = np.asarray(positions, np.int64)
+        if self._float is not None:
+            return np.array(self._float.view()[0][pos], np.float32)
+        codes = self._codes[self._slot_of[pos]]
         return F16Codec.decode(codes) if self.codec.name == "f16" else np.array(codes, np.float32)
 
     # --- persistence ----------------------------------------------------------------
@@ -411,10 +444,16 @@ class IVFIndex:
         return {}
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
-        return {}
+        return {} if self._float is None else {"float_rows": self._float.view()[0]}
 
     def _load_extra(self, directory, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         """Restore what ``_extra_arrays`` saved (after the lists and codec are back)."""
+        if self._float is not None:
+            rows = arrays.get("float_rows")
+            if rows is None or rows.shape != (self._n, self.dim):
+                raise CorruptData(f"{os.path.join(directory, 'float_rows.npy')}: missing or not "
+                                  f"{self._n} x {self.dim}")
+            self._float = VectorStore(self._float.codec, rows, np.zeros((self._n, 0), np.float32))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> IVFIndex:

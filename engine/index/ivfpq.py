@@ -75,7 +75,7 @@ class IVFPQIndex(IVFIndex):
 
     # --- build ----------------------------------------------------------------------
 
-    def _fit_codec(self, v: np.ndarray) -> None:
+    def _fit_codec(self, v: np.ndarray, queries: np.ndarray | None = None) -> None:
         labels, _ = assign(v, self._centroids, self._kmetric, self._cnorms)
         self.codec.fit(v - self._centroids[labels], seed=self.seed)
         self._set_tables()
