@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 import pytest
@@ -382,18 +384,25 @@ def test_collection_with_ivf_segments_survives_restart_and_snapshot(tmp_path):
     db.close()
 
 
-def test_collection_ivf_over_rest(tmp_path):
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "IVF16,PQ4x8,Refine(F16)"])
+def test_collection_ivf_over_rest(tmp_path, spec):
     import httpx
     from _live_server import LiveServer
 
     rng = np.random.default_rng(12)
     x = blobs(rng, 300, 8)
     with LiveServer(tmp_path / "data") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
-        r = http.put("/collections/x", json={"dim": 8, "metric": "l2", "index": "IVF16,Flat"})
+        r = http.put("/collections/x", json={"dim": 8, "metric": "l2", "index": spec,
+                                             "segment_size": 300})
         assert r.status_code == 200, r.text
         pts = [{"id": i, "vector": x[i].tolist()} for i in range(300)]
         assert http.put("/collections/x/points", json={"points": pts}).status_code == 200
         assert http.post("/collections/x/flush").status_code == 200
+        for _ in range(600):  # the full segment seals into an IVF segment in the background
+            if http.get("/collections/x").json()["result"]["segments"][0]["sealed"]:
+                break
+            time.sleep(0.05)
+        assert http.get("/collections/x").json()["result"]["segments"][0]["sealed"]
         body = {"vector": x[7].tolist(), "limit": 3, "params": {"nprobe": 16}}
         r = http.post("/collections/x/points/search", json=body)
         assert r.status_code == 200, r.text
