@@ -1,7 +1,7 @@
 """Float distances: one-to-one, one query against many rows, and blocked many-to-many.
 
 The float32 codec distances live here; ``dispatch.codec_distance`` selects a codec's distance
-by an integer kind (see that module for why).
+by its kind, a Numba type, so each kernel compiles only the kinds it is used with.
 """
 
 import numpy as np
