@@ -70,14 +70,14 @@ class PQCodec(Codec):
     def _sub(self, x: np.ndarray, j: int) -> np.ndarray:
         return np.ascontiguousarray(x[:, j * self.dsub : (j + 1) * self.dsub])
 
-    def fit(self, x: np.ndarray, seed: int = 1234) -> None:
+    def fit(self, x: np.ndarray, seed: int = 1234, niter: int = TRAIN_NITER) -> None:
         """k-means in every sub-space (l2, as FAISS's ProductQuantizer)."""
         if x.shape[0] < self.ksub:
             raise InvalidArgument(f"PQ{self.m}x{self.nbits}: {self.ksub} centroids per sub-vector "
                                   f"need at least {self.ksub} training points, got {x.shape[0]}")
         books = np.empty((self.m, self.ksub, self.dsub), np.float32)
         for j in range(self.m):
-            books[j] = kmeans(self._sub(x, j), self.ksub, niter=TRAIN_NITER, seed=seed + j,
+            books[j] = kmeans(self._sub(x, j), self.ksub, niter=niter, seed=seed + j,
                               exact_iters=TRAIN_EXACT_ITERS).centroids
         self.codebooks, self._books_t = books, None
 

@@ -169,3 +169,90 @@ def test_ivfpq_refine_recall_floor_on_wordnet():
     for nprobe, floor in ((64, 0.93), (128, 0.95)):
         _, ids = idx.search(ds.test, K, nprobe=nprobe)
         assert recall(ids, ds.neighbors[:, :K]) >= floor
+
+
+# --- OPQ ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def correlated():
+    """Rows whose variance sits in a few mixed directions: what a rotation helps PQ with."""
+    rng = np.random.default_rng(5)
+    scales = np.geomspace(4.0, 0.05, 16)
+    mix = np.linalg.qr(rng.standard_normal((16, 16)))[0]
+    x = ((rng.standard_normal((2000, 16)) * scales) @ mix).astype(np.float32)
+    q = ((rng.standard_normal((30, 16)) * scales) @ mix).astype(np.float32)
+    return x, q
+
+
+def test_opq_rotation_is_orthogonal_and_lowers_the_distortion(correlated):
+    from quiver.engine.opq import train_rotation
+
+    x, _ = correlated
+    rot, history = train_rotation(x, 4, niter=4)
+    np.testing.assert_allclose(rot @ rot.T, np.eye(16), atol=1e-4)
+    assert history[-1] < 0.9 * history[0]
+
+
+def test_opq_ivfpq_beats_plain_ivfpq_and_refines_to_exact(tmp_path: Path, correlated):
+    x, q = correlated
+    true = brute_ids(x, q, "l2", K)
+    plain = quiver.index("IVF4,PQ4x8", 16, "l2")
+    opq = quiver.index("OPQ4,IVF4,PQ4x8", 16, "l2")
+    exact = quiver.index("OPQ4,IVF4,PQ4x8,Refine(F32)", 16, "l2")
+    for idx in (plain, opq, exact):
+        idx.train(x)
+        idx.add(x)
+    r_plain = recall(plain.search(q, K, nprobe=4)[1], true)
+    r_opq = recall(opq.search(q, K, nprobe=4)[1], true)
+    assert r_opq > r_plain
+    scores, ids = exact.search(q, K, nprobe=4, ef=2000)
+    assert recall(ids, true) == 1.0
+    assert exact.memory_usage()["rotation"] == 16 * 16 * 4
+    exact.save(tmp_path / "opq")
+    back = quiver.load_index(tmp_path / "opq")
+    np.testing.assert_array_equal(back.search(q, K, nprobe=4, ef=2000)[1], ids)
+    np.testing.assert_allclose(back.reconstruct(np.arange(5)), x[:5], atol=1e-4)
+    assert back.nlist == 4  # the inner index's attributes read through
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("OPQ5,IVF4,PQ4x8", r"OPQ5: m=5 does not divide the dimension 16"),
+    ("OPQ4", r"OPQ<m> goes before an index"),
+    ("OPQ4x2,IVF4,PQ4x8", r"write OPQ<m>"),
+    ("OPQ4,NOPE4", r"each optionally after OPQ<m>"),
+])
+def test_opq_bad_specs(spec, match):
+    with pytest.raises(InvalidArgument, match=match):
+        quiver.index(spec, 16)
+
+
+def test_opq_search_before_train_says_train_first(correlated):
+    idx = quiver.index("OPQ4,IVF4,PQ4x8", 16)
+    with pytest.raises(InvalidArgument, match="not trained; call train"):
+        idx.search(correlated[1], K)
+    with pytest.raises(InvalidArgument, match="not trained; call train"):
+        idx.add(correlated[0])
+
+
+def test_collection_with_opq_segments_restarts(tmp_path: Path, correlated):
+    x, q = correlated
+    db = quiver.connect(tmp_path / "db")
+    col = db.create_collection("c", 16, metric="cosine", index="OPQ4,IVF4,PQ4x8,Refine(F16)",
+                               segment_size=1000)
+    for lo in (0, 1000):
+        col.upsert(list(range(lo, lo + 1000)), x[lo : lo + 1000])
+        col.flush()
+    col.wait_indexed()
+    assert sum(s["sealed"] for s in col.info()["segments"]) == 2
+    true = brute_ids(x, q, "cosine", K)
+    got = [[p.id for p in r] for r in col.search(q, k=K, params={"nprobe": 4, "ef": 1000})]
+    assert recall(got, true) >= 0.95
+    db.close()
+    db = quiver.connect(tmp_path / "db")
+    col = db.get_collection("c")
+    again = [[p.id for p in r] for r in col.search(q, k=K, params={"nprobe": 4, "ef": 1000})]
+    assert again == got
+    np.testing.assert_allclose(col.get([3], with_vectors=True)[0].vector,
+                               x[3] / np.linalg.norm(x[3]), atol=2e-3)
+    db.close()

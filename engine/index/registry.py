@@ -2,7 +2,8 @@
 
 ``quiver.index("HNSW32,LVQ8", dim)`` parses the spec once (``engine.spec``): the first part
 names the index type, the second (optional, default F32) the codec, and later parts are
-options such as ``Refine(F32)``. A new index type is one module plus one ``register_index``
+options such as ``Refine(F32)``; a leading ``OPQ<m>`` rotates the vectors first
+(``engine.opq``). A new index type is one module plus one ``register_index``
 call; segments build, train and load any registered type through this table.
 """
 
@@ -29,6 +30,8 @@ class ParsedSpec:
     index: SpecPart
     codec: SpecPart
     options: tuple[SpecPart, ...]
+    transform: SpecPart | None = None
+    """A leading ``OPQ<m>`` part: the vectors are rotated before the index sees them."""
 
     def refine(self) -> SpecPart | None:
         """The codec of a ``Refine(...)`` option, if any."""
@@ -64,11 +67,21 @@ def register_index(family: str, entry: IndexType) -> None:
 def parse_index_spec(spec: str) -> ParsedSpec:
     """The roles of each part of ``spec``; unknown index types list what is accepted."""
     parts = parse_spec(spec)
+    transform = None
+    if parts[0].family == "OPQ":
+        transform, parts = parts[0], parts[1:]
+        if len(transform.numbers) != 1 or transform.args:
+            raise InvalidArgument(f"spec: write OPQ<m> (a rotation for m sub-vectors, e.g. "
+                                  f"OPQ48), got {transform}")
+        if not parts:
+            raise InvalidArgument(f"spec: OPQ<m> goes before an index, e.g. "
+                                  f"OPQ48,IVF1024,PQ48x8; got {spec!r}")
     head = parts[0]
     entry = INDEX_TYPES.get(head.family)
     if entry is None:
         raise InvalidArgument(f"spec: unknown index type {str(head)!r} in {spec!r}; accepted: "
-                              f"{', '.join(e.form for e in INDEX_TYPES.values())}")
+                              f"{', '.join(e.form for e in INDEX_TYPES.values())}, each "
+                              f"optionally after OPQ<m>")
     codec = parts[1] if len(parts) > 1 else SpecPart("F", (32,), (), "F32")
     options = tuple(parts[2:])
     for part in options:
@@ -76,7 +89,7 @@ def parse_index_spec(spec: str) -> ParsedSpec:
             allowed = ", ".join(f"{o.title()}(...)" for o in entry.options) or "none"
             raise InvalidArgument(f"spec: {head.family.title()} does not take {str(part)!r} in "
                                   f"{spec!r}; options it accepts after the codec: {allowed}")
-    return ParsedSpec(head, codec, options)
+    return ParsedSpec(head, codec, options, transform)
 
 
 def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
@@ -86,12 +99,21 @@ def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
     metric = Metric.parse(metric)
     dim = check_dim(dim)
     codec_from_spec(parsed.codec, dim)  # names an unknown codec before the index type does
-    return INDEX_TYPES[parsed.index.family].build(parsed, dim, metric, options)
+    built = INDEX_TYPES[parsed.index.family].build(parsed, dim, metric, options)
+    if parsed.transform is not None:
+        from ..opq import OPQIndex
+
+        return OPQIndex(built, parsed.transform.numbers[0])
+    return built
 
 
 def load_index(directory: str | os.PathLike, mmap: bool = True):
     """Whatever index was saved in ``directory``, by the kind its manifest records."""
     kind = read_manifest(directory, None).get("kind")
+    from ..opq import OPQIndex
+
+    if kind == OPQIndex.kind:
+        return OPQIndex.load(directory, mmap=mmap)
     for entry in INDEX_TYPES.values():
         if entry.kind == kind:
             return entry.cls.load(directory, mmap=mmap)
