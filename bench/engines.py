@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.errors import InvalidArgument
 from ..engine.index import index as make_index
+from ..engine.index.registry import parse_index_spec
 from ..engine.metric import Metric
 
 
@@ -82,8 +84,11 @@ class QuiverEngine(Engine):
         self.index = spec + ("@learn" if self.use_learn else "")
         self.spec = spec
         self.options = options
-        head = spec.split(",")[0].strip().upper()
-        self.param = "ef" if head.startswith("HNSW") else "nprobe" if head.startswith(
+        try:  # the index type, after an OPQ<m> transform if any
+            family = parse_index_spec(spec).index.family
+        except InvalidArgument:  # reported when the build fails
+            family = spec.split(",")[0].strip().upper()
+        self.param = "ef" if family.startswith("HNSW") else "nprobe" if family.startswith(
             "IVF") else None
         self.idx = None
 

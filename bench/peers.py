@@ -260,6 +260,23 @@ class FaissIVFPQRefine(FaissIVFPQ):
             self._ivf.nprobe = int(params["nprobe"])
 
 
+class FaissOPQIVFPQRefine(FaissIVFPQRefine):
+    """OPQMatrix(dim, m) before IndexIVFPQ (IndexPreTransform), inside IndexRefineFlat: the
+    peer of ``OPQ<m>,IVF<nlist>,PQ<m>x8,Refine(F32)``."""
+
+    @property
+    def index(self) -> str:
+        return f"OPQ{self.m}+{super().index}"
+
+    def _make(self, quantizer, nlist: int):
+        self._ivf = FaissIVFPQ._make(self, quantizer, nlist)
+        self._opq = self.faiss.OPQMatrix(self.dim, self.m)
+        self._pre = self.faiss.IndexPreTransform(self._opq, self._ivf)  # refs kept: faiss
+        idx = self.faiss.IndexRefineFlat(self._pre)                      # does not own them
+        idx.k_factor = self.k_factor
+        return idx
+
+
 class Hnswlib(Engine):
     """hnswlib HNSW (M=16, ef_construction=200), sweeping ef via set_ef."""
 
@@ -349,6 +366,7 @@ PEERS: dict[str, type[Engine]] = {
     "faiss-ivf": FaissIVFFlat,
     "faiss-ivfpq": FaissIVFPQ,
     "faiss-ivfpq-refine": FaissIVFPQRefine,
+    "faiss-opq-ivfpq-refine": FaissOPQIVFPQRefine,
     "hnswlib": Hnswlib,
     "usearch": USearch,
     "svs": SvsVamana,
@@ -357,7 +375,8 @@ PEERS: dict[str, type[Engine]] = {
 
 def make_peer(spec: str, dim: int, metric: str) -> Engine:
     """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], faiss-ivf[:nlist],
-    faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine[:nlist[:m[:k_factor]]], hnswlib[:M],
+    faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine[:nlist[:m[:k_factor]]],
+    faiss-opq-ivfpq-refine[:nlist[:m[:k_factor]]], hnswlib[:M],
     usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
     Raises PeerUnavailableError for unknown names or missing packages."""
     name, *args = spec.strip().lower().split(":")

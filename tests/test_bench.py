@@ -415,3 +415,8 @@ def test_too_little_memory_falls_back_to_sequential(monkeypatch):
 def test_bad_rounds_are_rejected():
     with pytest.raises(ValueError, match="rounds"):
         run_benchmark(tiny_config(rounds=0), log=lambda m: None)
+
+
+def test_quiver_engine_sweeps_the_index_behind_opq():
+    assert QuiverEngine("OPQ4,IVF16,PQ4x8", 8, "l2").param == "nprobe"
+    assert QuiverEngine("NOPE", 8, "l2").param is None
