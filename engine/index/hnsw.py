@@ -45,7 +45,6 @@ _MIN_TRAVERSAL_SHARE = 0.08
 0.983 at 10% with ef=64 on WordNet): the cost model prices it out, so the planner scans."""
 
 
-
 def rerank_candidates(kind, qs: np.ndarray, X: np.ndarray, aux: np.ndarray, cand: np.ndarray,
                       k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-score each query's candidate positions (-1 padded) with distance ``kind`` over the
