@@ -48,6 +48,8 @@ _EXPORTS = {
     "index": "quiver.engine.index",
     "load_index": "quiver.engine.index",
     "Metric": "quiver.engine.metric",
+    "MultiVectorIndex": "quiver.engine.muvera",
+    "FDEConfig": "quiver.engine.muvera",
     "SearchParams": "quiver.engine.params",
     "Point": "quiver.engine.points",
 }
@@ -61,6 +63,7 @@ __all__ = [
     "CorruptData",
     "Database",
     "DuplicateId",
+    "FDEConfig",
     "FlatIndex",
     "HNSWIndex",
     "IVFIndex",
@@ -68,6 +71,7 @@ __all__ = [
     "Index",
     "InvalidArgument",
     "Metric",
+    "MultiVectorIndex",
     "NotFound",
     "Point",
     "QuiverError",
@@ -103,5 +107,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from quiver.engine.hits import SearchArrays
     from quiver.engine.index import FlatIndex, HNSWIndex, Index, index, load_index
     from quiver.engine.metric import Metric
+    from quiver.engine.muvera import FDEConfig, MultiVectorIndex
     from quiver.engine.params import SearchParams
     from quiver.engine.points import Point
