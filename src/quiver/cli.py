@@ -274,9 +274,15 @@ def register_bench_first_use(sub: argparse._SubParsersAction) -> None:
                            "server, empty and warm JIT cache, per-kernel compile time")
 
 
+def register_bench_multivector(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-multivector", "multivector",
+                           "MaxSim retrieval on the shared token set: exhaustive Chamfer vs "
+                           "MUVERA candidates + exact re-ranking")
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
-    register_bench_first_use, register_serve, register_warmup, register_repair]
+    register_bench_first_use, register_bench_multivector, register_serve, register_warmup, register_repair]
 
 
 def build_parser() -> argparse.ArgumentParser:
