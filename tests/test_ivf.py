@@ -207,7 +207,9 @@ def test_explicit_ids_and_memory_usage(data):
     _, got = idx.search(q, K, nprobe=8)
     assert (got % 10 == 3).all()
     usage = idx.memory_usage()
-    assert set(usage) == {"centroids", "vectors", "lists", "deleted", "ids", "id_map"}
+    assert set(usage) == {"centroids", "vectors", "float_copy", "lists", "deleted", "ids",
+                          "id_map"}
+    assert usage["float_copy"] == 0  # f16 codes give the vectors back
     assert usage["vectors"] == x.shape[0] * (2 * x.shape[1] + 4)
     assert usage["id_map"] > 0  # ids are not positions
 
@@ -304,8 +306,10 @@ def test_ivf_over_compressed_row_codecs(tmp_path, data, metric, codec, floor):
         _, first = idx.search(q, K, nprobe=16, rerank=False)
         assert recall(first, true) < recall(got, true)
     assert idx.memory_usage()["vectors"] == x.shape[0] * idx.codec.bytes_per_vector()
+    assert idx.memory_usage()["float_copy"] == x.nbytes  # built here: in RAM
     idx.save(tmp_path / "ivf")
     back = IVFIndex.load(tmp_path / "ivf")
+    assert back.memory_usage()["float_copy"] == 0  # memory-mapped, never searched
     np.testing.assert_array_equal(back.search(q, K, nprobe=16)[1], got)
     want = x[:7] / np.linalg.norm(x[:7], axis=1, keepdims=True) if metric == "cosine" else x[:7]
     np.testing.assert_allclose(back.reconstruct(np.arange(7)), want, rtol=1e-6, atol=1e-6)

@@ -150,11 +150,16 @@ class IVFIndex:
         return np.diff(self._offsets)
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind; the values sum to the whole footprint."""
+        """Resident bytes by kind; the values sum to the whole footprint. The float32 copy a
+        lossy row codec keeps for ``reconstruct`` counts while it is in RAM (an index built
+        here); loaded from disk it stays memory-mapped, never read by a search, and counts 0."""
         n = self._n
+        copy = 0
+        if self._float is not None and not isinstance(self._float.view()[0], np.memmap):
+            copy = self._float.nbytes()
         return {"centroids": 0 if self._centroids is None else int(self._centroids.nbytes
                                                                     + self._cnorms.nbytes),
-                "vectors": n * self.codec.bytes_per_vector(),
+                "vectors": n * self.codec.bytes_per_vector(), "float_copy": copy,
                 "lists": int(self._offsets.nbytes) + 16 * n,
                 "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
 
