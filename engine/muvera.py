@@ -22,6 +22,9 @@ from ..kernels.chunks import chunk_count, run_chunks
 from .errors import InvalidArgument
 from .index.registry import index as make_index
 
+TOKEN_DTYPES = {"f16": np.uint16, "f32": np.float32}
+"""How document tokens are stored: float16 (default; bits as uint16) or float32."""
+
 FDE_VERSION = 1
 """Bumped whenever the encoding changes, so an index never mixes two encodings."""
 
@@ -127,21 +130,25 @@ class MultiVectorIndex:
     """Documents as token matrices, searched by Chamfer (MaxSim) similarity.
 
     ``index`` is the dense index spec over the document FDEs (any registered one, e.g.
-    ``"HNSW16"``, ``"HNSW16,LVQ8"``, ``"Flat"``); ``fde`` the encoding. ``search`` fetches
+    ``"HNSW16"``, ``"HNSW16,LVQ8"``, ``"Flat"``); ``fde`` the encoding; ``tokens`` how the
+    document tokens are kept for re-ranking (``"f16"``, or ``"f32"``). ``search`` fetches
     ``candidates`` documents by FDE inner product, then re-ranks them by exact Chamfer over
     the stored tokens; ``exact=True`` scores every document. Scores are Chamfer sums."""
 
     def __init__(self, dim: int, metric: str = "ip", index: str = "HNSW16",
-                 fde: FDEConfig | dict | None = None, **index_options):
+                 fde: FDEConfig | dict | None = None, tokens: str = "f16", **index_options):
         if metric != "ip":
             raise InvalidArgument(f"metric: multi-vector search scores MaxSim by inner product "
                                   f"(normalise tokens for cosine); got {metric!r}")
+        if tokens not in TOKEN_DTYPES:
+            raise InvalidArgument(f"tokens: {tokens!r}; stored as one of {', '.join(TOKEN_DTYPES)}")
         self.dim = int(dim)
+        self.token_codec = tokens
         self.config = fde if isinstance(fde, FDEConfig) else FDEConfig(**(fde or {}))
         self.encoder = FDEEncoder(self.dim, self.config)
         self.spec = index
         self.fdes = make_index(index, self.config.dim, "ip", **index_options)
-        self._tokens = np.zeros((0, self.dim), np.float32)
+        self._tokens = np.zeros((0, self.dim), TOKEN_DTYPES[tokens])
         self._offsets = np.zeros(1, np.int64)
         self._ids = np.zeros(0, np.int64)
 
@@ -164,9 +171,22 @@ class MultiVectorIndex:
             self.fdes.train(fde)
         self.fdes.add(fde, np.arange(len(self), len(self) + n, dtype=np.int64))
         self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
-        self._tokens = np.concatenate([self._tokens, tokens])
+        self._tokens = np.concatenate([self._tokens, self._stored(tokens)])
         self._ids = np.concatenate([self._ids, ids])
         return ids
+
+    def _stored(self, tokens: np.ndarray) -> np.ndarray:
+        """Token rows as kept: float32, or float16 bits (half the memory)."""
+        if self.token_codec == "f16":
+            return np.ascontiguousarray(tokens.astype(np.float16).view(np.uint16))
+        return tokens
+
+    def memory_usage(self) -> dict[str, int]:
+        """Resident bytes: the stored tokens, their offsets and ids, and the FDE index."""
+        usage = {f"fde_{k}": v for k, v in self.fdes.memory_usage().items()}
+        usage.update(tokens=int(self._tokens.nbytes), offsets=int(self._offsets.nbytes),
+                     ids=int(self._ids.nbytes))
+        return usage
 
     def default_candidates(self, k: int) -> int:
         """Documents re-ranked per query unless told: 2% of them, at least 8 k."""

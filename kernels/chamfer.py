@@ -1,28 +1,60 @@
 """Multi-vector kernels: exact Chamfer (MaxSim) scores and MUVERA fixed-dimensional encodings.
 
 Token matrices are stored ragged: document i owns rows ``offsets[i]:offsets[i+1]`` of one
-(n_tokens, dim) float32 array.
+(n_tokens, dim) array of float32 values or float16 bits (uint16); a kernel compiles per dtype.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from . import INLINE, JIT
 from .distance import dot
 from .topk import heap_push, heap_sorted
 
 
+def widen(row, buf):
+    """``buf[:] = row`` as float32: float32 rows copied, float16 bits (uint16) converted."""
+    raise TypeError("widen is a kernel helper: call it from jitted code")
+
+
+_HALF_UNSCALE = np.float32(2.0**112)
+"""Half bits shifted into a float32's place read 2**-112 times the half value (exactly)."""
+
+
+@overload(widen, jit_options=JIT)
+def _widen(row, buf):
+    if row.dtype == types.uint16:
+        def widen_half(row, buf):
+            bits = buf.view(np.uint32)
+            for j in range(row.shape[0]):
+                h = np.uint32(row[j])
+                bits[j] = (((h & np.uint32(0x7FFF)) << np.uint32(13))
+                           | ((h & np.uint32(0x8000)) << np.uint32(16)))
+            for j in range(row.shape[0]):
+                buf[j] *= _HALF_UNSCALE
+        return widen_half
+
+    def widen_float(row, buf):
+        for j in range(row.shape[0]):
+            buf[j] = row[j]
+    return widen_float
+
+
 @njit(**INLINE)
-def _chamfer(Q, D, a, b) -> np.float32:
-    """sum over query tokens of the best inner product with document rows a..b."""
+def _chamfer(Q, D, a, b, best, buf) -> np.float32:
+    """sum over query tokens of the best inner product with document rows a..b; each row is
+    widened once and scored against every query token."""
+    best[:] = -np.inf
+    for r in range(a, b):
+        widen(D[r], buf)
+        for t in range(Q.shape[0]):
+            s = dot(Q[t], buf)
+            if s > best[t]:
+                best[t] = s
     total = np.float32(0.0)
     for t in range(Q.shape[0]):
-        best = np.float32(-np.inf)
-        for r in range(a, b):
-            s = dot(Q[t], D[r])
-            if s > best:
-                best = s
-        total += best
+        total += best[t]
     return total
 
 
@@ -33,19 +65,23 @@ def chamfer_topk_chunk(Q, qoff, D, doff, cand, k, out_d, out_i, first, step):
     distances (negated scores) ascending."""
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
+    buf = np.empty(D.shape[1], np.float32)
     ndocs = doff.shape[0] - 1
     for q in range(first, qoff.shape[0] - 1, step):
         Qt = Q[qoff[q]:qoff[q + 1]]
+        best = np.empty(Qt.shape[0], np.float32)
         size = 0
         if cand.shape[1] == 1 and cand[q, 0] == -2:
             for c in range(ndocs):
-                size = heap_push(hd, hi, size, -_chamfer(Qt, D, doff[c], doff[c + 1]), c)
+                d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
+                size = heap_push(hd, hi, size, d, c)
         else:
             for j in range(cand.shape[1]):
                 c = cand[q, j]
                 if c < 0:
                     continue
-                size = heap_push(hd, hi, size, -_chamfer(Qt, D, doff[c], doff[c + 1]), c)
+                d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
+                size = heap_push(hd, hi, size, d, c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])
 
 

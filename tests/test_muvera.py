@@ -34,7 +34,8 @@ def corpus():
 
 def test_exact_search_equals_the_numpy_chamfer_oracle(corpus):
     docs, queries = corpus
-    idx = quiver.MultiVectorIndex(DIM, index="Flat", fde={"k_sim": 2, "d_proj": 8, "r_reps": 2})
+    idx = quiver.MultiVectorIndex(DIM, index="Flat", fde={"k_sim": 2, "d_proj": 8, "r_reps": 2},
+                                  tokens="f32")
     idx.add(docs, ids=np.arange(1000, 1300))
     scores, ids = idx.search(queries, 5, exact=True)
     for q, s, i in zip(queries, scores, ids, strict=True):
@@ -44,6 +45,24 @@ def test_exact_search_equals_the_numpy_chamfer_oracle(corpus):
         np.testing.assert_allclose(s, want[order], rtol=1e-5, atol=1e-5)
     one_s, one_i = idx.search(queries[0], 5, exact=True)  # one (tokens, dim) matrix
     assert one_i.shape == (5,) and one_i.tolist() == ids[0].tolist()
+
+
+def test_float16_tokens_score_like_their_rounded_values_in_half_the_memory(corpus):
+    docs, queries = corpus
+    cfg = {"k_sim": 2, "d_proj": 4, "r_reps": 1}
+    half = MultiVectorIndex(DIM, index="Flat", fde=cfg)  # f16 is the default
+    full = MultiVectorIndex(DIM, index="Flat", fde=cfg, tokens="f32")
+    half.add(docs)
+    full.add(docs)
+    scores, ids = half.search(queries, 5, exact=True)
+    rounded = [d.astype(np.float16).astype(np.float32) for d in docs]
+    for q, s, i in zip(queries, scores, ids, strict=True):
+        want = np.array([chamfer(q, d) for d in rounded])
+        np.testing.assert_allclose(s, np.sort(want)[::-1][:5], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(want[i], s, rtol=1e-5, atol=1e-5)
+    assert half.memory_usage()["tokens"] * 2 == full.memory_usage()["tokens"]
+    with pytest.raises(InvalidArgument, match="tokens: 'f8'"):
+        MultiVectorIndex(DIM, tokens="f8")
 
 
 def test_fde_candidates_then_rerank_find_the_exact_top_k(corpus):
