@@ -3,7 +3,8 @@ MUVERA FDE candidates plus exact re-ranking.
 
 Recall@k is against the file's exact Chamfer top-k. QPS is one query per call on one thread
 (Numba and BLAS pinned), best of ``--rounds`` passes; exhaustive and each candidate count
-alternate within a round. Build = FDE encoding plus the dense index over the FDEs.
+alternate within a round. Exhaustive QPS is timed on the first tenth of the queries (at least
+20): it is the slow baseline. Build = FDE encoding plus the dense index over the FDEs.
 
     quiver bench-multivector                               # HNSW16 over default FDEs
     quiver bench-multivector --index Flat --k-sim 3 --d-proj 128 --r-reps 10

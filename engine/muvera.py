@@ -19,11 +19,15 @@ import numpy as np
 
 from ..kernels import chamfer as kc
 from ..kernels.chunks import chunk_count, run_chunks
+from .codecs import F16Codec, F32Codec
 from .errors import InvalidArgument
 from .index.registry import index as make_index
+from .index.registry import parse_index_spec
+from .vectors import VectorStore
 
-TOKEN_DTYPES = {"f16": np.uint16, "f32": np.float32}
+TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec}
 """How document tokens are stored: float16 (default; bits as uint16) or float32."""
+_F16_MAX = 65504.0
 
 FDE_VERSION = 1
 """Bumped whenever the encoding changes, so an index never mixes two encodings."""
@@ -101,7 +105,11 @@ def ragged(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
             raise InvalidArgument(f"{what}: offsets must rise from 0 to {tokens.shape[0]} "
                                   f"with at least one token per item")
     else:
-        items = [value] if isinstance(value, np.ndarray) and value.ndim == 2 else list(value)
+        try:
+            items = [value] if isinstance(value, np.ndarray) and value.ndim == 2 else list(value)
+        except TypeError:
+            raise InvalidArgument(f"{what}: expected a list of token matrices or a (vectors, "
+                                  f"offsets) pair, got {type(value).__name__}") from None
         mats = []
         for i, item in enumerate(items):
             try:
@@ -126,6 +134,13 @@ def ragged(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     return tokens, offsets
 
 
+def _ids(ids) -> np.ndarray:
+    try:
+        return np.asarray(ids, np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidArgument("ids: expected integers") from None
+
+
 class MultiVectorIndex:
     """Documents as token matrices, searched by Chamfer (MaxSim) similarity.
 
@@ -140,15 +155,16 @@ class MultiVectorIndex:
         if metric != "ip":
             raise InvalidArgument(f"metric: multi-vector search scores MaxSim by inner product "
                                   f"(normalise tokens for cosine); got {metric!r}")
-        if tokens not in TOKEN_DTYPES:
-            raise InvalidArgument(f"tokens: {tokens!r}; stored as one of {', '.join(TOKEN_DTYPES)}")
+        if tokens not in TOKEN_CODECS:
+            raise InvalidArgument(f"tokens: {tokens!r}; stored as one of {', '.join(TOKEN_CODECS)}")
         self.dim = int(dim)
         self.token_codec = tokens
         self.config = fde if isinstance(fde, FDEConfig) else FDEConfig(**(fde or {}))
         self.encoder = FDEEncoder(self.dim, self.config)
         self.spec = index
         self.fdes = make_index(index, self.config.dim, "ip", **index_options)
-        self._tokens = np.zeros((0, self.dim), TOKEN_DTYPES[tokens])
+        self._graph = parse_index_spec(index).index.family == "HNSW"  # takes ef
+        self._tokens = VectorStore(TOKEN_CODECS[tokens](self.dim))
         self._offsets = np.zeros(1, np.int64)
         self._ids = np.zeros(0, np.int64)
 
@@ -161,30 +177,29 @@ class MultiVectorIndex:
         tokens, offsets = ragged(documents, self.dim, "documents")
         n = offsets.shape[0] - 1
         ids = (np.arange(len(self), len(self) + n, dtype=np.int64) if ids is None
-               else np.asarray(ids, np.int64))
+               else _ids(ids))
         if ids.shape != (n,):
             raise InvalidArgument(f"ids: expected {n} ids, got shape {ids.shape}")
         if np.isin(ids, self._ids).any() or np.unique(ids).shape[0] != n:
             raise InvalidArgument("ids: must be new and distinct")
+        if self.token_codec == "f16" and (np.abs(tokens) > _F16_MAX).any():
+            row = int(np.flatnonzero((np.abs(tokens) > _F16_MAX).any(1))[0])
+            doc = int(np.searchsorted(offsets, row, side="right") - 1)
+            raise InvalidArgument(f"documents[{doc}]: a token value beyond the float16 range "
+                                  f"(|x| <= 65504); store tokens='f32'")
         fde = self.encoder.documents(tokens, offsets)
         if self.fdes.needs_training and len(self.fdes) == 0:
             self.fdes.train(fde)
         self.fdes.add(fde, np.arange(len(self), len(self) + n, dtype=np.int64))
         self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
-        self._tokens = np.concatenate([self._tokens, self._stored(tokens)])
+        self._tokens.append(tokens)
         self._ids = np.concatenate([self._ids, ids])
         return ids
-
-    def _stored(self, tokens: np.ndarray) -> np.ndarray:
-        """Token rows as kept: float32, or float16 bits (half the memory)."""
-        if self.token_codec == "f16":
-            return np.ascontiguousarray(tokens.astype(np.float16).view(np.uint16))
-        return tokens
 
     def memory_usage(self) -> dict[str, int]:
         """Resident bytes: the stored tokens, their offsets and ids, and the FDE index."""
         usage = {f"fde_{k}": v for k, v in self.fdes.memory_usage().items()}
-        usage.update(tokens=int(self._tokens.nbytes), offsets=int(self._offsets.nbytes),
+        usage.update(tokens=self._tokens.nbytes(), offsets=int(self._offsets.nbytes),
                      ids=int(self._ids.nbytes))
         return usage
 
@@ -211,11 +226,15 @@ class MultiVectorIndex:
                 if isinstance(c, bool) or not isinstance(c, int) or c < 1:
                     raise InvalidArgument(f"candidates: expected a positive integer, got {c!r}")
                 c = min(max(c, k), len(self))
-                params = {"ef": max(ef or 0, c)} if self.spec.upper().startswith("HNSW") else {}
+                params = {"ef": max(ef or 0, c)} if self._graph else {}
                 _, cand = self.fdes.search(self.encoder.queries(tokens, offsets), c, **params)
                 cand = np.ascontiguousarray(cand, np.int64)
-            rerank = lambda a, m: kc.chamfer_topk_chunk(  # noqa: E731
-                tokens, offsets, self._tokens, self._offsets, cand, k, out_d, out_i, a, m)
+            stored = self._tokens.view()[0]
+
+            def rerank(first: int, step: int) -> None:
+                kc.chamfer_topk_chunk(tokens, offsets, stored, self._offsets, cand, k, out_d,
+                                      out_i, first, step)
+
             run_chunks(rerank, chunk_count(nq))
         scores = np.where(out_i >= 0, -out_d, -np.inf).astype(np.float32)
         ids = np.where(out_i >= 0, self._ids[np.maximum(out_i, 0)], -1)

@@ -115,9 +115,12 @@ class OPQIndex:
                explain: bool = False, **knobs):
         """As the inner index's ``search``, with the queries rotated."""
         self._require_trained("search")
-        q = np.asarray(queries, np.float32) if not isinstance(queries, np.ndarray) else queries
-        if q.ndim in (1, 2) and q.shape[-1] == self.dim and q.dtype.kind == "f":
-            queries = np.asarray(q, np.float32) @ self.rotation  # else the inner one says why
+        try:
+            q = np.asarray(queries, np.float32)
+        except (TypeError, ValueError):
+            q = None  # the inner index names what is wrong
+        if q is not None and q.ndim in (1, 2) and q.shape[-1] == self.dim:
+            queries = q @ self.rotation
         return self.inner.search(queries, k, allowed, params, explain, **knobs)
 
     def search_positions(self, q: np.ndarray, k: int, bits, params: SearchParams,

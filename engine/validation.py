@@ -32,8 +32,8 @@ def as_vectors(x, dim: int, name: str = "vectors") -> np.ndarray:
 
 def as_queries(q, dim: int) -> tuple[np.ndarray, bool]:
     """Queries as (nq, dim) float32 plus whether a single 1-D query was given."""
-    single = np.ndim(q) == 1
-    return as_vectors(q, dim, "queries"), single
+    arr = as_vectors(q, dim, "queries")  # first: a ragged list gets its error here
+    return arr, np.ndim(q) == 1
 
 
 def as_ids(ids, n: int, name: str = "ids") -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .bitset import Bitset
 from .errors import QuiverError
+from .index.hnsw import HNSWIndex
 from .index.registry import index as make_index
 from .index.registry import load_index
 from .params import SearchParams
@@ -44,7 +45,7 @@ def _exercise(index, x: np.ndarray) -> None:
         index.search(x[:nq], 5)
         index.search(x[:nq], 5, allowed=np.arange(0, n, 2))
         index.search(x[:nq], 5, allowed=np.arange(5))
-    if type(index).__name__ == "HNSWIndex":
+    if isinstance(index, HNSWIndex):
         q = np.ascontiguousarray(x[:2] / np.linalg.norm(x[:2], axis=1, keepdims=True))
         for strategy, bits in (("traversal", None), ("traversal", half),
                                ("filtered-traversal", half)):

@@ -60,7 +60,9 @@ def test_float16_tokens_score_like_their_rounded_values_in_half_the_memory(corpu
         want = np.array([chamfer(q, d) for d in rounded])
         np.testing.assert_allclose(s, np.sort(want)[::-1][:5], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(want[i], s, rtol=1e-5, atol=1e-5)
-    assert half.memory_usage()["tokens"] * 2 == full.memory_usage()["tokens"]
+    n_tokens = sum(d.shape[0] for d in docs)  # f16: 2 bytes a value plus the row's norm
+    assert half.memory_usage()["tokens"] == n_tokens * (2 * DIM + 4)
+    assert full.memory_usage()["tokens"] == n_tokens * 4 * DIM
     with pytest.raises(InvalidArgument, match="tokens: 'f8'"):
         MultiVectorIndex(DIM, tokens="f8")
 
@@ -131,6 +133,12 @@ def test_bad_input_names_the_item_and_writes_nothing(corpus):
         idx.add([[[1.0, 2.0], [3.0]]])
     with pytest.raises(InvalidArgument, match="offsets must rise"):
         ragged((np.zeros((3, DIM)), np.array([0, 3, 2])), DIM, "documents")
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]: a token value beyond the float16"):
+        idx.add([docs[0], docs[1] * 1e6])
+    with pytest.raises(InvalidArgument, match="expected a list of token matrices"):
+        idx.add(3)
+    with pytest.raises(InvalidArgument, match="ids: expected integers"):
+        idx.add(docs[3:4], ids=["a"])
     with pytest.raises(InvalidArgument, match="ids: must be new"):
         idx.add(docs[3:4], ids=[0])
     with pytest.raises(InvalidArgument, match="metric"):

@@ -256,3 +256,13 @@ def test_collection_with_opq_segments_restarts(tmp_path: Path, correlated):
     np.testing.assert_allclose(col.get([3], with_vectors=True)[0].vector,
                                x[3] / np.linalg.norm(x[3]), atol=2e-3)
     db.close()
+
+
+def test_opq_bad_queries_get_the_inner_index_error(correlated):
+    idx = quiver.index("OPQ4,IVF4,PQ4x8", 16)
+    idx.train(correlated[0])
+    idx.add(correlated[0])
+    with pytest.raises(InvalidArgument, match="queries"):
+        idx.search([[1.0, 2.0], [3.0]], K)
+    with pytest.raises(InvalidArgument, match="queries"):
+        idx.search(np.zeros((2, 5), np.float32), K)
