@@ -8,6 +8,7 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from ..engine.errors import (
     QuiverError,
     ReadOnly,
 )
-from .gate import BodyTimeout, BodyTooLarge
+from .gate import BodyTimeout, BodyTooLarge, error_body
 from .metrics import Metrics
 from .settings import Settings
 
@@ -55,18 +56,21 @@ class JSON(Response):
 
 
 def ok(result: Any, started: float, **extra: Any) -> JSON:
-    return JSON({"result": result, "time": time.perf_counter() - started, **extra})
+    """Qdrant's envelope: ``{"result", "status": "ok", "time"}`` (``extra``: Quiver's keys)."""
+    return JSON({"result": result, "status": "ok", "time": time.perf_counter() - started, **extra})
 
 
 def error(status: int, code: str, message: str, details: Any = None) -> JSON:
-    return JSON({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+    return JSON(error_body(code, message, details), status_code=status)
 
 
-def body_doc(model: type[BaseModel], *binary: str) -> dict:
+def body_doc(model: type[BaseModel], *binary: str, also: Sequence[type[BaseModel]] = ()) -> dict:
     """OpenAPI for a body parsed by hand (``model_validate_json`` on the raw bytes is several
-    times cheaper than FastAPI's json.loads + validation)."""
-    BODY_MODELS.append(model)
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    times cheaper than FastAPI's json.loads + validation); ``also``: other models the route
+    reads the body as (Quiver's form beside Qdrant's)."""
+    BODY_MODELS.extend((model, *also))
+    refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (model, *also)]
+    ref = refs[0] if len(refs) == 1 else {"anyOf": refs}
     content: dict[str, Any] = {"application/json": {"schema": ref}}
     for media in binary:
         content[media] = {"schema": {"type": "string", "format": "binary"}}

@@ -10,14 +10,15 @@ import hmac
 import re
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
 from .metrics import Metrics
 from .settings import Settings
 
-_OPEN = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
-_READ_POST = re.compile(r"^/collections/[^/]+/points(/search(/batch)?|/scroll|/count)?$")
+_OPEN = {"/", "/healthz", "/readyz", "/livez", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+_READ_POST = re.compile(r"^/collections/[^/]+/points(/(search|query)(/batch)?|/scroll|/count)?$")
 _TIMEOUT = getattr(asyncio, "timeout", None)
 
 
@@ -46,8 +47,15 @@ def _known(key: bytes, keys: list[bytes]) -> bool:
     return found
 
 
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """Qdrant's error envelope ``{"status": {"error": message}}`` first (qdrant-client's
+    exceptions show the body's first 200 bytes), then Quiver's ``error`` object."""
+    return {"status": {"error": message}, "time": 0.0,
+            "error": {"code": code, "message": message, "details": details}}
+
+
 def _error_body(status: int, code: str, message: str) -> tuple[int, bytes]:
-    return status, orjson.dumps({"error": {"code": code, "message": message, "details": None}})
+    return status, orjson.dumps(error_body(code, message))
 
 
 def _endpoint(app, method: str, path: str):

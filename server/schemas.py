@@ -1,7 +1,8 @@
 """Request and response bodies of the REST API (shared with the Python client).
 
-Shapes follow Qdrant where a user would expect them; every response is
-``{"result": ..., "time": seconds}`` and every error ``{"error": {"code", "message", "details"}}``.
+Shapes follow Qdrant's (``qdrant.schemas`` holds the bodies only Qdrant's dialect sends); every
+response is ``{"result": ..., "status": "ok", "time": seconds}`` and every error
+``{"status": {"error": message}, "error": {"code", "message", "details"}}``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..engine.params import SearchParams
+from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector
 
 __all__ = ["SearchParams"]  # the engine's own type: one definition of the knobs
 
@@ -77,7 +79,16 @@ class PointStruct(_Strict):
 
 
 class UpsertPoints(_Strict):
-    points: list[PointStruct] = Field(description="Points to insert or replace.")
+    """``points`` (a list of points) or ``batch`` (Qdrant's columnar form)."""
+
+    points: list[PointStruct] | None = Field(None, description="Points to insert or replace.")
+    batch: UpsertBatch | None = Field(None, description="The same as columns: ids, vectors, payloads.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> UpsertPoints:
+        if (self.points is None) == (self.batch is None):
+            raise ValueError("pass points (a list of points) or batch (columns), one of them")
+        return self
 
 
 class PointsSelector(_Strict):
@@ -103,18 +114,22 @@ class DeletePayload(PointsSelector):
 class GetPoints(_Strict):
     ids: list[PointId]
     with_payload: PayloadSelector = True
-    with_vector: bool = False
+    with_vector: VectorSelector = False
 
 
 class SearchRequest(_Strict):
-    vector: list[float]
+    """Qdrant's legacy search (``vector`` may be ``{"name", "vector"}``); ``explain`` is
+    Quiver's extension."""
+
+    vector: list[float] | NamedVector
     limit: int = Field(10, ge=1, description="k: number of results.")
+    offset: int = Field(0, ge=0, description="Skip this many of the best hits.")
     filter: dict[str, Any] | None = None
-    params: SearchParams | None = None
+    params: QueryParams | None = None
     using: str | None = Field(None, max_length=64,
                               description="The vector field to search (collections with named vectors).")
     with_payload: PayloadSelector = False
-    with_vector: bool = False
+    with_vector: VectorSelector = False
     explain: bool = False
     score_threshold: float | None = Field(
         None, description="Drop hits scoring worse: below it for ip/cosine, above it for l2.")
@@ -129,16 +144,38 @@ class ScrollRequest(_Strict):
     limit: int = Field(10, ge=1)
     offset: PointId | None = Field(None, description="Cursor: the next_page_offset of a previous page.")
     with_payload: PayloadSelector = True
-    with_vector: bool = False
+    with_vector: VectorSelector = False
 
 
 class CountRequest(_Strict):
     filter: dict[str, Any] | None = None
+    exact: bool = Field(True, description="Accepted for Qdrant: Quiver's counts are always exact.")
+
+
+PayloadType = Literal["keyword", "integer", "float", "bool", "datetime"]
+
+
+class PayloadFieldSchema(_Strict):
+    """``field_schema`` as Qdrant's object form: its ``type``; the index tuning Qdrant takes
+    beside it (``is_tenant``, ``on_disk``, ``lookup``, ``range``, ...) is left to Quiver."""
+
+    model_config = ConfigDict(extra="allow")
+    type: PayloadType
 
 
 class PayloadIndexRequest(_Strict):
     field_name: str = Field(min_length=1, max_length=256)
-    field_schema: Literal["keyword", "integer", "float", "bool", "datetime"]
+    field_schema: PayloadType | PayloadFieldSchema
+
+    @property
+    def field_type(self) -> str:
+        return self.field_schema if isinstance(self.field_schema, str) else self.field_schema.type
+
+
+def update_result(wait: bool, **counts: int) -> dict[str, Any]:
+    """Qdrant's ``UpdateResult``: a write is applied and durable when answered, so
+    ``completed`` when the caller waited (``?wait=true``); Quiver's counts beside it."""
+    return {**counts, "status": "completed" if wait else "acknowledged"}
 
 
 class ScoredPoint(BaseModel):

@@ -4,6 +4,6 @@
 
 from __future__ import annotations
 
-from . import collections, points, search, service, snapshots
+from . import collections, points, query, search, service, snapshots
 
-ROUTES = (service, collections, points, search, snapshots)
+ROUTES = (service, collections, points, search, query, snapshots)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from fastapi import FastAPI, Query, Request
 
 from ...engine.collection import Collection
 from .. import schemas as s
 from ..context import ServerContext, body_doc, ok, parse
+from ..qdrant import collections as qc
+from ..qdrant import schemas as q
 
 TAGS = ["collections"]
 
@@ -16,9 +19,17 @@ TAGS = ["collections"]
 def register(app: FastAPI, ctx: ServerContext) -> None:
     database, run = ctx.database, ctx.run
 
-    @app.put("/collections/{name}", tags=TAGS, openapi_extra=body_doc(s.CreateCollection))
+    @app.put("/collections/{name}", tags=TAGS,
+             openapi_extra=body_doc(q.QdrantCreateCollection, also=[s.CreateCollection]))
     async def create_collection(name: str, request: Request):
+        """Qdrant's body (``vectors: {size, distance}`` or named ones; answers ``true``), or
+        Quiver's (``dim`` or ``vectors: {name: {dim, metric, index}}``; answers the info)."""
         t = time.perf_counter()
+        raw = await request.body()
+        if _qdrant_form(raw):
+            body = await parse(request, q.QdrantCreateCollection)
+            await run(database().create_collection, name, **qc.create_kwargs(body))
+            return ok(True, t)
         body = await parse(request, s.CreateCollection)
         vectors = ({n: f.model_dump() for n, f in body.vectors.items()}
                    if body.vectors is not None else None)
@@ -39,8 +50,16 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.get("/collections/{name}", tags=TAGS)
     async def collection_info(name: str):
+        """Quiver's info and Qdrant's ``CollectionInfo`` in one object."""
         t = time.perf_counter()
-        return ok(database().get_collection(name).info(), t)
+        col = database().get_collection(name)
+        counts = await run(qc.payload_points, col)
+        return ok(qc.collection_info(col, col.info(), counts), t)
+
+    @app.get("/collections/{name}/exists", tags=TAGS)
+    async def collection_exists(name: str):
+        t = time.perf_counter()
+        return ok({"exists": name in await run(database().list_collections)}, t)
 
     @app.delete("/collections/{name}", tags=TAGS)
     async def drop_collection(name: str):
@@ -70,16 +89,31 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     # --- payload indexes -----------------------------------------------------------------
 
     @app.put("/collections/{name}/index", tags=TAGS, openapi_extra=body_doc(s.PayloadIndexRequest))
-    async def create_index(name: str, request: Request):
+    async def create_index(name: str, request: Request, wait: bool = False):
         t = time.perf_counter()
         body = await parse(request, s.PayloadIndexRequest)
         await run(database().get_collection(name).create_payload_index, body.field_name,
-                  body.field_schema)
-        return ok({"status": "acknowledged"}, t)
+                  body.field_type)
+        return ok(s.update_result(wait), t)
 
     @app.delete("/collections/{name}/index/{field_name}", tags=TAGS)
-    async def delete_index(name: str, field_name: str):
+    async def delete_index(name: str, field_name: str, wait: bool = False):
         t = time.perf_counter()
         await run(database().get_collection(name).delete_payload_index, field_name)
-        return ok({"status": "acknowledged"}, t)
+        return ok(s.update_result(wait), t)
+
+
+def _qdrant_form(raw: bytes) -> bool:
+    """Whether a create body is Qdrant's: ``vectors`` given, but neither ``dim`` at the top
+    nor named fields that each have a ``dim`` (Quiver's forms, and what a body that is
+    neither is checked against, so its errors name ``dim``)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(obj, dict) or "dim" in obj or not isinstance(obj.get("vectors"), dict):
+        return False
+    vectors = obj["vectors"]
+    return "size" in vectors or not all(isinstance(v, dict) and "dim" in v
+                                        for v in vectors.values())
 

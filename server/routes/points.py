@@ -12,6 +12,7 @@ from ...engine.frame import decode_batch
 from ...engine.points import unpack_fields, upsert_columns
 from .. import schemas as s
 from ..context import JSON, ServerContext, body_doc, ok, parse
+from ..qdrant.query import select_vectors
 
 TAGS = ["points"]
 
@@ -20,7 +21,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     database, run, check_k, check_batch = ctx.database, ctx.run, ctx.check_k, ctx.check_batch
 
     @app.put("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.UpsertPoints, s.BINARY_POINTS))
-    async def upsert(name: str, request: Request):
+    async def upsert(name: str, request: Request, wait: bool = False):
         t = time.perf_counter()
         col = database().get_collection(name)
         if request.headers.get("content-type", "").startswith(s.BINARY_POINTS):
@@ -36,18 +37,23 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             seq = await run(col.upsert, ids, fields, batch.payloads)
         else:
             body = await parse(request, s.UpsertPoints, s.BINARY_POINTS)
+            if body.batch is not None:  # Qdrant's columns
+                b = body.batch
+                check_batch(len(b.ids), "batch.ids")
+                seq = await run(col.upsert, b.ids, b.vectors, b.payloads)
+                return ok(s.update_result(wait, operation_id=seq), t)
             check_batch(len(body.points), "points")
             pts = body.points
             if not pts:  # nothing to write: the engine answers the last sequence number
                 seq = await run(col.upsert, [], [])
-                return ok({"operation_id": seq, "status": "acknowledged"}, t)
+                return ok(s.update_result(wait, operation_id=seq), t)
             if isinstance(pts[0].vector, list) and len({len(p.vector) for p in pts}) != 1:
                 raise InvalidArgument("points: vectors have different lengths")
             ids, vectors, payloads = upsert_columns(
                 None, None, None, [{"id": p.id, "vector": p.vector, "payload": p.payload}
                                    for p in pts])
             seq = await run(col.upsert, ids, vectors, payloads)
-        return ok({"operation_id": seq, "status": "acknowledged"}, t)
+        return ok(s.update_result(wait, operation_id=seq), t)
 
     @app.post("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.GetPoints))
     async def get_points(name: str, request: Request):
@@ -55,15 +61,16 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         body = await parse(request, s.GetPoints)
         check_batch(len(body.ids), "ids")
         pts = await run(database().get_collection(name).get, body.ids, body.with_payload,
-                        body.with_vector)
-        return ok(pts, t)
+                        bool(body.with_vector))
+        return ok(select_vectors(pts, body.with_vector), t)
 
     @app.post("/collections/{name}/points/delete", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
-    async def delete_points(name: str, request: Request):
-        return await _selected_write(name, request, s.PointsSelector, "delete", "deleted")
+    async def delete_points(name: str, request: Request, wait: bool = False):
+        return await _selected_write(name, request, wait, s.PointsSelector, "delete", "deleted")
 
-    async def _selected_write(name: str, request: Request, model: type[s.PointsSelector],
-                              method: str, counted: str, *fields: str) -> JSON:
+    async def _selected_write(name: str, request: Request, wait: bool,
+                              model: type[s.PointsSelector], method: str, counted: str,
+                              *fields: str) -> JSON:
         """A write to the points a body selects by ``points`` (ids) or ``filter``: the
         collection's ``method`` gets the body's ``fields`` first; answers how many."""
         t = time.perf_counter()
@@ -75,30 +82,30 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             check_batch(len(body.points), "points")
         n = await run(getattr(col, method), *(getattr(body, f) for f in fields),
                       ids=body.points, filter=body.filter)
-        return ok({counted: n, "status": "acknowledged"}, t)
+        return ok(s.update_result(wait, **{counted: n}), t)
 
     @app.post("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
-    async def set_payload(name: str, request: Request):
+    async def set_payload(name: str, request: Request, wait: bool = False):
         """Merge keys into the selected points' payloads (vectors unchanged)."""
-        return await _selected_write(name, request, s.SetPayload, "set_payload", "updated",
+        return await _selected_write(name, request, wait, s.SetPayload, "set_payload", "updated",
                                      "payload")
 
     @app.put("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
-    async def overwrite_payload(name: str, request: Request):
+    async def overwrite_payload(name: str, request: Request, wait: bool = False):
         """Replace the selected points' payloads."""
-        return await _selected_write(name, request, s.SetPayload, "overwrite_payload", "updated",
+        return await _selected_write(name, request, wait, s.SetPayload, "overwrite_payload", "updated",
                                      "payload")
 
     @app.post("/collections/{name}/points/payload/delete", tags=TAGS, openapi_extra=body_doc(s.DeletePayload))
-    async def delete_payload(name: str, request: Request):
+    async def delete_payload(name: str, request: Request, wait: bool = False):
         """Remove keys from the selected points' payloads."""
-        return await _selected_write(name, request, s.DeletePayload, "delete_payload", "updated",
+        return await _selected_write(name, request, wait, s.DeletePayload, "delete_payload", "updated",
                                      "keys")
 
     @app.post("/collections/{name}/points/payload/clear", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
-    async def clear_payload(name: str, request: Request):
+    async def clear_payload(name: str, request: Request, wait: bool = False):
         """Empty the selected points' payloads."""
-        return await _selected_write(name, request, s.PointsSelector, "clear_payload", "updated")
+        return await _selected_write(name, request, wait, s.PointsSelector, "clear_payload", "updated")
 
     @app.post("/collections/{name}/points/scroll", tags=TAGS, openapi_extra=body_doc(s.ScrollRequest))
     async def scroll(name: str, request: Request):
@@ -106,8 +113,8 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         body = await parse(request, s.ScrollRequest)
         check_k(body.limit, "limit")
         pts, nxt = await run(database().get_collection(name).scroll, body.filter, body.limit,
-                             body.offset, body.with_payload, body.with_vector)
-        return ok({"points": pts, "next_page_offset": nxt}, t)
+                             body.offset, body.with_payload, bool(body.with_vector))
+        return ok({"points": select_vectors(pts, body.with_vector), "next_page_offset": nxt}, t)
 
     @app.post("/collections/{name}/points/count", tags=TAGS, openapi_extra=body_doc(s.CountRequest))
     async def count(name: str, request: Request):

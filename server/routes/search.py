@@ -12,11 +12,15 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from ...engine.collection import Collection
 from ...engine.errors import InvalidArgument
 from ...engine.hits import NPZ
 from ...engine.params import SearchParams
+from ...engine.points import Point
 from .. import schemas as s
 from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
+from ..qdrant.query import Query, build
+from ..qdrant.schemas import NamedVector
 
 TAGS = ["search"]
 SEARCH = ("POST", "/collections/{name}/points/search")
@@ -26,13 +30,21 @@ SEARCH = ("POST", "/collections/{name}/points/search")
 def register(app: FastAPI, ctx: ServerContext) -> None:
     database, run, check_k, check_batch = ctx.database, ctx.run, ctx.check_k, ctx.check_batch
 
-    def _search_args(req: s.SearchRequest) -> dict:
-        check_k(req.limit, "limit")
-        if req.params is not None and req.params.ef is not None:
-            check_k(req.params.ef, "params.ef")
-        return {"k": req.limit, "filter": req.filter, "params": req.params,
-                "with_payload": req.with_payload, "with_vectors": req.with_vector,
-                "score_threshold": req.score_threshold, "using": req.using}
+    def _legacy(col: Collection, req: s.SearchRequest) -> Query:
+        """A legacy search body as a ``Query`` (scores as the engine gives them: Euclid
+        distances stay squared, as Quiver's clients expect)."""
+        vector, using = req.vector, req.using
+        if isinstance(vector, NamedVector):
+            if using is not None and using != vector.name:
+                raise InvalidArgument(f"using: {using!r} disagrees with vector.name "
+                                      f"{vector.name!r}; give one")
+            vector, using = vector.vector, vector.name
+        check_k(req.limit + req.offset, "limit")
+        p = req.params
+        if p is not None and (p.ef or p.hnsw_ef) is not None:
+            check_k(p.ef or p.hnsw_ef, "params.ef")
+        return build(col, vector, using, req.limit, req.offset, req.filter, p, req.with_payload,
+                     req.with_vector, req.score_threshold, euclid=False)
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
     # function with (name, body, content type); no docstring: it would become the OpenAPI
@@ -42,11 +54,11 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         req = parse_raw(raw, s.SearchRequest, content_type)
         col = database().get_collection(name)
+        query = _legacy(col, req)
         if req.explain:
-            hits, plan = await run(col.search, req.vector, explain=True, **_search_args(req))
-            return ok(hits, t, plan=plan)
-        hits = await run(col.search, req.vector, **_search_args(req))
-        return ok(hits, t)
+            hits, plan = await run(col.search, query.vector, explain=True, **query.args)
+            return ok(query.answer(hits), t, plan=plan)
+        return ok(query.answer(await run(col.search, query.vector, **query.args)), t)
 
     @app.post("/collections/{name}/points/search/batch", tags=TAGS,
               openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
@@ -87,33 +99,37 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         body = await parse(request, s.SearchBatch, s.NPY)
         check_batch(len(body.searches), "searches")
 
-        args = []
+        queries = []
         for i, req in enumerate(body.searches):
             try:
-                args.append({**_search_args(req), "explain": req.explain})
+                queries.append(_legacy(col, req))
             except InvalidArgument as exc:
                 raise type(exc)(f"searches[{i}]: {exc}") from None
-        res, plans = await run(_search_grouped, col, body.searches, args)
-        return ok(res, t, plans=plans) if any(q.explain for q in body.searches) else ok(res, t)
+        explain = [req.explain for req in body.searches]
+        hits, plans = await run(search_grouped, col, queries, explain)
+        res = [query.answer(h) for query, h in zip(queries, hits, strict=True)]
+        return ok(res, t, plans=plans) if any(explain) else ok(res, t)
 
 
 
-def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> tuple[list, list]:
-    """Answers (and, for entries with ``explain``, plans) for a JSON batch, in order. Entries
-    asking the same question of different vectors (same filter, limit and parameters: the
-    common case) run as one batched search, which uses every core; the answers are the same
-    as one search per entry, and an explained entry gets its group's plan (counts in it
-    cover the whole group)."""
+def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
+                   ) -> tuple[list[list[Point]], list]:
+    """Hits (and, for entries with ``explain``, plans) for a batch, in order. Entries asking
+    the same question of different vectors (same filter, limit and parameters: the common
+    case) run as one batched search, which uses every core; the answers are the same as one
+    search per entry, and an explained entry gets its group's plan (counts in it cover the
+    whole group)."""
+    args = [{**query.args, "explain": e} for query, e in zip(queries, explain, strict=True)]
     groups: dict[bytes, list[int]] = {}
-    for i, (r, a) in enumerate(zip(searches, args, strict=True)):
+    for i, (query, a) in enumerate(zip(queries, args, strict=True)):
         try:  # a wrong length or field: let the engine word the error for this entry alone
-            alone = len(r.vector) != col.vector_field(r.using).dim
-        except InvalidArgument:
+            alone = len(query.vector) != col.vector_field(a["using"]).dim
+        except (InvalidArgument, TypeError):
             alone = True
         key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
         groups.setdefault(key, []).append(i)
-    out: list = [None] * len(searches)
-    plans: list = [None] * len(searches)
+    out: list = [None] * len(queries)
+    plans: list = [None] * len(queries)
 
     def put(members: list[int], found: Any, a: dict) -> None:
         hits, plan = found if a["explain"] else (found, None)
@@ -124,7 +140,7 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> t
         a = args[members[0]]
         if len(members) > 1:
             try:
-                found = col.search([searches[i].vector for i in members], **a)
+                found = col.search([queries[i].vector for i in members], **a)
             except InvalidArgument:  # one bad entry: find it below and name it
                 pass
             else:
@@ -132,7 +148,7 @@ def _search_grouped(col, searches: list[s.SearchRequest], args: list[dict]) -> t
                 continue
         for i in members:
             try:
-                found = col.search([searches[i].vector], **a)
+                found = col.search([queries[i].vector], **a)
             except InvalidArgument as exc:
                 raise type(exc)(f"searches[{i}]: {exc}") from None
             put([i], found, a)

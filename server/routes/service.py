@@ -12,13 +12,27 @@ from ...engine.errors import QuiverError
 from ..context import ServerContext, error
 
 TAGS = ["service"]
+QDRANT_API = "1.20.0"
+"""The Qdrant REST API version whose dialect Quiver speaks (what qdrant-client 1.20 sends):
+``GET /`` answers it as ``version``, so the client's compatibility check passes."""
 
 
 def register(app: FastAPI, ctx: ServerContext) -> None:
     ready, metrics = ctx.ready, ctx.metrics
 
+    @app.get("/", tags=TAGS)
+    async def root():
+        """Qdrant's version info: ``title``, ``version`` (the Qdrant API spoken) and Quiver's
+        own version."""
+        return {"title": "quiver - vector search engine", "version": QDRANT_API,
+                "quiver_version": app.version}
+
     @app.get("/healthz", tags=TAGS)
     async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/livez", tags=TAGS)
+    async def livez():
         return {"status": "ok"}
 
     @app.get("/readyz", tags=TAGS)

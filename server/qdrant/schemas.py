@@ -1,0 +1,165 @@
+"""Qdrant's request bodies, as the ``qdrant-client`` package (``qdrant_client.http.models``)
+defines them, reduced to what Quiver can honour. Unknown keys are a 422 naming them, so a
+setting Quiver would silently drop is never mistaken for one it applied."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+PointId = StrictInt | StrictStr
+Distance = Literal["Cosine", "Dot", "Euclid", "Manhattan"]
+PayloadSelector = bool | list[str] | dict[Literal["include", "exclude"], list[str]]
+VectorSelector = bool | list[str]
+"""``with_vector``: all fields or none, or the names of the fields to return."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HnswConfigDiff(_Strict):
+    """``m`` and ``ef_construct`` shape the graph; the others are resource hints Quiver's
+    engine decides for itself (accepted, so configs written for Qdrant load unchanged)."""
+
+    m: int | None = Field(None, ge=0, le=512, description="Links per node; 0: no graph (exact scans).")
+    ef_construct: int | None = Field(None, ge=4, le=4096)
+    full_scan_threshold: int | None = Field(None, ge=0)
+    max_indexing_threads: int | None = Field(None, ge=0)
+    on_disk: bool | None = None
+    payload_m: int | None = Field(None, ge=0)
+    inline_storage: bool | None = None
+
+
+class ScalarQuantizationConfig(_Strict):
+    type: Literal["int8"]
+    quantile: float | None = Field(None, ge=0.5, le=1.0)
+    always_ram: bool | None = None
+
+
+class QuantizationConfig(_Strict):
+    """One of ``scalar`` (Quiver's SQ8 codec), ``product`` or ``binary`` (no codec fits
+    them: a 400 says what to use instead)."""
+
+    scalar: ScalarQuantizationConfig | None = None
+    product: dict[str, Any] | None = None
+    binary: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QuantizationConfig:
+        if sum(x is not None for x in (self.scalar, self.product, self.binary)) != 1:
+            raise ValueError("give exactly one of scalar, product, binary")
+        return self
+
+
+class QdrantVectorParams(_Strict):
+    """One dense vector field. ``index`` is Quiver's extension: an index spec such as
+    ``"HNSW16,LVQ8"`` that replaces ``hnsw_config``, ``quantization_config`` and
+    ``datatype``."""
+
+    size: int = Field(gt=0, le=65536)
+    distance: Distance
+    hnsw_config: HnswConfigDiff | None = None
+    quantization_config: QuantizationConfig | None = None
+    on_disk: bool | None = None
+    datatype: Literal["float32", "float16", "uint8"] | None = None
+    multivector_config: dict[str, Any] | None = None
+    index: str | None = Field(None, max_length=128, description="Quiver extension: an index spec.")
+
+
+class QdrantCreateCollection(_Strict):
+    """``PUT /collections/{name}`` in Qdrant's form. Sharding, replication, optimizer and
+    WAL settings are accepted and left to Quiver's engine (one node, its own optimizer);
+    ``segment_size`` and ``fsync`` are Quiver's extensions."""
+
+    vectors: QdrantVectorParams | dict[str, QdrantVectorParams]
+    hnsw_config: HnswConfigDiff | None = None
+    quantization_config: QuantizationConfig | None = None
+    on_disk_payload: bool | None = None
+    shard_number: int | None = Field(None, ge=1)
+    sharding_method: Literal["auto"] | None = None
+    replication_factor: int | None = Field(None, ge=1)
+    write_consistency_factor: int | None = Field(None, ge=1)
+    optimizers_config: dict[str, Any] | None = None
+    wal_config: dict[str, Any] | None = None
+    sparse_vectors: dict[str, Any] | None = None
+    segment_size: int = Field(50_000, ge=1, le=10_000_000)
+    fsync: Literal["batch", "always", "never"] = "batch"
+
+
+class QuantizationSearchParams(_Strict):
+    ignore: StrictBool = False
+    rescore: StrictBool | None = None
+    oversampling: StrictFloat | StrictInt | None = Field(None, ge=1)
+
+
+class QueryParams(_Strict):
+    """Qdrant's search ``params`` (``hnsw_ef``, ``exact``, ``quantization``,
+    ``indexed_only``) and Quiver's knobs (``ef``, ``nprobe``, ``rerank``) in one object.
+    ``indexed_only`` is accepted and ignored: Quiver searches unindexed points too."""
+
+    hnsw_ef: StrictInt | None = Field(None, ge=1)
+    exact: StrictBool | None = None
+    quantization: QuantizationSearchParams | None = None
+    indexed_only: StrictBool | None = None
+    ef: StrictInt | None = Field(None, ge=1)
+    nprobe: StrictInt | None = Field(None, ge=1)
+    rerank: StrictBool | Literal["exact"] | None = None
+
+
+class NearestQuery(_Strict):
+    nearest: list[float] | PointId
+
+
+class QueryRequest(_Strict):
+    """``POST /points/query``: ``query`` is a vector, a point id (search with its vector,
+    the point itself left out) or ``{"nearest": either}``."""
+
+    query: list[float] | PointId | NearestQuery | None = None
+    using: str | None = Field(None, max_length=64)
+    filter: dict[str, Any] | None = None
+    params: QueryParams | None = None
+    score_threshold: float | None = None
+    limit: int = Field(10, ge=1)
+    offset: int = Field(0, ge=0)
+    with_vector: VectorSelector = False
+    with_payload: PayloadSelector = False
+
+
+class QueryBatch(_Strict):
+    searches: list[QueryRequest]
+
+
+class NamedVector(_Strict):
+    """Legacy search's ``{"name": field, "vector": [...]}``."""
+
+    name: str = Field(max_length=64)
+    vector: list[float]
+
+
+class UpsertBatch(_Strict):
+    """The columnar form of an upsert: ``vectors`` a matrix, or matrices by field name."""
+
+    ids: list[PointId]
+    vectors: list[list[float]] | dict[str, list[list[float]]]
+    payloads: list[dict[str, Any] | None] | None = None
+
+
+class AliasAction(_Strict):
+    create_alias: dict[Literal["collection_name", "alias_name"], str] | None = None
+    delete_alias: dict[Literal["alias_name"], str] | None = None
+    rename_alias: dict[Literal["old_alias_name", "new_alias_name"], str] | None = None
+
+
+class AliasActions(_Strict):
+    actions: list[AliasAction]
