@@ -1,0 +1,310 @@
+"""Qdrant's REST dialect: the real ``qdrant-client`` (REST mode) against a real ``quiver serve``.
+
+The client's own pydantic models parse every answer, so a test passing here means an
+application written for Qdrant gets the shapes it expects. Small data (40 points, dim 8) on
+Flat and HNSW indexes the suite already compiles.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+from _live_server import serve
+
+qdrant_client = pytest.importorskip("qdrant_client")
+from qdrant_client import QdrantClient  # noqa: E402
+from qdrant_client import models as m  # noqa: E402
+from qdrant_client.http.exceptions import UnexpectedResponse  # noqa: E402
+
+DIM, N = 8, 40
+UUIDS = [str(uuid.UUID(int=0xABC0 + i)) for i in range(4)]
+KEY = "qdrant-dialect-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from serve(tmp_path_factory, "qdrant", api_keys=KEY)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with pytest.warns(UserWarning, match="insecure"):  # a key over plain HTTP, on 127.0.0.1
+        c = QdrantClient(url=server.url, api_key=KEY, timeout=300, https=False)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, headers={"api-key": KEY}, timeout=300) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((N, DIM)).astype(np.float32)
+    payloads = [{"color": ["red", "green", "blue"][i % 3], "n": i, "tags": ["t"] * (i % 2),
+                 **({"note": None} if i % 5 == 0 else {})} for i in range(N)]
+    return x, payloads
+
+
+def raises(status: int, *words: str):
+    """The client's exception for an HTTP error, carrying the server's message."""
+
+    class Check:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, typ, exc, tb):
+            assert isinstance(exc, UnexpectedResponse), exc
+            assert exc.status_code == status, str(exc)
+            msg = exc.structured()["status"]["error"]
+            for w in words:
+                assert w.lower() in msg.lower() and w.lower() in str(exc).lower(), (w, str(exc))
+            return True
+
+    return Check()
+
+
+def cosine_top(x, q, k, allowed=None):
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = xs @ (q / np.linalg.norm(q))
+    ids = np.arange(len(x)) if allowed is None else np.asarray(sorted(allowed))
+    order = ids[np.argsort(-s[ids], kind="stable")][:k]
+    return order.tolist(), s[order]
+
+
+# --- service and collections -------------------------------------------------------------------
+
+
+def test_service_and_collections(client, http, server):
+    info = client.info()
+    assert info.title.startswith("quiver") and info.version.startswith("1.")
+    for path in ("/healthz", "/readyz", "/livez"):
+        assert httpx.get(server.url + path).status_code == 200  # open without a key, as Qdrant's
+
+    assert client.create_collection("docs", vectors_config=m.VectorParams(
+        size=DIM, distance=m.Distance.COSINE), hnsw_config=m.HnswConfigDiff(m=0))
+    assert client.create_collection("media", vectors_config={
+        "text": m.VectorParams(size=DIM, distance=m.Distance.DOT),
+        "image": m.VectorParams(size=4, distance=m.Distance.EUCLID, hnsw_config=m.HnswConfigDiff(m=0))},
+        hnsw_config=m.HnswConfigDiff(m=8, ef_construct=64))
+    assert client.create_collection("sq", vectors_config=m.VectorParams(
+        size=DIM, distance=m.Distance.DOT), quantization_config=m.ScalarQuantization(
+        scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, always_ram=True)))
+    assert client.collection_exists("docs") and not client.collection_exists("nope")
+    assert {c.name for c in client.get_collections().collections} >= {"docs", "media", "sq"}
+
+    media = client.get_collection("media")  # parsed by the client's CollectionInfo
+    assert media.status == m.CollectionStatus.GREEN and media.points_count == 0
+    vecs = media.config.params.vectors
+    assert vecs["text"].distance == m.Distance.DOT and vecs["text"].hnsw_config.m == 8
+    assert vecs["image"].size == 4 and vecs["image"].hnsw_config.m == 0
+    assert media.config.hnsw_config.ef_construct == 64
+    sq = client.get_collection("sq")
+    assert sq.config.params.vectors.quantization_config.scalar.type == m.ScalarType.INT8
+    # Quiver's own view beside it: the index specs the Qdrant settings became
+    raw = http.get("/collections/media").json()
+    assert raw["status"] == "ok" and {"result", "time"} <= set(raw)
+    assert {n: f["index"] for n, f in raw["result"]["vectors"].items()} == {
+        "text": "HNSW8,F32", "image": "Flat,F32"}
+    assert http.get("/collections/sq").json()["result"]["index"] == "HNSW16,SQ8"
+
+    # Quiver's extension inside Qdrant's form: an index spec per field
+    ext = {"vectors": {"size": 4, "distance": "Dot", "index": "Flat,F16"}}
+    assert http.put("/collections/ext", json=ext).json()["result"] is True
+    assert client.get_collection("ext").config.params.vectors.datatype == m.Datatype.FLOAT16
+
+    with raises(400, "Manhattan"):
+        client.create_collection("man", vectors_config=m.VectorParams(size=4, distance=m.Distance.MANHATTAN))
+    with raises(400, "product", "IVF"):
+        client.create_collection("pq", vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT),
+                                 quantization_config=m.ProductQuantization(
+                                     product=m.ProductQuantizationConfig(compression=m.CompressionRatio.X16)))
+    with raises(400, "binary"):
+        client.create_collection("bq", vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT),
+                                 quantization_config=m.BinaryQuantization(binary=m.BinaryQuantizationConfig()))
+    with raises(409, "exists"):
+        client.create_collection("docs", vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT))
+    with raises(404, "nope"):
+        client.get_collection("nope")
+    assert not client.collection_exists("man")
+    assert client.delete_collection("ext") and not client.collection_exists("ext")
+
+
+# --- points ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs(client, data):
+    """"docs" filled: 36 integer ids as PointStructs and a Batch, 4 UUIDs."""
+    x, payloads = data
+    client.collection_exists("docs") or client.create_collection(
+        "docs", vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE),
+        hnsw_config=m.HnswConfigDiff(m=0))
+    res = client.upsert("docs", points=[m.PointStruct(id=i, vector=x[i].tolist(), payload=payloads[i])
+                                        for i in range(20)])
+    assert res.status == m.UpdateStatus.COMPLETED
+    client.upsert("docs", points=m.Batch(ids=list(range(20, 36)), vectors=x[20:36].tolist(),
+                                         payloads=payloads[20:36]), wait=False)
+    client.upsert("docs", points=[m.PointStruct(id=u, vector=x[36 + j].tolist(), payload=payloads[36 + j])
+                                  for j, u in enumerate(UUIDS)])
+    client.create_payload_index("docs", "color", field_schema=m.PayloadSchemaType.KEYWORD)
+    client.create_payload_index("docs", "n", field_schema=m.IntegerIndexParams(
+        type=m.IntegerIndexType.INTEGER, lookup=True, range=True))
+    return x, payloads
+
+
+def test_points(client, docs):
+    x, payloads = docs
+    assert client.count("docs", exact=True).count == N
+    got = client.retrieve("docs", ids=[3, UUIDS[1], 999], with_payload=True, with_vectors=True)
+    assert [p.id for p in got] == [3, UUIDS[1]]
+    assert got[0].payload == payloads[3]
+    np.testing.assert_allclose(got[0].vector, x[3] / np.linalg.norm(x[3]), atol=1e-6)
+    assert client.retrieve("docs", ids=[3], with_payload=["n"])[0].payload == {"n": 3}
+    assert client.get_collection("docs").payload_schema["color"].points == N
+
+    # scroll: offset is the next point id; integers first, then UUIDs
+    seen, offset = [], None
+    while True:
+        page, offset = client.scroll("docs", limit=15, offset=offset, with_payload=False)
+        seen += [p.id for p in page]
+        if offset is None:
+            break
+    assert seen == [*range(36), *sorted(UUIDS)]
+    red, _ = client.scroll("docs", scroll_filter=m.Filter(must=[m.FieldCondition(
+        key="color", match=m.MatchValue(value="red"))]), limit=100)
+    assert [p.id for p in red] == [i for i in range(36) if i % 3 == 0] + [UUIDS[0], UUIDS[3]]
+
+    # payload edits, by ids and by filter (on points 30-33, which the query filters leave out)
+    client.set_payload("docs", payload={"extra": 1}, points=[30, 31])
+    client.overwrite_payload("docs", payload={"only": True}, points=[32])
+    client.delete_payload("docs", keys=["tags"], points=m.Filter(must=[m.HasIdCondition(has_id=[31])]))
+    client.clear_payload("docs", points_selector=m.PointIdsList(points=[33]))
+    p = {r.id: r.payload for r in client.retrieve("docs", ids=[30, 31, 32, 33])}
+    assert p[31] == {k: v for k, v in {**payloads[31], "extra": 1}.items() if k != "tags"}
+    assert p[30] == {**payloads[30], "extra": 1} and p[32] == {"only": True} and p[33] == {}
+
+    # wrong dimension: a 400 whose message the client's exception carries
+    with raises(400, "dimension"):
+        client.upsert("docs", points=[m.PointStruct(id=100, vector=[1.0, 2.0, 3.0])])
+    with raises(404, "missing"):
+        client.upsert("missing", points=[m.PointStruct(id=1, vector=[1.0] * DIM)])
+    assert client.count("docs").count == N
+
+
+def test_query(client, http, docs):
+    x, payloads = docs
+    q = x[7] + 0.1
+    exact = m.SearchParams(exact=True)
+    hits = client.query_points("docs", query=q.tolist(), limit=5, search_params=exact,
+                               with_payload=False).points
+    want, scores = cosine_top(x, q, 5)
+    ext = {i: UUIDS[i - 36] if i >= 36 else i for i in range(N)}
+    assert [h.id for h in hits] == [ext[i] for i in want]
+    np.testing.assert_allclose([h.score for h in hits], scores, atol=1e-5)
+    assert hits[0].payload is None and hits[0].vector is None
+
+    # offset, score_threshold, with_payload keys, with_vector, hnsw_ef
+    page = client.query_points("docs", query=q.tolist(), limit=2, offset=3, with_payload=["n"],
+                               with_vectors=True, search_params=m.SearchParams(hnsw_ef=32)).points
+    assert [h.id for h in page] == [ext[i] for i in want[3:5]]
+    assert page[0].payload == {"n": payloads[want[3]]["n"]} and len(page[0].vector) == DIM
+    thr = float(scores[2]) - 1e-4
+    assert len(client.query_points("docs", query=q.tolist(), limit=10, score_threshold=thr).points) == 3
+
+    # filters: match value / any / except, range, has_id, is_empty, is_null, nested clauses
+    flt = m.Filter(must=[m.FieldCondition(key="color", match=m.MatchAny(any=["red", "blue"])),
+                         m.FieldCondition(key="n", range=m.Range(gte=3, lt=30))],
+                   must_not=[m.HasIdCondition(has_id=[6, 9])],
+                   should=[m.FieldCondition(key="n", match=m.MatchExcept(**{"except": [12]})),
+                           m.IsNullCondition(is_null=m.PayloadField(key="note"))])
+    allowed = {i for i in range(3, 30) if i % 3 != 1 and i not in (6, 9, 12)}
+    hits = client.query_points("docs", query=q.tolist(), query_filter=flt, limit=N).points
+    assert {h.id for h in hits} == allowed
+    empty = m.Filter(must=[m.IsEmptyCondition(is_empty=m.PayloadField(key="tags")),
+                           m.FieldCondition(key="n", range=m.Range(lt=30))],
+                     must_not=[m.Filter(should=[m.FieldCondition(key="color",
+                                                                 match=m.MatchValue(value="red"))])])
+    hits = client.query_points("docs", query=q.tolist(), query_filter=empty, limit=N).points
+    assert {h.id for h in hits} == {i for i in range(30) if i % 2 == 0 and i % 3 != 0}
+
+    # by point id: its stored vector, the point itself left out
+    by_id = client.query_points("docs", query=7, limit=3, search_params=exact).points
+    want7, _ = cosine_top(x, x[7], 4)
+    assert [h.id for h in by_id] == [ext[i] for i in want7[1:]]
+    with raises(404, "12345"):
+        client.query_points("docs", query=12345)
+    with raises(400, "dimension"):
+        client.query_points("docs", query=[1.0, 2.0])
+
+    batch = client.query_batch_points("docs", requests=[
+        m.QueryRequest(query=q.tolist(), limit=3, params=exact),
+        m.QueryRequest(query=x[0].tolist(), limit=2, params=exact, with_payload=True),
+        m.QueryRequest(query=UUIDS[0], limit=1, filter=m.Filter(must=[m.HasIdCondition(has_id=[0, 1])]))])
+    assert [[h.id for h in r.points] for r in batch][:2] == [[ext[i] for i in want[:3]],
+                                                             [ext[i] for i in cosine_top(x, x[0], 2)[0]]]
+    assert batch[1].points[0].payload == payloads[0] and len(batch[2].points) == 1
+
+    # legacy search: Qdrant's answer shape (ScoredPoint with a version)
+    legacy = http.post("/collections/docs/points/search", json={
+        "vector": q.tolist(), "limit": 3, "offset": 1, "params": {"exact": True}}).json()
+    assert [m.ScoredPoint(**h).id for h in legacy["result"]] == [ext[i] for i in want[1:4]]
+    lb = http.post("/collections/docs/points/search/batch", json={"searches": [
+        {"vector": q.tolist(), "limit": 2, "params": {"exact": True}}]}).json()["result"]
+    assert [m.ScoredPoint(**h).id for h in lb[0]] == [ext[i] for i in want[:2]]
+
+
+def test_named_vectors_euclid_and_deletes(client, http):
+    rng = np.random.default_rng(3)
+    t, im = rng.standard_normal((10, DIM)).astype(np.float32), rng.standard_normal((10, 4)).astype(np.float32)
+    client.upsert("media", points=[m.PointStruct(id=i, vector={"text": t[i].tolist(), "image": im[i].tolist()}
+                                                 if i % 2 == 0 else {"text": t[i].tolist()},
+                                                 payload={"i": i}) for i in range(10)])
+    hits = client.query_points("media", query=im[0].tolist(), using="image", limit=3,
+                               search_params=m.SearchParams(exact=True), with_vectors=["image"]).points
+    d = np.sqrt(((im[::2] - im[0]) ** 2).sum(1))
+    order = np.argsort(d)[:3]
+    assert [h.id for h in hits] == (order * 2).tolist()
+    np.testing.assert_allclose([h.score for h in hits], d[order], atol=1e-4)  # the distance, not its square
+    assert set(hits[1].vector) == {"image"}
+    # a distance bound: Euclid keeps hits no farther than it
+    near = client.query_points("media", query=im[0].tolist(), using="image", limit=10,
+                               score_threshold=float(d[order[1]]) + 1e-4).points
+    assert [h.id for h in near] == (order[:2] * 2).tolist()
+    text = client.query_points("media", query=t[3].tolist(), using="text", limit=1,
+                               search_params=m.SearchParams(exact=True)).points
+    assert text[0].id == int(np.argmax(t @ t[3]))
+    np.testing.assert_allclose(text[0].score, float((t @ t[3]).max()), rtol=1e-5)
+    assert client.query_points("media", query=2, using="image", limit=1).points[0].id in (0, 4, 6, 8)
+    with raises(400, "image"):
+        client.query_points("media", query=3, using="image")  # point 3 has no image
+    with raises(400, "using"):
+        client.query_points("media", query=t[0].tolist())  # two fields: say which
+    legacy = http.post("/collections/media/points/search", json={
+        "vector": {"name": "text", "vector": t[5].tolist()}, "limit": 1,
+        "params": {"exact": True}}).json()["result"]
+    assert legacy[0]["id"] == int(np.argmax(t @ t[5]))
+
+    client.delete("media", points_selector=m.PointIdsList(points=[0, 1]))
+    client.delete("media", points_selector=m.FilterSelector(filter=m.Filter(must=[
+        m.FieldCondition(key="i", range=m.Range(gte=8))])))
+    assert client.count("media", exact=True).count == 6
+    assert sorted(p.id for p in client.scroll("media", limit=20)[0]) == [2, 3, 4, 5, 6, 7]
+
+
+def test_auth_and_error_envelope(server):
+    anon = QdrantClient(url=server.url, timeout=30, check_compatibility=False)
+    with raises(401, "api-key"):
+        anon.get_collections()
+    anon.close()
+    resp = httpx.post(f"{server.url}/collections/docs/points/query", headers={"api-key": KEY},
+                      json={"query": [1.0] * DIM, "limit": "many"})
+    assert resp.status_code == 422 and "limit" in resp.json()["status"]["error"]
+    assert not math.isnan(resp.json()["time"])
