@@ -260,6 +260,28 @@ class FaissIVFPQRefine(FaissIVFPQ):
             self._ivf.nprobe = int(params["nprobe"])
 
 
+class FaissIVFPQFastScanRefine(FaissIVFPQRefine):
+    """IndexIVFPQFastScan(nlist, m, 4 bits) inside IndexRefineFlat: the peer of
+    ``IVF<nlist>,PQ<m>x4fs,Refine(F32)`` (faiss's fastest IVF-PQ on CPU)."""
+
+    def __init__(self, dim: int, metric: str, nlist: int | None = None, m: int | None = None,
+                 k_factor: int = 10):
+        super().__init__(dim, metric, nlist, m or 2 * default_pq_m(dim), k_factor)
+
+    @property
+    def index(self) -> str:
+        return (f"IndexIVFPQFastScan(nlist={self.nlist or 'auto'},m={self.m},nbits=4)"
+                f"+IndexRefineFlat(k_factor={self.k_factor})")
+
+    def _make(self, quantizer, nlist: int):
+        self.nlist = nlist
+        self._ivf = self.faiss.IndexIVFPQFastScan(quantizer, self.dim, nlist, self.m, 4,
+                                                  self.fmetric)
+        idx = self.faiss.IndexRefineFlat(self._ivf)
+        idx.k_factor = self.k_factor
+        return idx
+
+
 class FaissOPQIVFPQRefine(FaissIVFPQRefine):
     """OPQMatrix(dim, m) before IndexIVFPQ (IndexPreTransform), inside IndexRefineFlat: the
     peer of ``OPQ<m>,IVF<nlist>,PQ<m>x8,Refine(F32)``."""
@@ -366,6 +388,7 @@ PEERS: dict[str, type[Engine]] = {
     "faiss-ivf": FaissIVFFlat,
     "faiss-ivfpq": FaissIVFPQ,
     "faiss-ivfpq-refine": FaissIVFPQRefine,
+    "faiss-ivfpqfs-refine": FaissIVFPQFastScanRefine,
     "faiss-opq-ivfpq-refine": FaissOPQIVFPQRefine,
     "hnswlib": Hnswlib,
     "usearch": USearch,
@@ -376,6 +399,7 @@ PEERS: dict[str, type[Engine]] = {
 def make_peer(spec: str, dim: int, metric: str) -> Engine:
     """``name[:arg[:arg]]``: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], faiss-ivf[:nlist],
     faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine[:nlist[:m[:k_factor]]],
+    faiss-ivfpqfs-refine[:nlist[:m[:k_factor]]] (4-bit fast scan),
     faiss-opq-ivfpq-refine[:nlist[:m[:k_factor]]], hnswlib[:M],
     usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
     Raises PeerUnavailableError for unknown names or missing packages."""

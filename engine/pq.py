@@ -1,4 +1,5 @@
-"""Product quantisation (Jégou, Douze & Schmid, 2011): ``PQ<m>x8`` codes, one byte per sub-vector.
+"""Product quantisation (Jégou, Douze & Schmid, 2011): ``PQ<m>x8`` codes, one byte per
+sub-vector, or ``PQ<m>x4fs``, 4 bits per sub-vector, two per byte.
 
 The ``dim`` dimensions are split into ``m`` sub-vectors of ``dim / m``; each sub-space gets its
 own 256 k-means centroids (a codebook), and a vector is stored as the ``m`` indices of its
@@ -7,8 +8,10 @@ computation (ADC): per query, a float32 table of the query's distance to every s
 then a sum of ``m`` table look-ups per row. IVF stores residuals (row minus its list's
 centroid), which quantise far better than the rows themselves.
 
-PQ codes are scored by the IVF kernels (``kernels/pq.py``), not through
-``dispatch.codec_distance``: ``IVF<nlist>,PQ<m>x8`` is the way to use them.
+PQ codes are scored by the IVF kernels (``kernels/pq.py``; 4-bit codes by the fast scan of
+``kernels/fastscan.py``), not through ``dispatch.codec_distance``: ``IVF<nlist>,PQ<m>x8`` and
+``IVF<nlist>,PQ<m>x4fs`` are the way to use them. A 4-bit code packs sub-vector 2p in the low
+nibble of byte p and 2p+1 in the high one.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import pq as kp
-from .aligned import aligned_empty
 from .codecs import Codec, register_codec
 from .errors import InvalidArgument
 from .kmeans import assign, kmeans, sq_norms
 from .spec import SpecPart
 
-NBITS = (8,)
-"""Bits per code this build supports (4-bit fast scan is future work)."""
+NBITS = (8, 4)
+"""Bits per code: 8 (256 centroids per sub-space, table look-ups) or 4 (16 centroids, scanned
+by the fast scan; written ``PQ<m>x4fs`` or ``PQ<m>x4``)."""
 TRAIN_NITER = 25
 TRAIN_EXACT_ITERS = 3
 """Sub-quantizer k-means: 25 iterations as FAISS's ProductQuantizer, pruned after 3 (see
@@ -31,7 +34,8 @@ TRAIN_EXACT_ITERS = 3
 
 
 class PQCodec(Codec):
-    """``m`` sub-quantizers of ``2**nbits`` centroids each; codes are (n, m) uint8."""
+    """``m`` sub-quantizers of ``2**nbits`` centroids each; codes are (n, m) uint8, or
+    (n, m / 2) for 4 bits (two codes a byte)."""
 
     code_dtype = np.uint8
     aux_width = 0
@@ -47,11 +51,14 @@ class PQCodec(Codec):
             raise InvalidArgument(f"spec: PQ{m}: m={m} does not divide the dimension {dim}")
         if nbits not in NBITS:
             raise InvalidArgument(f"spec: PQ{m}x{nbits}: {nbits}-bit codes are not supported; "
-                                  f"write PQ{m}x8")
+                                  f"write PQ{m}x8 or PQ{m}x4fs")
+        if nbits == 4 and m % 2:
+            raise InvalidArgument(f"spec: PQ{m}x4fs packs two 4-bit codes a byte, so m must be "
+                                  f"even; got m={m}")
         self.m, self.nbits = int(m), int(nbits)
         self.ksub = 1 << self.nbits
         self.dsub = dim // self.m
-        self.name = f"pq{self.m}x{self.nbits}"
+        self.name = f"pq{self.m}x{self.nbits}" + ("fs" if self.nbits == 4 else "")
         self.codebooks: np.ndarray | None = None
         """(m, ksub, dsub) float32 sub-centroids."""
         self._books_t: np.ndarray | None = None
@@ -61,11 +68,10 @@ class PQCodec(Codec):
     def trained(self) -> bool:
         return self.codebooks is not None
 
-    def bytes_per_vector(self) -> int:
-        return self.m
-
-    def empty(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
-        return aligned_empty((cap, self.m), np.uint8), aligned_empty((cap, 0), np.float32)
+    @property
+    def code_width(self) -> int:
+        """Bytes a row's code takes: m, or m / 2 for 4 bits."""
+        return self.m if self.nbits == 8 else self.m // 2
 
     def _sub(self, x: np.ndarray, j: int) -> np.ndarray:
         return np.ascontiguousarray(x[:, j * self.dsub : (j + 1) * self.dsub])
@@ -85,13 +91,25 @@ class PQCodec(Codec):
         codes = np.empty((x.shape[0], self.m), np.uint8)
         for j in range(self.m):
             codes[:, j] = assign(self._sub(x, j), self.codebooks[j])[0]
+        if self.nbits == 4:
+            codes = np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
         return codes, np.zeros((x.shape[0], 0), np.float32)
 
+    def unpack(self, codes: np.ndarray) -> np.ndarray:
+        """(n, m) centroid indices of stored codes (4-bit ones unpacked)."""
+        if self.nbits == 8:
+            return np.asarray(codes)
+        out = np.empty((codes.shape[0], self.m), np.uint8)
+        out[:, 0::2] = codes & 15
+        out[:, 1::2] = codes >> 4
+        return out
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """(n, dim) float32 reconstructions of (n, m) codes."""
+        """(n, dim) float32 reconstructions of stored codes."""
+        idx = self.unpack(codes)
         out = np.empty((codes.shape[0], self.dim), np.float32)
         for j in range(self.m):
-            out[:, j * self.dsub : (j + 1) * self.dsub] = self.codebooks[j][codes[:, j]]
+            out[:, j * self.dsub : (j + 1) * self.dsub] = self.codebooks[j][idx[:, j]]
         return out
 
     def books_t(self) -> np.ndarray:
@@ -130,10 +148,13 @@ class PQCodec(Codec):
 
 
 def _build(part: SpecPart, dim: int) -> PQCodec:
-    if part.args or len(part.numbers) not in (1, 2):
-        raise InvalidArgument(f"spec: write PQ<m>x8 (m sub-vectors of 8 bits, e.g. PQ48x8), got "
-                              f"{part}")
+    if part.args or len(part.numbers) not in (1, 2) or part.suffix not in ("", "fs"):
+        raise InvalidArgument(f"spec: write PQ<m>x8 (m sub-vectors of 8 bits, e.g. PQ48x8) or "
+                              f"PQ<m>x4fs (4 bits, fast scan), got {part}")
+    if part.suffix == "fs" and part.numbers[1:] != (4,):
+        raise InvalidArgument(f"spec: the fast scan ('fs') is for 4-bit codes; write "
+                              f"PQ{part.numbers[0]}x4fs, got {part}")
     return PQCodec(dim, *part.numbers)
 
 
-register_codec("PQ", "PQ<m>x8", PQCodec, _build)
+register_codec("PQ", "PQ<m>x8|PQ<m>x4fs", PQCodec, _build)

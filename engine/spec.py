@@ -1,11 +1,12 @@
 """The index spec grammar: FAISS-like factory strings with nested parameters.
 
     spec  := part ("," part)*
-    part  := NAME [NUMBER ("x" NUMBER)*] ["(" arg ("," arg)* ")"]
+    part  := NAME [NUMBER ("x" NUMBER)* [SUFFIX]] ["(" arg ("," arg)* ")"]
     arg   := NUMBER | part
 
 ``"IVF1024,PQ48x8,Refine(F16)"`` is three parts: IVF with numbers (1024,), PQ with (48, 8),
-Refine with one argument, the part F16. Parsing knows no index or codec: the registries give
+Refine with one argument, the part F16. Letters after the numbers are a variant suffix
+(``PQ96x4fs``: PQ, numbers (96, 4), suffix ``fs``). Parsing knows no index or codec: the registries give
 the parts their meaning, so a new index type or codec needs no change here.
 """
 
@@ -16,24 +17,28 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgument
 
-_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z][A-Za-z_]*?)(?P<nums>\d+(?:[xX]\d+)*)?(?=[\s,()]|$)"
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z][A-Za-z_]*?)(?P<nums>\d+(?:[xX]\d+)*(?P<suffix>[A-Za-z]+)?)?"
+                    r"(?=[\s,()]|$)"
                     r"|(?P<num>\d+)|(?P<punct>[,()]))")
 
 
 @dataclass(frozen=True)
 class SpecPart:
-    """One comma-separated part: ``name`` (letters), trailing ``numbers``, nested ``args``
-    (ints or parts), and the ``text`` it was written as."""
+    """One comma-separated part: ``name`` (letters), trailing ``numbers`` and variant
+    ``suffix`` (lower case), nested ``args`` (ints or parts), and the ``text`` it was written
+    as."""
 
     name: str
     numbers: tuple[int, ...] = ()
     args: tuple[int | SpecPart, ...] = ()
     text: str = ""
+    suffix: str = ""
 
     @property
     def key(self) -> str:
-        """Upper-case name with its numbers, e.g. ``LVQ4X8``: what registries match first."""
-        return self.name.upper() + "X".join(str(n) for n in self.numbers)
+        """Upper-case name with its numbers and suffix, e.g. ``LVQ4X8``, ``PQ96X4FS``: what
+        registries match first."""
+        return self.name.upper() + "X".join(str(n) for n in self.numbers) + self.suffix.upper()
 
     @property
     def family(self) -> str:
@@ -98,7 +103,9 @@ def _parse_list(spec, tokens, i, top: bool) -> tuple[list, int]:
 
 def _parse_part(spec, tokens, i) -> tuple[SpecPart, int]:
     text, at, m = tokens[i]
-    nums = tuple(int(n) for n in m.group("nums").lower().split("x")) if m.group("nums") else ()
+    suffix = (m.group("suffix") or "").lower()
+    digits = m.group("nums")[: len(m.group("nums")) - len(suffix)] if m.group("nums") else ""
+    nums = tuple(int(n) for n in digits.lower().split("x")) if digits else ()
     i += 1
     args: tuple = ()
     end = at + len(text)
@@ -110,4 +117,4 @@ def _parse_part(spec, tokens, i) -> tuple[SpecPart, int]:
         end = tokens[i][1] + 1
         i += 1
         args = tuple(inner)
-    return SpecPart(m.group("name"), nums, args, spec[at:end]), i
+    return SpecPart(m.group("name"), nums, args, spec[at:end], suffix), i

@@ -1,6 +1,8 @@
 """IVF-PQ search: asymmetric distances from per-query tables over residual codes in lists.
 
-A row of list ``l`` stores the PQ code of its residual ``x - c_l`` (``engine/pq.py``). With
+A row of list ``l`` stores the PQ code of its residual ``x - c_l`` (``engine/pq.py``), ``c_l``
+the list's *base*: its centroid, or for inner products the mean of its rows (a spherical
+centroid is a unit vector, further from the rows than their mean). With
 ``T = <q_j, sub-centroid>`` tables of the query (m x 256):
 - inner product: ``-<q, x> = -<q, c_l> - sum_j T[j, code_j]``;
 - l2: ``||q - x||^2 = ||q - c_l||^2 + sum_j (L[l, j, code_j] - 2 T[j, code_j])`` with the
@@ -131,14 +133,9 @@ def _search_probes(q, lut, probes, centroids, cnorms, codes, offsets, slot_pos, 
     return size
 
 
-@njit(**JIT)
-def search_one(q, books_t, scale, centroids, cnorms, nprobe, codes, offsets, slot_pos, tabs, l2,
-               k, words, filtered, out_d, out_i) -> int:
-    """Top-k of one query (``q`` float32) over its ``nprobe`` nearest lists, nearest first;
-    its table (``scale`` times the inner products) is built here. Returns how many results
-    it found."""
-    lut = np.empty(books_t.shape[0] * books_t.shape[2], np.float32)
-    _table(q, books_t, scale, lut)
+@njit(**INLINE)
+def nearest_probes(q, centroids, cnorms, l2, nprobe):
+    """The ``nprobe`` lists nearest to ``q``, nearest first (fewer if there are fewer)."""
     pd = np.empty(nprobe, np.float32)
     pi = np.empty(nprobe, np.int64)
     size = 0
@@ -150,10 +147,22 @@ def search_one(q, books_t, scale, centroids, cnorms, nprobe, codes, offsets, slo
     sd = np.empty(nprobe, np.float32)
     probes = np.empty(nprobe, np.int64)
     heap_sorted(pd, pi, size, sd, probes)
+    return probes[:size]
+
+
+@njit(**JIT)
+def search_one(q, books_t, scale, centroids, bases, cnorms, nprobe, codes, offsets, slot_pos,
+               tabs, l2, k, words, filtered, out_d, out_i) -> int:
+    """Top-k of one query (``q`` float32) over its ``nprobe`` nearest lists (by ``centroids``;
+    ``bases`` give the lists' biases), nearest first; its table (``scale`` times the inner
+    products) is built here. Returns how many results it found."""
+    lut = np.empty(books_t.shape[0] * books_t.shape[2], np.float32)
+    _table(q, books_t, scale, lut)
+    probes = nearest_probes(q, centroids, cnorms, l2, nprobe)
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    found = _search_probes(q, lut, probes[:size], centroids, cnorms, codes, offsets, slot_pos,
-                           tabs, l2, words, filtered, hd, hi)
+    found = _search_probes(q, lut, probes, bases, cnorms, codes, offsets, slot_pos, tabs, l2,
+                           words, filtered, hd, hi)
     heap_sorted(hd, hi, found, out_d, out_i)
     return found
 

@@ -43,8 +43,9 @@ def test_pq_reconstruction_error_is_bounded():
 def test_pq_bad_input():
     with pytest.raises(InvalidArgument, match=r"PQ5: m=5 does not divide the dimension 32"):
         quiver.index("IVF16,PQ5", 32)
-    with pytest.raises(InvalidArgument, match=r"PQ8x4: 4-bit codes are not supported"):
-        quiver.index("IVF16,PQ8x4", 32)
+    with pytest.raises(InvalidArgument, match=r"PQ8x5: 5-bit codes are not supported; write "
+                       r"PQ8x8 or PQ8x4fs"):
+        quiver.index("IVF16,PQ8x5", 32)
     with pytest.raises(InvalidArgument, match=r"PQ codes are searched by IVF"):
         quiver.index("HNSW16,PQ8x8", 32)
     with pytest.raises(InvalidArgument, match=r"Refine re-ranks PQ codes"):

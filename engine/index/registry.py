@@ -78,6 +78,10 @@ def parse_index_spec(spec: str) -> ParsedSpec:
                                   f"OPQ48,IVF1024,PQ48x8; got {spec!r}")
     head = parts[0]
     entry = INDEX_TYPES.get(head.family)
+    for part in (head, transform):
+        if part is not None and part.suffix:
+            raise InvalidArgument(f"spec: {part.family.title()} takes no variant suffix "
+                                  f"({part.suffix!r}) in {spec!r}")
     if entry is None:
         raise InvalidArgument(f"spec: unknown index type {str(head)!r} in {spec!r}; accepted: "
                               f"{', '.join(e.form for e in INDEX_TYPES.values())}, each "
@@ -151,6 +155,7 @@ def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
 
 
 def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
+    from .fastscan import IVFPQFastScanIndex
     from .ivf import IVFIndex
     from .ivfpq import IVFPQIndex
 
@@ -159,7 +164,8 @@ def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
         raise InvalidArgument(f"spec: write IVF<nlist> (nlist lists, e.g. IVF1024), got {head}")
     codec, refine = codec_from_spec(parsed.codec, dim), parsed.refine()
     if isinstance(codec, PQCodec):
-        return IVFPQIndex(dim, metric, nlist=head.numbers[0], codec=str(parsed.codec),
+        kind = IVFPQFastScanIndex if codec.nbits == 4 else IVFPQIndex
+        return kind(dim, metric, nlist=head.numbers[0], codec=str(parsed.codec),
                           refine=None if refine is None else str(refine), **options)
     if refine is not None:
         raise InvalidArgument(f"spec: Refine re-ranks PQ codes; IVF over {codec.name.upper()} "
