@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 
 from .collection import Collection, CollectionConfig, VectorField
-from .errors import AlreadyExists, InvalidArgument, NotFound, QuiverError, ReadOnly
+from .errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError, ReadOnly
 from .lock import DirectoryLock
-from .persist import fsync_dir
+from .persist import fsync_dir, read_metadata, write_metadata
 from .points import DEFAULT_FIELD, check_field_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Database:
         self._optimizer = optimizer and not read_only
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
+        self._aliases = self._load_aliases()
 
     def _remove_temporaries(self) -> None:
         """Half-written snapshot archives and restores a crash (or a full disk) left behind:
@@ -102,6 +103,9 @@ class Database:
                 if exist_ok:
                     return self._get(name)
                 raise AlreadyExists(f"name: collection {name!r} already exists")
+            if name in self._aliases:
+                raise AlreadyExists(f"name: {name!r} is an alias of collection "
+                                    f"{self._aliases[name]!r}")
             d.mkdir(parents=True, exist_ok=True)
             config = CollectionConfig(vectors=fields, ef_construction=ef_construction,
                                       segment_size=segment_size, fsync=fsync)
@@ -121,8 +125,73 @@ class Database:
         return col
 
     def get_collection(self, name: str) -> Collection:
+        """The collection ``name``, or the one an alias of that name points to."""
         with self._lock:
+            if name not in self._open and name in self._aliases:
+                name = self._aliases[name]
             return self._get(name)
+
+    # --- aliases: other names for a collection (Qdrant's), so a collection can be rebuilt
+    # under a new name and swapped in atomically ---------------------------------------------
+
+    def _aliases_path(self) -> Path:
+        return self.path / "aliases.json"
+
+    def _load_aliases(self) -> dict[str, str]:
+        path = self._aliases_path()
+        if not path.exists():
+            return {}
+        aliases = read_metadata(path).get("aliases")
+        if not isinstance(aliases, dict) or not all(
+                isinstance(a, str) and isinstance(c, str) for a, c in aliases.items()):
+            raise CorruptData(f"{path}: malformed aliases")
+        return aliases
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the collection it names."""
+        with self._lock:
+            return dict(self._aliases)
+
+    def update_aliases(self, actions: list[tuple[str, ...]]) -> None:
+        """Apply ``("create", alias, collection)``, ``("delete", alias)`` and ``("rename",
+        old, new)`` in order, all or none (one atomic write): deleting an alias and creating
+        it for another collection in one call swaps it with no moment without it."""
+        self._check_writable()
+        with self._lock:
+            new = dict(self._aliases)
+            for i, action in enumerate(actions):
+                where = f"actions[{i}]"
+                op, *names = action
+                for n in names:
+                    self._dir(n)  # a valid name
+                if op == "create" and len(names) == 2:
+                    alias, target = names
+                    if not (self._dir(target) / "config.json").exists():
+                        raise NotFound(f"{where}: collection {target!r} does not exist")
+                    if alias in new:
+                        raise AlreadyExists(f"{where}: alias {alias!r} already exists")
+                    if (self._dir(alias) / "config.json").exists():
+                        raise AlreadyExists(f"{where}: {alias!r} is a collection's name")
+                    new[alias] = target
+                elif op == "delete" and len(names) == 1:
+                    if new.pop(names[0], None) is None:
+                        raise NotFound(f"{where}: alias {names[0]!r} does not exist")
+                elif op == "rename" and len(names) == 2:
+                    old, alias = names
+                    if old not in new:
+                        raise NotFound(f"{where}: alias {old!r} does not exist")
+                    if alias in new or (self._dir(alias) / "config.json").exists():
+                        raise AlreadyExists(f"{where}: {alias!r} is taken")
+                    new[alias] = new.pop(old)
+                else:
+                    raise InvalidArgument(f"{where}: expected ('create', alias, collection), "
+                                          f"('delete', alias) or ('rename', old, new)")
+            self._save_aliases(new)
+
+    def _save_aliases(self, aliases: dict[str, str]) -> None:
+        """Persist, then adopt: a failed write changes nothing. The caller holds the lock."""
+        write_metadata(self._aliases_path(), {"aliases": aliases})
+        self._aliases = aliases
 
     def list_collections(self) -> list[str]:
         root = self.path / "collections"
@@ -139,6 +208,8 @@ class Database:
             if col is not None:
                 col.close()
             shutil.rmtree(d)
+            if name in self._aliases.values():  # its aliases go with it
+                self._save_aliases({a: c for a, c in self._aliases.items() if c != name})
 
     def restore_snapshot(self, snapshot: str | Path, name: str) -> Collection:
         """Create collection ``name`` from a snapshot archive (it must not exist yet)."""

@@ -299,6 +299,32 @@ def test_named_vectors_euclid_and_deletes(client, http):
     assert sorted(p.id for p in client.scroll("media", limit=20)[0]) == [2, 3, 4, 5, 6, 7]
 
 
+def test_aliases(client, docs):
+    x, _ = docs
+    op = m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name="docs", alias_name="live"))
+    assert client.update_collection_aliases(change_aliases_operations=[op])
+    assert client.count("live").count == client.count("docs").count
+    assert client.query_points("live", query=x[1].tolist(), limit=1).points[0].id == 1
+    assert [(a.alias_name, a.collection_name) for a in client.get_aliases().aliases] == [("live", "docs")]
+    assert [a.alias_name for a in client.get_collection_aliases("docs").aliases] == ["live"]
+    # swap in one request: no moment without the alias
+    client.update_collection_aliases(change_aliases_operations=[
+        m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name="live")),
+        m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name="media", alias_name="live")),
+        m.RenameAliasOperation(rename_alias=m.RenameAlias(old_alias_name="live", new_alias_name="now"))])
+    assert client.get_collection("now").config.params.vectors["text"].size == DIM
+    with raises(404, "nope"):
+        client.update_collection_aliases(change_aliases_operations=[m.CreateAliasOperation(
+            create_alias=m.CreateAlias(collection_name="nope", alias_name="x"))])
+    with raises(409, "docs"):
+        client.update_collection_aliases(change_aliases_operations=[m.CreateAliasOperation(
+            create_alias=m.CreateAlias(collection_name="media", alias_name="docs"))])
+    assert [a.alias_name for a in client.get_aliases().aliases] == ["now"]
+    client.update_collection_aliases(change_aliases_operations=[
+        m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name="now"))])
+    assert client.get_aliases().aliases == []
+
+
 def test_auth_and_error_envelope(server):
     anon = QdrantClient(url=server.url, timeout=30, check_compatibility=False)
     with raises(401, "api-key"):
@@ -308,3 +334,23 @@ def test_auth_and_error_envelope(server):
                       json={"query": [1.0] * DIM, "limit": "many"})
     assert resp.status_code == 422 and "limit" in resp.json()["status"]["error"]
     assert not math.isnan(resp.json()["time"])
+
+
+def test_aliases_persist_embedded(tmp_path):
+    """The engine side of aliases: saved atomically, reopened, dropped with their collection."""
+    from quiver.engine.errors import AlreadyExists, InvalidArgument
+
+    import quiver
+
+    with quiver.connect(tmp_path / "db", optimizer=False) as db:
+        db.create_collection("a", 2, index="Flat")
+        db.update_aliases([("create", "al", "a")])
+        with pytest.raises(AlreadyExists, match="alias"):
+            db.create_collection("al", 2, index="Flat")
+        with pytest.raises(InvalidArgument, match="actions"):
+            db.update_aliases([("create", "x", "a"), ("swap", "x")])
+        assert db.aliases() == {"al": "a"}  # the bad request changed nothing
+    with quiver.connect(tmp_path / "db", optimizer=False) as db:
+        assert db.get_collection("al").name == "a"
+        db.drop_collection("a")
+        assert db.aliases() == {}

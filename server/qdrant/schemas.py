@@ -155,10 +155,38 @@ class UpsertBatch(_Strict):
     payloads: list[dict[str, Any] | None] | None = None
 
 
+class CreateAlias(_Strict):
+    collection_name: str
+    alias_name: str
+
+
+class DeleteAlias(_Strict):
+    alias_name: str
+
+
+class RenameAlias(_Strict):
+    old_alias_name: str
+    new_alias_name: str
+
+
 class AliasAction(_Strict):
-    create_alias: dict[Literal["collection_name", "alias_name"], str] | None = None
-    delete_alias: dict[Literal["alias_name"], str] | None = None
-    rename_alias: dict[Literal["old_alias_name", "new_alias_name"], str] | None = None
+    """One of ``create_alias``, ``delete_alias``, ``rename_alias``."""
+
+    create_alias: CreateAlias | None = None
+    delete_alias: DeleteAlias | None = None
+    rename_alias: RenameAlias | None = None
+
+    def engine(self) -> tuple[str, ...]:
+        """The action as ``Database.update_aliases`` takes it."""
+        given = [a for a in (self.create_alias, self.delete_alias, self.rename_alias) if a is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of create_alias, delete_alias, rename_alias")
+        a = given[0]
+        if isinstance(a, CreateAlias):
+            return ("create", a.alias_name, a.collection_name)
+        if isinstance(a, DeleteAlias):
+            return ("delete", a.alias_name)
+        return ("rename", a.old_alias_name, a.new_alias_name)
 
 
 class AliasActions(_Strict):

@@ -4,6 +4,6 @@
 
 from __future__ import annotations
 
-from . import collections, points, query, search, service, snapshots
+from . import aliases, collections, points, query, search, service, snapshots
 
-ROUTES = (service, collections, points, search, query, snapshots)
+ROUTES = (service, aliases, collections, points, search, query, snapshots)
