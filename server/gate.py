@@ -18,7 +18,7 @@ from .metrics import Metrics
 from .settings import Settings
 
 _OPEN = {"/", "/healthz", "/readyz", "/livez", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
-_READ_POST = re.compile(r"^/collections/[^/]+/points(/(search|query)(/batch)?|/scroll|/count)?$")
+_READ_POST = re.compile(r"^/collections/[^/]+/points(/(search|query|recommend)(/batch)?|/scroll|/count)?$")
 _TIMEOUT = getattr(asyncio, "timeout", None)
 
 

@@ -252,6 +252,42 @@ def test_query(client, http, docs):
                                                              [ext[i] for i in cosine_top(x, x[0], 2)[0]]]
     assert batch[1].points[0].payload == payloads[0] and len(batch[2].points) == 1
 
+    # recommend (average vector; example ids left out), also as the legacy route
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pos = (xs[3] + xs[5]) / 2
+    rec = m.RecommendQuery(recommend=m.RecommendInput(positive=[3, x[5].tolist()], negative=[7]))
+    hits = client.query_points("docs", query=rec, limit=4, search_params=exact).points
+    others = set(range(N)) - {3, 7}
+    assert [h.id for h in hits] == [ext[i] for i in cosine_top(x, 2 * pos - xs[7], 4, others)[0]]
+    legacy = http.post("/collections/docs/points/recommend", json={
+        "positive": [3], "limit": 2, "params": {"exact": True}}).json()["result"]
+    assert [m.ScoredPoint(**h).id for h in legacy] == [ext[i] for i in cosine_top(
+        x, x[3], 2, set(range(N)) - {3})[0]]
+
+    # prefetch: fused by RRF, or re-scored by the outer query
+    red = {i for i in range(N) if payloads[i]["color"] == "red"} - {33}  # 33's payload was cleared
+    a, _ = cosine_top(x, q, 6, red)
+    b, _ = cosine_top(x, x[0], 6)
+    fuse = {}
+    for hits in (a, b):
+        for r, i in enumerate(hits, 1):
+            fuse[i] = fuse.get(i, 0) + 1 / (60 + r)
+    best = sorted(fuse, key=lambda i: -fuse[i])[:5]
+    prefetch = [m.Prefetch(query=q.tolist(), limit=6, params=exact, filter=m.Filter(must=[
+                    m.FieldCondition(key="color", match=m.MatchValue(value="red"))])),
+                m.Prefetch(query=x[0].tolist(), limit=6, params=exact)]
+    fused = client.query_points("docs", prefetch=prefetch, query=m.FusionQuery(fusion=m.Fusion.RRF),
+                                limit=5, with_payload=["n"]).points
+    assert [h.id for h in fused] == [ext[i] for i in best]
+    np.testing.assert_allclose([h.score for h in fused], [fuse[i] for i in best], rtol=1e-6)
+    assert fused[0].payload == {"n": best[0]}
+    dbsf = client.query_points("docs", prefetch=prefetch, query=m.FusionQuery(fusion=m.Fusion.DBSF),
+                               limit=3).points
+    assert {h.id for h in dbsf} <= {ext[i] for i in {*a, *b}} and len(dbsf) == 3
+    rescored = client.query_points("docs", prefetch=prefetch[:1], query=x[1].tolist(), limit=3,
+                                   search_params=exact).points
+    assert [h.id for h in rescored] == [ext[i] for i in cosine_top(x, x[1], 3, set(a))[0]]
+
     # legacy search: Qdrant's answer shape (ScoredPoint with a version)
     legacy = http.post("/collections/docs/points/search", json={
         "vector": q.tolist(), "limit": 3, "offset": 1, "params": {"exact": True}}).json()

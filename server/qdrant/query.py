@@ -1,17 +1,21 @@
-"""Searches in Qdrant's dialect: a ``QueryRequest`` (or a legacy search body) as the
-arguments of ``Collection.search``, and its hits as Qdrant's ``ScoredPoint``s.
+"""Searches in Qdrant's dialect: a ``QueryRequest`` (or a legacy search or recommend body)
+as ``Collection.search`` calls, and their hits as Qdrant's ``ScoredPoint``s.
 
 What Qdrant does that the engine leaves to its caller lives here: ``offset`` (search
-``offset + limit``, drop the first), a query by point id (search with the point's stored
-vector and leave the point out), Euclid scores (Qdrant answers the distance, the engine its
-square) and ``with_vector`` naming fields.
+``offset + limit``, drop the first), examples given as point ids (their stored vectors, the
+points themselves left out of the answer), ``recommend`` (the average-vector strategy),
+``prefetch`` with fusion (RRF, DBSF) or re-scoring of the prefetched points, Euclid scores
+(Qdrant answers the distance, the engine its square) and ``with_vector`` naming fields.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import orjson
 
 from ...engine.collection import Collection
 from ...engine.errors import InvalidArgument, NotFound
@@ -19,6 +23,9 @@ from ...engine.filters import normalize_id
 from ...engine.params import SearchParams
 from ...engine.points import Point
 from . import schemas as q
+
+RRF_K = 60
+"""RRF's rank constant when the query does not give one: score = sum of 1 / (k + rank)."""
 
 
 def engine_params(p: q.QueryParams | None, limit: int) -> SearchParams | None:
@@ -42,30 +49,6 @@ def engine_params(p: q.QueryParams | None, limit: int) -> SearchParams | None:
     return SearchParams(ef=ef, nprobe=p.nprobe, rerank=rerank, exact=bool(p.exact))
 
 
-@dataclass
-class Query:
-    """One Qdrant search, ready for ``Collection.search(vector, **args)``."""
-
-    vector: Any
-    args: dict[str, Any]
-    limit: int
-    offset: int = 0
-    exclude: Any = None
-    """The id queried by, left out of its own results."""
-    euclid: bool = False
-    vector_names: list[str] | None = None
-
-    def answer(self, hits: list[Point]) -> list[dict[str, Any]]:
-        """The hits as Qdrant's ``ScoredPoint``s (Quiver keeps no per-point version: 0)."""
-        if self.exclude is not None:
-            hits = [h for h in hits if h.id != self.exclude]
-        hits = hits[self.offset : self.offset + self.limit]
-        return [{"id": h.id, "version": 0,
-                 "score": math.sqrt(max(h.score, 0.0)) if self.euclid else h.score,
-                 "payload": h.payload, "vector": select_vector(h.vector, self.vector_names)}
-                for h in hits]
-
-
 def select_vector(vector: Any, names: list[str] | None) -> Any:
     """``with_vector`` as a list of field names: only those fields of a named vector."""
     if names is None or not isinstance(vector, dict):
@@ -82,50 +65,268 @@ def select_vectors(points: list[Point], with_vector: bool | list[str]) -> list[P
     return points
 
 
-def query(col: Collection, req: q.QueryRequest, check_k) -> Query:
-    """``req`` as a ``Query`` on ``col``; a query by id reads the point's vector here (call in
-    the worker pool). ``check_k(k, field)`` applies the server's limit."""
-    if req.query is None:
-        raise InvalidArgument("query: required (a vector, a point id or {\"nearest\": ...})")
-    target = req.query.nearest if isinstance(req.query, q.NearestQuery) else req.query
-    by_id = not isinstance(target, list)
-    extra = 1 if by_id else 0
-    check_k(req.limit + req.offset + extra, "limit + offset")
-    out = build(col, None if by_id else target, req.using, req.limit, req.offset, req.filter,
-                req.params, req.with_payload, req.with_vector, req.score_threshold, extra)
-    if by_id:
-        out.exclude = normalize_id(target, "query")
-        out.vector = stored_vector(col, out.exclude, req.using)
-    return out
+def both(*filters: dict | None) -> dict | None:
+    """Filters that must all hold (None: no filter)."""
+    given = [f for f in filters if f]
+    return None if not given else given[0] if len(given) == 1 else {"must": given}
 
 
-def build(col: Collection, vector: Any, using: str | None, limit: int, offset: int,
-          filter: dict | None, params: q.QueryParams | None, with_payload: Any,
-          with_vector: Any, score_threshold: float | None, extra: int = 0,
-          euclid: bool = True) -> Query:
-    """The ``Query`` for one search. ``euclid``: answer Euclid distances as Qdrant does
-    (legacy ``/points/search`` keeps Quiver's squared ones)."""
-    is_l2 = euclid and col.vector_field(using).metric == "l2"
-    if is_l2 and score_threshold is not None:  # a distance bound: the engine compares squares
-        score_threshold = math.copysign(score_threshold * score_threshold, score_threshold)
-    names = with_vector if isinstance(with_vector, list) else None
-    args = {"k": limit + offset + extra, "filter": filter,
-            "params": engine_params(params, limit + offset), "with_payload": with_payload,
-            "with_vectors": bool(with_vector), "score_threshold": score_threshold,
-            "using": using}
-    return Query(vector, args, limit, offset, None, is_l2, names)
+@dataclass
+class Query:
+    """One search, ready for ``Collection.search(vector, **args)``, and how to answer it.
+    ``fused``: for a query over ``prefetch`` searches, its hits computed already (then
+    ``vector`` is None and ``search`` is not called)."""
+
+    vector: Any
+    args: dict[str, Any]
+    limit: int
+    offset: int = 0
+    euclid: bool = False
+    vector_names: list[str] | None = None
+    fused: list[Point] | None = field(default=None, repr=False)
+
+    def answer(self, hits: list[Point]) -> list[dict[str, Any]]:
+        """The hits as Qdrant's ``ScoredPoint``s (Quiver keeps no per-point version: 0)."""
+        hits = hits[self.offset : self.offset + self.limit]
+        return [{"id": h.id, "version": 0,
+                 "score": math.sqrt(max(h.score, 0.0)) if self.euclid else h.score,
+                 "payload": h.payload, "vector": select_vector(h.vector, self.vector_names)}
+                for h in hits]
 
 
-def stored_vector(col: Collection, point_id: Any, using: str | None) -> list[float]:
-    """The vector a query by id searches with: the point's, in the field searched."""
-    found = col.get([point_id], with_payload=False, with_vectors=True)
-    if not found:
-        raise NotFound(f"query: no point with id {point_id!r}")
-    vec = found[0].vector
-    if isinstance(vec, dict):
+def run(col: Collection, queries: list[Query]) -> list[list[dict[str, Any]]]:
+    """The answers to planned queries: the plain ones as grouped batched searches
+    (``search_grouped``: one search for the entries that differ by vector only)."""
+    plain = [i for i, x in enumerate(queries) if x.fused is None]
+    hits, _ = search_grouped(col, [queries[i] for i in plain], [False] * len(plain))
+    found = [x.fused for x in queries]
+    for i, h in zip(plain, hits, strict=True):
+        found[i] = h
+    return [x.answer(h) for x, h in zip(queries, found, strict=True)]
+
+
+class Planner:
+    """Turns Qdrant queries on one collection into ``Query``s; runs in the worker pool (ids
+    given as examples are read from the collection). ``check_k(k, field)`` applies the
+    server's limit on result counts."""
+
+    def __init__(self, col: Collection, check_k) -> None:
+        self.col, self.check_k = col, check_k
+
+    def query(self, req: q.QueryRequest) -> Query:
+        self.check_k(req.limit + req.offset, "limit + offset")
+        p = req.params
+        if p is not None and (p.ef or p.hnsw_ef) is not None:
+            self.check_k(p.ef or p.hnsw_ef, "params.hnsw_ef")
+        is_l2 = self.col.vector_field(req.using).metric == "l2"
+        threshold = req.score_threshold
+        if is_l2 and threshold is not None:  # a distance bound: the engine compares squares
+            threshold = math.copysign(threshold * threshold, threshold)
+        names = req.with_vector if isinstance(req.with_vector, list) else None
+        k = req.limit + req.offset
+        fusion = isinstance(req.query, (q.FusionQuery, q.RrfQuery))
+        if req.prefetch is not None or fusion:
+            hits = self._node(req, None, k, req.score_threshold if fusion else threshold,
+                              req.with_payload, bool(req.with_vector))
+            return Query(None, {}, req.limit, req.offset, is_l2 and not fusion, names, hits)
+        if req.query is None:
+            raise InvalidArgument("query: required (a vector, a point id, {\"nearest\": ...}, "
+                                  "{\"recommend\": ...} or a fusion of prefetch searches)")
+        vector, exclude = self._vector(req.query, req.using)
+        args = {"k": k, "filter": both(req.filter, exclude),
+                "params": engine_params(req.params, k), "with_payload": req.with_payload,
+                "with_vectors": bool(req.with_vector), "score_threshold": threshold,
+                "using": req.using}
+        return Query(vector, args, req.limit, req.offset, is_l2, names)
+
+    def legacy(self, req: Any, using: str | None, vector: list[float]) -> Query:
+        """A legacy search body (``vector`` already taken apart): Euclid distances stay
+        squared there, as Quiver's own clients expect."""
+        found = self.query(q.QueryRequest.model_construct(  # validated already, as a search
+            query=vector, using=using, filter=req.filter, params=req.params,
+            score_threshold=req.score_threshold, limit=req.limit, offset=req.offset,
+            with_vector=req.with_vector, with_payload=req.with_payload, prefetch=None))
+        if found.euclid and req.score_threshold is not None:
+            found.args["score_threshold"] = req.score_threshold
+        found.euclid = False
+        return found
+
+    # --- the parts of a query --------------------------------------------------------------
+
+    def _node(self, node: q.Prefetch, outer: dict | None, k: int, threshold: float | None,
+              with_payload: Any = False, with_vectors: bool = False) -> list[Point]:
+        """The hits of a query with ``prefetch`` (or of one prefetch), best first, under the
+        enclosing queries' filters ``outer``."""
+        flt = both(outer, node.filter)
+        subs = node.prefetch if isinstance(node.prefetch, list) else (
+            [node.prefetch] if node.prefetch is not None else [])
+        if isinstance(node.query, (q.FusionQuery, q.RrfQuery)):
+            if not subs:
+                raise InvalidArgument("query: a fusion needs prefetch searches to fuse")
+            lists = [self._sub(p, flt) for p in subs]
+            fused = [h for h in self._fuse(node.query, lists, subs)
+                     if threshold is None or h.score >= threshold][:k]
+            return self._fill(fused, with_payload, with_vectors)
+        if node.query is None:
+            raise InvalidArgument("query: required with prefetch (a vector to re-score the "
+                                  "prefetched points with, or a fusion)")
+        vector, exclude = self._vector(node.query, node.using)
+        if subs:  # re-score what the prefetches found, with this query's vector
+            ids = list(dict.fromkeys(h.id for p in subs for h in self._sub(p, flt)))
+            if not ids:
+                return []
+            flt = both(flt, {"must": [{"has_id": ids}]})
+        return self.col.search(vector, k=k, filter=both(flt, exclude),
+                               params=engine_params(node.params, k), using=node.using,
+                               score_threshold=threshold, with_payload=with_payload,
+                               with_vectors=with_vectors)
+
+    def _sub(self, p: q.Prefetch, outer: dict | None) -> list[Point]:
+        self.check_k(p.limit, "prefetch.limit")
+        thr = p.score_threshold
+        if thr is not None and not isinstance(p.query, (q.FusionQuery, q.RrfQuery)) and \
+                self.col.vector_field(p.using).metric == "l2":
+            thr = math.copysign(thr * thr, thr)
+        return self._node(p, outer, p.limit, thr)
+
+    def _fuse(self, how: q.FusionQuery | q.RrfQuery, lists: list[list[Point]],
+              subs: list[q.Prefetch]) -> list[Point]:
+        """One ranking from several: RRF (sum of w / (k + rank), rank from 1) or DBSF (each
+        list's scores mapped to [0, 1] by its mean +- 3 standard deviations, then summed)."""
+        score: dict[Any, float] = {}
+        if isinstance(how, q.RrfQuery) or how.fusion == "rrf":
+            rrf = how.rrf if isinstance(how, q.RrfQuery) else q.Rrf()
+            k = rrf.k or RRF_K
+            weights = rrf.weights or [1.0] * len(lists)
+            if len(weights) != len(lists):
+                raise InvalidArgument(f"query.rrf.weights: {len(weights)} weights for "
+                                      f"{len(lists)} prefetch searches")
+            for w, hits in zip(weights, lists, strict=True):
+                for rank, h in enumerate(hits, 1):
+                    score[h.id] = score.get(h.id, 0.0) + w / (k + rank)
+        else:
+            for p, hits in zip(subs, lists, strict=True):
+                if not hits:
+                    continue
+                s = np.array([h.score for h in hits], np.float64)
+                if self.col.vector_field(p.using).metric == "l2" and \
+                        not isinstance(p.query, (q.FusionQuery, q.RrfQuery)):
+                    s = -s  # closer is better: higher, like the other metrics
+                lo, hi = s.mean() - 3 * s.std(), s.mean() + 3 * s.std()
+                norm = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.full_like(s, 0.5)
+                for h, v in zip(hits, norm.tolist(), strict=True):
+                    score[h.id] = score.get(h.id, 0.0) + v
+        order = sorted(score.items(), key=lambda kv: -kv[1])
+        return [Point(i, s) for i, s in order]
+
+    def _fill(self, hits: list[Point], with_payload: Any, with_vectors: bool) -> list[Point]:
+        """Payloads and vectors of fused hits (read once, for the final ones only)."""
+        if not hits or (not with_payload and not with_vectors):
+            return hits
+        stored = {p.id: p for p in self.col.get([h.id for h in hits], with_payload, with_vectors)}
+        return [Point(h.id, h.score, stored[h.id].payload, stored[h.id].vector)
+                for h in hits if h.id in stored]
+
+    def _vector(self, query: Any, using: str | None) -> tuple[Any, dict | None]:
+        """The vector a query searches with, and a filter leaving out the points given as
+        examples (by id); a vector is passed on as it is (the engine checks it)."""
+        if isinstance(query, q.NearestQuery):
+            query = query.nearest
+        if isinstance(query, q.RecommendQuery):
+            return self._recommend(query.recommend, using)
+        if isinstance(query, (q.FusionQuery, q.RrfQuery)):
+            raise InvalidArgument("query: a fusion goes with prefetch searches")
+        if isinstance(query, list):
+            return query, None
+        pid = normalize_id(query, "query")
+        return self._stored([pid], using, "query")[0], {"must_not": [{"has_id": [pid]}]}
+
+    def _recommend(self, rec: q.RecommendInput, using: str | None) -> tuple[Any, dict | None]:
+        """Qdrant's average-vector strategy: avg(positive) + (avg(positive) - avg(negative))."""
+        if rec.strategy not in (None, "average_vector"):
+            raise InvalidArgument(f"recommend.strategy: {rec.strategy!r} is not supported; "
+                                  f"use average_vector")
+        if not rec.positive:
+            raise InvalidArgument("recommend.positive: give at least one example")
+        ids = [normalize_id(x, "recommend") for x in (*rec.positive, *rec.negative)
+               if not isinstance(x, list)]
+        stored = dict(zip(ids, self._stored(ids, using, "recommend"), strict=True)) if ids else {}
+        dim = self.col.vector_field(using).dim
+
+        cosine = self.col.vector_field(using).metric == "cosine"
+
+        def mean(examples: list, where: str) -> np.ndarray:
+            rows = []
+            for i, x in enumerate(examples):
+                if not isinstance(x, list):
+                    rows.append(stored[normalize_id(x)])
+                    continue
+                if len(x) != dim or not all(map(math.isfinite, x)):
+                    raise InvalidArgument(f"recommend.{where}[{i}]: expected {dim} finite numbers")
+                v = np.asarray(x, np.float64)  # prepared as stored vectors are
+                rows.append(v / (np.linalg.norm(v) or 1.0) if cosine else v)
+            return np.mean(np.asarray(rows, np.float64), axis=0)
+
+        pos = mean(rec.positive, "positive")
+        vec = pos + (pos - mean(rec.negative, "negative")) if rec.negative else pos
+        return vec.astype(np.float32).tolist(), ({"must_not": [{"has_id": ids}]} if ids else None)
+
+    def _stored(self, ids: list, using: str | None, where: str) -> list[list[float]]:
+        """The stored vectors of points given by id, in the field searched."""
+        found = {p.id: p.vector for p in self.col.get(ids, with_payload=False, with_vectors=True)}
         name = using or ""
-        if name not in vec:
-            col.vector_field(using)  # names the fields when `using` is wrong or missing
-            raise InvalidArgument(f"query: point {point_id!r} has no vector {name!r}")
-        return vec[name]
-    return vec
+        out = []
+        for pid in ids:
+            if pid not in found:
+                raise NotFound(f"{where}: no point with id {pid!r}")
+            vec = found[pid]
+            if isinstance(vec, dict):
+                if name not in vec:
+                    self.col.vector_field(using)  # names the fields when `using` is wrong or missing
+                    raise InvalidArgument(f"{where}: point {pid!r} has no vector {name!r}")
+                vec = vec[name]
+            out.append(vec)
+        return out
+
+
+def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
+                   ) -> tuple[list[list[Point]], list]:
+    """Hits (and, for entries with ``explain``, plans) for a batch, in order. Entries asking
+    the same question of different vectors (same filter, limit and parameters: the common
+    case) run as one batched search, which uses every core; the answers are the same as one
+    search per entry, and an explained entry gets its group's plan (counts in it cover the
+    whole group)."""
+    args = [{**query.args, "explain": e} for query, e in zip(queries, explain, strict=True)]
+    groups: dict[bytes, list[int]] = {}
+    for i, (query, a) in enumerate(zip(queries, args, strict=True)):
+        try:  # a wrong length or field: let the engine word the error for this entry alone
+            alone = len(query.vector) != col.vector_field(a["using"]).dim
+        except (InvalidArgument, TypeError):
+            alone = True
+        key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+        groups.setdefault(key, []).append(i)
+    out: list = [None] * len(queries)
+    plans: list = [None] * len(queries)
+
+    def put(members: list[int], found: Any, a: dict) -> None:
+        hits, plan = found if a["explain"] else (found, None)
+        for i, h in zip(members, hits, strict=True):
+            out[i], plans[i] = h, plan
+
+    for members in groups.values():
+        a = args[members[0]]
+        if len(members) > 1:
+            try:
+                found = col.search([queries[i].vector for i in members], **a)
+            except InvalidArgument:  # one bad entry: find it below and name it
+                pass
+            else:
+                put(members, found, a)
+                continue
+        for i in members:
+            try:
+                found = col.search([queries[i].vector], **a)
+            except InvalidArgument as exc:
+                raise type(exc)(f"searches[{i}]: {exc}") from None
+            put([i], found, a)
+    return out, plans

@@ -117,15 +117,67 @@ class QueryParams(_Strict):
     rerank: StrictBool | Literal["exact"] | None = None
 
 
+Example = list[float] | PointId
+"""A vector, or the id of a stored point whose vector stands for it."""
+
+
 class NearestQuery(_Strict):
-    nearest: list[float] | PointId
+    nearest: Example
 
 
-class QueryRequest(_Strict):
+class RecommendInput(_Strict):
+    positive: list[Example] = Field(default_factory=list)
+    negative: list[Example] = Field(default_factory=list)
+    strategy: Literal["average_vector", "best_score", "sum_scores"] | None = None
+
+
+class RecommendQuery(_Strict):
+    """Points like the ``positive`` examples and unlike the ``negative`` ones."""
+
+    recommend: RecommendInput
+
+
+class FusionQuery(_Strict):
+    fusion: Literal["rrf", "dbsf"]
+
+
+class Rrf(_Strict):
+    k: int | None = Field(None, ge=1)
+    weights: list[float] | None = None
+
+
+class RrfQuery(_Strict):
+    rrf: Rrf
+
+
+QueryInput = Example | NearestQuery | RecommendQuery | FusionQuery | RrfQuery
+
+
+class Prefetch(_Strict):
+    """A search whose hits the enclosing query fuses or re-scores."""
+
+    prefetch: Prefetch | list[Prefetch] | None = None
+    query: QueryInput | None = None
+    using: str | None = Field(None, max_length=64)
+    filter: dict[str, Any] | None = None
+    params: QueryParams | None = None
+    score_threshold: float | None = None
+    limit: int = Field(10, ge=1)
+
+
+class QueryRequest(Prefetch):
     """``POST /points/query``: ``query`` is a vector, a point id (search with its vector,
-    the point itself left out) or ``{"nearest": either}``."""
+    the point itself left out), ``{"nearest": either}``, ``{"recommend": ...}``, or a
+    fusion of the ``prefetch`` searches (``{"fusion": "rrf" | "dbsf"}``, ``{"rrf": {"k"}}``)."""
 
-    query: list[float] | PointId | NearestQuery | None = None
+    offset: int = Field(0, ge=0)
+    with_vector: VectorSelector = False
+    with_payload: PayloadSelector = False
+
+
+class RecommendRequest(RecommendInput):
+    """Legacy ``POST /points/recommend``: the examples and a search around them."""
+
     using: str | None = Field(None, max_length=64)
     filter: dict[str, Any] | None = None
     params: QueryParams | None = None
@@ -134,6 +186,15 @@ class QueryRequest(_Strict):
     offset: int = Field(0, ge=0)
     with_vector: VectorSelector = False
     with_payload: PayloadSelector = False
+
+    def as_query(self) -> QueryRequest:
+        rec = RecommendInput(positive=self.positive, negative=self.negative, strategy=self.strategy)
+        return QueryRequest(query=RecommendQuery(recommend=rec), **self.model_dump(
+            exclude={"positive", "negative", "strategy"}, exclude_unset=True))
+
+
+class RecommendBatch(_Strict):
+    searches: list[RecommendRequest]
 
 
 class QueryBatch(_Strict):

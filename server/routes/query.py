@@ -1,6 +1,6 @@
-"""Qdrant's universal query API: ``/points/query`` and ``/points/query/batch`` (the only
-search calls current qdrant-client versions make). Translation lives in ``qdrant.query``;
-batches run through the same grouped search as legacy batches."""
+"""Qdrant's universal query API (``/points/query``, ``/points/query/batch``: the only search
+calls current qdrant-client versions make) and the legacy ``/points/recommend``. Translation
+lives in ``qdrant.query``; batches run through the same grouped search as legacy batches."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import time
 
 from fastapi import FastAPI, Request
 
-from ...engine.collection import Collection
 from ...engine.errors import InvalidArgument
 from ..context import ServerContext, body_doc, ok, parse
 from ..qdrant import query as qq
 from ..qdrant import schemas as q
-from .search import search_grouped
 
 TAGS = ["search"]
 
@@ -21,25 +19,26 @@ TAGS = ["search"]
 def register(app: FastAPI, ctx: ServerContext) -> None:
     database, run, check_k, check_batch = ctx.database, ctx.run, ctx.check_k, ctx.check_batch
 
-    def prepared(col: Collection, req: q.QueryRequest) -> qq.Query:
-        p = req.params
-        if p is not None and (p.ef or p.hnsw_ef) is not None:
-            check_k(p.ef or p.hnsw_ef, "params.hnsw_ef")
-        return qq.query(col, req, check_k)
+    def answers(name: str, requests: list[q.QueryRequest]) -> list[list[dict]]:
+        """Plan and run ``requests`` on collection ``name`` (in the worker pool)."""
+        col = database().get_collection(name)
+        planner = qq.Planner(col, check_k)
+        queries = []
+        for i, req in enumerate(requests):
+            try:
+                queries.append(planner.query(req))
+            except InvalidArgument as exc:
+                raise (type(exc)(f"searches[{i}]: {exc}") if len(requests) > 1 else exc) from None
+        return qq.run(col, queries)
 
     @app.post("/collections/{name}/points/query", tags=TAGS, openapi_extra=body_doc(q.QueryRequest))
     async def query_points(name: str, request: Request):
-        """Nearest points to a vector, or to a stored point (``"query": id``, the point
-        itself left out); answers ``{"points": [ScoredPoint, ...]}``."""
+        """Nearest points to a vector, to a stored point (``"query": id``, the point itself
+        left out) or to examples (``recommend``), or a fusion of ``prefetch`` searches;
+        answers ``{"points": [ScoredPoint, ...]}``."""
         t = time.perf_counter()
         body = await parse(request, q.QueryRequest)
-        col = database().get_collection(name)
-
-        def work() -> list[dict]:
-            query = prepared(col, body)
-            return query.answer(col.search(query.vector, **query.args))
-
-        return ok({"points": await run(work)}, t)
+        return ok({"points": (await run(answers, name, [body]))[0]}, t)
 
     @app.post("/collections/{name}/points/query/batch", tags=TAGS,
               openapi_extra=body_doc(q.QueryBatch))
@@ -49,16 +48,22 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         body = await parse(request, q.QueryBatch)
         check_batch(len(body.searches), "searches")
-        col = database().get_collection(name)
+        found = await run(answers, name, body.searches)
+        return ok([{"points": points} for points in found], t)
 
-        def work() -> list[dict]:
-            queries = []
-            for i, req in enumerate(body.searches):
-                try:
-                    queries.append(prepared(col, req))
-                except InvalidArgument as exc:
-                    raise type(exc)(f"searches[{i}]: {exc}") from None
-            hits, _ = search_grouped(col, queries, [False] * len(queries))
-            return [{"points": query.answer(h)} for query, h in zip(queries, hits, strict=True)]
+    @app.post("/collections/{name}/points/recommend", tags=TAGS,
+              openapi_extra=body_doc(q.RecommendRequest))
+    async def recommend(name: str, request: Request):
+        """Legacy recommendation: points like ``positive`` and unlike ``negative`` (vectors
+        or ids, the examples left out); answers a list of ScoredPoints."""
+        t = time.perf_counter()
+        body = await parse(request, q.RecommendRequest)
+        return ok((await run(answers, name, [body.as_query()]))[0], t)
 
-        return ok(await run(work), t)
+    @app.post("/collections/{name}/points/recommend/batch", tags=TAGS,
+              openapi_extra=body_doc(q.RecommendBatch))
+    async def recommend_batch(name: str, request: Request):
+        t = time.perf_counter()
+        body = await parse(request, q.RecommendBatch)
+        check_batch(len(body.searches), "searches")
+        return ok(await run(answers, name, [r.as_query() for r in body.searches]), t)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -16,10 +14,9 @@ from ...engine.collection import Collection
 from ...engine.errors import InvalidArgument
 from ...engine.hits import NPZ
 from ...engine.params import SearchParams
-from ...engine.points import Point
 from .. import schemas as s
 from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
-from ..qdrant.query import Query, build
+from ..qdrant.query import Planner, Query, search_grouped
 from ..qdrant.schemas import NamedVector
 
 TAGS = ["search"]
@@ -39,12 +36,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                 raise InvalidArgument(f"using: {using!r} disagrees with vector.name "
                                       f"{vector.name!r}; give one")
             vector, using = vector.vector, vector.name
-        check_k(req.limit + req.offset, "limit")
-        p = req.params
-        if p is not None and (p.ef or p.hnsw_ef) is not None:
-            check_k(p.ef or p.hnsw_ef, "params.ef")
-        return build(col, vector, using, req.limit, req.offset, req.filter, p, req.with_payload,
-                     req.with_vector, req.score_threshold, euclid=False)
+        return Planner(col, check_k).legacy(req, using, vector)
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
     # function with (name, body, content type); no docstring: it would become the OpenAPI
@@ -110,49 +102,6 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         res = [query.answer(h) for query, h in zip(queries, hits, strict=True)]
         return ok(res, t, plans=plans) if any(explain) else ok(res, t)
 
-
-
-def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
-                   ) -> tuple[list[list[Point]], list]:
-    """Hits (and, for entries with ``explain``, plans) for a batch, in order. Entries asking
-    the same question of different vectors (same filter, limit and parameters: the common
-    case) run as one batched search, which uses every core; the answers are the same as one
-    search per entry, and an explained entry gets its group's plan (counts in it cover the
-    whole group)."""
-    args = [{**query.args, "explain": e} for query, e in zip(queries, explain, strict=True)]
-    groups: dict[bytes, list[int]] = {}
-    for i, (query, a) in enumerate(zip(queries, args, strict=True)):
-        try:  # a wrong length or field: let the engine word the error for this entry alone
-            alone = len(query.vector) != col.vector_field(a["using"]).dim
-        except (InvalidArgument, TypeError):
-            alone = True
-        key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
-        groups.setdefault(key, []).append(i)
-    out: list = [None] * len(queries)
-    plans: list = [None] * len(queries)
-
-    def put(members: list[int], found: Any, a: dict) -> None:
-        hits, plan = found if a["explain"] else (found, None)
-        for i, h in zip(members, hits, strict=True):
-            out[i], plans[i] = h, plan
-
-    for members in groups.values():
-        a = args[members[0]]
-        if len(members) > 1:
-            try:
-                found = col.search([queries[i].vector for i in members], **a)
-            except InvalidArgument:  # one bad entry: find it below and name it
-                pass
-            else:
-                put(members, found, a)
-                continue
-        for i in members:
-            try:
-                found = col.search([queries[i].vector], **a)
-            except InvalidArgument as exc:
-                raise type(exc)(f"searches[{i}]: {exc}") from None
-            put([i], found, a)
-    return out, plans
 
 
 def _accepts_npz(request: Request) -> bool:
