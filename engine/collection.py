@@ -452,12 +452,12 @@ class Collection:
         """Merge ``payload``'s keys into the payloads of the points given by ``ids`` or
         ``filter`` (vectors unchanged); returns how many points were updated."""
         new = canonical_payload(payload, "payload")
-        return self._update_payloads(ids, filter, lambda old: {**old, **new})
+        return self._rewrite(ids, filter, lambda old: {**old, **new})
 
     def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
         """Replace the payloads of the points given by ``ids`` or ``filter`` with ``payload``."""
         new = canonical_payload(payload, "payload")
-        return self._update_payloads(ids, filter, lambda old: new)
+        return self._rewrite(ids, filter, lambda old: new)
 
     def delete_payload(self, keys: list[str], ids=None, filter: dict | None = None) -> int:
         """Remove ``keys`` (dotted paths reach into nested objects) from the payloads of the
@@ -465,19 +465,48 @@ class Collection:
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             raise InvalidArgument(f"keys: expected a list of payload keys, got {keys!r:.60}")
         drop = PayloadProjection(exclude=payload_paths(keys, "keys"))
-        return self._update_payloads(ids, filter, drop)
+        return self._rewrite(ids, filter, drop)
 
     def clear_payload(self, ids=None, filter: dict | None = None) -> int:
         """Empty the payloads of the points given by ``ids`` or ``filter``."""
-        return self._update_payloads(ids, filter, lambda old: {})
+        return self._rewrite(ids, filter, lambda old: {})
 
     _PAYLOAD_BATCH = 10_000
     """Points per WAL record of a payload update (each record is atomic)."""
 
-    def _update_payloads(self, ids, filter, change) -> int:
-        """Rewrite the points' payloads as new rows with the same vectors, through the WAL
-        like an upsert (so replay, versions and segment swaps need nothing new). Each batch
-        of ``_PAYLOAD_BATCH`` points is one atomic record."""
+    def update_vectors(self, ids, vectors) -> int:
+        """Replace some vector fields of existing points, keeping their other fields and
+        payloads (Qdrant's update_vectors). ``vectors`` as in ``upsert``, one entry per id:
+        a matrix, or a dict by field name; unknown ids are skipped. Returns how many points
+        were updated."""
+        self._check_writable()
+        norm, new, _ = self._validate_points(ids, vectors, None)
+        at = {x: j for j, x in enumerate(norm)}
+
+        def merge(present: list, stored: FieldBatch) -> FieldBatch:
+            keep = np.asarray([at[x] for x in present], np.int64)  # ascending, as ids came
+            return _merge_fields(stored, _subset_fields(new, keep, len(norm)), len(present))
+
+        return self._rewrite(norm, None, lambda old: old, merge)
+
+    def delete_vectors(self, names: list[str], ids=None, filter: dict | None = None) -> int:
+        """Remove the named vector fields from the points given by ``ids`` or ``filter``
+        (they drop out of those fields' searches; payloads and other fields are kept)."""
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise InvalidArgument(f"vector: expected a non-empty list of field names, got "
+                                  f"{names!r:.60}")
+        for n in names:
+            if n not in self.fields or n == DEFAULT_FIELD:
+                raise InvalidArgument(f"vector: {n!r} is not a named vector field of this "
+                                      f"collection ({', '.join(map(repr, self.fields))})")
+        return self._rewrite(ids, filter, lambda old: old,
+                             lambda _, stored: {n: v for n, v in stored.items() if n not in names})
+
+    def _rewrite(self, ids, filter, change, vectors=None) -> int:
+        """Rewrite the points' payloads (``change(old) -> new``) and, with ``vectors``
+        (``(ids, stored FieldBatch) -> FieldBatch``), their vectors, as new rows through the
+        WAL like an upsert (so replay, versions and segment swaps need nothing new). Each
+        batch of ``_PAYLOAD_BATCH`` points is one atomic record."""
         self._check_writable()
         flt = parse_filter(filter) if filter is not None else None
         targets = self._targets(ids, flt)
@@ -493,6 +522,8 @@ class Collection:
                 if not locs:
                     continue
                 fields = self._stored_vectors([loc for _, loc in locs])
+                if vectors is not None:
+                    fields = vectors([x for x, _ in locs], fields)
                 pls = [canonical_payload(change(seg.payloads.get(pos)), "payload")
                        for _, (seg, pos) in locs]
                 self._log_upsert([x for x, _ in locs], fields, pls)
@@ -1058,6 +1089,22 @@ def _concat_live(sources, snapshot, specs: dict[str, FieldSpec]) -> Segment:
                    [s.payloads.get(r) for r in rows.tolist()], 0)
         seg.versions[start : start + rows.size] = s.versions[rows]
     return seg
+
+
+def _merge_fields(old: FieldBatch, new: FieldBatch, n: int) -> FieldBatch:
+    """The fields of ``n`` points: ``new``'s vectors where it has them, else ``old``'s."""
+    out: FieldBatch = {}
+    for name in dict.fromkeys([*old, *new]):
+        rows: dict[int, np.ndarray] = {}
+        for batch in (old, new):
+            if name in batch:
+                x, r = batch[name]
+                rows.update(zip(range(n) if r is None else r.tolist(), x, strict=True))
+        if rows:
+            has = sorted(rows)
+            out[name] = (np.stack([rows[i] for i in has]),
+                         None if len(has) == n else np.asarray(has, np.int64))
+    return out
 
 
 def _subset_fields(fields: FieldBatch, keep: np.ndarray, n: int) -> FieldBatch:

@@ -111,6 +111,50 @@ class DeletePayload(PointsSelector):
     keys: list[str]
 
 
+class PointVectors(_Strict):
+    id: PointId
+    vector: list[float] | dict[str, list[float]]
+
+
+class UpdateVectors(_Strict):
+    """New vectors for some fields of existing points (their other fields and payloads kept)."""
+
+    points: list[PointVectors]
+
+
+class DeleteVectors(PointsSelector):
+    """Vector fields (by name) to remove from the selected points."""
+
+    vector: list[str]
+
+
+class UpdateOperation(_Strict):
+    """One operation of a batch update: exactly one of its keys."""
+
+    upsert: UpsertPoints | None = None
+    delete: PointsSelector | None = None
+    set_payload: SetPayload | None = None
+    overwrite_payload: SetPayload | None = None
+    delete_payload: DeletePayload | None = None
+    clear_payload: PointsSelector | None = None
+    update_vectors: UpdateVectors | None = None
+    delete_vectors: DeleteVectors | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> UpdateOperation:
+        if len(self.model_fields_set) != 1 or getattr(self, next(iter(self.model_fields_set))) is None:
+            raise ValueError(f"give exactly one of {', '.join(type(self).model_fields)}")
+        return self
+
+    def only(self) -> tuple[str, Any]:
+        name = next(iter(self.model_fields_set))
+        return name, getattr(self, name)
+
+
+class UpdateOperations(_Strict):
+    operations: list[UpdateOperation]
+
+
 class GetPoints(_Strict):
     ids: list[PointId]
     with_payload: PayloadSelector = True

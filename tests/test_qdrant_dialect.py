@@ -334,6 +334,27 @@ def test_named_vectors_euclid_and_deletes(client, http):
     assert client.count("media", exact=True).count == 6
     assert sorted(p.id for p in client.scroll("media", limit=20)[0]) == [2, 3, 4, 5, 6, 7]
 
+    # vectors of some fields changed or removed, payloads and other fields kept
+    client.update_vectors("media", points=[m.PointVectors(id=3, vector={"image": im[3].tolist()})])
+    client.delete_vectors("media", vectors=["image"], points=[2])
+    got = {p.id: p for p in client.retrieve("media", ids=[2, 3], with_vectors=True)}
+    assert set(got[2].vector) == {"text"} and set(got[3].vector) == {"text", "image"}
+    assert got[3].payload == {"i": 3}
+    near = client.query_points("media", query=im[3].tolist(), using="image", limit=10).points
+    assert {h.id for h in near} == {3, 4, 6}
+    with raises(400, "dimension"):
+        client.update_vectors("media", points=[m.PointVectors(id=3, vector={"image": [1.0]})])
+
+    # a batch of writes, in order
+    done = client.batch_update_points("media", update_operations=[
+        m.UpsertOperation(upsert=m.PointsList(points=[m.PointStruct(id=20, vector={"text": t[0].tolist()},
+                                                                    payload={"i": 20})])),
+        m.SetPayloadOperation(set_payload=m.SetPayload(payload={"b": 1}, points=[20])),
+        m.DeleteOperation(delete=m.PointIdsList(points=[7]))])
+    assert [r.status for r in done] == [m.UpdateStatus.COMPLETED] * 3
+    assert sorted(p.id for p in client.scroll("media", limit=20)[0]) == [2, 3, 4, 5, 6, 20]
+    assert client.retrieve("media", ids=[20])[0].payload == {"i": 20, "b": 1}
+
 
 def test_aliases(client, docs):
     x, _ = docs

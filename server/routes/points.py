@@ -9,8 +9,9 @@ from fastapi import FastAPI, Request
 
 from ...engine.errors import CorruptData, InvalidArgument
 from ...engine.frame import decode_batch
-from ...engine.points import unpack_fields, upsert_columns
+from ...engine.points import unpack_fields
 from .. import schemas as s
+from .. import writes
 from ..context import JSON, ServerContext, body_doc, ok, parse
 from ..qdrant.query import select_vectors
 
@@ -35,25 +36,9 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             check_batch(len(ids), "points")
             fields = unpack_fields(batch.vectors, len(ids))
             seq = await run(col.upsert, ids, fields, batch.payloads)
-        else:
-            body = await parse(request, s.UpsertPoints, s.BINARY_POINTS)
-            if body.batch is not None:  # Qdrant's columns
-                b = body.batch
-                check_batch(len(b.ids), "batch.ids")
-                seq = await run(col.upsert, b.ids, b.vectors, b.payloads)
-                return ok(s.update_result(wait, operation_id=seq), t)
-            check_batch(len(body.points), "points")
-            pts = body.points
-            if not pts:  # nothing to write: the engine answers the last sequence number
-                seq = await run(col.upsert, [], [])
-                return ok(s.update_result(wait, operation_id=seq), t)
-            if isinstance(pts[0].vector, list) and len({len(p.vector) for p in pts}) != 1:
-                raise InvalidArgument("points: vectors have different lengths")
-            ids, vectors, payloads = upsert_columns(
-                None, None, None, [{"id": p.id, "vector": p.vector, "payload": p.payload}
-                                   for p in pts])
-            seq = await run(col.upsert, ids, vectors, payloads)
-        return ok(s.update_result(wait, operation_id=seq), t)
+            return ok(s.update_result(wait, operation_id=seq), t)
+        body = await parse(request, s.UpsertPoints, s.BINARY_POINTS)
+        return ok(s.update_result(wait, **await run(writes.upsert, col, body, check_batch)), t)
 
     @app.post("/collections/{name}/points", tags=TAGS, openapi_extra=body_doc(s.GetPoints))
     async def get_points(name: str, request: Request):
@@ -66,46 +51,61 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.post("/collections/{name}/points/delete", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
     async def delete_points(name: str, request: Request, wait: bool = False):
-        return await _selected_write(name, request, wait, s.PointsSelector, "delete", "deleted")
+        return await _selected_write(name, request, wait, s.PointsSelector, "delete")
 
     async def _selected_write(name: str, request: Request, wait: bool,
-                              model: type[s.PointsSelector], method: str, counted: str,
-                              *fields: str) -> JSON:
-        """A write to the points a body selects by ``points`` (ids) or ``filter``: the
-        collection's ``method`` gets the body's ``fields`` first; answers how many."""
+                              model: type[s.PointsSelector], op: str) -> JSON:
+        """Write ``op`` (``writes.SELECTED``) to the points a body selects by ``points``
+        (ids) or ``filter``; answers how many."""
         t = time.perf_counter()
         body = await parse(request, model)
         col = database().get_collection(name)
-        if (body.points is None) == (body.filter is None):
-            raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
-        if body.points is not None:
-            check_batch(len(body.points), "points")
-        n = await run(getattr(col, method), *(getattr(body, f) for f in fields),
-                      ids=body.points, filter=body.filter)
-        return ok(s.update_result(wait, **{counted: n}), t)
+        return ok(s.update_result(wait, **await run(writes.selected, col, op, body, check_batch)), t)
 
     @app.post("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
     async def set_payload(name: str, request: Request, wait: bool = False):
         """Merge keys into the selected points' payloads (vectors unchanged)."""
-        return await _selected_write(name, request, wait, s.SetPayload, "set_payload", "updated",
-                                     "payload")
+        return await _selected_write(name, request, wait, s.SetPayload, "set_payload")
 
     @app.put("/collections/{name}/points/payload", tags=TAGS, openapi_extra=body_doc(s.SetPayload))
     async def overwrite_payload(name: str, request: Request, wait: bool = False):
         """Replace the selected points' payloads."""
-        return await _selected_write(name, request, wait, s.SetPayload, "overwrite_payload", "updated",
-                                     "payload")
+        return await _selected_write(name, request, wait, s.SetPayload, "overwrite_payload")
 
     @app.post("/collections/{name}/points/payload/delete", tags=TAGS, openapi_extra=body_doc(s.DeletePayload))
     async def delete_payload(name: str, request: Request, wait: bool = False):
         """Remove keys from the selected points' payloads."""
-        return await _selected_write(name, request, wait, s.DeletePayload, "delete_payload", "updated",
-                                     "keys")
+        return await _selected_write(name, request, wait, s.DeletePayload, "delete_payload")
 
     @app.post("/collections/{name}/points/payload/clear", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
     async def clear_payload(name: str, request: Request, wait: bool = False):
         """Empty the selected points' payloads."""
-        return await _selected_write(name, request, wait, s.PointsSelector, "clear_payload", "updated")
+        return await _selected_write(name, request, wait, s.PointsSelector, "clear_payload")
+
+    @app.put("/collections/{name}/points/vectors", tags=TAGS, openapi_extra=body_doc(s.UpdateVectors))
+    async def update_vectors(name: str, request: Request, wait: bool = False):
+        """Replace some vector fields of existing points (other fields and payloads kept)."""
+        t = time.perf_counter()
+        body = await parse(request, s.UpdateVectors)
+        col = database().get_collection(name)
+        return ok(s.update_result(wait, **await run(writes.update_vectors, col, body, check_batch)), t)
+
+    @app.post("/collections/{name}/points/vectors/delete", tags=TAGS,
+              openapi_extra=body_doc(s.DeleteVectors))
+    async def delete_vectors(name: str, request: Request, wait: bool = False):
+        """Remove named vector fields from the selected points."""
+        return await _selected_write(name, request, wait, s.DeleteVectors, "delete_vectors")
+
+    @app.post("/collections/{name}/points/batch", tags=TAGS,
+              openapi_extra=body_doc(s.UpdateOperations))
+    async def batch_update(name: str, request: Request, wait: bool = False):
+        """Several writes in order (upsert, delete, payload edits, vector updates); answers
+        one UpdateResult each."""
+        t = time.perf_counter()
+        body = await parse(request, s.UpdateOperations)
+        col = database().get_collection(name)
+        done = await run(writes.batch, col, body, check_batch)
+        return ok([s.update_result(wait, **counts) for counts in done], t)
 
     @app.post("/collections/{name}/points/scroll", tags=TAGS, openapi_extra=body_doc(s.ScrollRequest))
     async def scroll(name: str, request: Request):
