@@ -393,6 +393,22 @@ def test_auth_and_error_envelope(server):
     assert not math.isnan(resp.json()["time"])
 
 
+def test_snapshots(client, server, docs):
+    snap = client.create_snapshot("docs")
+    assert snap.size > 0 and snap.creation_time
+    assert [x.name for x in client.list_snapshots("docs")] == [snap.name]
+    path = server.data / "snapshots" / "docs" / snap.name
+    assert client.recover_snapshot("docs-copy", location=path.resolve().as_uri())
+    assert client.count("docs-copy").count == client.count("docs").count
+    with raises(400, "location"):
+        client.recover_snapshot("docs-2", location="file:///etc/passwd")
+    assert client.delete_snapshot("docs", snap.name)
+    assert client.list_snapshots("docs") == []
+    with raises(404, snap.name):
+        client.delete_snapshot("docs", snap.name)
+    client.delete_collection("docs-copy")
+
+
 def test_aliases_persist_embedded(tmp_path):
     """The engine side of aliases: saved atomically, reopened, dropped with their collection."""
     from quiver.engine.errors import AlreadyExists, InvalidArgument

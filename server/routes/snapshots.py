@@ -1,17 +1,40 @@
-"""Snapshots: a collection's archive, kept under the database's ``snapshots/<name>/``."""
+"""Snapshots: a collection's archive, kept under the database's ``snapshots/<name>/``,
+described as Qdrant's ``SnapshotDescription`` (name, size, creation time)."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...engine.errors import AlreadyExists, NotFound
-from ..context import ServerContext, ok
+from ...engine.errors import AlreadyExists, InvalidArgument, NotFound
+from ..context import ServerContext, body_doc, ok, parse
 
 TAGS = ["snapshots"]
+
+
+class RecoverSnapshot(BaseModel):
+    """Qdrant's recover body. ``location``: ``file://`` a snapshot under this server's
+    snapshot directory (URLs of other servers are not fetched); ``priority`` and
+    ``checksum`` are accepted for Qdrant's clients."""
+
+    model_config = ConfigDict(extra="forbid")
+    location: str = Field(min_length=1, max_length=4096)
+    priority: str | None = None
+    checksum: str | None = None
+    api_key: str | None = None
+
+
+def describe(path: Path) -> dict:
+    st = path.stat()
+    created = datetime.fromtimestamp(st.st_mtime, timezone.utc).replace(tzinfo=None)
+    return {"name": path.name, "size": st.st_size,
+            "creation_time": created.isoformat(timespec="seconds")}
 
 
 def register(app: FastAPI, ctx: ServerContext) -> None:
@@ -25,21 +48,47 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     async def create_snapshot(name: str):
         t = time.perf_counter()
         path = await run(database().get_collection(name).snapshot, snapshot_dir(name))
-        return ok({"name": path.name, "size": path.stat().st_size}, t)
+        return ok(describe(path), t)
 
     @app.get("/collections/{name}/snapshots", tags=TAGS)
     async def list_snapshots(name: str):
         t = time.perf_counter()
         d = snapshot_dir(name)
         snaps = sorted(d.glob("*.tar")) if d.exists() else []
-        return ok([{"name": p.name, "size": p.stat().st_size} for p in snaps], t)
+        return ok([describe(p) for p in snaps], t)
 
-    @app.get("/collections/{name}/snapshots/{snapshot}", tags=TAGS)
-    async def download_snapshot(name: str, snapshot: str):
+    def snapshot_file(name: str, snapshot: str) -> Path:
         path = snapshot_dir(name) / snapshot
         if "/" in snapshot or snapshot.startswith(".") or not path.is_file():
             raise NotFound(f"snapshot {snapshot!r} of collection {name!r} does not exist")
-        return FileResponse(path, media_type="application/x-tar", filename=snapshot)
+        return path
+
+    @app.get("/collections/{name}/snapshots/{snapshot}", tags=TAGS)
+    async def download_snapshot(name: str, snapshot: str):
+        return FileResponse(snapshot_file(name, snapshot), media_type="application/x-tar",
+                            filename=snapshot)
+
+    @app.delete("/collections/{name}/snapshots/{snapshot}", tags=TAGS)
+    async def delete_snapshot(name: str, snapshot: str):
+        t = time.perf_counter()
+        snapshot_file(name, snapshot).unlink()
+        return ok(True, t)
+
+    @app.put("/collections/{name}/snapshots/recover", tags=TAGS,
+             openapi_extra=body_doc(RecoverSnapshot))
+    async def recover_snapshot(name: str, request: Request):
+        """Create collection ``name`` from a snapshot this server holds (``file://`` its
+        path under the snapshot directory); answers ``true``."""
+        t = time.perf_counter()
+        body = await parse(request, RecoverSnapshot)
+        root = (database().path / "snapshots").resolve()
+        url = urlparse(body.location)
+        path = Path(unquote(url.path)).resolve() if url.scheme == "file" else None
+        if path is None or not path.is_relative_to(root) or not path.is_file():
+            raise InvalidArgument(f"location: expected file:// and a snapshot under {root} (this "
+                                  f"server's snapshots; send others to .../snapshots/upload)")
+        await run(database().restore_snapshot, path, name)
+        return ok(True, t)
 
     @app.post("/collections/{name}/snapshots/upload", tags=TAGS,
               openapi_extra={"requestBody": {"required": True, "content": {
