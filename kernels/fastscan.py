@@ -24,13 +24,17 @@ from numba.extending import intrinsic
 from . import INLINE, JIT
 from .bitset import bitset_test
 from .pq import _list_bias, _table, nearest_probes
-from .topk import heap_push, heap_sorted
+from .topk import heap_sorted, select_smallest
 
 BLOCK = 32
 """Rows per block: one AVX2 register of bytes."""
 SUM_LIMIT = 32767
 """Sums stay below this (signed 16-bit compares), so a table entry is at most
 ``min(255, (SUM_LIMIT - 1) // m)``."""
+
+RESERVOIR = 2
+"""Candidates are collected in a buffer of this many times k (refilled by a selection when
+full) rather than a heap: a push per candidate costs more than the scan of its block."""
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _V32I8, _V16I8, _V32I16 = ir.VectorType(_I8, 32), ir.VectorType(_I8, 16), ir.VectorType(_I16, 32)
@@ -149,20 +153,20 @@ def quantize_tables(lutf, lut8) -> tuple:
 
 
 @njit(**INLINE)
-def _scan_list(lut8, shift, inv_a, blocks, b0, a, e, slot_pos, words, filtered, acc, hd, hi,
-               size) -> int:
+def _scan_list(lut8, shift, inv_a, blocks, b0, a, e, slot_pos, words, filtered, acc, rd, ri,
+               count, thr, k) -> tuple:
     """Rows in slots [a, e) of a list whose blocks start at block ``b0``; a row's distance is
-    ``shift + acc * inv_a``."""
-    k = hd.shape[0]
+    ``shift + acc * inv_a``. Rows below ``thr`` are appended to the reservoir (rd, ri); when
+    it is full the best k are kept and ``thr`` drops to the worst of them. Returns the new
+    (count, thr)."""
     stride = lut8.shape[0]  # bytes of one block: BLOCK per pair
+    cap = rd.shape[0]
     s = a
     blk = b0
     while s < e:
-        thr = SUM_LIMIT
-        if size == k:
-            t = (hd[0] - shift) / inv_a
-            thr = 0 if t <= 0 else (SUM_LIMIT if t >= SUM_LIMIT else np.int64(np.ceil(t)))
-        mask = block_below(blocks, np.int64(blk * stride), lut8, np.int64(thr), acc)
+        t = (thr - shift) / inv_a
+        limit = 0 if t <= 0 else (SUM_LIMIT if t >= SUM_LIMIT else np.int64(np.ceil(t)))
+        mask = block_below(blocks, np.int64(blk * stride), lut8, np.int64(limit), acc)
         rows = min(BLOCK, e - s)
         if rows < BLOCK:
             mask &= (np.int64(1) << rows) - 1
@@ -170,20 +174,26 @@ def _scan_list(lut8, shift, inv_a, blocks, b0, a, e, slot_pos, words, filtered, 
             r = np.int64(trailing_zeros(mask))
             mask &= mask - 1
             d = shift + np.float32(acc[r]) * inv_a
-            if size < k or d < hd[0]:
+            if d < thr:
                 p = slot_pos[s + r]
                 if filtered and not bitset_test(words, p):
                     continue
-                size = heap_push(hd, hi, size, d, p)
+                rd[count] = d
+                ri[count] = p
+                count += 1
+                if count == cap:
+                    thr = select_smallest(rd, ri, count, k)
+                    count = k
         s += BLOCK
         blk += 1
-    return size
+    return count, thr
 
 
 @njit(**INLINE)
 def _search_query(q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, block_off,
-                  offsets, slot_pos, words, filtered, lutf, lut0, lut8, acc, hd, hi) -> int:
-    """Top-k of one query over its probed lists, into the heap (hd, hi); returns its size."""
+                  offsets, slot_pos, words, filtered, lutf, lut0, lut8, acc, rd, ri, k,
+                  out_d, out_i) -> None:
+    """Top-k of one query over its probed lists, sorted into (out_d, out_i)."""
     _table(q, books_t, scale, lut0)
     qnorm = np.float32(0.0)
     for t in range(q.shape[0]):
@@ -191,7 +201,8 @@ def _search_query(q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, bl
     summin, inv_a = np.float32(0.0), np.float32(1.0)
     if not l2:
         summin, inv_a = quantize_tables(lut0, lut8)
-    size = 0
+    count = 0
+    thr = np.float32(np.inf)
     for t in range(probes.shape[0]):
         lst = probes[t]
         if lst < 0:
@@ -202,9 +213,13 @@ def _search_query(q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, bl
                 lutf[i] = lut0[i] + tab[i]
             summin, inv_a = quantize_tables(lutf, lut8)
         bias = _list_bias(q, qnorm, bases, cnorms, lst, l2)
-        size = _scan_list(lut8, bias + summin, inv_a, blocks, block_off[lst], offsets[lst],
-                          offsets[lst + 1], slot_pos, words, filtered, acc, hd, hi, size)
-    return size
+        count, thr = _scan_list(lut8, bias + summin, inv_a, blocks, block_off[lst],
+                                offsets[lst], offsets[lst + 1], slot_pos, words, filtered, acc,
+                                rd, ri, count, thr, k)
+    if count > k:
+        select_smallest(rd, ri, count, k)
+        count = k
+    heap_sorted(rd, ri, count, out_d, out_i)
 
 
 @njit(**JIT)
@@ -218,30 +233,24 @@ def search_chunk(Q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, blo
     lut0 = np.empty(w, np.float32)
     lut8 = np.empty(w, np.uint8)
     acc = np.empty(BLOCK, np.uint16)
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
+    rd = np.empty(RESERVOIR * k, np.float32)
+    ri = np.empty(RESERVOIR * k, np.int64)
     for q in range(first, Q.shape[0], step):
-        size = _search_query(Q[q], books_t, scale, probes[q], bases, cnorms, tabs, l2,
-                             blocks, block_off, offsets, slot_pos, words, filtered, lutf, lut0,
-                             lut8, acc, hd, hi)
-        heap_sorted(hd, hi, size, out_d[q], out_i[q])
+        _search_query(Q[q], books_t, scale, probes[q], bases, cnorms, tabs, l2, blocks,
+                      block_off, offsets, slot_pos, words, filtered, lutf, lut0, lut8, acc, rd,
+                      ri, k, out_d[q], out_i[q])
 
 
 @njit(**JIT)
 def search_one(q, books_t, scale, centroids, bases, cnorms, nprobe, tabs, l2, blocks, block_off,
-               offsets, slot_pos, words, filtered, out_d, out_i) -> int:
+               offsets, slot_pos, words, filtered, out_d, out_i) -> None:
     """One query over its ``nprobe`` nearest lists (chosen here by ``centroids``; ``bases``
-    give their biases); returns the results found."""
+    give their biases)."""
     probes = nearest_probes(q, centroids, cnorms, l2, nprobe)
     w = books_t.shape[0] * books_t.shape[2]
-    lutf = np.empty(w, np.float32)
-    lut0 = np.empty(w, np.float32)
-    lut8 = np.empty(w, np.uint8)
-    acc = np.empty(BLOCK, np.uint16)
     k = out_d.shape[0]
-    hd = np.empty(k, np.float32)
-    hi = np.empty(k, np.int64)
-    size = _search_query(q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, block_off,
-                         offsets, slot_pos, words, filtered, lutf, lut0, lut8, acc, hd, hi)
-    heap_sorted(hd, hi, size, out_d, out_i)
-    return size
+    _search_query(q, books_t, scale, probes, bases, cnorms, tabs, l2, blocks, block_off, offsets,
+                  slot_pos, words, filtered, np.empty(w, np.float32), np.empty(w, np.float32),
+                  np.empty(w, np.uint8), np.empty(BLOCK, np.uint16),
+                  np.empty(RESERVOIR * k, np.float32), np.empty(RESERVOIR * k, np.int64), k,
+                  out_d, out_i)

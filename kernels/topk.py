@@ -76,6 +76,41 @@ def _sift_pairs(d: np.ndarray, i: np.ndarray, size: int, pos: int) -> None:
     i[pos] = iv
 
 
+@njit(**INLINE)
+def select_smallest(d: np.ndarray, i: np.ndarray, size: int, k: int) -> float:
+    """Reorder d[:size] in place, carrying i, so that d[:k] hold its k smallest (in no order);
+    returns the largest of those. Quickselect: what a reservoir of candidates costs per
+    refill, instead of a heap operation per candidate."""
+    lo, hi = 0, size - 1
+    want = k - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        a, b, c = d[lo], d[mid], d[hi]
+        pivot = max(min(a, b), min(max(a, b), c))  # median of three
+        s, e = lo, hi
+        while s <= e:
+            while d[s] < pivot:
+                s += 1
+            while d[e] > pivot:
+                e -= 1
+            if s <= e:
+                dv, iv = d[s], i[s]
+                d[s], i[s] = d[e], i[e]
+                d[e], i[e] = dv, iv
+                s += 1
+                e -= 1
+        if want <= e:
+            hi = e
+        elif want >= s:
+            lo = s
+        else:
+            break
+    top = d[0]
+    for t in range(1, k):
+        top = max(top, d[t])
+    return top
+
+
 @njit(**JIT)
 def sort_pairs(d: np.ndarray, i: np.ndarray, size: int) -> None:
     """Sort d[:size] ascending in place, carrying i along (ties by smaller id). A heapsort:

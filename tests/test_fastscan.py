@@ -153,3 +153,17 @@ def test_fast_scan_save_load_add_and_memory(tmp_path: Path, data):
 def test_fast_scan_bad_specs(spec, match):
     with pytest.raises(InvalidArgument, match=match):
         quiver.index(spec, 30 if "15" in spec else 32)
+
+
+def test_select_smallest_keeps_the_k_smallest():
+    from quiver.kernels.topk import select_smallest
+
+    rng = np.random.default_rng(4)
+    for size, k in ((1, 1), (50, 1), (50, 50), (400, 100), (400, 7)):
+        d = rng.integers(0, 30, size).astype(np.float32)  # many ties
+        i = np.arange(size, dtype=np.int64)
+        dd, ii = d.copy(), i.copy()
+        top = select_smallest(dd, ii, size, k)
+        np.testing.assert_array_equal(np.sort(dd[:k]), np.sort(d)[:k])
+        np.testing.assert_array_equal(d[ii], dd)  # ids carried along
+        assert top == np.sort(d)[k - 1]
