@@ -4,8 +4,10 @@ segment into a ``Bitset`` of allowed positions.
 ``{"must": [...], "should": [...], "must_not": [...]}``: must = all hold, should = at least
 one holds (when non-empty), must_not = none holds. Conditions: ``{"key": k, "match": {"value":
 v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|"gte"|"lt"|
-"lte": number or ISO-8601 string}}``, ``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``,
-``{"is_null": {"key": k}}`` and nested filters. Field semantics (dotted paths, arrays match if
+"lte": number or ISO-8601 string}}``, ``{"key": k, "match": {"text": s}}`` (a string value
+containing s), ``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}``
+and nested filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
+(at least m of them hold). Field semantics (dotted paths, arrays match if
 any element does, strict JSON types) are described in ``payload``.
 
 Three evaluators share one meaning: ``compile`` (vectorised, uses payload indexes),
@@ -36,9 +38,10 @@ from .payload import (
 )
 
 _CLAUSES = ("must", "should", "must_not")
+_KEYS = (*_CLAUSES, "min_should")
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 _UNSUPPORTED = {"geo_bounding_box", "geo_radius", "geo_polygon", "values_count", "nested",
-                "min_should", "text", "phrase", "text_any"}
+                "phrase", "text_any"}
 
 
 # ---------------------------------------------------------------- tree
@@ -54,6 +57,21 @@ class Filter:
 class Match:
     key: str
     value: str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class MatchText:
+    """A string value containing ``text`` (Qdrant's match text on a field without a
+    full-text index)."""
+    key: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MinShould:
+    """At least ``min_count`` of ``conditions`` hold (parsed into the ``must`` clause)."""
+    conditions: tuple[Condition, ...]
+    min_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +126,8 @@ class IsNull:
     key: str
 
 
-Condition = Filter | Match | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
+Condition = (Filter | Match | MatchText | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
+             | MinShould)
 IdLookup = Callable[["HasId"], np.ndarray]
 """Positions, in one segment, of the points a ``has_id`` condition lists (ids the segment
 does not hold are left out); see ``id_lookup_from_ids``."""
@@ -154,8 +173,9 @@ def parse_filter(obj: Any, path: str = "filter") -> Filter:
         raise InvalidArgument(f"{path}: expected an object with must/should/must_not, "
                               f"got {_tname(obj)}")
     for k in obj:
-        if k not in _CLAUSES:
-            raise InvalidArgument(f"{path}: unknown clause {k!r} (expected must, should, must_not)")
+        if k not in _KEYS:
+            raise InvalidArgument(f"{path}: unknown clause {k!r} (expected must, should, must_not, "
+                                  f"min_should)")
     clauses = {}
     for name in _CLAUSES:
         v = obj.get(name)
@@ -166,7 +186,21 @@ def parse_filter(obj: Any, path: str = "filter") -> Filter:
         elif not isinstance(v, (list, tuple)):
             raise InvalidArgument(f"{path}.{name}: expected a list of conditions, got {_tname(v)}")
         clauses[name] = tuple(_condition(c, f"{path}.{name}[{i}]") for i, c in enumerate(v))
+    if obj.get("min_should") is not None:
+        clauses["must"] += (_min_should(obj["min_should"], f"{path}.min_should"),)
     return Filter(**clauses)
+
+
+def _min_should(v: Any, path: str) -> MinShould:
+    if not isinstance(v, dict) or set(v) != {"conditions", "min_count"}:
+        raise InvalidArgument(f"{path}: expected {{\"conditions\": [...], \"min_count\": n}}")
+    conds, n = v["conditions"], _as_int(v["min_count"])
+    if not isinstance(conds, (list, tuple)):
+        raise InvalidArgument(f"{path}.conditions: expected a list of conditions, got {_tname(conds)}")
+    if n is None or n < 0:
+        raise InvalidArgument(f"{path}.min_count: expected a non-negative integer, got "
+                              f"{v['min_count']!r}")
+    return MinShould(tuple(_condition(c, f"{path}.conditions[{i}]") for i, c in enumerate(conds)), n)
 
 
 def _key(c: dict, path: str) -> str:
@@ -199,7 +233,7 @@ def _condition(c: Any, path: str) -> Condition:
         if op in _UNSUPPORTED:
             raise InvalidArgument(f"{path}.{op}: not supported")
         raise InvalidArgument(f"{path}: unknown condition key {op!r}")
-    if keys <= set(_CLAUSES):  # a nested filter; {} matches everything, as at the top
+    if keys <= set(_KEYS):  # a nested filter; {} matches everything, as at the top
         return parse_filter(c, path)
     if len(keys) != 1:
         raise InvalidArgument(f"{path}: expected one condition per object, got "
@@ -240,11 +274,15 @@ def _match(m: Any, key: str, path: str) -> Condition:
     if not isinstance(m, dict):
         raise InvalidArgument(f"{path}: expected an object like {{\"value\": ...}}, got {_tname(m)}")
     if len(m) != 1:
-        raise InvalidArgument(f"{path}: expected exactly one of value, any, except; "
+        raise InvalidArgument(f"{path}: expected exactly one of value, any, except, text; "
                               f"got {', '.join(map(str, m)) or 'nothing'}")
     (op, v), = m.items()
     if op == "value":
         return Match(key, _match_scalar(v, f"{path}.value", True))
+    if op == "text":
+        if not isinstance(v, str):
+            raise InvalidArgument(f"{path}.text: expected a string, got {_tname(v)}")
+        return MatchText(key, v)
     if op in ("any", "except"):
         if not isinstance(v, (list, tuple)):
             raise InvalidArgument(f"{path}.{op}: expected a list, got {_tname(v)}")
@@ -353,6 +391,8 @@ def _ref(c: Condition, p: dict, pid) -> bool:
                 and not any(_ref(x, p, pid) for x in c.must_not))
     if isinstance(c, HasId):
         return pid in c.ids
+    if isinstance(c, MinShould):
+        return sum(_ref(x, p, pid) for x in c.conditions) >= c.min_count
     path = split_key(c.key)
     if isinstance(c, IsNull):
         return any(v is None for v in raw_values(p, path))
@@ -360,6 +400,8 @@ def _ref(c: Condition, p: dict, pid) -> bool:
         return next(elements(p, path), None) is None
     if isinstance(c, Match):
         return any(type(e) is type(c.value) and e == c.value for e in elements(p, path))
+    if isinstance(c, MatchText):
+        return any(type(e) is str and c.text in e for e in elements(p, path))
     if isinstance(c, MatchAny):
         return any((type(e) is str and e in c.strs) or (type(e) is int and e in c.ints)
                    for e in elements(p, path))
@@ -461,8 +503,17 @@ class _Compiler:
             return ~self.mask(store.column(c.key).present())
         if isinstance(c, IsNull):
             return self.mask(store.column(c.key).typed("null")[0])
+        if isinstance(c, MinShould):
+            held = np.zeros(self.n, np.int64)
+            for x in c.conditions:
+                held += self.cond(x)
+            return held >= c.min_count
         if isinstance(c, Match):
             return self.mask(self._eq(c.key, c.value))
+        if isinstance(c, MatchText):
+            pos, vals = store.column(c.key).typed("str")
+            hit = np.fromiter((c.text in v for v in vals.tolist()), bool, len(vals))
+            return self.mask(pos[hit])
         if isinstance(c, MatchAny):
             parts = [self._isin(c.key, c.strs, "keyword", "str"),
                      self._isin(c.key, c.ints, "integer", "int")]

@@ -235,6 +235,17 @@ def test_query(client, http, docs):
     hits = client.query_points("docs", query=q.tolist(), query_filter=empty, limit=N).points
     assert {h.id for h in hits} == {i for i in range(30) if i % 2 == 0 and i % 3 != 0}
 
+    # min_should (at least 2 of 3) and match text (a substring, as Qdrant without a text index)
+    two = m.Filter(min_should=m.MinShould(min_count=2, conditions=[
+        m.FieldCondition(key="color", match=m.MatchText(text="re")),  # red, green
+        m.FieldCondition(key="n", range=m.Range(lt=10)),
+        m.IsEmptyCondition(is_empty=m.PayloadField(key="tags"))]), must=[
+        m.FieldCondition(key="n", range=m.Range(lt=30))])
+    want2 = {i for i in range(30) if (i % 3 != 2) + (i < 10) + (i % 2 == 0) >= 2}
+    assert {h.id for h in client.query_points("docs", query=q.tolist(), query_filter=two,
+                                              limit=N).points} == want2
+    assert client.count("docs", count_filter=two).count == len(want2)
+
     # by point id: its stored vector, the point itself left out
     by_id = client.query_points("docs", query=7, limit=3, search_params=exact).points
     want7, _ = cosine_top(x, x[7], 4)
