@@ -420,6 +420,43 @@ def test_snapshots(client, server, docs):
     client.delete_collection("docs-copy")
 
 
+def test_langchain_vector_store(server):
+    """langchain-qdrant's QdrantVectorStore, unchanged: add texts with metadata, search with
+    a filter on it (a dotted payload path), delete."""
+    pytest.importorskip("langchain_qdrant")
+    from langchain_core.embeddings import Embeddings
+    from langchain_qdrant import QdrantVectorStore
+
+    class WordHash(Embeddings):
+        """Deterministic: each word adds one to a hashed coordinate."""
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return [self.embed_query(t) for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            v = np.zeros(16)
+            for w in text.lower().split():
+                v[sum(map(ord, w)) % 16] += 1.0
+            return (v + 0.01).tolist()
+
+    texts = ["the cat sat on the mat", "dogs chase cats", "a quick brown fox",
+             "le chat est sur le tapis", "the dog sleeps"]
+    langs = ["en", "en", "en", "fr", "en"]
+    with pytest.warns(UserWarning, match="insecure"):
+        store = QdrantVectorStore.from_texts(
+            texts, WordHash(), metadatas=[{"lang": g, "i": i} for i, g in enumerate(langs)],
+            url=server.url, api_key=KEY, collection_name="lc", timeout=300)
+    hits = store.similarity_search("the cat sat on the mat", k=2)
+    assert hits[0].page_content == texts[0] and hits[0].metadata["lang"] == "en"
+    fr = m.Filter(must=[m.FieldCondition(key="metadata.lang", match=m.MatchValue(value="fr"))])
+    hits = store.similarity_search_with_score("the cat", k=3, filter=fr)
+    assert [(d.page_content, d.metadata["i"]) for d, _ in hits] == [(texts[3], 3)]
+    ids = [d.metadata["_id"] for d in store.similarity_search("dog", k=5)]
+    assert len(ids) == 5
+    store.delete(ids[:2])
+    assert len(store.similarity_search("dog", k=5)) == 3
+
+
 def test_aliases_persist_embedded(tmp_path):
     """The engine side of aliases: saved atomically, reopened, dropped with their collection."""
     from quiver.engine.errors import AlreadyExists, InvalidArgument

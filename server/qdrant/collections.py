@@ -60,10 +60,16 @@ def create_kwargs(body: q.QdrantCreateCollection) -> dict[str, Any]:
     """``Database.create_collection`` keyword arguments for a Qdrant ``CreateCollection``."""
     if body.sparse_vectors:
         raise InvalidArgument("sparse_vectors: sparse vectors are not supported")
-    single = isinstance(body.vectors, q.QdrantVectorParams)
-    fields = {DEFAULT_FIELD: body.vectors} if single else body.vectors
+    vectors = body.vectors
+    if isinstance(vectors, dict) and list(vectors) == [DEFAULT_FIELD]:
+        vectors = vectors[DEFAULT_FIELD]  # {"": {...}}: Qdrant's name for the unnamed vector
+    single = isinstance(vectors, q.QdrantVectorParams)
+    fields = {DEFAULT_FIELD: vectors} if single else vectors
     if not fields:
         raise InvalidArgument("vectors: give at least one vector field")
+    if not single and DEFAULT_FIELD in fields:
+        raise InvalidArgument("vectors: the unnamed vector (\"\") and named ones in one "
+                              "collection are not supported; name every field")
     specs = {n: _field(v, body.hnsw_config, body.quantization_config,
                        "vectors." if single else f"vectors.{n}.") for n, v in fields.items()}
     # each field's own ef_construct, else the collection's: Quiver has one per collection
