@@ -189,6 +189,14 @@ class ScrollRequest(_Strict):
     offset: PointId | None = Field(None, description="Cursor: the next_page_offset of a previous page.")
     with_payload: PayloadSelector = True
     with_vector: VectorSelector = False
+    order_by: Any = Field(None, description="Not supported: pages come in id order.")
+
+    @model_validator(mode="after")
+    def _no_order(self) -> ScrollRequest:
+        if self.order_by is not None:
+            raise ValueError("order_by: not supported; scroll returns points in id order "
+                             "(integers, then UUIDs)")
+        return self
 
 
 class CountRequest(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -134,6 +135,9 @@ def test_service_and_collections(client, http, server):
     with raises(404, "nope"):
         client.get_collection("nope")
     assert not client.collection_exists("man")
+    assert client.update_collection("docs", optimizers_config=m.OptimizersConfigDiff(indexing_threshold=0))
+    with raises(400, "alias"):
+        client.update_collection("docs", hnsw_config=m.HnswConfigDiff(m=32))
     assert client.delete_collection("ext") and not client.collection_exists("ext")
 
 
@@ -181,6 +185,8 @@ def test_points(client, docs):
     red, _ = client.scroll("docs", scroll_filter=m.Filter(must=[m.FieldCondition(
         key="color", match=m.MatchValue(value="red"))]), limit=100)
     assert [p.id for p in red] == [i for i in range(36) if i % 3 == 0] + [UUIDS[0], UUIDS[3]]
+    with raises(422, "order_by"):
+        client.scroll("docs", order_by="n")
 
     # payload edits, by ids and by filter (on points 30-33, which the query filters leave out)
     client.set_payload("docs", payload={"extra": 1}, points=[30, 31])
@@ -365,6 +371,12 @@ def test_named_vectors_euclid_and_deletes(client, http):
     assert [r.status for r in done] == [m.UpdateStatus.COMPLETED] * 3
     assert sorted(p.id for p in client.scroll("media", limit=20)[0]) == [2, 3, 4, 5, 6, 20]
     assert client.retrieve("media", ids=[20])[0].payload == {"i": 20, "b": 1}
+
+    # datetime ranges (the client sends ISO-8601 strings)
+    client.set_payload("media", payload={"ts": "2024-03-01T10:00:00Z"}, points=[2, 3])
+    client.set_payload("media", payload={"ts": "2023-06-01T00:00:00+02:00"}, points=[4])
+    recent = m.Filter(must=[m.FieldCondition(key="ts", range=m.DatetimeRange(gte=datetime(2024, 1, 1)))])
+    assert sorted(p.id for p in client.scroll("media", scroll_filter=recent)[0]) == [2, 3]
 
 
 def test_aliases(client, docs):

@@ -97,6 +97,25 @@ class QdrantCreateCollection(_Strict):
     fsync: Literal["batch", "always", "never"] = "batch"
 
 
+class UpdateCollection(_Strict):
+    """``PATCH /collections/{name}``: optimizer and replication settings are accepted and
+    left to Quiver's engine, as at creation; changing the vectors' index (``vectors``,
+    ``hnsw_config``, ``quantization_config``) would rebuild it and is refused (build a new
+    collection and swap an alias to it)."""
+
+    optimizers_config: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    vectors: dict[str, Any] | None = None
+    hnsw_config: dict[str, Any] | None = None
+    quantization_config: dict[str, Any] | str | None = None
+
+    def check(self) -> None:
+        for key in ("vectors", "hnsw_config", "quantization_config"):
+            if getattr(self, key):
+                raise ValueError(f"{key}: changing the index of an existing collection is not "
+                                 f"supported; create a new collection and point an alias at it")
+
+
 class QuantizationSearchParams(_Strict):
     ignore: StrictBool = False
     rescore: StrictBool | None = None

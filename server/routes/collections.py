@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 
 from ...engine.collection import Collection
+from ...engine.errors import InvalidArgument
 from .. import schemas as s
 from ..context import ServerContext, body_doc, ok, parse
 from ..qdrant import collections as qc
@@ -37,6 +38,19 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                         vectors=vectors, ef_construction=body.ef_construction,
                         segment_size=body.segment_size, fsync=body.fsync)
         return ok(col.info(), t)
+
+    @app.patch("/collections/{name}", tags=TAGS, openapi_extra=body_doc(q.UpdateCollection))
+    async def update_collection(name: str, request: Request):
+        """Qdrant's collection update: settings Quiver's engine leaves to itself are
+        accepted; index changes are a 400."""
+        t = time.perf_counter()
+        body = await parse(request, q.UpdateCollection)
+        database().get_collection(name)  # 404 for an unknown one
+        try:
+            body.check()
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return ok(True, t)
 
     @app.get("/collections", tags=TAGS)
     async def list_collections():
