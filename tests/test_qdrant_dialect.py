@@ -345,6 +345,20 @@ def test_named_vectors_euclid_and_deletes(client, http):
         "params": {"exact": True}}).json()["result"]
     assert legacy[0]["id"] == int(np.argmax(t @ t[5]))
 
+    # hybrid: one prefetch per field, fused (no top-level `using` needed)
+    exact = m.SearchParams(exact=True)
+    by_text = np.argsort(-(t @ t[2]), kind="stable")[:4].tolist()
+    by_image = (np.argsort(((im[::2] - im[2]) ** 2).sum(1), kind="stable")[:4] * 2).tolist()
+    rrf = {}
+    for ranking in (by_text, by_image):
+        for r, i in enumerate(ranking, 1):
+            rrf[i] = rrf.get(i, 0) + 1 / (60 + r)
+    fused = client.query_points("media", prefetch=[
+        m.Prefetch(query=t[2].tolist(), using="text", limit=4, params=exact),
+        m.Prefetch(query=im[2].tolist(), using="image", limit=4, params=exact)],
+        query=m.FusionQuery(fusion=m.Fusion.RRF), limit=3).points
+    assert [h.id for h in fused] == sorted(rrf, key=lambda i: -rrf[i])[:3]
+
     client.delete("media", points_selector=m.PointIdsList(points=[0, 1]))
     client.delete("media", points_selector=m.FilterSelector(filter=m.Filter(must=[
         m.FieldCondition(key="i", range=m.Range(gte=8))])))

@@ -118,17 +118,17 @@ class Planner:
         p = req.params
         if p is not None and (p.ef or p.hnsw_ef) is not None:
             self.check_k(p.ef or p.hnsw_ef, "params.hnsw_ef")
-        is_l2 = self.col.vector_field(req.using).metric == "l2"
+        fusion = isinstance(req.query, (q.FusionQuery, q.RrfQuery))
+        # a fusion's scores are its own; otherwise the field searched decides
+        is_l2 = not fusion and self.col.vector_field(req.using).metric == "l2"
         threshold = req.score_threshold
         if is_l2 and threshold is not None:  # a distance bound: the engine compares squares
             threshold = math.copysign(threshold * threshold, threshold)
         names = req.with_vector if isinstance(req.with_vector, list) else None
         k = req.limit + req.offset
-        fusion = isinstance(req.query, (q.FusionQuery, q.RrfQuery))
         if req.prefetch is not None or fusion:
-            hits = self._node(req, None, k, req.score_threshold if fusion else threshold,
-                              req.with_payload, bool(req.with_vector))
-            return Query(None, {}, req.limit, req.offset, is_l2 and not fusion, names, hits)
+            hits = self._node(req, None, k, threshold, req.with_payload, bool(req.with_vector))
+            return Query(None, {}, req.limit, req.offset, is_l2, names, hits)
         if req.query is None:
             raise InvalidArgument("query: required (a vector, a point id, {\"nearest\": ...}, "
                                   "{\"recommend\": ...} or a fusion of prefetch searches)")

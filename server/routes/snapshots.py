@@ -83,7 +83,10 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         body = await parse(request, RecoverSnapshot)
         root = (database().path / "snapshots").resolve()
         url = urlparse(body.location)
-        path = Path(unquote(url.path)).resolve() if url.scheme == "file" else None
+        try:
+            path = Path(unquote(url.path)).resolve() if url.scheme == "file" else None
+        except (ValueError, OSError):  # a NUL byte, a loop of links: not a snapshot of ours
+            path = None
         if path is None or not path.is_relative_to(root) or not path.is_file():
             raise InvalidArgument(f"location: expected file:// and a snapshot under {root} (this "
                                   f"server's snapshots; send others to .../snapshots/upload)")
