@@ -23,12 +23,12 @@ from qdrant_client.http.exceptions import UnexpectedResponse  # noqa: E402
 
 DIM, N = 8, 40
 UUIDS = [str(uuid.UUID(int=0xABC0 + i)) for i in range(4)]
-KEY = "qdrant-dialect-key"
+KEY, RO_KEY = "qdrant-dialect-key", "qdrant-dialect-read-only"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "qdrant", api_keys=KEY)
+    yield from serve(tmp_path_factory, "qdrant", api_keys=KEY, read_only_keys=RO_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +424,16 @@ def test_auth_and_error_envelope(server):
     with raises(401, "api-key"):
         anon.get_collections()
     anon.close()
+    with pytest.warns(UserWarning, match="insecure"):
+        reader = QdrantClient(url=server.url, api_key=RO_KEY, timeout=30, check_compatibility=False)
+    assert reader.count("docs").count == N  # reads, queries included, take a read-only key
+    assert len(reader.query_points("docs", query=[1.0] * DIM, limit=2).points) == 2
+    with raises(403, "read-only"):
+        reader.upsert("docs", points=[m.PointStruct(id=1, vector=[1.0] * DIM)])
+    with raises(403, "read-only"):
+        reader.update_collection_aliases(change_aliases_operations=[
+            m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name="x"))])
+    reader.close()
     resp = httpx.post(f"{server.url}/collections/docs/points/query", headers={"api-key": KEY},
                       json={"query": [1.0] * DIM, "limit": "many"})
     assert resp.status_code == 422 and "limit" in resp.json()["status"]["error"]
