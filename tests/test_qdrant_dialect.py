@@ -120,6 +120,11 @@ def test_service_and_collections(client, http, server):
     ext = {"vectors": {"size": 4, "distance": "Dot", "index": "Flat,F16"}}
     assert http.put("/collections/ext", json=ext).json()["result"] is True
     assert client.get_collection("ext").config.params.vectors.datatype == m.Datatype.FLOAT16
+    # and collections made in Quiver's form read as Qdrant's (codecs Qdrant lacks: no quantization)
+    assert "dim" in http.put("/collections/lvq", json={"dim": DIM, "index": "HNSW32,LVQ8"}).json()["result"]
+    lvq = client.get_collection("lvq").config
+    assert lvq.params.vectors.hnsw_config.m == 32 and lvq.params.vectors.quantization_config is None
+    client.delete_collection("lvq")
 
     with raises(400, "Manhattan"):
         client.create_collection("man", vectors_config=m.VectorParams(size=4, distance=m.Distance.MANHATTAN))
