@@ -35,7 +35,8 @@ from .persist import load_arrays, read_metadata, save_arrays, write_metadata
 from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, unpack_fields
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
-from .segment import FieldSpec, Segment
+from .segment import FieldSpec, Segment, field_index
+from .tokens import TokenMatrices, as_token_matrices, normalize_tokens
 from .validation import as_vectors, check_dim, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
@@ -46,35 +47,44 @@ _SEG_DIR = re.compile(r"^seg-\d{6,}$")
 _MAX_RESERVED_ROWS = 1_000_000
 """Rows an appendable segment reserves up front (virtual memory until written)."""
 PAYLOAD_INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime")
-VECTOR_KINDS = ("dense",)
-"""Field kinds; "multi" (a ragged token matrix per point, for MUVERA) is the next one."""
+VECTOR_KINDS = ("dense", "multi")
+"""Field kinds: a dense vector per point, or a token matrix (multi-vector, MaxSim)."""
+MULTIVECTOR_COMPARATORS = ("max_sim",)
 
 
 @dataclass
 class VectorField:
     """One vector field: its dimension, metric and index spec. ``kind`` says what one
-    point holds in it (a dense vector; multi-vector fields will hold a token matrix)."""
+    point holds in it: a dense vector, or (``"multi"``) a matrix of token vectors scored by
+    MaxSim, whose ``index`` is the dense index over their MUVERA encodings (``fde``: its
+    ``FDEConfig`` keys) and whose tokens are kept as ``tokens`` (f16 or f32)."""
 
     dim: int
     metric: str = "cosine"
     index: str = "HNSW16,F32"
     kind: str = "dense"
+    fde: dict | None = None
+    tokens: str | None = None
 
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
-        """From a dict (``{"dim", "metric", "index"}``) or a VectorField; checks each value,
-        and builds the index once so a bad spec fails before anything is written. ``where``
-        prefixes messages (empty for the single-vector form, whose keys are top-level)."""
+        """From a dict (``{"dim", "metric", "index"}``, plus ``"multivector": "max_sim"`` and
+        optionally ``"fde"``, ``"tokens"`` for a multi-vector field) or a VectorField;
+        checks each value, and builds the index once so a bad spec fails before anything is
+        written. ``where`` prefixes messages (empty for the single-vector form, whose keys
+        are top-level)."""
         pre = f"{where}." if where else ""
         if isinstance(value, VectorField):
-            value = dict(value.__dict__)
+            value = {k: v for k, v in value.__dict__.items() if v is not None}
         if not isinstance(value, dict):
             raise InvalidArgument(f"{where}: expected {{'dim', 'metric', 'index'}}, got "
                                   f"{type(value).__name__}")
-        unknown = sorted(set(value) - {"dim", "metric", "index", "kind"})
+        value = dict(value)
+        known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens"}
+        unknown = sorted(set(value) - known)
         if unknown:
-            raise InvalidArgument(f"{where}: unknown key(s) {unknown}; known: dim, metric, "
-                                  f"index, kind")
+            raise InvalidArgument(f"{where or 'collection'}: unknown key(s) {unknown}; known: "
+                                  f"{', '.join(sorted(known))}")
         if "dim" not in value:
             raise InvalidArgument(f"{pre}dim: required")
         try:
@@ -82,17 +92,36 @@ class VectorField:
             metric = Metric.parse(value.get("metric", "cosine")).value
         except InvalidArgument as exc:
             raise InvalidArgument(f"{pre}{exc}") from None
-        kind = value.get("kind", "dense")
+        comparator = value.pop("multivector", None)
+        if comparator is not None and comparator not in MULTIVECTOR_COMPARATORS:
+            raise InvalidArgument(f"{pre}multivector: {comparator!r}; comparators: "
+                                  f"{', '.join(MULTIVECTOR_COMPARATORS)}")
+        kind = value.get("kind", "multi" if comparator else "dense")
         if kind not in VECTOR_KINDS:
             raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")
+        if kind == "dense":
+            for key in ("fde", "tokens"):
+                if value.get(key) is not None:
+                    raise InvalidArgument(f"{pre}{key}: only for multi-vector fields "
+                                          f"(multivector: 'max_sim')")
+            try:
+                make_index(spec, dim, metric)
+            except InvalidArgument as exc:
+                if not where:
+                    raise
+                raise InvalidArgument(f"{pre}index: {exc}") from None
+            return cls(dim, metric, spec, kind)
+        if metric == "l2":
+            raise InvalidArgument(f"{pre}metric: multi-vector (MaxSim) fields score by inner "
+                                  f"product; use 'cosine' or 'ip'")
+        fde, tokens = value.get("fde"), value.get("tokens") or "f16"
+        spec_ = FieldSpec(dim, "ip", spec, kind, {"fde": fde, "tokens": tokens})
         try:
-            make_index(spec, dim, metric)
+            field_index(spec_)
         except InvalidArgument as exc:
-            if not where:
-                raise
-            raise InvalidArgument(f"{pre}index: {exc}") from None
-        return cls(dim, metric, spec, kind)
+            raise InvalidArgument(f"{pre}{exc}") from None
+        return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens)
 
 
 @dataclass
@@ -109,8 +138,9 @@ class CollectionConfig:
 
     def save(self, path: Path) -> None:
         """Checksummed and atomic (``persist.write_metadata``)."""
-        write_metadata(path, {**self.__dict__, "vectors": {n: dict(f.__dict__)
-                                                           for n, f in self.vectors.items()}})
+        write_metadata(path, {**self.__dict__, "vectors": {
+            n: {k: v for k, v in f.__dict__.items() if v is not None}
+            for n, f in self.vectors.items()}})
 
     @classmethod
     def load(cls, path: Path) -> CollectionConfig:
@@ -310,6 +340,8 @@ class Collection:
             # IVF: a segment with too few rows for its nlist trains fewer lists (see IVFIndex)
             options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
                        else {"adapt_nlist": True} if family == "IVF" else {})
+            if f.kind == "multi":
+                options = {"fde": f.fde, "tokens": f.tokens, **options}
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
                                   options, self._learn_queries(name))
         return out
@@ -335,6 +367,9 @@ class Collection:
         segments seal. Replaces an earlier sample; returns how many were kept."""
         self._check_writable()
         name = self._field(using)
+        if self.fields[name].kind == "multi":
+            raise InvalidArgument(f"using: {name!r} is a multi-vector field; its MUVERA "
+                                  f"encodings learn nothing from queries")
         q = as_vectors(queries, self.fields[name].dim, "queries")
         if self._metrics[name] is Metric.COSINE:
             q = normalize_rows(q)
@@ -347,7 +382,8 @@ class Collection:
 
     def _new_appendable(self) -> Segment:
         seg = Segment.appendable(self._next_segment,
-                                 {n: (f.dim, self._metrics[n].kernel_metric)
+                                 {n: FieldSpec(f.dim, self._metrics[n].kernel_metric, f.index,
+                                               f.kind, {"fde": f.fde, "tokens": f.tokens})
                                   for n, f in self.fields.items()},
                                  min(self.config.segment_size, _MAX_RESERVED_ROWS))
         self._next_segment += 1
@@ -410,12 +446,17 @@ class Collection:
             value, rows = field_rows(value, n, where)
             dim = self.fields[name].dim
             m = n if rows is None else rows.shape[0]
-            x = as_vectors(value, dim, where) if m else np.zeros((0, dim), np.float32)
+            multi = self.fields[name].kind == "multi"
+            if multi:
+                x = as_token_matrices(value, dim, where)
+            else:
+                x = as_vectors(value, dim, where) if m else np.zeros((0, dim), np.float32)
             if x.shape[0] != m:
-                raise InvalidArgument(f"{where}: got {x.shape[0]} vectors for {m} "
+                raise InvalidArgument(f"{where}: got {x.shape[0]} "
+                                      f"{'token matrices' if multi else 'vectors'} for {m} "
                                       f"{'ids' if rows is None else 'rows'}")
             if self._metrics[name] is Metric.COSINE:
-                x = normalize_rows(x)
+                x = normalize_tokens(x) if multi else normalize_rows(x)
             out[name] = (x, rows)
         if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
             raise InvalidArgument("vectors: required")
@@ -539,16 +580,20 @@ class Collection:
             by_seg.setdefault(id(seg), (seg, []))[1].append(j)
         out: FieldBatch = {}
         for name, f in self.fields.items():
-            vecs = np.empty((len(locs), f.dim), np.float32)
-            has = np.zeros(len(locs), bool)
+            parts, order = [], []
             for seg, js in by_seg.values():
                 x, present = seg.vectors(np.array([locs[j][1] for j in js]), name)
-                sel = np.asarray(js)[present]
-                vecs[sel], has[sel] = x, True
-            if has.all():
-                out[name] = (vecs, None)
-            elif has.any():
-                out[name] = (vecs[has], np.flatnonzero(has))
+                parts.append(x)
+                order.append(np.asarray(js, np.int64)[present])
+            at = np.concatenate(order) if order else np.zeros(0, np.int64)
+            if not at.size:
+                continue
+            if f.kind == "multi":
+                vecs = TokenMatrices.concat(parts, f.dim)[np.argsort(at, kind="stable")]
+            else:
+                vecs = np.concatenate(parts)[np.argsort(at, kind="stable")]
+            has = np.sort(at)
+            out[name] = (vecs, None if has.shape[0] == len(locs) else has)
         return out
 
     def _targets(self, ids, flt: Filter | None) -> list:
@@ -653,10 +698,10 @@ class Collection:
     def _vector_of(self, seg: Segment, pos: int) -> list[float] | dict[str, list[float]]:
         """A point's stored vector: a list, or a dict by field name (fields it has)."""
         out = {}
-        for name in self.fields:
+        for name, f in self.fields.items():
             x, present = seg.vectors(np.array([pos]), name)
             if present[0]:
-                out[name] = x[0].tolist()
+                out[name] = x.doc(0).tolist() if f.kind == "multi" else x[0].tolist()
         return out if self.named else out[DEFAULT_FIELD]
 
     def get(self, ids, with_payload: bool | list | dict = True,
@@ -725,7 +770,7 @@ class Collection:
         ``score_threshold`` drops hits scoring worse than it (below it for ip/cosine, above it
         for l2). With ``explain``, returns ``(results, plan)`` where plan lists each segment's
         strategy, estimated and actual selectivity."""
-        single = _ndim(vector, "vector") == 1
+        single = self._single_query(vector, using)
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
         proj = payload_projection(with_payload)
@@ -745,10 +790,15 @@ class Collection:
                       using: str | None = None) -> SearchArrays:
         """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
         ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
-        nd = _ndim(queries, "queries")
-        if nd != 2:
-            raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row), got "
-                                  f"{nd} dimension(s)")
+        if self.fields[self._field(using)].kind == "multi":
+            if self._single_query(queries, using):
+                raise InvalidArgument("queries: expected a list of token matrices (one per "
+                                      "query), got one matrix")
+        else:
+            nd = _ndim(queries, "queries")
+            if nd != 2:
+                raise InvalidArgument(f"queries: expected a 2-D matrix (one query per row), "
+                                      f"got {nd} dimension(s)")
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
         q, k, found, _, name = self._search_segments(queries, k, filter, params, False,
@@ -766,9 +816,15 @@ class Collection:
         p = SearchParams.parse(params)
         name = self._field(using)
         flt = parse_filter(filter) if filter is not None else None
-        q = as_vectors(vector, self.fields[name].dim, what)
-        if self._metrics[name] is Metric.COSINE:
-            q = normalize_rows(q)
+        if self.fields[name].kind == "multi":
+            one = self._single_query(vector, using)
+            q = as_token_matrices([vector] if one else vector, self.fields[name].dim, what)
+            if self._metrics[name] is Metric.COSINE:
+                q = normalize_tokens(q)
+        else:
+            q = as_vectors(vector, self.fields[name].dim, what)
+            if self._metrics[name] is Metric.COSINE:
+                q = normalize_rows(q)
         with self._lock:
             segs = list(self._segments)
         found, plan = [], []
@@ -782,6 +838,22 @@ class Collection:
                 plan.append({"segment": seg.id, "sealed": seg.sealed, "field": name,
                              "estimated_selectivity": seg.estimate(flt), **info})
         return q, k, found, plan, name
+
+    def _single_query(self, vector, using: str | None) -> bool:
+        """Whether a search input is one query: a vector, or for a multi-vector field one
+        token matrix (a 2-D array or list of equal rows; a batch is a list of them)."""
+        if self.fields[self._field(using)].kind != "multi":
+            return _ndim(vector, "vector") == 1
+        if isinstance(vector, TokenMatrices):
+            return False
+        try:
+            nd = np.ndim(vector)
+        except ValueError:  # token matrices of different lengths: a batch
+            return False
+        if nd not in (2, 3):
+            raise InvalidArgument("vector: a multi-vector query is a token matrix (tokens x dim), "
+                                  "a batch is a list of them")
+        return nd == 2
 
     def _best_rows(self, found: list, nq: int, k: int, metric: Metric,
                    threshold: float | None = None) -> list[list[tuple[Segment, int, float]]]:
@@ -836,7 +908,8 @@ class Collection:
             "points": len(self._locator),
             **({"dim": self.dim, "metric": self.metric.value,
                 "index": self.fields[self._default_field()].index} if not self.named else {}),
-            "vectors": {n: dict(f.__dict__) for n, f in self.fields.items()},
+            "vectors": {n: {k: v for k, v in f.__dict__.items() if v is not None}
+                        for n, f in self.fields.items()},
             "segments": [{"id": s.id, "sealed": s.sealed, "points": s.n, "deleted": s.n_deleted,
                           "memory_bytes": s.memory_usage()} for s in segs],
             "indexed_points": sum(s.live for s in segs if s.sealed),
@@ -1079,7 +1152,7 @@ def _live_mask(seg: Segment) -> np.ndarray:
 
 def _concat_live(sources, snapshot, specs: dict[str, FieldSpec]) -> Segment:
     """An in-memory appendable segment holding the live rows of several segments."""
-    seg = Segment.appendable(0, {n: (f.dim, f.metric) for n, f in specs.items()})
+    seg = Segment.appendable(0, specs)
     for s, dead in snapshot:
         rows = np.flatnonzero(~dead)
         if rows.size == 0:
@@ -1102,8 +1175,10 @@ def _merge_fields(old: FieldBatch, new: FieldBatch, n: int) -> FieldBatch:
                 rows.update(zip(range(n) if r is None else r.tolist(), x, strict=True))
         if rows:
             has = sorted(rows)
-            out[name] = (np.stack([rows[i] for i in has]),
-                         None if len(has) == n else np.asarray(has, np.int64))
+            multi = any(isinstance(b[name][0], TokenMatrices) for b in (old, new) if name in b)
+            x = (as_token_matrices([rows[i] for i in has], rows[has[0]].shape[1], name) if multi
+                 else np.stack([rows[i] for i in has]))
+            out[name] = (x, None if len(has) == n else np.asarray(has, np.int64))
     return out
 
 

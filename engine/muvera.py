@@ -13,16 +13,23 @@ stored tokens re-ranks them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..kernels import chamfer as kc
 from ..kernels.chunks import chunk_count, run_chunks
+from . import planner
+from .bitset import Bitset
 from .codecs import F16Codec, F32Codec
-from .errors import InvalidArgument
+from .errors import CorruptData, InvalidArgument
 from .index.registry import index as make_index
-from .index.registry import parse_index_spec
+from .index.registry import load_index, parse_index_spec
+from .metric import Metric
+from .params import SearchParams
+from .persist import load_arrays, save_arrays
+from .tokens import TokenMatrices, as_token_matrices
 from .vectors import VectorStore
 
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec}
@@ -92,46 +99,12 @@ class FDEEncoder:
 
 
 def ragged(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, offsets) from a list of (n_i, dim) token matrices or a (vectors, offsets)
-    pair; errors name the item."""
-    if isinstance(value, tuple) and len(value) == 2:
-        tokens = np.ascontiguousarray(value[0], np.float32)
-        offsets = np.ascontiguousarray(value[1], np.int64)
-        if tokens.ndim != 2 or tokens.shape[1] != dim:
-            raise InvalidArgument(f"{what}: token vectors must be (n, {dim}), got shape "
-                                  f"{tokens.shape}")
-        if (offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0
-                or offsets[-1] != tokens.shape[0] or (np.diff(offsets) < 1).any()):
-            raise InvalidArgument(f"{what}: offsets must rise from 0 to {tokens.shape[0]} "
-                                  f"with at least one token per item")
-    else:
-        try:
-            items = [value] if isinstance(value, np.ndarray) and value.ndim == 2 else list(value)
-        except TypeError:
-            raise InvalidArgument(f"{what}: expected a list of token matrices or a (vectors, "
-                                  f"offsets) pair, got {type(value).__name__}") from None
-        mats = []
-        for i, item in enumerate(items):
-            try:
-                m = np.asarray(item, np.float32)
-            except (TypeError, ValueError):
-                raise InvalidArgument(f"{what}[{i}]: not a matrix of numbers") from None
-            if m.ndim != 2 or m.shape[1] != dim:
-                raise InvalidArgument(f"{what}[{i}]: expected (tokens, {dim}) token vectors, "
-                                      f"got shape {m.shape}")
-            if not 1 <= m.shape[0] <= 4096:
-                raise InvalidArgument(f"{what}[{i}]: {m.shape[0]} tokens; 1 to 4096 allowed")
-            mats.append(m)
-        if not mats:
-            raise InvalidArgument(f"{what}: no items")
-        tokens = np.ascontiguousarray(np.concatenate(mats), np.float32)
-        offsets = np.zeros(len(mats) + 1, np.int64)
-        np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
-    if not np.isfinite(tokens).all():
-        bad = int(np.searchsorted(offsets, np.flatnonzero(~np.isfinite(tokens).all(1))[0],
-                                  side="right") - 1)
-        raise InvalidArgument(f"{what}[{bad}]: NaN or infinite token values")
-    return tokens, offsets
+    """(tokens, offsets) from a list of (n_i, dim) token matrices, a (vectors, offsets) pair
+    or ``TokenMatrices``; errors name the item."""
+    x = as_token_matrices(value, dim, what)
+    if len(x) == 0:
+        raise InvalidArgument(f"{what}: no items")
+    return x.tokens, x.offsets
 
 
 def _ids(ids) -> np.ndarray:
@@ -145,25 +118,36 @@ class MultiVectorIndex:
     """Documents as token matrices, searched by Chamfer (MaxSim) similarity.
 
     ``index`` is the dense index spec over the document FDEs (any registered one, e.g.
-    ``"HNSW16"``, ``"HNSW16,LVQ8"``, ``"Flat"``); ``fde`` the encoding; ``tokens`` how the
+    ``"HNSW16"``, ``"HNSW16,LVQ8"``, ``"Flat"``), or None for exact search only (no FDEs:
+    what a collection's appendable segment uses); ``fde`` the encoding; ``tokens`` how the
     document tokens are kept for re-ranking (``"f16"``, or ``"f32"``). ``search`` fetches
     ``candidates`` documents by FDE inner product, then re-ranks them by exact Chamfer over
-    the stored tokens; ``exact=True`` scores every document. Scores are Chamfer sums."""
+    the stored tokens; ``exact=True`` scores every document. Scores are Chamfer sums.
 
-    def __init__(self, dim: int, metric: str = "ip", index: str = "HNSW16",
+    It also has the interface collection segments drive their field indexes through
+    (``search_positions``, ``strategy_costs``, ``reconstruct``, ``save``/``load``), so a
+    multi-vector field lives in segments as a dense one does."""
+
+    kind = "multivector"
+    needs_training = False
+
+    def __init__(self, dim: int, metric: str = "ip", index: str | None = "HNSW16",
                  fde: FDEConfig | dict | None = None, tokens: str = "f16", **index_options):
-        if metric != "ip":
+        if metric not in ("ip", Metric.IP):
             raise InvalidArgument(f"metric: multi-vector search scores MaxSim by inner product "
                                   f"(normalise tokens for cosine); got {metric!r}")
         if tokens not in TOKEN_CODECS:
             raise InvalidArgument(f"tokens: {tokens!r}; stored as one of {', '.join(TOKEN_CODECS)}")
         self.dim = int(dim)
+        self.metric = Metric.IP
         self.token_codec = tokens
         self.config = fde if isinstance(fde, FDEConfig) else FDEConfig(**(fde or {}))
         self.encoder = FDEEncoder(self.dim, self.config)
         self.spec = index
-        self.fdes = make_index(index, self.config.dim, "ip", **index_options)
-        self._graph = parse_index_spec(index).index.family == "HNSW"  # takes ef
+        self.index_options = dict(index_options)
+        self.fdes = None if index is None else make_index(index, self.config.dim, "ip",
+                                                          **index_options)
+        self._graph = index is not None and parse_index_spec(index).index.family == "HNSW"
         self._tokens = VectorStore(TOKEN_CODECS[tokens](self.dim))
         self._offsets = np.zeros(1, np.int64)
         self._ids = np.zeros(0, np.int64)
@@ -172,8 +156,8 @@ class MultiVectorIndex:
         return self._ids.shape[0]
 
     def add(self, documents, ids=None) -> np.ndarray:
-        """Add documents: a list of (n_i, dim) arrays or a (vectors, offsets) pair. ``ids``
-        default to positions; they must be new."""
+        """Add documents: a list of (n_i, dim) arrays, a (vectors, offsets) pair or
+        ``TokenMatrices``. ``ids`` default to positions; they must be new."""
         tokens, offsets = ragged(documents, self.dim, "documents")
         n = offsets.shape[0] - 1
         ids = (np.arange(len(self), len(self) + n, dtype=np.int64) if ids is None
@@ -187,25 +171,37 @@ class MultiVectorIndex:
             doc = int(np.searchsorted(offsets, row, side="right") - 1)
             raise InvalidArgument(f"documents[{doc}]: a token value beyond the float16 range "
                                   f"(|x| <= 65504); store tokens='f32'")
-        fde = self.encoder.documents(tokens, offsets)
-        if self.fdes.needs_training and len(self.fdes) == 0:
-            self.fdes.train(fde)
-        self.fdes.add(fde, np.arange(len(self), len(self) + n, dtype=np.int64))
+        if self.fdes is not None:
+            fde = self.encoder.documents(tokens, offsets)
+            if self.fdes.needs_training and len(self.fdes) == 0:
+                self.fdes.train(fde)
+            self.fdes.add(fde, np.arange(len(self), len(self) + n, dtype=np.int64))
         self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
         self._tokens.append(tokens)
         self._ids = np.concatenate([self._ids, ids])
         return ids
 
+    def reconstruct(self, positions) -> TokenMatrices:
+        """The float32 token matrices stored at document positions."""
+        pos = np.asarray(positions, np.int64)
+        stored = TokenMatrices(self._tokens.view()[0], self._offsets)[pos]
+        tokens = (stored.tokens.view(np.float16).astype(np.float32)
+                  if self.token_codec == "f16" else stored.tokens)
+        return TokenMatrices(np.ascontiguousarray(tokens, np.float32), stored.offsets)
+
     def memory_usage(self) -> dict[str, int]:
         """Resident bytes: the stored tokens, their offsets and ids, and the FDE index."""
-        usage = {f"fde_{k}": v for k, v in self.fdes.memory_usage().items()}
+        usage = {} if self.fdes is None else {f"fde_{k}": v
+                                              for k, v in self.fdes.memory_usage().items()}
         usage.update(tokens=self._tokens.nbytes(), offsets=int(self._offsets.nbytes),
                      ids=int(self._ids.nbytes))
         return usage
 
-    def default_candidates(self, k: int) -> int:
-        """Documents re-ranked per query unless told: 2% of them, at least 8 k."""
-        return min(len(self), max(8 * k, math.ceil(0.02 * len(self))))
+    def default_candidates(self, k: int, n: int | None = None) -> int:
+        """Documents re-ranked per query unless told: 2% of the ``n`` searchable (all by
+        default), at least 8 k."""
+        n = len(self) if n is None else n
+        return min(n, max(8 * k, math.ceil(0.02 * n)))
 
     def search(self, queries, k: int = 10, candidates: int | None = None, exact: bool = False,
                ef: int | None = None):
@@ -215,27 +211,98 @@ class MultiVectorIndex:
         tokens, offsets = ragged(queries, self.dim, "queries")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgument(f"k: expected a positive integer, got {k!r}")
-        nq = offsets.shape[0] - 1
+        params = SearchParams.parse(None, candidates=candidates, exact=exact, ef=ef)
+        dist, pos, _ = self.search_positions(TokenMatrices(tokens, offsets), k, None, params)
+        scores = np.where(pos >= 0, -dist, -np.inf).astype(np.float32)
+        ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
+        return (scores[0], ids[0]) if single else (scores, ids)
+
+    # --- the segment interface -------------------------------------------------------
+
+    def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
+                       filtered: bool) -> dict[str, float]:
+        """Exact: Chamfer over every allowed document; traversal: the FDE index's search for
+        the candidates plus Chamfer over them (query tokens cancel out: both pay them)."""
+        per_doc = 4 * self.dim * max(1.0, self._tokens.n / max(len(self), 1))
+        costs = {"exact": planner.scan_cost(allowed, per_doc)}
+        if self.fdes is not None and points:
+            c = self._candidates(params, k, allowed)
+            fde = self.fdes.strategy_costs(allowed, points, c, params, filtered)
+            costs["traversal"] = min(fde.values()) + planner.scan_cost(c, per_doc)
+        return costs
+
+    def _candidates(self, params: SearchParams, k: int, n: int) -> int:
+        c = params.candidates if params.candidates is not None else self.default_candidates(k, n)
+        return max(1, min(max(c, k), n))
+
+    def search_positions(self, q: TokenMatrices, k: int, bits: Bitset | None,
+                         params: SearchParams, plan: planner.Plan | None = None,
+                         filtered: bool | None = None):
+        """(kernel distances = -Chamfer, document positions, plan info) for validated query
+        token matrices and a Bitset of allowed positions."""
+        nq = len(q)
+        n_ok = len(self) if bits is None else bits.count()
+        if plan is None:
+            plan = planner.choose(self, n_ok, len(self), k, params,
+                                  bits is not None if filtered is None else filtered)
+        info = plan.explain()
         out_d = np.full((nq, k), np.inf, np.float32)
         out_i = np.full((nq, k), -1, np.int64)
-        if len(self):
-            if exact:
+        if not len(self) or not n_ok or not nq:
+            return out_d, out_i, info
+        if plan.strategy == "exact" or self.fdes is None:
+            if bits is None:
                 cand = np.full((nq, 1), -2, np.int64)
             else:
-                c = candidates if candidates is not None else self.default_candidates(k)
-                if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-                    raise InvalidArgument(f"candidates: expected a positive integer, got {c!r}")
-                c = min(max(c, k), len(self))
-                params = {"ef": max(ef or 0, c)} if self._graph else {}
-                _, cand = self.fdes.search(self.encoder.queries(tokens, offsets), c, **params)
-                cand = np.ascontiguousarray(cand, np.int64)
-            stored = self._tokens.view()[0]
+                cand = np.ascontiguousarray(np.broadcast_to(bits.positions(), (nq, n_ok)))
+        else:
+            c = self._candidates(params, k, n_ok)
+            fparams = SearchParams(ef=max(params.ef or 0, c)) if self._graph else SearchParams()
+            fq = self.encoder.queries(q.tokens, q.offsets)
+            _, cand, _ = self.fdes.search_positions(fq, c, bits, fparams, None, filtered)
+            cand = np.ascontiguousarray(cand, np.int64)
+            info["candidates"] = c
+        stored = self._tokens.view()[0]
 
-            def rerank(first: int, step: int) -> None:
-                kc.chamfer_topk_chunk(tokens, offsets, stored, self._offsets, cand, k, out_d,
-                                      out_i, first, step)
+        def rerank(first: int, step: int) -> None:
+            kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, self._offsets, cand, k, out_d,
+                                  out_i, first, step)
 
-            run_chunks(rerank, chunk_count(nq))
-        scores = np.where(out_i >= 0, -out_d, -np.inf).astype(np.float32)
-        ids = np.where(out_i >= 0, self._ids[np.maximum(out_i, 0)], -1)
-        return (scores[0], ids[0]) if single else (scores, ids)
+        run_chunks(rerank, chunk_count(nq))
+        return out_d, out_i, info
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Tokens, offsets and ids beside the FDE index (``fde/``), memory-mapped on load."""
+        meta = {"dim": self.dim, "index": self.spec, "tokens": self.token_codec,
+                "fde": asdict(self.config), "index_options": self.index_options}
+        codes, aux = self._tokens.view()
+        save_arrays(directory, self.kind, meta, {"tokens": codes, "tokens_aux": aux,
+                                                 "offsets": self._offsets, "ids": self._ids})
+        if self.fdes is not None:
+            self.fdes.save(os.path.join(directory, "fde"))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> MultiVectorIndex:
+        meta, a = load_arrays(directory, cls.kind, mmap=mmap)
+        try:
+            index = cls(meta["dim"], "ip", None, FDEConfig(**meta["fde"]), meta["tokens"])
+        except (KeyError, TypeError, InvalidArgument) as exc:
+            raise CorruptData(f"{directory}: bad multi-vector metadata ({exc})") from None
+        offsets, n = a["offsets"], a["ids"].shape[0]
+        if (offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != a["tokens"].shape[0]
+                or a["tokens"].shape[1:] != (index.dim,)):
+            raise CorruptData(f"{os.path.join(directory, 'offsets.npy')}: offsets do not cover "
+                              f"the {a['tokens'].shape[0]} tokens of {n} documents")
+        index.spec, index.index_options = meta["index"], dict(meta.get("index_options") or {})
+        if index.spec is not None:
+            index.fdes = load_index(os.path.join(directory, "fde"), mmap=mmap)
+            index._graph = parse_index_spec(index.spec).index.family == "HNSW"
+            if len(index.fdes) != n:
+                raise CorruptData(f"{os.path.join(directory, 'fde')}: {len(index.fdes)} FDEs "
+                                  f"for {n} documents")
+        if a["tokens_aux"].shape[0] != a["tokens"].shape[0]:
+            raise CorruptData(f"{os.path.join(directory, 'tokens_aux.npy')}: not one row per "
+                              f"token")
+        index._tokens = VectorStore(index._tokens.codec, a["tokens"], a["tokens_aux"])
+        index._offsets, index._ids = offsets, a["ids"]
+        return index

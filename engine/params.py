@@ -42,13 +42,16 @@ class SearchParams:
     ``rerank``: re-score the ``ef`` candidates of a lossy codec on the float32 originals
     (``True`` or ``"exact"``; they stay on disk, memory-mapped, until read); default: codes
     only, so no float32 is resident;
-    ``exact``: scan every allowed row instead of using the index. An index ignores the knobs
+    ``exact``: scan every allowed row instead of using the index; ``candidates``: documents a
+    multi-vector (MaxSim) search re-ranks exactly (default from k and the field's size). An
+    index ignores the knobs
     its structure has no use for (``nprobe`` on HNSW), so one set fits every field."""
 
     ef: int | None = None
     nprobe: int | None = None
     rerank: bool | Literal["exact"] | None = None
     exact: bool = False
+    candidates: int | None = None
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid", "strict": True}
     """REST bodies embed this very type; unknown knobs there are a 422 naming them."""
@@ -59,6 +62,7 @@ class SearchParams:
         if self.rerank != "exact":
             object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
         object.__setattr__(self, "exact", _flag("exact", self.exact, optional=False))
+        object.__setattr__(self, "candidates", _positive_int("candidates", self.candidates))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 A batch of points carries, per vector field, a matrix and which of the batch's points it
 belongs to (a field may be missing for some points). In a batch frame (``engine.frame``) a
 field ``name`` travels as the array ``name`` plus, when some points lack it, the int64 array
-``name#rows``; a later multi-vector field adds ``name#offsets`` (ragged token rows) without
-a format break. Importing this module pulls in no Numba.
+``name#rows``; a multi-vector field's token rows travel as ``name`` (all the tokens) plus
+``name#offsets`` (where each point's tokens start). Importing this module pulls in no Numba.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgument
+from .tokens import TokenMatrices
 
 DEFAULT_FIELD = ""
 """The unnamed vector field of a single-vector collection (Qdrant's name for it too)."""
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ROWS = "#rows"
+_OFFSETS = "#offsets"
 
 FieldBatch = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
 """Field name -> (vectors, indices of the batch's points they belong to; None: all)."""
@@ -81,7 +83,10 @@ def pack_fields(fields: FieldBatch) -> dict[str, np.ndarray]:
     """Field vectors as the named arrays of a batch frame."""
     out: dict[str, np.ndarray] = {}
     for name, (x, rows) in fields.items():
-        out[name] = x
+        if isinstance(x, TokenMatrices):
+            out[name], out[name + _OFFSETS] = x.tokens, x.offsets
+        else:
+            out[name] = x
         if rows is not None:
             out[name + _ROWS] = np.asarray(rows, np.int64)
     return out
@@ -129,6 +134,13 @@ def unpack_fields(arrays: dict[str, np.ndarray], n: int) -> FieldBatch:
             if name.split("#", 1)[0] not in arrays:
                 raise InvalidArgument(f"vectors: {name!r} has no field {name.split('#', 1)[0]!r}")
             continue
+        offsets = arrays.get(name + _OFFSETS)
+        if offsets is not None:
+            offsets = np.asarray(offsets)
+            if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or not offsets.size
+                    or np.ndim(x) != 2):
+                raise InvalidArgument(f"vectors[{name!r}]: token rows need 1-D integer offsets")
+            x = TokenMatrices(x, offsets.astype(np.int64))
         rows = arrays.get(name + _ROWS)
         if rows is not None:  # (without rows, shapes are the collection's to judge)
             rows = check_rows(rows, len(x), n, f"vectors[{name!r}]")

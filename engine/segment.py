@@ -22,7 +22,7 @@ import orjson
 from ..kernels.bitset import bitset_set_many
 from . import planner
 from .bitset import Bitset
-from .errors import CorruptData
+from .errors import CorruptData, InvalidArgument
 from .filters import Filter, compile_filter, estimate_selectivity, id_lookup_from_ids
 from .index import FlatIndex, load_index
 from .index.base import scores_from_distances
@@ -30,6 +30,7 @@ from .index.registry import index as make_index
 from .params import SearchParams
 from .payload import PayloadStore
 from .persist import file_crc32, fsync_dir, load_arrays, save_arrays
+from .tokens import TokenMatrices
 
 SEGMENT_KIND = "segment"
 DEFAULT_FIELD = ""
@@ -148,14 +149,17 @@ class Segment:
     # --- construction ---------------------------------------------------------------
 
     @classmethod
-    def appendable(cls, seg_id: int, fields: dict[str, tuple[int, str]],
+    def appendable(cls, seg_id: int, fields: dict[str, FieldSpec],
                    capacity: int = 0) -> Segment:
         """An empty segment for writes, exact-searched, with room for ``capacity`` rows
-        reserved up front; ``fields``: name -> (dim, kernel metric)."""
+        reserved up front (dense fields)."""
         rows = {}
-        for name, (dim, metric) in fields.items():
-            index = FlatIndex(dim, metric)
-            index.reserve(capacity)
+        for name, spec in fields.items():
+            if spec.kind == "multi":
+                index = field_index(spec, exact=True)
+            else:
+                index = FlatIndex(spec.dim, spec.metric)
+                index.reserve(capacity)
             rows[name] = FieldRows(index)
         return cls(seg_id, rows, [], np.zeros(capacity, np.int64), PayloadStore(),
                    np.zeros((capacity + 63) >> 6, np.uint64), sealed=False)
@@ -180,7 +184,7 @@ class Segment:
                 self.fields[name].add(start, rows, m, x)
             for name, f in self.fields.items():  # fields this batch leaves out
                 if name not in vectors and m:
-                    f.add(start, np.zeros(0, np.int64), m, np.zeros((0, f.index.dim), np.float32))
+                    f.add(start, np.zeros(0, np.int64), m, _no_vectors(f.index))
             self.payloads.extend(payloads, validated=True)
             need = (start + m + 63) >> 6
             if need > self.deleted.shape[0]:
@@ -278,7 +282,7 @@ class Segment:
         fields, entries, arrays = {}, [], {}
         for i, (name, spec) in enumerate(specs.items()):
             x, present = self.vectors(rows, name)
-            index = make_index(spec.index, spec.dim, spec.metric, **spec.options)
+            index = field_index(spec)
             if x.shape[0] and index.needs_training:
                 if spec.queries is not None:  # a query-aware codec (LeanVec-OOD)
                     index.train(_train_sample(x), queries=spec.queries)
@@ -373,6 +377,33 @@ class Segment:
 
     def memory_usage(self) -> int:
         return int(sum(sum(f.memory_usage().values()) for f in self.fields.values()))
+
+
+def field_index(spec: FieldSpec, exact: bool = False):
+    """An empty index for a field: ``spec.index`` over dense vectors, or for a multi-vector
+    field a ``MultiVectorIndex`` over MUVERA encodings indexed by that spec (``exact``:
+    none, every search a Chamfer scan, as appendable segments serve)."""
+    if spec.kind != "multi":
+        return make_index(spec.index, spec.dim, spec.metric, **spec.options)
+    from .muvera import MultiVectorIndex
+
+    options = dict(spec.options)
+    fde, tokens = options.pop("fde", None), options.pop("tokens", None)
+    if fde is not None and not isinstance(fde, dict):
+        raise InvalidArgument(f"fde: expected an object of FDEConfig keys, got "
+                              f"{type(fde).__name__}")
+    try:
+        return MultiVectorIndex(spec.dim, "ip", None if exact else spec.index, fde or None,
+                                tokens or "f16", **({} if exact else options))
+    except TypeError as exc:
+        raise InvalidArgument(f"fde: {exc}") from None
+
+
+def _no_vectors(index):
+    """An empty batch of what ``index`` holds (dense rows or token matrices)."""
+    if getattr(index, "kind", None) == "multivector":
+        return TokenMatrices(np.zeros((0, index.dim), np.float32), np.zeros(1, np.int64))
+    return np.zeros((0, index.dim), np.float32)
 
 
 def _train_sample(x: np.ndarray) -> np.ndarray:

@@ -114,10 +114,12 @@ def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
 def load_index(directory: str | os.PathLike, mmap: bool = True):
     """Whatever index was saved in ``directory``, by the kind its manifest records."""
     kind = read_manifest(directory, None).get("kind")
+    from ..muvera import MultiVectorIndex
     from ..opq import OPQIndex
 
-    if kind == OPQIndex.kind:
-        return OPQIndex.load(directory, mmap=mmap)
+    for wrapper in (OPQIndex, MultiVectorIndex):
+        if kind == wrapper.kind:
+            return wrapper.load(directory, mmap=mmap)
     for entry in INDEX_TYPES.values():
         if entry.kind == kind:
             return entry.cls.load(directory, mmap=mmap)
