@@ -1,0 +1,146 @@
+"""Multi-vector (MaxSim) fields in collections: storage, search, filters, restarts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from quiver.engine.points import pack_fields, unpack_fields
+from quiver.engine.tokens import TokenMatrices
+
+import quiver
+
+DIM = 16
+FDE = {"k_sim": 2, "d_proj": 8, "r_reps": 4}
+FIELD = {"dim": DIM, "metric": "cosine", "multivector": "max_sim", "index": "HNSW16",
+         "fde": FDE}
+
+
+def _docs(rng, n):
+    return [rng.standard_normal((int(rng.integers(1, 7)), DIM)).astype(np.float32)
+            for _ in range(n)]
+
+
+def _unit(m):
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def _chamfer_top(query, docs, k, allowed=None):
+    """Brute-force MaxSim over cosine-normalised tokens: (ids, scores) best first."""
+    qn = _unit(query)
+    ids = range(len(docs)) if allowed is None else allowed
+    scored = sorted(((float((qn @ _unit(docs[i]).T).max(axis=1).sum()), i) for i in ids),
+                    key=lambda t: (-t[0], t[1]))[:k]
+    return [i for _, i in scored], [s for s, _ in scored]
+
+
+@pytest.fixture()
+def filled(tmp_path):
+    rng = np.random.default_rng(5)
+    docs = _docs(rng, 300)
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("mv", vectors={"tokens": FIELD, "title": {"dim": 4}},
+                               segment_size=120)
+    col.upsert(ids=list(range(300)),
+               vectors={"tokens": docs, "title": rng.standard_normal((300, 4)).astype(np.float32)},
+               payloads=[{"g": i % 3} for i in range(300)])
+    yield db, col, docs, rng
+    db.close()
+
+
+def test_exact_and_muvera_search_match_brute_force_chamfer(filled):
+    db, col, docs, rng = filled
+    queries = [docs[i][:2] + 0.05 * rng.standard_normal((min(2, len(docs[i])), DIM)).astype(
+        np.float32) for i in (3, 50, 299)]
+    for sealed in (False, True):
+        if sealed:
+            col.flush()
+            col.wait_indexed()
+            assert col.info()["indexed_points"] > 0
+        for q in queries:
+            want_ids, want_scores = _chamfer_top(q, docs, 5)
+            got = col.search(q, k=5, using="tokens", params={"exact": True})
+            assert [h.id for h in got] == want_ids
+            np.testing.assert_allclose([h.score for h in got], want_scores, rtol=2e-3, atol=2e-3)
+            approx = col.search(q, k=5, using="tokens")  # FDE candidates + exact re-rank
+            assert approx[0].id == want_ids[0]
+            assert len(set(h.id for h in approx) & set(want_ids)) >= 4
+        batch = col.search(queries, k=3, using="tokens", params={"exact": True})
+        assert [[h.id for h in row] for row in batch] == [_chamfer_top(q, docs, 3)[0]
+                                                          for q in queries]
+
+
+def test_filters_restart_and_vectors(filled, tmp_path):
+    db, col, docs, rng = filled
+    q = docs[10]
+    flt = {"must": [{"key": "g", "match": {"value": 1}}]}
+    allowed = [i for i in range(300) if i % 3 == 1]
+    want = _chamfer_top(q, docs, 5, allowed)[0]
+    before = [h.id for h in col.search(q, k=5, using="tokens", filter=flt,
+                                       params={"exact": True})]
+    assert before == want
+    col.flush()
+    col.wait_indexed()
+    for params in ({"exact": True}, {"candidates": 300}):
+        got = col.search(q, k=5, using="tokens", filter=flt, params=params)
+        assert [h.id for h in got] == want
+    hit = col.get([10], with_vectors=True)[0]
+    np.testing.assert_allclose(hit.vector["tokens"], _unit(docs[10]), atol=2e-3)  # float16
+    col.delete([want[0]])
+    db.close()
+    db2 = quiver.connect(tmp_path)
+    col2 = db2.get_collection("mv")
+    got = [h.id for h in col2.search(q, k=4, using="tokens", filter=flt, params={"exact": True})]
+    assert got == want[1:5]
+    assert want[0] == 10  # deleted above
+    col2.update_vectors([11], {"tokens": [docs[12]]})
+    top = col2.search(docs[12], k=2, using="tokens", params={"exact": True})
+    assert {h.id for h in top} == {11, 12}
+    snap = col2.snapshot()
+    db2.close()
+    db3 = quiver.connect(tmp_path)
+    db3.restore_snapshot(snap, "copy")
+    again = db3.get_collection("copy").search(docs[12], k=2, using="tokens",
+                                              params={"exact": True})
+    assert {h.id for h in again} == {11, 12}
+    db3.close()
+
+
+def test_multivector_bad_input(tmp_path):
+    db = quiver.connect(tmp_path)
+    with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.metric: multi-vector .* inner"):
+        db.create_collection("x", vectors={"mv": {**FIELD, "metric": "l2"}})
+    with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.multivector: 'sum'"):
+        db.create_collection("x", vectors={"mv": {**FIELD, "multivector": "sum"}})
+    with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.fde"):
+        db.create_collection("x", vectors={"mv": {**FIELD, "fde": {"k_sim": 99}}})
+    with pytest.raises(quiver.InvalidArgument, match=r"'d'\]\.fde: only for multi-vector"):
+        db.create_collection("x", vectors={"d": {"dim": 4, "fde": FDE}})
+    col = db.create_collection("ok", vectors={"mv": FIELD})
+    good = np.ones((2, DIM), np.float32)
+    with pytest.raises(quiver.InvalidArgument, match=r"vectors\['mv'\]\[1\]: expected \(tokens, "
+                                                     r"16\)"):
+        col.upsert(ids=[1, 2], vectors={"mv": [good, np.ones((2, DIM + 1))]})
+    with pytest.raises(quiver.InvalidArgument, match=r"vectors\['mv'\]\[0\]: 0 tokens"):
+        col.upsert(ids=[1], vectors={"mv": [np.zeros((0, DIM))]})
+    with pytest.raises(quiver.InvalidArgument, match=r"got 1 token matrices for 2 ids"):
+        col.upsert(ids=[1, 2], vectors={"mv": [good]})
+    col.upsert(ids=[1], vectors={"mv": [good]})
+    with pytest.raises(quiver.InvalidArgument, match="multi-vector query is a token matrix"):
+        col.search(np.ones(DIM), using="mv")
+    with pytest.raises(quiver.InvalidArgument, match="list of token matrices"):
+        col.search_arrays(good, using="mv")
+    with pytest.raises(quiver.InvalidArgument, match="multi-vector field"):
+        col.train_queries(np.ones((3, DIM)), using="mv")
+    assert col.count() == 1
+    db.close()
+
+
+def test_token_rows_travel_in_frames():
+    rng = np.random.default_rng(1)
+    docs = _docs(rng, 5)
+    x = TokenMatrices(np.concatenate(docs), np.cumsum([0] + [len(d) for d in docs]))
+    back = unpack_fields(pack_fields({"mv": (x, None), "d": (np.ones((5, 3)), None)}), 5)
+    tm, rows = back["mv"]
+    assert isinstance(tm, TokenMatrices) and rows is None and len(tm) == 5
+    np.testing.assert_array_equal(tm.doc(3), docs[3])
+    np.testing.assert_array_equal(x[[4, 0]].doc(0), docs[4])
