@@ -324,6 +324,61 @@ def update_payload(name: str, method: str, ids: Any, filter: Any, payload: Any =
     return res["result"]["updated"]
 
 
+def _vector_list(v: Any) -> Any:
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def update_vectors(name: str, ids: Any, vectors: Any) -> Op:
+    """``vectors`` as ``Collection.update_vectors`` takes them (a matrix, or a dict by field
+    of matrices or lists with None where a point keeps that field), sent per point."""
+    ids = id_list_arg(ids)
+    if isinstance(vectors, dict):
+        cols = {n: list(v) for n, v in vectors.items()}
+        for n, col in cols.items():
+            if len(col) != len(ids):
+                raise InvalidArgument(f"vectors[{n!r}]: got {len(col)} entries for {len(ids)} ids")
+        points = [{"id": x, "vector": {n: _vector_list(col[j]) for n, col in cols.items()
+                                       if col[j] is not None}} for j, x in enumerate(ids)]
+    else:
+        rows = list(vectors)
+        if len(rows) != len(ids):
+            raise InvalidArgument(f"vectors: got {len(rows)} vectors for {len(ids)} ids")
+        points = [{"id": x, "vector": _vector_list(v)} for x, v in zip(ids, rows, strict=True)]
+    res = yield json_req("PUT", f"/collections/{seg(name)}/points/vectors", {"points": points})
+    return res["result"]["updated"]
+
+
+def delete_vectors(name: str, names: Any, ids: Any, filter: Any) -> Op:
+    if (ids is None) == (filter is None):
+        raise InvalidArgument("pass exactly one of ids or filter")
+    body: dict[str, Any] = {"vector": names}
+    body.update({"points": id_list_arg(ids)} if ids is not None else {"filter": filter})
+    res = yield json_req("POST", f"/collections/{seg(name)}/points/vectors/delete", body)
+    return res["result"]["updated"]
+
+
+def aliases() -> Op:
+    res = yield Req("GET", "/aliases")
+    return {a["alias_name"]: a["collection_name"] for a in res["result"]["aliases"]}
+
+
+_ALIAS_ACTIONS = {"create": ("create_alias", "alias_name", "collection_name"),
+                  "delete": ("delete_alias", "alias_name"),
+                  "rename": ("rename_alias", "old_alias_name", "new_alias_name")}
+
+
+def update_aliases(actions: Any) -> Op:
+    """``Database.update_aliases``'s tuples as Qdrant's alias actions."""
+    body = []
+    for i, action in enumerate(actions):
+        shape = _ALIAS_ACTIONS.get(action[0]) if isinstance(action, (tuple, list)) and action else None
+        if shape is None or len(action) != len(shape):
+            raise InvalidArgument(f"actions[{i}]: expected ('create', alias, collection), "
+                                  f"('delete', alias) or ('rename', old, new)")
+        body.append({shape[0]: dict(zip(shape[1:], action[1:], strict=True))})
+    yield json_req("POST", "/collections/aliases", {"actions": body}, idempotent=False)
+
+
 def count(name: str, filter: Any) -> Op:
     res = yield json_req("POST", f"/collections/{seg(name)}/points/count", {"filter": filter})
     return res["result"]["count"]

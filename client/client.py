@@ -150,6 +150,15 @@ class Client(_Base):
     def drop_collection(self, name: str) -> None:
         self._drive(ops.drop_collection(name))
 
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the collection it names."""
+        return self._drive(ops.aliases())
+
+    def update_aliases(self, actions: list[tuple[str, ...]]) -> None:
+        """``("create", alias, collection)``, ``("delete", alias)``, ``("rename", old, new)``,
+        applied all or none; see ``Database.update_aliases``."""
+        self._drive(ops.update_aliases(actions))
+
     def restore_snapshot(self, snapshot: str | Path, name: str) -> RemoteCollection:
         """Upload a snapshot archive (a local file) as the new collection ``name``."""
         return RemoteCollection(self, self._drive(ops.restore_snapshot(snapshot, name)))
@@ -258,6 +267,12 @@ class AsyncClient(_Base):
     async def drop_collection(self, name: str) -> None:
         await self._drive(ops.drop_collection(name))
 
+    async def aliases(self) -> dict[str, str]:
+        return await self._drive(ops.aliases())
+
+    async def update_aliases(self, actions: list[tuple[str, ...]]) -> None:
+        await self._drive(ops.update_aliases(actions))
+
     async def restore_snapshot(self, snapshot: str | Path, name: str) -> AsyncRemoteCollection:
         return AsyncRemoteCollection(self, await self._drive(ops.restore_snapshot(snapshot, name)))
 
@@ -334,6 +349,13 @@ class RemoteCollection(_RemoteBase):
 
     def clear_payload(self, ids=None, filter: dict | None = None) -> int:
         return self.client._drive(ops.update_payload(self.name, "clear", ids, filter))
+
+    def update_vectors(self, ids, vectors) -> int:
+        """Replace some vector fields of existing points; see ``Collection.update_vectors``."""
+        return self.client._drive(ops.update_vectors(self.name, ids, vectors))
+
+    def delete_vectors(self, names: list[str], ids=None, filter: dict | None = None) -> int:
+        return self.client._drive(ops.delete_vectors(self.name, names, ids, filter))
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True,
@@ -430,6 +452,12 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def clear_payload(self, ids=None, filter: dict | None = None) -> int:
         return await self.client._drive(ops.update_payload(self.name, "clear", ids, filter))
+
+    async def update_vectors(self, ids, vectors) -> int:
+        return await self.client._drive(ops.update_vectors(self.name, ids, vectors))
+
+    async def delete_vectors(self, names: list[str], ids=None, filter: dict | None = None) -> int:
+        return await self.client._drive(ops.delete_vectors(self.name, names, ids, filter))
 
     async def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                      with_payload: bool | list | dict = True,

@@ -498,6 +498,33 @@ def test_langchain_vector_store(server):
     assert len(store.similarity_search("dog", k=5)) == 3
 
 
+def test_quiver_client_parity(server, tmp_path):
+    """What this issue added to the engine (vector updates, aliases) reads the same through
+    quiver.Client as embedded."""
+    import quiver
+
+    def scenario(db):
+        col = db.create_collection("par", vectors={"a": {"dim": 2, "metric": "l2", "index": "Flat"},
+                                                   "b": {"dim": 3, "metric": "l2", "index": "Flat"}})
+        col.upsert([1, 2, 3], {"a": [[1, 0], [2, 0], [3, 0]], "b": [[1, 1, 1], None, [3, 3, 3]]},
+                   [{"p": 1}, {"p": 2}, {"p": 3}])
+        out = [col.update_vectors([2, 3, 9], {"b": [[2, 2, 2], None, [9, 9, 9]]}),
+               col.delete_vectors(["b"], filter={"must": [{"has_id": [1]}]})]
+        out.append([(p.id, p.payload, p.vector) for p in col.get([1, 2, 3], with_vectors=True)])
+        db.update_aliases([("create", "par-al", "par")])
+        out.append((db.aliases(), db.get_collection("par-al").count()))
+        db.update_aliases([("rename", "par-al", "par-al2"), ("delete", "par-al2")])
+        out.append(db.aliases())
+        db.drop_collection("par")
+        return out
+
+    with quiver.connect(tmp_path / "db", optimizer=False) as db:
+        embedded = scenario(db)
+    with quiver.Client(server.url, api_key=KEY) as remote:
+        assert scenario(remote) == embedded
+    assert embedded[:2] == [2, 1] and embedded[2][1] == (2, {"p": 2}, {"a": [2.0, 0.0], "b": [2.0] * 3})
+
+
 def test_aliases_persist_embedded(tmp_path):
     """The engine side of aliases: saved atomically, reopened, dropped with their collection."""
     from quiver.engine.errors import AlreadyExists, InvalidArgument
