@@ -33,6 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r-reps", type=int, default=FDEConfig.r_reps)
     p.add_argument("--candidates", default="0.01,0.02,0.05",
                    help="share of documents (< 1) or counts (>= 1) re-ranked, comma list")
+    p.add_argument("--retrieval", default="fde", choices=("fde", "tokens"),
+                   help="candidates from FDEs (MUVERA) or from each query token's nearest "
+                        "document tokens")
+    p.add_argument("--token-hits", type=int, default=16,
+                   help="tokens fetched per query token (--retrieval tokens)")
+    p.add_argument("--ef", type=int, help="beam width of the candidate search (HNSW)")
+    p.add_argument("--nprobe", type=int, help="lists probed by an IVF candidate index")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--queries", type=int, help="use the first N queries")
     p.add_argument("--rounds", type=int, default=2)
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> dict:
     truth = ds.neighbors[:, : args.k]
     cfg = FDEConfig(k_sim=args.k_sim, d_proj=args.d_proj, r_reps=args.r_reps)
     t = time.perf_counter()
-    idx = MultiVectorIndex(ds.dim, index=args.index, fde=cfg)
+    idx = MultiVectorIndex(ds.dim, index=args.index, fde=cfg, retrieval=args.retrieval,
+                           token_hits=args.token_hits)
     idx.add(docs)
     build_s = time.perf_counter() - t
     counts = []
@@ -73,7 +81,9 @@ def run(args: argparse.Namespace) -> dict:
 
     rows = {"exhaustive": {"recall": recall(idx.search(queries, args.k, exact=True)[1])}}
     for c in counts:
-        rows[f"candidates {c}"] = {"recall": recall(idx.search(queries, args.k, candidates=c)[1]),
+        rows[f"candidates {c}"] = {"recall": recall(idx.search(queries, args.k, candidates=c,
+                                                               ef=args.ef,
+                                                               nprobe=args.nprobe)[1]),
                                    "share": c / ds.n_docs}
     with threadpool_limits(1):
         numba.set_num_threads(1)
@@ -84,16 +94,21 @@ def run(args: argparse.Namespace) -> dict:
                 lambda q: idx.search(q, args.k, exact=True), queries[: max(20, len(queries) // 10)]))
             for c in counts:
                 key = f"candidates {c}"
-                best[key] = max(best[key], _qps(lambda q, c=c: idx.search(q, args.k, candidates=c),
-                                                queries))
+                best[key] = max(best[key], _qps(
+                    lambda q, c=c: idx.search(q, args.k, candidates=c, ef=args.ef,
+                                              nprobe=args.nprobe), queries))
     for key, qps in best.items():
         rows[key]["qps_1thread"] = qps
     report = {"dataset": ds.name, "n_docs": ds.n_docs, "nq": ds.nq, "index": args.index,
+              "retrieval": args.retrieval, "token_hits": args.token_hits, "ef": args.ef,
+              "nprobe": args.nprobe,
+              "memory_bytes": sum(idx.memory_usage().values()),
               "fde": {"k_sim": cfg.k_sim, "d_proj": cfg.d_proj, "r_reps": cfg.r_reps,
                       "dim": cfg.dim}, "build_s": build_s, "rows": rows}
-    print(f"{ds.name}: {ds.n_docs} docs, {ds.nq} queries; FDE {cfg.dim}-d "
-          f"(k_sim {cfg.k_sim}, d_proj {cfg.d_proj}, R {cfg.r_reps}) in {args.index}, "
-          f"built in {build_s:.1f} s")
+    what = (f"FDE {cfg.dim}-d (k_sim {cfg.k_sim}, d_proj {cfg.d_proj}, R {cfg.r_reps})"
+            if args.retrieval == "fde" else f"tokens ({args.token_hits} hits a query token)")
+    print(f"{ds.name}: {ds.n_docs} docs, {ds.nq} queries; {what} in {args.index}, built in "
+          f"{build_s:.1f} s, {report['memory_bytes'] / 1e6:.1f} MB resident")
     ex = rows["exhaustive"]["qps_1thread"]
     for key, row in rows.items():
         print(f"  {key:16s} recall@{args.k} {row['recall']:.4f}  QPS 1 thread "

@@ -56,8 +56,9 @@ MULTIVECTOR_COMPARATORS = ("max_sim",)
 class VectorField:
     """One vector field: its dimension, metric and index spec. ``kind`` says what one
     point holds in it: a dense vector, or (``"multi"``) a matrix of token vectors scored by
-    MaxSim, whose ``index`` is the dense index over their MUVERA encodings (``fde``: its
-    ``FDEConfig`` keys) and whose tokens are kept as ``tokens`` (f16 or f32)."""
+    MaxSim, whose ``index`` is the dense index its candidates come from: over their MUVERA
+    encodings (``retrieval`` "fde", ``fde``: its ``FDEConfig`` keys) or over every token
+    (``retrieval`` "tokens"); its tokens are kept as ``tokens`` (f16 or f32)."""
 
     dim: int
     metric: str = "cosine"
@@ -65,6 +66,7 @@ class VectorField:
     kind: str = "dense"
     fde: dict | None = None
     tokens: str | None = None
+    retrieval: str | None = None
 
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
@@ -80,7 +82,7 @@ class VectorField:
             raise InvalidArgument(f"{where}: expected {{'dim', 'metric', 'index'}}, got "
                                   f"{type(value).__name__}")
         value = dict(value)
-        known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens"}
+        known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens", "retrieval"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise InvalidArgument(f"{where or 'collection'}: unknown key(s) {unknown}; known: "
@@ -101,7 +103,7 @@ class VectorField:
             raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")
         if kind == "dense":
-            for key in ("fde", "tokens"):
+            for key in ("fde", "tokens", "retrieval"):
                 if value.get(key) is not None:
                     raise InvalidArgument(f"{pre}{key}: only for multi-vector fields "
                                           f"(multivector: 'max_sim')")
@@ -116,12 +118,13 @@ class VectorField:
             raise InvalidArgument(f"{pre}metric: multi-vector (MaxSim) fields score by inner "
                                   f"product; use 'cosine' or 'ip'")
         fde, tokens = value.get("fde"), value.get("tokens") or "f16"
-        spec_ = FieldSpec(dim, "ip", spec, kind, {"fde": fde, "tokens": tokens})
+        retrieval = value.get("retrieval") or "fde"
+        options = {"fde": fde, "tokens": tokens, "retrieval": retrieval}
         try:
-            field_index(spec_)
+            field_index(FieldSpec(dim, "ip", spec, kind, options))
         except InvalidArgument as exc:
             raise InvalidArgument(f"{pre}{exc}") from None
-        return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens)
+        return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens, retrieval)
 
 
 @dataclass
@@ -341,7 +344,7 @@ class Collection:
             options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
                        else {"adapt_nlist": True} if family == "IVF" else {})
             if f.kind == "multi":
-                options = {"fde": f.fde, "tokens": f.tokens, **options}
+                options = {"fde": f.fde, "tokens": f.tokens, "retrieval": f.retrieval, **options}
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
                                   options, self._learn_queries(name))
         return out

@@ -32,6 +32,12 @@ from .persist import load_arrays, save_arrays
 from .tokens import TokenMatrices, as_token_matrices
 from .vectors import VectorStore
 
+RETRIEVALS = ("fde", "tokens")
+"""Where candidates come from: MUVERA FDEs of whole documents in a dense index, or the
+nearest document tokens of each query token (a dense index over all tokens; documents voted
+by the sum of their best hits, a lower bound of their Chamfer score)."""
+TOKEN_HITS = 16
+"""Token retrieval: nearest document tokens fetched per query token."""
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec}
 """How document tokens are stored: float16 (default; bits as uint16) or float32."""
 _F16_MAX = 65504.0
@@ -132,7 +138,8 @@ class MultiVectorIndex:
     needs_training = False
 
     def __init__(self, dim: int, metric: str = "ip", index: str | None = "HNSW16",
-                 fde: FDEConfig | dict | None = None, tokens: str = "f16", **index_options):
+                 fde: FDEConfig | dict | None = None, tokens: str = "f16",
+                 retrieval: str = "fde", token_hits: int = TOKEN_HITS, **index_options):
         if metric not in ("ip", Metric.IP):
             raise InvalidArgument(f"metric: multi-vector search scores MaxSim by inner product "
                                   f"(normalise tokens for cosine); got {metric!r}")
@@ -143,10 +150,20 @@ class MultiVectorIndex:
         self.token_codec = tokens
         self.config = fde if isinstance(fde, FDEConfig) else FDEConfig(**(fde or {}))
         self.encoder = FDEEncoder(self.dim, self.config)
+        if retrieval not in RETRIEVALS:
+            raise InvalidArgument(f"retrieval: {retrieval!r}; one of {', '.join(RETRIEVALS)}")
+        if isinstance(token_hits, bool) or not isinstance(token_hits, int) or token_hits < 1:
+            raise InvalidArgument(f"token_hits: expected a positive integer, got {token_hits!r}")
         self.spec = index
+        self.retrieval = retrieval if index is not None else "fde"
+        self.token_hits = int(token_hits)
         self.index_options = dict(index_options)
-        self.fdes = None if index is None else make_index(index, self.config.dim, "ip",
-                                                          **index_options)
+        over = self.config.dim if self.retrieval == "fde" else self.dim
+        self.fdes = None if index is None else make_index(index, over, "ip", **index_options)
+        """The dense index candidates come from: over document FDEs, or (``retrieval=
+        "tokens"``) over every document token."""
+        self._doc_of = np.zeros(0, np.int64)
+        """Token retrieval: the document of each stored token."""
         self._graph = index is not None and parse_index_spec(index).index.family == "HNSW"
         self._tokens = VectorStore(TOKEN_CODECS[tokens](self.dim))
         self._offsets = np.zeros(1, np.int64)
@@ -172,10 +189,16 @@ class MultiVectorIndex:
             raise InvalidArgument(f"documents[{doc}]: a token value beyond the float16 range "
                                   f"(|x| <= 65504); store tokens='f32'")
         if self.fdes is not None:
-            fde = self.encoder.documents(tokens, offsets)
+            t0 = self._tokens.n
+            rows = (self.encoder.documents(tokens, offsets) if self.retrieval == "fde"
+                    else tokens)
             if self.fdes.needs_training and len(self.fdes) == 0:
-                self.fdes.train(fde)
-            self.fdes.add(fde, np.arange(len(self), len(self) + n, dtype=np.int64))
+                self.fdes.train(rows)
+            first = len(self) if self.retrieval == "fde" else t0
+            self.fdes.add(rows, np.arange(first, first + rows.shape[0], dtype=np.int64))
+        if self.retrieval == "tokens":
+            self._doc_of = np.concatenate([self._doc_of, len(self) + np.repeat(
+                np.arange(n, dtype=np.int64), np.diff(offsets))])
         self._offsets = np.concatenate([self._offsets, offsets[1:] + self._offsets[-1]])
         self._tokens.append(tokens)
         self._ids = np.concatenate([self._ids, ids])
@@ -194,7 +217,7 @@ class MultiVectorIndex:
         usage = {} if self.fdes is None else {f"fde_{k}": v
                                               for k, v in self.fdes.memory_usage().items()}
         usage.update(tokens=self._tokens.nbytes(), offsets=int(self._offsets.nbytes),
-                     ids=int(self._ids.nbytes))
+                     ids=int(self._ids.nbytes), token_docs=int(self._doc_of.nbytes))
         return usage
 
     def default_candidates(self, k: int, n: int | None = None) -> int:
@@ -204,14 +227,15 @@ class MultiVectorIndex:
         return min(n, max(8 * k, math.ceil(0.02 * n)))
 
     def search(self, queries, k: int = 10, candidates: int | None = None, exact: bool = False,
-               ef: int | None = None):
+               ef: int | None = None, nprobe: int | None = None):
         """(scores, ids), each (n_queries, k), -1 padded: queries as a list of token matrices,
         one (n, dim) matrix, or a (vectors, offsets) pair."""
         single = isinstance(queries, np.ndarray) and queries.ndim == 2
         tokens, offsets = ragged(queries, self.dim, "queries")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgument(f"k: expected a positive integer, got {k!r}")
-        params = SearchParams.parse(None, candidates=candidates, exact=exact, ef=ef)
+        params = SearchParams.parse(None, candidates=candidates, exact=exact, ef=ef,
+                                    nprobe=nprobe)
         dist, pos, _ = self.search_positions(TokenMatrices(tokens, offsets), k, None, params)
         scores = np.where(pos >= 0, -dist, -np.inf).astype(np.float32)
         ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
@@ -221,14 +245,21 @@ class MultiVectorIndex:
 
     def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
                        filtered: bool) -> dict[str, float]:
-        """Exact: Chamfer over every allowed document; traversal: the FDE index's search for
-        the candidates plus Chamfer over them (query tokens cancel out: both pay them)."""
-        per_doc = 4 * self.dim * max(1.0, self._tokens.n / max(len(self), 1))
+        """Exact: Chamfer over every allowed document; traversal: the candidates' search
+        plus Chamfer over them. Per query token: exact scoring and token retrieval pay each
+        query token, so that count cancels out; an FDE search is paid once per query, so this
+        model (assuming one query token) favours it slightly."""
+        per_tok = max(1.0, self._tokens.n / max(len(self), 1))
+        per_doc = 4 * self.dim * per_tok
         costs = {"exact": planner.scan_cost(allowed, per_doc)}
         if self.fdes is not None and points:
             c = self._candidates(params, k, allowed)
-            fde = self.fdes.strategy_costs(allowed, points, c, params, filtered)
-            costs["traversal"] = min(fde.values()) + planner.scan_cost(c, per_doc)
+            if self.retrieval == "tokens":
+                found = self.fdes.strategy_costs(int(allowed * per_tok), len(self.fdes),
+                                                 self.token_hits, params, filtered)
+            else:
+                found = self.fdes.strategy_costs(allowed, points, c, params, filtered)
+            costs["traversal"] = min(found.values()) + planner.scan_cost(c, per_doc)
         return costs
 
     def _candidates(self, params: SearchParams, k: int, n: int) -> int:
@@ -255,6 +286,16 @@ class MultiVectorIndex:
                 cand = np.full((nq, 1), -2, np.int64)
             else:
                 cand = np.ascontiguousarray(np.broadcast_to(bits.positions(), (nq, n_ok)))
+        elif self.retrieval == "tokens":
+            c = self._candidates(params, k, n_ok)
+            hits = self.token_hits
+            tparams = SearchParams(ef=max(params.ef or 0, hits)) if self._graph else SearchParams()
+            tbits = None if bits is None else Bitset.from_mask(bits.to_mask()[self._doc_of])
+            hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, tparams, None, filtered)
+            cand = np.empty((nq, c), np.int64)
+            kc.token_votes(self._doc_of, np.ascontiguousarray(hp, np.int64),
+                           np.ascontiguousarray(hd, np.float32), q.offsets, len(self), cand)
+            info.update(candidates=c, token_hits=hits)
         else:
             c = self._candidates(params, k, n_ok)
             fparams = SearchParams(ef=max(params.ef or 0, c)) if self._graph else SearchParams()
@@ -274,10 +315,12 @@ class MultiVectorIndex:
     def save(self, directory: str | os.PathLike) -> None:
         """Tokens, offsets and ids beside the FDE index (``fde/``), memory-mapped on load."""
         meta = {"dim": self.dim, "index": self.spec, "tokens": self.token_codec,
-                "fde": asdict(self.config), "index_options": self.index_options}
+                "fde": asdict(self.config), "index_options": self.index_options,
+                "retrieval": self.retrieval, "token_hits": self.token_hits}
         codes, aux = self._tokens.view()
-        save_arrays(directory, self.kind, meta, {"tokens": codes, "tokens_aux": aux,
-                                                 "offsets": self._offsets, "ids": self._ids})
+        save_arrays(directory, self.kind, meta, {
+            "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids,
+            "token_docs": self._doc_of})
         if self.fdes is not None:
             self.fdes.save(os.path.join(directory, "fde"))
 
@@ -285,7 +328,9 @@ class MultiVectorIndex:
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> MultiVectorIndex:
         meta, a = load_arrays(directory, cls.kind, mmap=mmap)
         try:
-            index = cls(meta["dim"], "ip", None, FDEConfig(**meta["fde"]), meta["tokens"])
+            index = cls(meta["dim"], "ip", None, FDEConfig(**meta["fde"]), meta["tokens"],
+                        token_hits=int(meta.get("token_hits", TOKEN_HITS)))
+            index.retrieval = meta.get("retrieval", "fde")
         except (KeyError, TypeError, InvalidArgument) as exc:
             raise CorruptData(f"{directory}: bad multi-vector metadata ({exc})") from None
         offsets, n = a["offsets"], a["ids"].shape[0]
@@ -297,9 +342,12 @@ class MultiVectorIndex:
         if index.spec is not None:
             index.fdes = load_index(os.path.join(directory, "fde"), mmap=mmap)
             index._graph = parse_index_spec(index.spec).index.family == "HNSW"
-            if len(index.fdes) != n:
-                raise CorruptData(f"{os.path.join(directory, 'fde')}: {len(index.fdes)} FDEs "
-                                  f"for {n} documents")
+            want = n if index.retrieval == "fde" else a["tokens"].shape[0]
+            if len(index.fdes) != want or (index.retrieval == "tokens"
+                                           and a["token_docs"].shape != (want,)):
+                raise CorruptData(f"{os.path.join(directory, 'fde')}: {len(index.fdes)} rows "
+                                  f"where {want} {index.retrieval} were stored")
+            index._doc_of = a["token_docs"]
         if a["tokens_aux"].shape[0] != a["tokens"].shape[0]:
             raise CorruptData(f"{os.path.join(directory, 'tokens_aux.npy')}: not one row per "
                               f"token")

@@ -389,12 +389,13 @@ def field_index(spec: FieldSpec, exact: bool = False):
 
     options = dict(spec.options)
     fde, tokens = options.pop("fde", None), options.pop("tokens", None)
+    retrieval = options.pop("retrieval", None) or "fde"
     if fde is not None and not isinstance(fde, dict):
         raise InvalidArgument(f"fde: expected an object of FDEConfig keys, got "
                               f"{type(fde).__name__}")
     try:
         return MultiVectorIndex(spec.dim, "ip", None if exact else spec.index, fde or None,
-                                tokens or "f16", **({} if exact else options))
+                                tokens or "f16", retrieval, **({} if exact else options))
     except TypeError as exc:
         raise InvalidArgument(f"fde: {exc}") from None
 

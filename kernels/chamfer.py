@@ -10,7 +10,7 @@ from numba.extending import overload
 
 from . import INLINE, JIT
 from .distance import dot
-from .topk import heap_push, heap_sorted
+from .topk import heap_push, heap_sorted, select_smallest
 
 
 def widen(row, buf):
@@ -135,3 +135,66 @@ def fde_encode(H, P, offsets, k_sim, average, fill_empty, out):
                             best, best_t = bits, t
                     for p in range(dp):
                         out[i, o + p] = P[a + best_t, r * dp + p]
+
+
+@njit(**INLINE)
+def _vote(d, s, t, q0, score, cur, stamp, touched, nt) -> int:
+    """Document d gets similarity s from query token t (rows of this query start at q0):
+    its vote is the sum over query tokens of the best s each gave it. Returns the count of
+    documents touched so far."""
+    if stamp[d] < q0:  # first hit of this query: a new document
+        touched[nt] = d
+        nt += 1
+        score[d] = s
+        cur[d] = s
+        stamp[d] = t
+    elif stamp[d] != t:  # first hit from this query token
+        score[d] += s
+        cur[d] = s
+        stamp[d] = t
+    elif s > cur[d]:
+        score[d] += s - cur[d]
+        cur[d] = s
+    return nt
+
+
+@njit(**INLINE)
+def _best_voted(score, stamp, touched, nt, vd, vi, out) -> None:
+    """The ``out.shape[0]`` best-voted touched documents into out (-1 padded); resets."""
+    c = out.shape[0]
+    for i in range(nt):
+        vd[i] = -score[touched[i]]
+        vi[i] = touched[i]
+    keep = nt
+    if nt > c:
+        select_smallest(vd, vi, nt, c)
+        keep = c
+    for i in range(c):
+        out[i] = vi[i] if i < keep else -1
+    for i in range(nt):
+        stamp[touched[i]] = -1
+
+
+@njit(**JIT)
+def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
+    """Candidate documents from token-level nearest neighbours: for query q (token rows
+    qoff[q]:qoff[q+1] of the hit matrices), a document's vote is the sum over query tokens of
+    the best similarity (-distance) among its tokens that token retrieved, a lower bound of
+    its Chamfer score; the best ``out_cand.shape[1]`` documents by vote go to out_cand[q]
+    (-1 padded)."""
+    score = np.zeros(ndocs, np.float32)
+    cur = np.zeros(ndocs, np.float32)
+    stamp = np.full(ndocs, -1, np.int64)
+    touched = np.empty(min(ndocs, hit_pos.shape[0] * hit_pos.shape[1]) + 1, np.int64)
+    vd = np.empty(touched.shape[0], np.float32)
+    vi = np.empty(touched.shape[0], np.int64)
+    for q in range(qoff.shape[0] - 1):
+        nt = 0
+        for t in range(qoff[q], qoff[q + 1]):
+            for j in range(hit_pos.shape[1]):
+                p = hit_pos[t, j]
+                if p < 0:
+                    break
+                nt = _vote(doc_of[p], -hit_dist[t, j], t, qoff[q], score, cur, stamp,
+                           touched, nt)
+        _best_voted(score, stamp, touched, nt, vd, vi, out_cand[q])

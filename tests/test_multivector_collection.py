@@ -38,10 +38,12 @@ def filled(tmp_path):
     rng = np.random.default_rng(5)
     docs = _docs(rng, 300)
     db = quiver.connect(tmp_path)
-    col = db.create_collection("mv", vectors={"tokens": FIELD, "title": {"dim": 4}},
+    col = db.create_collection("mv", vectors={"tokens": FIELD, "title": {"dim": 4},
+                                              "by_token": {**FIELD, "retrieval": "tokens"}},
                                segment_size=120)
     col.upsert(ids=list(range(300)),
-               vectors={"tokens": docs, "title": rng.standard_normal((300, 4)).astype(np.float32)},
+               vectors={"tokens": docs, "by_token": docs,
+                        "title": rng.standard_normal((300, 4)).astype(np.float32)},
                payloads=[{"g": i % 3} for i in range(300)])
     yield db, col, docs, rng
     db.close()
@@ -61,9 +63,10 @@ def test_exact_and_muvera_search_match_brute_force_chamfer(filled):
             got = col.search(q, k=5, using="tokens", params={"exact": True})
             assert [h.id for h in got] == want_ids
             np.testing.assert_allclose([h.score for h in got], want_scores, rtol=2e-3, atol=2e-3)
-            approx = col.search(q, k=5, using="tokens")  # FDE candidates + exact re-rank
-            assert approx[0].id == want_ids[0]
-            assert len(set(h.id for h in approx) & set(want_ids)) >= 4
+            for field in ("tokens", "by_token"):  # FDE / token candidates + exact re-rank
+                approx = col.search(q, k=5, using=field)
+                assert approx[0].id == want_ids[0]
+                assert len(set(h.id for h in approx) & set(want_ids)) >= 4
         batch = col.search(queries, k=3, using="tokens", params={"exact": True})
         assert [[h.id for h in row] for row in batch] == [_chamfer_top(q, docs, 3)[0]
                                                           for q in queries]

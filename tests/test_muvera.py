@@ -147,3 +147,33 @@ def test_bad_input_names_the_item_and_writes_nothing(corpus):
         MultiVectorIndex(DIM, fde={"k_sim": 0})
     assert len(idx) == 3
     assert idx.search(docs[0], 2, exact=True)[1][0] == 0
+
+
+def test_token_retrieval_votes_then_reranks(corpus, tmp_path):
+    """Candidates from each query token's nearest document tokens: with enough hits every
+    document that matters is voted in, so the re-ranked top-k is the exact one; saved and
+    loaded it answers the same; a filter keeps to its documents."""
+    docs, queries = corpus
+    idx = quiver.MultiVectorIndex(DIM, index="HNSW16", retrieval="tokens", token_hits=64)
+    idx.add(docs)
+    _, want = idx.search(queries, 5, exact=True)
+    scores, got = idx.search(queries, 5, candidates=60)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want, strict=True)]) >= 0.95
+    assert idx.memory_usage()["token_docs"] == 8 * sum(len(d) for d in docs)
+    idx.save(tmp_path / "mv")
+    back = quiver.load_index(tmp_path / "mv")
+    assert back.retrieval == "tokens" and back.token_hits == 64
+    for a, b in zip(idx.search(queries, 5, candidates=60), back.search(queries, 5, candidates=60),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    from quiver.engine.bitset import Bitset
+    from quiver.engine.params import SearchParams
+    from quiver.engine.tokens import as_token_matrices
+
+    allowed = np.arange(0, 300, 7)
+    q = as_token_matrices(queries, DIM, "queries")
+    _, pos, info = idx.search_positions(q, 5, Bitset.from_positions(allowed, 300),
+                                        SearchParams(candidates=40), None, True)
+    assert np.isin(pos[pos >= 0], allowed).all() and (pos >= 0).all()
+    with pytest.raises(InvalidArgument, match="retrieval: 'bm25'"):
+        quiver.MultiVectorIndex(DIM, retrieval="bm25")
