@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..engine.params import SearchParams
-from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector
+from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector, VectorValue
 
 __all__ = ["SearchParams"]  # the engine's own type: one definition of the knobs
 
@@ -73,8 +73,9 @@ class CreateCollection(_Strict):
 
 class PointStruct(_Strict):
     id: PointId
-    vector: list[float] | dict[str, list[float]] = Field(
-        description="The vector, or named vectors by field (a point may leave fields out).")
+    vector: VectorValue | dict[str, VectorValue] = Field(
+        description="The vector, or named vectors by field (a point may leave fields out); a "
+                    "multi-vector field's value is a matrix of token vectors.")
     payload: dict[str, Any] | None = None
 
 
@@ -113,7 +114,7 @@ class DeletePayload(PointsSelector):
 
 class PointVectors(_Strict):
     id: PointId
-    vector: list[float] | dict[str, list[float]]
+    vector: VectorValue | dict[str, VectorValue]
 
 
 class UpdateVectors(_Strict):

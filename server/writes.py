@@ -26,7 +26,9 @@ def upsert(col: Collection, body: s.UpsertPoints, check_batch: CheckBatch) -> di
     check_batch(len(pts), "points")
     if not pts:  # nothing to write: the engine answers the last sequence number
         return {"operation_id": col.upsert([], [])}
-    if isinstance(pts[0].vector, list) and len({len(p.vector) for p in pts}) != 1:
+    flat = [p.vector for p in pts if isinstance(p.vector, list) and p.vector
+            and not isinstance(p.vector[0], list)]  # token matrices may differ in rows
+    if len({len(v) for v in flat}) > 1:
         raise InvalidArgument("points: vectors have different lengths")
     ids, vectors, payloads = upsert_columns(
         None, None, None, [{"id": p.id, "vector": p.vector, "payload": p.payload} for p in pts])

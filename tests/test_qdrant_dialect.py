@@ -398,6 +398,56 @@ def test_named_vectors_euclid_and_deletes(client, http):
     assert sorted(p.id for p in client.scroll("media", scroll_filter=recent)[0]) == [2, 3]
 
 
+def test_multivector_late_interaction(client):
+    """multivector_config max_sim (MUVERA behind it): token matrices in, MaxSim scores out,
+    and the usual pattern: dense prefetch, re-scored by the token matrices."""
+    rng = np.random.default_rng(8)
+    n = 12
+    dense = rng.standard_normal((n, 4)).astype(np.float32)
+    tokens = [rng.standard_normal((int(rng.integers(1, 5)), DIM)).astype(np.float32) for _ in range(n)]
+    assert client.create_collection("late", vectors_config={
+        "dense": m.VectorParams(size=4, distance=m.Distance.COSINE, hnsw_config=m.HnswConfigDiff(m=0)),
+        "colbert": m.VectorParams(size=DIM, distance=m.Distance.COSINE,
+                                  multivector_config=m.MultiVectorConfig(
+                                      comparator=m.MultiVectorComparator.MAX_SIM))})
+    params = client.get_collection("late").config.params.vectors
+    assert params["colbert"].multivector_config.comparator == m.MultiVectorComparator.MAX_SIM
+    assert params["dense"].multivector_config is None
+    client.upsert("late", points=[m.PointStruct(id=i, vector={"dense": dense[i].tolist(),
+                                                              "colbert": tokens[i].tolist()})
+                                  for i in range(n)])
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    def maxsim(qt, ids):
+        s = {i: float((unit(qt) @ unit(tokens[i]).T).max(axis=1).sum()) for i in ids}
+        return sorted(s, key=lambda i: -s[i]), s
+
+    qt = tokens[5][:2] + 0.05
+    order, s = maxsim(qt, range(n))
+    exact = m.SearchParams(exact=True)
+    hits = client.query_points("late", query=qt.tolist(), using="colbert", limit=3,
+                               search_params=exact).points
+    assert [h.id for h in hits] == order[:3]
+    np.testing.assert_allclose([h.score for h in hits], [s[i] for i in order[:3]], rtol=1e-3)
+    by_id = client.query_points("late", query=5, using="colbert", limit=2, search_params=exact).points
+    assert [h.id for h in by_id] == maxsim(tokens[5], set(range(n)) - {5})[0][:2]
+    got = client.retrieve("late", ids=[5], with_vectors=["colbert"])[0].vector
+    np.testing.assert_allclose(got["colbert"], unit(tokens[5]), atol=2e-3)  # stored as float16
+    # dense candidates, re-ranked by MaxSim
+    cand = np.argsort(-(unit(dense) @ (dense[5] / np.linalg.norm(dense[5]))), kind="stable")[:6]
+    rer = client.query_points("late", prefetch=m.Prefetch(query=dense[5].tolist(), using="dense",
+                                                          limit=6, params=exact),
+                              query=qt.tolist(), using="colbert", limit=3, search_params=exact).points
+    assert [h.id for h in rer] == maxsim(qt, cand.tolist())[0][:3]
+    with raises(400, "name"):
+        client.create_collection("late1", vectors_config=m.VectorParams(
+            size=4, distance=m.Distance.COSINE, multivector_config=m.MultiVectorConfig(
+                comparator=m.MultiVectorComparator.MAX_SIM)))
+    client.delete_collection("late")
+
+
 def test_aliases(client, docs):
     x, _ = docs
     op = m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name="docs", alias_name="live"))

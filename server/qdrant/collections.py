@@ -42,10 +42,9 @@ def _field(v: q.QdrantVectorParams, hnsw: q.HnswConfigDiff | None,
     if v.distance not in DISTANCES:
         raise InvalidArgument(f"{where}distance: {v.distance} is not supported; use one of "
                               f"{', '.join(DISTANCES)}")
+    field: dict[str, Any] = {"dim": v.size, "metric": DISTANCES[v.distance]}
     if v.multivector_config is not None:
-        raise InvalidArgument(f"{where}multivector_config: multi-vector fields are not served "
-                              f"over REST yet")
-    field = {"dim": v.size, "metric": DISTANCES[v.distance]}
+        field["multivector"] = v.multivector_config.comparator
     if v.index is not None:
         return {**field, "index": v.index}
     m = next((h.m for h in (v.hnsw_config, hnsw) if h is not None and h.m is not None), DEFAULT_M)
@@ -67,6 +66,9 @@ def create_kwargs(body: q.QdrantCreateCollection) -> dict[str, Any]:
     fields = {DEFAULT_FIELD: vectors} if single else vectors
     if not fields:
         raise InvalidArgument("vectors: give at least one vector field")
+    if single and vectors.multivector_config is not None:  # Quiver's unnamed field is dense
+        raise InvalidArgument("vectors.multivector_config: name the multi-vector field "
+                              "(named vectors, e.g. {\"colbert\": {...}})")
     if not single and DEFAULT_FIELD in fields:
         raise InvalidArgument("vectors: the unnamed vector (\"\") and named ones in one "
                               "collection are not supported; name every field")
@@ -94,6 +96,8 @@ def _vector_params(f: VectorField, ef_construct: int) -> dict[str, Any]:
     spec itself stays in Quiver's part of the info)."""
     spec = parse_index_spec(f.index)
     out: dict[str, Any] = {"size": f.dim, "distance": METRICS[f.metric]}
+    if f.kind == "multi":  # its index is over the points' MUVERA encodings
+        out["multivector_config"] = {"comparator": "max_sim"}
     if spec.index.family == "HNSW":
         out["hnsw_config"] = {"m": spec.index.numbers[0] if spec.index.numbers else DEFAULT_M,
                               "ef_construct": ef_construct}

@@ -248,6 +248,9 @@ class Planner:
                                   f"use average_vector")
         if not rec.positive:
             raise InvalidArgument("recommend.positive: give at least one example")
+        if self.col.vector_field(using).kind == "multi":
+            raise InvalidArgument("recommend: not for multi-vector fields (an average of token "
+                                  "matrices is not one); query by a point id instead")
         ids = [normalize_id(x, "recommend") for x in (*rec.positive, *rec.negative)
                if not isinstance(x, list)]
         stored = dict(zip(ids, self._stored(ids, using, "recommend"), strict=True)) if ids else {}

@@ -18,6 +18,9 @@ from pydantic import (
 )
 
 PointId = StrictInt | StrictStr
+Tokens = list[list[float]]
+"""A multi-vector field's value: one token vector per row."""
+VectorValue = list[float] | Tokens
 Distance = Literal["Cosine", "Dot", "Euclid", "Manhattan"]
 PayloadSelector = bool | list[str] | dict[Literal["include", "exclude"], list[str]]
 VectorSelector = bool | list[str]
@@ -62,6 +65,13 @@ class QuantizationConfig(_Strict):
         return self
 
 
+class MultiVectorConfig(_Strict):
+    """A field holding a matrix of token vectors per point, scored by MaxSim (served by
+    MUVERA: a dense index over fixed-dimensional encodings, exact re-ranking)."""
+
+    comparator: Literal["max_sim"]
+
+
 class QdrantVectorParams(_Strict):
     """One dense vector field. ``index`` is Quiver's extension: an index spec such as
     ``"HNSW16,LVQ8"`` that replaces ``hnsw_config``, ``quantization_config`` and
@@ -73,7 +83,7 @@ class QdrantVectorParams(_Strict):
     quantization_config: QuantizationConfig | None = None
     on_disk: bool | None = None
     datatype: Literal["float32", "float16", "uint8"] | None = None
-    multivector_config: dict[str, Any] | None = None
+    multivector_config: MultiVectorConfig | None = None
     index: str | None = Field(None, max_length=128, description="Quiver extension: an index spec.")
 
 
@@ -136,8 +146,9 @@ class QueryParams(_Strict):
     rerank: StrictBool | Literal["exact"] | None = None
 
 
-Example = list[float] | PointId
-"""A vector, or the id of a stored point whose vector stands for it."""
+Example = list[float] | Tokens | PointId
+"""A vector (a token matrix for a multi-vector field), or the id of a stored point whose
+vector stands for it."""
 
 
 class NearestQuery(_Strict):
@@ -231,7 +242,7 @@ class UpsertBatch(_Strict):
     """The columnar form of an upsert: ``vectors`` a matrix, or matrices by field name."""
 
     ids: list[PointId]
-    vectors: list[list[float]] | dict[str, list[list[float]]]
+    vectors: list[list[float]] | dict[str, list[VectorValue]]
     payloads: list[dict[str, Any] | None] | None = None
 
 
