@@ -128,3 +128,28 @@ def test_cli_bench_server(tiny, tmp_path, capsys):
     assert rep["checks"]["batch_json_equals_npy"] is True
     assert rep["batch_search"]["npz_vs_json_end_to_end"] > 0
     assert not list(tmp_path.glob("quiver-bench-server-*"))
+
+
+def test_cli_bench_qdrant_client(tiny, tmp_path, capsys):
+    pytest.importorskip("qdrant_client")
+    out = tmp_path / "qdrant-client"
+    md = _run(["bench-qdrant-client", "--dataset", tiny, "--limit", "300", "--requests", "8",
+               "--warmup-requests", "2", "--upsert-vectors", "150", "--upsert-batch", "100",
+               "--upsert-rounds", "2", "--batch-size", "4", "--batch-requests", "2",
+               "--rounds", "2", "--data-dir", str(tmp_path), "--out", str(out)], capsys)
+    assert "query_batch_points" in md and "quiver.Client points/s" in md
+    rep = json.loads((out / "results.json").read_text())
+    assert rep["server"]["exit_code"] is not None
+    assert rep["load"]["indexed_points"] == 300
+    for name, r in rep["upsert"].items():
+        if isinstance(r, dict):
+            assert r["calls"] == 2 * 2 and r["points_per_s"] > 0, name  # 2 calls a round
+            assert len(r["points_per_s_rounds"]) == 2
+    for kind, calls in (("single", 8), ("batch", 2)):
+        for e in ("qdrant-client", "quiver.Client"):
+            r = rep["query"][kind][e]
+            assert r["calls"] == calls and r["queries_per_s"] > 0
+            assert r["p99_ms"] >= r["p50_ms"] > 0
+    assert rep["checks"]["single_identical"] == 1.0
+    assert rep["checks"]["batch_first_identical"] is True
+    assert not list(tmp_path.glob("quiver-bench-qdrant-client-*"))

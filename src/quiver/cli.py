@@ -268,6 +268,12 @@ def register_bench_server(sub: argparse._SubParsersAction) -> None:
                            "overhead, JSON vs binary bodies")
 
 
+def register_bench_qdrant_client(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-qdrant-client", "qdrant_client",
+                           "qdrant-client vs quiver.Client against one quiver serve: upsert "
+                           "points/s, query QPS and p50/p99 latency, single and batch")
+
+
 def register_bench_first_use(sub: argparse._SubParsersAction) -> None:
     _register_bench_module(sub, "bench-first-use", "first_use",
                            "fresh install: seconds to the first search result and to a ready "
@@ -282,7 +288,8 @@ def register_bench_multivector(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
-    register_bench_first_use, register_bench_multivector, register_serve, register_warmup, register_repair]
+    register_bench_qdrant_client, register_bench_first_use, register_bench_multivector, register_serve,
+    register_warmup, register_repair]
 
 
 def build_parser() -> argparse.ArgumentParser:
