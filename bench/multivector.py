@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-hits", type=int, default=16,
                    help="tokens fetched per query token (--retrieval tokens)")
     p.add_argument("--ef", type=int, help="beam width of the candidate search (HNSW)")
+    p.add_argument("--pool-factor", type=int, default=1,
+                   help="pool each document's tokens to 1/N of them (token pooling)")
     p.add_argument("--nprobe", type=int, help="lists probed by an IVF candidate index")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--queries", type=int, help="use the first N queries")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = FDEConfig(k_sim=args.k_sim, d_proj=args.d_proj, r_reps=args.r_reps)
     t = time.perf_counter()
     idx = MultiVectorIndex(ds.dim, index=args.index, fde=cfg, retrieval=args.retrieval,
-                           token_hits=args.token_hits)
+                           token_hits=args.token_hits, pool_factor=args.pool_factor)
     idx.add(docs)
     build_s = time.perf_counter() - t
     counts = []
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
         rows[key]["qps_1thread"] = qps
     report = {"dataset": ds.name, "n_docs": ds.n_docs, "nq": ds.nq, "index": args.index,
               "retrieval": args.retrieval, "token_hits": args.token_hits, "ef": args.ef,
-              "nprobe": args.nprobe,
+              "nprobe": args.nprobe, "pool_factor": args.pool_factor,
+              "token_bytes": idx.memory_usage()["tokens"],
               "memory_bytes": sum(idx.memory_usage().values()),
               "fde": {"k_sim": cfg.k_sim, "d_proj": cfg.d_proj, "r_reps": cfg.r_reps,
                       "dim": cfg.dim}, "build_s": build_s, "rows": rows}

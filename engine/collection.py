@@ -29,6 +29,7 @@ from .hits import SearchArrays
 from .index.registry import index as make_index
 from .index.registry import parse_index_spec
 from .metric import Metric
+from .muvera import pool_tokens
 from .params import SearchParams
 from .payload import canonical_payload, split_key
 from .persist import load_arrays, read_metadata, save_arrays, write_metadata
@@ -58,7 +59,8 @@ class VectorField:
     point holds in it: a dense vector, or (``"multi"``) a matrix of token vectors scored by
     MaxSim, whose ``index`` is the dense index its candidates come from: over their MUVERA
     encodings (``retrieval`` "fde", ``fde``: its ``FDEConfig`` keys) or over every token
-    (``retrieval`` "tokens"); its tokens are kept as ``tokens`` (f16 or f32)."""
+    (``retrieval`` "tokens"); its tokens are kept as ``tokens`` (f16 or f32), pooled to
+    1 / ``pool_factor`` of them as they are written when that is above 1."""
 
     dim: int
     metric: str = "cosine"
@@ -67,6 +69,7 @@ class VectorField:
     fde: dict | None = None
     tokens: str | None = None
     retrieval: str | None = None
+    pool_factor: int | None = None
 
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
@@ -82,7 +85,8 @@ class VectorField:
             raise InvalidArgument(f"{where}: expected {{'dim', 'metric', 'index'}}, got "
                                   f"{type(value).__name__}")
         value = dict(value)
-        known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens", "retrieval"}
+        known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens", "retrieval",
+                 "pool_factor"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise InvalidArgument(f"{where or 'collection'}: unknown key(s) {unknown}; known: "
@@ -103,7 +107,7 @@ class VectorField:
             raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")
         if kind == "dense":
-            for key in ("fde", "tokens", "retrieval"):
+            for key in ("fde", "tokens", "retrieval", "pool_factor"):
                 if value.get(key) is not None:
                     raise InvalidArgument(f"{pre}{key}: only for multi-vector fields "
                                           f"(multivector: 'max_sim')")
@@ -119,12 +123,16 @@ class VectorField:
                                   f"product; use 'cosine' or 'ip'")
         fde, tokens = value.get("fde"), value.get("tokens") or "f16"
         retrieval = value.get("retrieval") or "fde"
+        pool = value.get("pool_factor") or 1
+        if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+            raise InvalidArgument(f"{pre}pool_factor: expected a positive integer, got {pool!r}")
         options = {"fde": fde, "tokens": tokens, "retrieval": retrieval}
         try:
             field_index(FieldSpec(dim, "ip", spec, kind, options))
         except InvalidArgument as exc:
             raise InvalidArgument(f"{pre}{exc}") from None
-        return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens, retrieval)
+        return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens, retrieval,
+                   pool if pool != 1 else None)
 
 
 @dataclass
@@ -460,6 +468,8 @@ class Collection:
                                       f"{'ids' if rows is None else 'rows'}")
             if self._metrics[name] is Metric.COSINE:
                 x = normalize_tokens(x) if multi else normalize_rows(x)
+            if multi and (self.fields[name].pool_factor or 1) > 1 and len(x):
+                x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor))
             out[name] = (x, rows)
         if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
             raise InvalidArgument("vectors: required")

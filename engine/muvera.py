@@ -113,6 +113,18 @@ def ragged(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     return x.tokens, x.offsets
 
 
+def pool_tokens(tokens: np.ndarray, offsets: np.ndarray,
+                factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's tokens pooled to ceil(n / factor) (``kernels.chamfer.pool_tokens``);
+    unit-length tokens stay unit length."""
+    norms = np.einsum("ij,ij->i", tokens, tokens)
+    unit = bool(np.all(np.abs(norms - 1) < 1e-3))
+    out_offsets = kc.pool_counts(offsets, factor)
+    out = np.empty((int(out_offsets[-1]), tokens.shape[1]), np.float32)
+    kc.pool_tokens(tokens, offsets, factor, unit, out_offsets, out)
+    return out, out_offsets
+
+
 def _ids(ids) -> np.ndarray:
     try:
         return np.asarray(ids, np.int64)
@@ -126,7 +138,8 @@ class MultiVectorIndex:
     ``index`` is the dense index spec over the document FDEs (any registered one, e.g.
     ``"HNSW16"``, ``"HNSW16,LVQ8"``, ``"Flat"``), or None for exact search only (no FDEs:
     what a collection's appendable segment uses); ``fde`` the encoding; ``tokens`` how the
-    document tokens are kept for re-ranking (``"f16"``, or ``"f32"``). ``search`` fetches
+    document tokens are kept for re-ranking (``"f16"``, or ``"f32"``); ``pool_factor`` > 1
+    pools each document's tokens to 1 / pool_factor of them as it is added. ``search`` fetches
     ``candidates`` documents by FDE inner product, then re-ranks them by exact Chamfer over
     the stored tokens; ``exact=True`` scores every document. Scores are Chamfer sums.
 
@@ -139,7 +152,8 @@ class MultiVectorIndex:
 
     def __init__(self, dim: int, metric: str = "ip", index: str | None = "HNSW16",
                  fde: FDEConfig | dict | None = None, tokens: str = "f16",
-                 retrieval: str = "fde", token_hits: int = TOKEN_HITS, **index_options):
+                 retrieval: str = "fde", token_hits: int = TOKEN_HITS, pool_factor: int = 1,
+                 **index_options):
         if metric not in ("ip", Metric.IP):
             raise InvalidArgument(f"metric: multi-vector search scores MaxSim by inner product "
                                   f"(normalise tokens for cosine); got {metric!r}")
@@ -152,8 +166,12 @@ class MultiVectorIndex:
         self.encoder = FDEEncoder(self.dim, self.config)
         if retrieval not in RETRIEVALS:
             raise InvalidArgument(f"retrieval: {retrieval!r}; one of {', '.join(RETRIEVALS)}")
-        if isinstance(token_hits, bool) or not isinstance(token_hits, int) or token_hits < 1:
-            raise InvalidArgument(f"token_hits: expected a positive integer, got {token_hits!r}")
+        for name, v in (("token_hits", token_hits), ("pool_factor", pool_factor)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgument(f"{name}: expected a positive integer, got {v!r}")
+        self.pool_factor = int(pool_factor)
+        """Documents keep ceil(n / pool_factor) tokens, similar ones merged (token pooling);
+        queries keep theirs."""
         self.spec = index
         self.retrieval = retrieval if index is not None else "fde"
         self.token_hits = int(token_hits)
@@ -176,6 +194,8 @@ class MultiVectorIndex:
         """Add documents: a list of (n_i, dim) arrays, a (vectors, offsets) pair or
         ``TokenMatrices``. ``ids`` default to positions; they must be new."""
         tokens, offsets = ragged(documents, self.dim, "documents")
+        if self.pool_factor > 1:
+            tokens, offsets = pool_tokens(tokens, offsets, self.pool_factor)
         n = offsets.shape[0] - 1
         ids = (np.arange(len(self), len(self) + n, dtype=np.int64) if ids is None
                else _ids(ids))
@@ -316,7 +336,8 @@ class MultiVectorIndex:
         """Tokens, offsets and ids beside the FDE index (``fde/``), memory-mapped on load."""
         meta = {"dim": self.dim, "index": self.spec, "tokens": self.token_codec,
                 "fde": asdict(self.config), "index_options": self.index_options,
-                "retrieval": self.retrieval, "token_hits": self.token_hits}
+                "retrieval": self.retrieval, "token_hits": self.token_hits,
+                "pool_factor": self.pool_factor}
         codes, aux = self._tokens.view()
         save_arrays(directory, self.kind, meta, {
             "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids,
@@ -329,7 +350,8 @@ class MultiVectorIndex:
         meta, a = load_arrays(directory, cls.kind, mmap=mmap)
         try:
             index = cls(meta["dim"], "ip", None, FDEConfig(**meta["fde"]), meta["tokens"],
-                        token_hits=int(meta.get("token_hits", TOKEN_HITS)))
+                        token_hits=int(meta.get("token_hits", TOKEN_HITS)),
+                        pool_factor=int(meta.get("pool_factor", 1)))
             index.retrieval = meta.get("retrieval", "fde")
         except (KeyError, TypeError, InvalidArgument) as exc:
             raise CorruptData(f"{directory}: bad multi-vector metadata ({exc})") from None

@@ -198,3 +198,98 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
                 nt = _vote(doc_of[p], -hit_dist[t, j], t, qoff[q], score, cur, stamp,
                            touched, nt)
         _best_voted(score, stamp, touched, nt, vd, vi, out_cand[q])
+
+
+POOL_WINDOW = 128
+"""Token pooling clusters a document's tokens within windows of this many consecutive
+tokens (greedy merging costs the cube of the window)."""
+
+
+@njit(**JIT)
+def pool_counts(offsets, factor):
+    """Tokens each document keeps when pooled by ``factor``: ceil(n / factor) per window."""
+    n = offsets.shape[0] - 1
+    out = np.empty(n + 1, np.int64)
+    out[0] = 0
+    for i in range(n):
+        kept = 0
+        a = offsets[i]
+        while a < offsets[i + 1]:
+            w = min(POOL_WINDOW, offsets[i + 1] - a)
+            kept += (w + factor - 1) // factor
+            a += w
+        out[i + 1] = out[i] + kept
+    return out
+
+
+@njit(**JIT)
+def pool_tokens(T, offsets, factor, unit, out_offsets, out):
+    """Token pooling (Clavié et al., 2024): each document's tokens, window by window, are
+    merged greedily, the two clusters whose mean directions are most similar first, until
+    ceil(n / factor) remain; a cluster becomes its mean token (normalised to unit length if
+    ``unit``). ``out_offsets`` from ``pool_counts``; ``out`` (out_offsets[-1], dim)."""
+    dim = T.shape[1]
+    sums = np.empty((POOL_WINDOW, dim), np.float32)
+    cnt = np.empty(POOL_WINDOW, np.float32)
+    alive = np.empty(POOL_WINDOW, np.bool_)
+    sim = np.empty((POOL_WINDOW, POOL_WINDOW), np.float32)
+    for i in range(offsets.shape[0] - 1):
+        o = out_offsets[i]
+        a = offsets[i]
+        while a < offsets[i + 1]:
+            w = min(POOL_WINDOW, offsets[i + 1] - a)
+            target = (w + factor - 1) // factor
+            for r in range(w):
+                alive[r] = True
+                cnt[r] = 1
+                for j in range(dim):
+                    sums[r, j] = T[a + r, j]
+            for r in range(w):
+                for c in range(r + 1, w):
+                    sim[r, c] = _cosine(sums[r], sums[c])
+            left = w
+            while left > target:
+                best, br, bc = np.float32(-np.inf), -1, -1
+                for r in range(w):
+                    if alive[r]:
+                        for c in range(r + 1, w):
+                            if alive[c] and sim[r, c] > best:
+                                best, br, bc = sim[r, c], r, c
+                for j in range(dim):
+                    sums[br, j] += sums[bc, j]
+                cnt[br] += cnt[bc]
+                alive[bc] = False
+                left -= 1
+                for c in range(w):
+                    if alive[c] and c != br:
+                        s = _cosine(sums[br], sums[c])
+                        if c > br:
+                            sim[br, c] = s
+                        else:
+                            sim[c, br] = s
+            for r in range(w):
+                if alive[r]:
+                    norm = np.float32(0.0)
+                    for j in range(dim):
+                        norm += sums[r, j] * sums[r, j]
+                    scale = np.float32(1.0) / cnt[r]
+                    if unit and norm > 0:
+                        scale = np.float32(1.0) / np.sqrt(norm)
+                    for j in range(dim):
+                        out[o, j] = sums[r, j] * scale
+                    o += 1
+            a += w
+
+
+@njit(**INLINE)
+def _cosine(x, y) -> np.float32:
+    xy = np.float32(0.0)
+    xx = np.float32(0.0)
+    yy = np.float32(0.0)
+    for j in range(x.shape[0]):
+        xy += x[j] * y[j]
+        xx += x[j] * x[j]
+        yy += y[j] * y[j]
+    if xx == 0 or yy == 0:
+        return np.float32(0.0)
+    return xy / np.sqrt(xx * yy)

@@ -135,6 +135,12 @@ def test_multivector_bad_input(tmp_path):
     with pytest.raises(quiver.InvalidArgument, match="multi-vector field"):
         col.train_queries(np.ones((3, DIM)), using="mv")
     assert col.count() == 1
+    with pytest.raises(quiver.InvalidArgument, match=r"pool_factor: expected a positive"):
+        db.create_collection("p", vectors={"mv": {**FIELD, "pool_factor": 0}})
+    pooled = db.create_collection("p", vectors={"mv": {**FIELD, "pool_factor": 2}})
+    pooled.upsert(ids=[1], vectors={"mv": [np.repeat(np.eye(DIM, dtype=np.float32)[:3], 2, 0)]})
+    np.testing.assert_allclose(pooled.get([1], with_vectors=True)[0].vector["mv"],
+                               np.eye(DIM)[:3], atol=1e-3)  # 6 tokens, pairs merged: 3
     db.close()
 
 

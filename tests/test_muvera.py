@@ -177,3 +177,31 @@ def test_token_retrieval_votes_then_reranks(corpus, tmp_path):
     assert np.isin(pos[pos >= 0], allowed).all() and (pos >= 0).all()
     with pytest.raises(InvalidArgument, match="retrieval: 'bm25'"):
         quiver.MultiVectorIndex(DIM, retrieval="bm25")
+
+
+def test_token_pooling_merges_similar_tokens():
+    """pool_factor 2 keeps ceil(n / 2) tokens a document; duplicated tokens merge into one,
+    so a document of pairs scores exactly as before; unit tokens stay unit."""
+    from quiver.engine.muvera import pool_tokens
+
+    rng = np.random.default_rng(8)
+    base = token_sets(rng, 20, 1, 6)
+    paired = [np.repeat(d, 2, axis=0) for d in base]  # every token twice
+    tokens = np.concatenate(paired)
+    offsets = np.cumsum([0] + [len(d) for d in paired])
+    out, out_off = pool_tokens(tokens, offsets, 2)
+    assert np.array_equal(np.diff(out_off), [len(d) for d in base])
+    for i, d in enumerate(base):
+        got = out[out_off[i]:out_off[i + 1]]
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+        q = base[(i + 1) % len(base)]
+        assert abs(chamfer(q, got) - chamfer(q, d)) < 1e-4
+    odd = token_sets(rng, 1, 7, 8)[0]  # 7 tokens -> 4
+    _, off = pool_tokens(odd, np.array([0, 7]), 2)
+    assert off.tolist() == [0, 4]
+    idx = quiver.MultiVectorIndex(DIM, index="Flat", pool_factor=2,
+                                  fde={"k_sim": 2, "d_proj": 8, "r_reps": 2})
+    idx.add(paired)
+    assert idx.memory_usage()["tokens"] == sum(len(d) for d in base) * (2 * DIM + 4)  # halved
+    with pytest.raises(InvalidArgument, match="pool_factor: expected a positive integer"):
+        quiver.MultiVectorIndex(DIM, pool_factor=0)
