@@ -123,7 +123,8 @@ class VectorField:
                                   f"product; use 'cosine' or 'ip'")
         fde, tokens = value.get("fde"), value.get("tokens") or "f16"
         retrieval = value.get("retrieval") or "fde"
-        pool = value.get("pool_factor") or 1
+        pool = value.get("pool_factor")
+        pool = 1 if pool is None else pool
         if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
             raise InvalidArgument(f"{pre}pool_factor: expected a positive integer, got {pool!r}")
         options = {"fde": fde, "tokens": tokens, "retrieval": retrieval}

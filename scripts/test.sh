@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# two workers, one test file each at a time: kernels compile in both at once (2 cores)
+exec .venv/bin/python -m pytest -n "${QUIVER_TEST_WORKERS:-2}" --dist loadfile "$@"
