@@ -42,7 +42,7 @@ TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec}
 """How document tokens are stored: float16 (default; bits as uint16) or float32."""
 _F16_MAX = 65504.0
 
-FDE_VERSION = 1
+FDE_VERSION = 2
 """Bumped whenever the encoding changes, so an index never mixes two encodings."""
 
 
