@@ -62,11 +62,13 @@ def scan_cost(rows: int, bytes_per_row: float) -> float:
 
 
 def choose(index: CostModel, allowed: int, points: int, k: int, params: SearchParams,
-           filtered: bool) -> Plan:
-    """The cheapest strategy ``index`` offers for ``allowed`` of ``points`` rows."""
+           filtered: bool, **hints) -> Plan:
+    """The cheapest strategy ``index`` offers for ``allowed`` of ``points`` rows; ``hints``
+    (what only the caller knows, such as a multi-vector query's token count) go to its cost
+    model."""
     if points == 0 or allowed == 0:
         return Plan("exact", allowed, points, {"exact": 0.0})
-    costs = index.strategy_costs(allowed, points, k, params, filtered)
+    costs = index.strategy_costs(allowed, points, k, params, filtered, **hints)
     if params.exact or len(costs) == 1:
         strategy = "exact" if params.exact else next(iter(costs))
     else:
