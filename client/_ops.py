@@ -28,6 +28,7 @@ from ..engine.params import SearchParams
 from ..engine.payload import canonical_payload
 from ..engine.points import Point, field_rows, pack_fields, upsert_columns
 from ..engine.projection import payload_paths, payload_projection
+from ..engine.tokens import TokenMatrices, as_token_matrices
 from ..engine.validation import check_k, check_threshold
 from ..server.schemas import BINARY_POINTS, NPY
 
@@ -220,7 +221,9 @@ def restore_snapshot(snapshot: str | Path, name: str) -> Op:
 
 
 def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
-           batch_size: int | None) -> Op:
+           batch_size: int | None, multi: dict[str, int] | None = None) -> Op:
+    """``multi``: the collection's multi-vector fields and their token dimensions (their
+    token matrices travel as token rows plus offsets in the binary frame)."""
     ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
     ids = id_list_arg(ids)
     if payloads is not None:
@@ -232,6 +235,9 @@ def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
         fields = {}
         for fname, value in vectors.items():
             x, rows = field_rows(value, n, f"vectors[{fname!r}]")
+            if multi and fname in multi:
+                fields[fname] = (as_token_matrices(x, multi[fname], f"vectors[{fname!r}]"), rows)
+                continue
             arr = as_float_array(x)
             if arr is None or arr.ndim != 2:
                 raise InvalidArgument(f"vectors[{fname!r}]: expected a matrix of equal-length rows")
@@ -399,18 +405,24 @@ def _int(x: Any) -> Any:
 
 def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payload: Any,
            with_vectors: bool, explain: bool, score_threshold: float | None = None,
-           using: str | None = None) -> Op:
+           using: str | None = None, multi: bool = False) -> Op:
+    """``multi``: the field searched holds token matrices (a query is one matrix, a batch a
+    list of them, sent as JSON)."""
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
     payload_projection(with_payload)
     thr = None if score_threshold is None else check_threshold(score_threshold)
     params = SearchParams.parse(params).to_dict() or None  # the embedded API's checks
-    try:
-        single = np.ndim(vector) == 1
-    except ValueError:  # ragged nesting: let the server describe it
-        single = True
-    q = as_float_array(vector)
-    nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
+    if multi:
+        single, vector, nonfinite = _token_queries(vector)
+        q = None
+    else:
+        try:
+            single = np.ndim(vector) == 1
+        except ValueError:  # ragged nesting: let the server describe it
+            single = True
+        q = as_float_array(vector)
+        nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
     if single:
         body: dict[str, Any] = {"vector": q.tolist() if q is not None else vector, "limit": k,
                                 "filter": filter, "params": params, "using": using,
@@ -444,11 +456,20 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
 
 
 def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,
-                  score_threshold: float | None = None, using: str | None = None) -> Op:
+                  score_threshold: float | None = None, using: str | None = None,
+                  multi: bool = False) -> Op:
     path = f"/collections/{seg(name)}/points/search"
     k = check_k(k)
     thr = None if score_threshold is None else check_threshold(score_threshold)
     params = SearchParams.parse(params).to_dict() or None
+    if multi:
+        single, rows, nonfinite = _token_queries(queries)
+        if single:
+            raise InvalidArgument("queries: expected a list of token matrices (one per query), "
+                                  "got one matrix")
+        hits = yield from _json_batch(path, rows, None, k, filter, params, False, False,
+                                      nonfinite, thr, using)
+        return SearchArrays.from_points(hits, k)
     q = as_float_array(queries)
     if q is None or q.ndim != 2:
         got = "" if q is None else f", got {q.ndim} dimension(s)"
@@ -461,6 +482,28 @@ def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,
     hits = yield from _json_batch(path, queries, q, k, filter, params, False, False,
                                   not bool(np.isfinite(q).all()), thr, using)
     return SearchArrays.from_points(hits, k)
+
+
+def _token_queries(vector: Any) -> tuple[bool, Any, bool]:
+    """(one query?, the query or queries as nested lists, any non-finite value?) for a
+    multi-vector field: one token matrix, or a list (or ``TokenMatrices``) of them."""
+    if isinstance(vector, TokenMatrices):
+        mats = list(vector)
+        single = False
+    else:
+        try:
+            nd = np.ndim(vector)
+        except ValueError:  # matrices of different lengths: a batch
+            nd = 3
+        single = nd == 2
+        mats = [vector] if single else list(vector) if nd == 3 else None
+        if mats is None:
+            raise InvalidArgument("vector: a multi-vector query is a token matrix (tokens x dim), "
+                                  "a batch is a list of them")
+    arrays = [as_float_array(m) for m in mats]
+    rows = [a.tolist() if a is not None else m for a, m in zip(arrays, mats, strict=True)]
+    nonfinite = any(a is not None and a.size and not bool(np.isfinite(a).all()) for a in arrays)
+    return single, (rows[0] if single else rows), nonfinite
 
 
 def _arrays(raw: bytes) -> SearchArrays:

@@ -306,6 +306,14 @@ class _RemoteBase:
         self.dim: int | None = int(info["dim"]) if info.get("dim") is not None else None
         self.metric = Metric.parse(info["metric"]) if info.get("metric") else None
         self.index: str = info.get("index", "")
+        self._multi = {n: int(f["dim"]) for n, f in self.vectors.items()
+                       if isinstance(f, dict) and f.get("kind") == "multi"}
+        """Multi-vector fields by name, with their token dimension."""
+
+    def _is_multi(self, using: str | None) -> bool:
+        if using is None and len(self.vectors) == 1:
+            using = next(iter(self.vectors))
+        return using in self._multi
 
     def __repr__(self) -> str:
         if self.named:
@@ -324,7 +332,8 @@ class RemoteCollection(_RemoteBase):
         """Insert or replace points: columnar (``ids``, ``vectors``, ``payloads``) or
         ``points=[{"id", "vector", "payload"}, ...]``; returns the write's sequence number.
         ``batch_size`` splits a large upsert into several requests (each atomic on its own)."""
-        return self.client._drive(ops.upsert(self.name, ids, vectors, payloads, points, batch_size))
+        return self.client._drive(ops.upsert(self.name, ids, vectors, payloads, points, batch_size,
+                                             self._multi))
 
     def get(self, ids, with_payload: bool | list | dict = True, with_vectors: bool = False) -> list[Point]:
         return self.client._drive(ops.get(self.name, ids, with_payload, with_vectors))
@@ -369,7 +378,8 @@ class RemoteCollection(_RemoteBase):
         """Top-k points for one query (a list of Points) or a batch (a list of lists); with
         ``explain``, ``(results, plan)``; see ``Collection.search``."""
         return self.client._drive(ops.search(self.name, vector, k, filter, params, with_payload,
-                                             with_vectors, explain, score_threshold, using))
+                                             with_vectors, explain, score_threshold, using,
+                                             self._is_multi(using)))
 
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                       params: dict | None = None,
@@ -378,7 +388,7 @@ class RemoteCollection(_RemoteBase):
         """Top-k of a batch as matrices (``ids``, ``scores``, ``counts``); see
         ``Collection.search_arrays``."""
         return self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
-                                                    score_threshold, using))
+                                                    score_threshold, using, self._is_multi(using)))
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         self.client._drive(ops.create_payload_index(self.name, field_name, field_type))
@@ -424,7 +434,7 @@ class AsyncRemoteCollection(_RemoteBase):
     async def upsert(self, ids=None, vectors=None, payloads=None, *, points=None,
                      batch_size: int | None = None) -> int:
         return await self.client._drive(ops.upsert(self.name, ids, vectors, payloads, points,
-                                                   batch_size))
+                                                   batch_size, self._multi))
 
     async def get(self, ids, with_payload: bool | list | dict = True,
                   with_vectors: bool = False) -> list[Point]:
@@ -471,14 +481,16 @@ class AsyncRemoteCollection(_RemoteBase):
                      score_threshold: float | None = None, using: str | None = None):
         return await self.client._drive(ops.search(self.name, vector, k, filter, params,
                                                    with_payload, with_vectors, explain,
-                                                   score_threshold, using))
+                                                   score_threshold, using,
+                                                   self._is_multi(using)))
 
     async def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                             params: dict | None = None,
                             score_threshold: float | None = None,
                             using: str | None = None) -> SearchArrays:
         return await self.client._drive(ops.search_arrays(self.name, queries, k, filter, params,
-                                                          score_threshold, using))
+                                                          score_threshold, using,
+                                                          self._is_multi(using)))
 
     async def create_payload_index(self, field_name: str, field_type: str) -> None:
         await self.client._drive(ops.create_payload_index(self.name, field_name, field_type))

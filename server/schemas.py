@@ -44,11 +44,22 @@ IndexSpec = Field("HNSW16,F32", max_length=128,
 
 
 class VectorParams(_Strict):
-    """One named vector field."""
+    """One named vector field; ``multivector`` makes it a multi-vector (MaxSim) field."""
 
-    dim: int = Field(gt=0, le=65536, description="Vector dimension.")
+    dim: int = Field(gt=0, le=65536, description="Vector dimension (of each token).")
     metric: Literal["l2", "ip", "cosine"] = "cosine"
     index: str = IndexSpec
+    multivector: Literal["max_sim"] | None = Field(
+        None, description="A token matrix per point, scored by MaxSim (late interaction).")
+    retrieval: Literal["fde", "tokens"] | None = Field(
+        None, description="Multi-vector candidates from MUVERA encodings (fde, the default) "
+                          "or from each query token's nearest document tokens.")
+    fde: dict[str, int] | None = Field(
+        None, description='MUVERA parameters, e.g. {"k_sim": 4, "d_proj": 16, "r_reps": 20}.')
+    tokens: Literal["f16", "f32"] | None = Field(None, description="How tokens are stored.")
+    pool_factor: int | None = Field(
+        None, ge=1, le=64, description="Keep 1/pool_factor of each document's tokens, "
+                                       "similar ones merged.")
 
 
 class CreateCollection(_Strict):
@@ -166,7 +177,7 @@ class SearchRequest(_Strict):
     """Qdrant's legacy search (``vector`` may be ``{"name", "vector"}``); ``explain`` is
     Quiver's extension."""
 
-    vector: list[float] | NamedVector
+    vector: VectorValue | NamedVector
     limit: int = Field(10, ge=1, description="k: number of results.")
     offset: int = Field(0, ge=0, description="Skip this many of the best hits.")
     filter: dict[str, Any] | None = None

@@ -235,7 +235,7 @@ class NamedVector(_Strict):
     """Legacy search's ``{"name": field, "vector": [...]}``."""
 
     name: str = Field(max_length=64)
-    vector: list[float]
+    vector: VectorValue
 
 
 class UpsertBatch(_Strict):

@@ -32,7 +32,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             await run(database().create_collection, name, **qc.create_kwargs(body))
             return ok(True, t)
         body = await parse(request, s.CreateCollection)
-        vectors = ({n: f.model_dump() for n, f in body.vectors.items()}
+        vectors = ({n: f.model_dump(exclude_none=True) for n, f in body.vectors.items()}
                    if body.vectors is not None else None)
         col = await run(database().create_collection, name, body.dim, body.metric, body.index,
                         vectors=vectors, ef_construction=body.ef_construction,
