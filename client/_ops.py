@@ -28,7 +28,7 @@ from ..engine.params import SearchParams
 from ..engine.payload import canonical_payload
 from ..engine.points import Point, field_rows, pack_fields, upsert_columns
 from ..engine.projection import payload_paths, payload_projection
-from ..engine.tokens import TokenMatrices, as_token_matrices
+from ..engine.tokens import as_token_matrices, is_one_query
 from ..engine.validation import check_k, check_threshold
 from ..server.schemas import BINARY_POINTS, NPY
 
@@ -487,19 +487,8 @@ def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,
 def _token_queries(vector: Any) -> tuple[bool, Any, bool]:
     """(one query?, the query or queries as nested lists, any non-finite value?) for a
     multi-vector field: one token matrix, or a list (or ``TokenMatrices``) of them."""
-    if isinstance(vector, TokenMatrices):
-        mats = list(vector)
-        single = False
-    else:
-        try:
-            nd = np.ndim(vector)
-        except ValueError:  # matrices of different lengths: a batch
-            nd = 3
-        single = nd == 2
-        mats = [vector] if single else list(vector) if nd == 3 else None
-        if mats is None:
-            raise InvalidArgument("vector: a multi-vector query is a token matrix (tokens x dim), "
-                                  "a batch is a list of them")
+    single = is_one_query(vector)
+    mats = [vector] if single else list(vector)
     arrays = [as_float_array(m) for m in mats]
     rows = [a.tolist() if a is not None else m for a, m in zip(arrays, mats, strict=True)]
     nonfinite = any(a is not None and a.size and not bool(np.isfinite(a).all()) for a in arrays)

@@ -37,7 +37,7 @@ from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, u
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import FieldSpec, Segment, field_index
-from .tokens import TokenMatrices, as_token_matrices, normalize_tokens
+from .tokens import TokenMatrices, as_token_matrices, is_one_query, normalize_tokens
 from .validation import as_vectors, check_dim, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
@@ -121,6 +121,9 @@ class VectorField:
         if metric == "l2":
             raise InvalidArgument(f"{pre}metric: multi-vector (MaxSim) fields score by inner "
                                   f"product; use 'cosine' or 'ip'")
+        if not isinstance(spec, str):
+            raise InvalidArgument(f"{pre}index: expected the spec of the dense index candidates "
+                                  f"come from, e.g. 'HNSW16', got {spec!r}")
         fde, tokens = value.get("fde"), value.get("tokens") or "f16"
         retrieval = value.get("retrieval") or "fde"
         pool = value.get("pool_factor")
@@ -470,7 +473,8 @@ class Collection:
             if self._metrics[name] is Metric.COSINE:
                 x = normalize_tokens(x) if multi else normalize_rows(x)
             if multi and (self.fields[name].pool_factor or 1) > 1 and len(x):
-                x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor))
+                x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor,
+                                               self._metrics[name] is Metric.COSINE))
             out[name] = (x, rows)
         if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
             raise InvalidArgument("vectors: required")
@@ -858,16 +862,7 @@ class Collection:
         token matrix (a 2-D array or list of equal rows; a batch is a list of them)."""
         if self.fields[self._field(using)].kind != "multi":
             return _ndim(vector, "vector") == 1
-        if isinstance(vector, TokenMatrices):
-            return False
-        try:
-            nd = np.ndim(vector)
-        except ValueError:  # token matrices of different lengths: a batch
-            return False
-        if nd not in (2, 3):
-            raise InvalidArgument("vector: a multi-vector query is a token matrix (tokens x dim), "
-                                  "a batch is a list of them")
-        return nd == 2
+        return is_one_query(vector)
 
     def _best_rows(self, found: list, nq: int, k: int, metric: Metric,
                    threshold: float | None = None) -> list[list[tuple[Segment, int, float]]]:

@@ -5,16 +5,16 @@ Chamfer(Q, P) = sum over query tokens q of max over document tokens p of <q, p>.
 (Dhulipala et al. 2024) turns each token set into one vector (its FDE) whose inner product
 approximates Chamfer: per repetition, SimHash buckets the tokens; a query block sums its
 bucket's projected tokens, a document block averages them (the asymmetry that makes <F_q,
-F_d> track sum_q <q, nearest p>), and an empty document bucket borrows the token nearest in
-SimHash bits. A dense index over document FDEs fetches candidates; exact Chamfer over the
-stored tokens re-ranks them.
+F_d> track sum_q <q, nearest p>), and an empty document bucket borrows the first token of the
+occupied bucket nearest in SimHash bits. A dense index over document FDEs fetches
+candidates; exact Chamfer over the stored tokens re-ranks them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -117,12 +117,13 @@ def ragged(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     return x.tokens, x.offsets
 
 
-def pool_tokens(tokens: np.ndarray, offsets: np.ndarray,
-                factor: int) -> tuple[np.ndarray, np.ndarray]:
+def pool_tokens(tokens: np.ndarray, offsets: np.ndarray, factor: int,
+                unit: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each document's tokens pooled to ceil(n / factor) (``kernels.chamfer.pool_tokens``);
-    unit-length tokens stay unit length."""
-    norms = np.einsum("ij,ij->i", tokens, tokens)
-    unit = bool(np.all(np.abs(norms - 1) < 1e-3))
+    ``unit``: pooled tokens normalised to unit length (default: when every input token is)."""
+    if unit is None:
+        norms = np.einsum("ij,ij->i", tokens, tokens)
+        unit = bool(np.all(np.abs(norms - 1) < 1e-3))
     out_offsets = kc.pool_counts(offsets, factor)
     out = np.empty((int(out_offsets[-1]), tokens.shape[1]), np.float32)
     kc.pool_tokens(tokens, offsets, factor, unit, out_offsets, out)
@@ -205,7 +206,8 @@ class MultiVectorIndex:
                else _ids(ids))
         if ids.shape != (n,):
             raise InvalidArgument(f"ids: expected {n} ids, got shape {ids.shape}")
-        if np.isin(ids, self._ids).any() or np.unique(ids).shape[0] != n:
+        if np.unique(ids).shape[0] != n or (len(self) and n and ids.min() <= self._ids.max()
+                                             and np.isin(ids, self._ids).any()):
             raise InvalidArgument("ids: must be new and distinct")
         if self.token_codec == "f16" and (np.abs(tokens) > _F16_MAX).any():
             row = int(np.flatnonzero((np.abs(tokens) > _F16_MAX).any(1))[0])
@@ -310,28 +312,28 @@ class MultiVectorIndex:
         out_i = np.full((nq, k), -1, np.int64)
         if not len(self) or not n_ok or not nq:
             return out_d, out_i, info
-        if plan.strategy == "exact" or self.fdes is None:
-            if bits is None:
-                cand = np.full((nq, 1), -2, np.int64)
-            else:
-                cand = np.ascontiguousarray(np.broadcast_to(bits.positions(), (nq, n_ok)))
-        elif self.retrieval == "tokens":
-            c = self._candidates(params, k, n_ok)
-            hits = self.token_hits
-            tparams = SearchParams(ef=max(params.ef or 0, hits)) if self._graph else SearchParams()
-            tbits = None if bits is None else Bitset.from_mask(bits.to_mask()[self._doc_of])
-            hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, tparams, None, filtered)
-            cand = np.empty((nq, c), np.int64)
-            kc.token_votes(self._doc_of, np.ascontiguousarray(hp, np.int64),
-                           np.ascontiguousarray(hd, np.float32), q.offsets, len(self), cand)
-            info.update(candidates=c, token_hits=hits)
+        exact = plan.strategy == "exact" or self.fdes is None
+        if exact:
+            cand = (np.full((1, 1), -2, np.int64) if bits is None
+                    else bits.positions().astype(np.int64)[None, :])  # one row: every query
         else:
             c = self._candidates(params, k, n_ok)
-            fparams = SearchParams(ef=max(params.ef or 0, c)) if self._graph else SearchParams()
-            fq = self.encoder.queries(q.tokens, q.offsets)
-            _, cand, _ = self.fdes.search_positions(fq, c, bits, fparams, None, filtered)
-            cand = np.ascontiguousarray(cand, np.int64)
-            info["candidates"] = c
+            hits = self.token_hits if self.retrieval == "tokens" else c
+            knobs = replace(params, ef=max(params.ef or 0, hits) if self._graph else params.ef,
+                            candidates=None, exact=False)
+            if self.retrieval == "tokens":
+                tbits = None if bits is None else Bitset.from_mask(bits.to_mask()[self._doc_of])
+                hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, knobs, None,
+                                                       filtered)
+                cand = np.empty((nq, c), np.int64)
+                kc.token_votes(self._doc_of, np.ascontiguousarray(hp, np.int64),
+                               np.ascontiguousarray(hd, np.float32), q.offsets, len(self), cand)
+                info.update(candidates=c, token_hits=hits)
+            else:
+                fq = self.encoder.queries(q.tokens, q.offsets)
+                _, cand, _ = self.fdes.search_positions(fq, c, bits, knobs, None, filtered)
+                cand = np.ascontiguousarray(cand, np.int64)
+                info["candidates"] = c
         stored = self._tokens.view()[0]
 
         def rerank(first: int, step: int) -> None:
@@ -339,6 +341,11 @@ class MultiVectorIndex:
                                   out_i, first, step)
 
         run_chunks(rerank, chunk_count(nq))
+        short = np.flatnonzero((out_i >= 0).sum(axis=1) < min(k, n_ok))
+        if short.size and not exact:  # too few candidates found: score those exactly
+            info["fallback_exact"] = int(short.size)
+            d, i, _ = self.search_positions(q[short], k, bits, replace(params, exact=True))
+            out_d[short], out_i[short] = d, i
         return out_d, out_i, info
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -349,8 +356,7 @@ class MultiVectorIndex:
                 "pool_factor": self.pool_factor}
         codes, aux = self._tokens.view()
         save_arrays(directory, self.kind, meta, {
-            "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids,
-            "token_docs": self._doc_of})
+            "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids})
         if self.fdes is not None:
             self.fdes.save(os.path.join(directory, "fde"))
 
@@ -362,6 +368,8 @@ class MultiVectorIndex:
                         token_hits=int(meta.get("token_hits", TOKEN_HITS)),
                         pool_factor=int(meta.get("pool_factor", 1)))
             index.retrieval = meta.get("retrieval", "fde")
+            if index.retrieval not in RETRIEVALS:
+                raise InvalidArgument(f"retrieval {index.retrieval!r}")
         except (KeyError, TypeError, InvalidArgument) as exc:
             raise CorruptData(f"{directory}: bad multi-vector metadata ({exc})") from None
         offsets, n = a["offsets"], a["ids"].shape[0]
@@ -374,11 +382,11 @@ class MultiVectorIndex:
             index.fdes = load_index(os.path.join(directory, "fde"), mmap=mmap)
             index._graph = parse_index_spec(index.spec).index.family == "HNSW"
             want = n if index.retrieval == "fde" else a["tokens"].shape[0]
-            if len(index.fdes) != want or (index.retrieval == "tokens"
-                                           and a["token_docs"].shape != (want,)):
+            if len(index.fdes) != want:
                 raise CorruptData(f"{os.path.join(directory, 'fde')}: {len(index.fdes)} rows "
                                   f"where {want} {index.retrieval} were stored")
-            index._doc_of = a["token_docs"]
+            if index.retrieval == "tokens":
+                index._doc_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
         if a["tokens_aux"].shape[0] != a["tokens"].shape[0]:
             raise CorruptData(f"{os.path.join(directory, 'tokens_aux.npy')}: not one row per "
                               f"token")

@@ -123,6 +123,21 @@ def as_token_matrices(value: Any, dim: int, what: str) -> TokenMatrices:
     return TokenMatrices(tokens, offsets)
 
 
+def is_one_query(x: Any) -> bool:
+    """Whether a multi-vector search input is one query (one token matrix: a 2-D array or a
+    list of equal rows) rather than a batch (a list of them, ``TokenMatrices``)."""
+    if isinstance(x, TokenMatrices):
+        return False
+    try:
+        nd = np.ndim(x)
+    except ValueError:  # token matrices of different lengths: a batch
+        return False
+    if nd not in (2, 3):
+        raise InvalidArgument("vector: a multi-vector query is a token matrix (tokens x dim), "
+                              "a batch is a list of them")
+    return nd == 2
+
+
 def normalize_tokens(x: TokenMatrices) -> TokenMatrices:
     """Unit-length tokens (cosine MaxSim is inner-product MaxSim over them)."""
     norms = np.linalg.norm(x.tokens, axis=1, keepdims=True)

@@ -61,8 +61,8 @@ def _chamfer(Q, D, a, b, best, buf) -> np.float32:
 @njit(**JIT)
 def chamfer_topk_chunk(Q, qoff, D, doff, cand, k, out_d, out_i, first, step):
     """For queries first, first + step, ...: exact Chamfer over the candidate documents
-    ``cand[q]`` (-1 padded; all documents if ``cand`` has one column of -2), best k kept as
-    distances (negated scores) ascending."""
+    ``cand[q]`` (-1 padded; a single row serves every query; all documents if that row is one
+    -2), best k kept as distances (negated scores) ascending."""
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     buf = np.empty(D.shape[1], np.float32)
@@ -71,13 +71,14 @@ def chamfer_topk_chunk(Q, qoff, D, doff, cand, k, out_d, out_i, first, step):
         Qt = Q[qoff[q]:qoff[q + 1]]
         best = np.empty(Qt.shape[0], np.float32)
         size = 0
-        if cand.shape[1] == 1 and cand[q, 0] == -2:
+        row = cand[q] if cand.shape[0] > 1 else cand[0]
+        if row.shape[0] == 1 and row[0] == -2:
             for c in range(ndocs):
                 d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
                 size = heap_push(hd, hi, size, d, c)
         else:
-            for j in range(cand.shape[1]):
-                c = cand[q, j]
+            for j in range(row.shape[0]):
+                c = row[j]
                 if c < 0:
                     continue
                 d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
@@ -105,6 +106,7 @@ def fde_encode(H, P, offsets, k_sim, average, fill_empty, out):
         n = offsets[i + 1] - a
         codes = np.empty(n, np.int64)
         counts = np.empty(nb, np.int64)
+        occupied = np.empty(min(n, nb), np.int64)
         for r in range(reps):
             base = r * nb * dp
             counts[:] = 0
@@ -118,6 +120,11 @@ def fde_encode(H, P, offsets, k_sim, average, fill_empty, out):
                 o = base + code * dp
                 for p in range(dp):
                     out[i, o + p] += P[a + t, r * dp + p]
+            n_occ = 0
+            for bk in range(nb):
+                if counts[bk] > 0:
+                    occupied[n_occ] = bk
+                    n_occ += 1
             for bk in range(nb):
                 o = base + bk * dp
                 if counts[bk] > 0:
@@ -127,9 +134,8 @@ def fde_encode(H, P, offsets, k_sim, average, fill_empty, out):
                             out[i, o + p] *= inv
                 elif fill_empty and n > 0:
                     best, best_b = 1 << 30, 0
-                    for ob in range(nb):  # the nearest occupied bucket (lowest id on ties)
-                        if counts[ob] == 0:
-                            continue
+                    for u in range(n_occ):  # the nearest occupied bucket (lowest id on ties)
+                        ob = occupied[u]
                         x = ob ^ bk
                         bits = 0
                         while x:

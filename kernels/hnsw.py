@@ -24,9 +24,10 @@ PREFETCH_BYTES = 256
 """How much of each unvisited neighbour's row a traversal prefetches before scoring them."""
 
 RERANK_AHEAD = 4
+"""Re-ranking reads candidate rows in an order no prefetcher guesses: each row is prefetched
+this many candidates ahead of its distance."""
 RERANK_PREFETCH_BYTES = 4096
-"""Re-ranking reads candidate rows in an order no prefetcher guesses: each row (up to 4 KB)
-is prefetched this many candidates ahead of its distance."""
+"""How much of a candidate row re-ranking prefetches (a 1,024-d float32 row)."""
 
 MAX_UPPER = 8
 """Layers above 0 that a node can reach (level draws are clamped): P(level > 8) = M**-9."""

@@ -590,7 +590,8 @@ def test_multi_vector_fields_over_rest_match_the_embedded_database(server, tmp_p
             for col in (local, remote):
                 col.upsert(ids=list(range(40)), vectors={"mv": docs, "d": dense}, payloads=pls)
             flt = {"must": [{"key": "g", "match": {"value": 1}}]}
-            for kw in ({}, {"filter": flt}, {"params": {"exact": True}}):
+            for kw in ({}, {"filter": flt}, {"params": {"exact": True}},
+                       {"params": {"candidates": 30}}):
                 a = local.search(docs[7], k=4, using="mv", **kw)
                 b = remote.search(docs[7], k=4, using="mv", **kw)
                 assert [h.id for h in a] == [h.id for h in b]

@@ -167,3 +167,20 @@ def test_select_smallest_keeps_the_k_smallest():
         np.testing.assert_array_equal(np.sort(dd[:k]), np.sort(d)[:k])
         np.testing.assert_array_equal(d[ii], dd)  # ids carried along
         assert top == np.sort(d)[k - 1]
+
+
+def test_trained_empty_fast_scan_reloads_and_ivfpq_refuses_4bit(tmp_path: Path, data):
+    x, q = data
+    idx = quiver.index("IVF8,PQ16x4fs", 32, "l2")
+    idx.train(x)
+    assert (idx.search(q, K)[1] == -1).all()
+    idx.save(tmp_path / "empty")
+    back = quiver.load_index(tmp_path / "empty")
+    back.add(x[:50])
+    assert (back.search(x[:2], 1, nprobe=8)[1][:, 0] == [0, 1]).all()
+    from quiver.engine.index.ivfpq import IVFPQIndex
+
+    with pytest.raises(InvalidArgument, match=r"IVFPQIndex stores PQ<m>x8 codes.*PQ<m>x4fs"):
+        IVFPQIndex(32, codec="PQ16x4fs")
+    with pytest.raises(InvalidArgument, match=r"IVFPQFastScanIndex stores PQ<m>x4fs codes"):
+        IVFPQFastScanIndex(32, codec="PQ16x8")

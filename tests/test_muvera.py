@@ -205,3 +205,16 @@ def test_token_pooling_merges_similar_tokens():
     assert idx.memory_usage()["tokens"] == sum(len(d) for d in base) * (2 * DIM + 4)  # halved
     with pytest.raises(InvalidArgument, match="pool_factor: expected a positive integer"):
         quiver.MultiVectorIndex(DIM, pool_factor=0)
+
+
+def test_too_few_token_hits_fall_back_to_exact(corpus):
+    """A one-token query fetching one token finds one document: the search notices it has
+    fewer than k and scores that query exactly, so k results still come back."""
+    docs, queries = corpus
+    idx = quiver.MultiVectorIndex(DIM, index="HNSW16", retrieval="tokens", token_hits=1)
+    idx.add(docs)
+    q = [queries[0][:1], queries[1]]
+    _, got = idx.search(q, 10, candidates=10)
+    _, want = idx.search(q, 10, exact=True)
+    assert (got >= 0).all()
+    np.testing.assert_array_equal(got[0], want[0])

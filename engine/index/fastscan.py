@@ -14,8 +14,7 @@ import numpy as np
 
 from ...kernels import fastscan as kf
 from ...kernels.chunks import chunk_count, run_chunks
-from ..codecs import Codec
-from ..errors import CorruptData, InvalidArgument
+from ..errors import CorruptData
 from ..params import SearchParams
 from .ivfpq import IVFPQIndex
 
@@ -60,12 +59,12 @@ class IVFPQFastScanIndex(IVFPQIndex):
         self._blocks = np.zeros(0, np.uint8)
         self._block_off = np.zeros(1, np.int64)
 
-    def _make_codec(self, name: str) -> Codec:
-        codec = super()._make_codec(name)
-        if codec.nbits != 4:
-            raise InvalidArgument(f"codec: the fast scan stores 4-bit codes (PQ<m>x4fs), got "
-                                  f"{name!r}")
-        return codec
+    _NBITS = 4
+
+    def train(self, x, queries=None) -> None:
+        super().train(x, queries)
+        self._set_blocks(*pack_blocks(np.zeros((0, self.codec.code_width), np.uint8),
+                                      self._offsets))
 
     # --- the block layout -----------------------------------------------------------
 
@@ -82,6 +81,10 @@ class IVFPQFastScanIndex(IVFPQIndex):
         self._codes = self._row_codes()
         super()._merge(labels, codes, aux, scale)
         self._set_blocks(*pack_blocks(self._codes[: self._n], self._offsets))
+
+    def _saved_codes(self) -> np.ndarray:
+        """Nothing per slot: the blocks (``fs_blocks``) are the saved codes."""
+        return np.zeros((self._n, 0), np.uint8)
 
     def _extra_arrays(self) -> dict[str, np.ndarray]:
         return {**super()._extra_arrays(), "fs_blocks": self._blocks,

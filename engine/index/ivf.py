@@ -435,7 +435,7 @@ class IVFIndex:
                 "n": n, "n_deleted": self._n_deleted}
         arrays = {"centroids": (self._centroids if self._centroids is not None
                                 else np.zeros((0, self.dim), np.float32)),
-                  "offsets": self._offsets, "codes": self._row_codes(), "aux": self._aux[:n],
+                  "offsets": self._offsets, "codes": self._saved_codes(), "aux": self._aux[:n],
                   "slot_pos": self._slot_pos[:n], "slot_of": self._slot_of[:n],
                   "ids": self._ids[:n], "deleted": self._deleted[: (n + 63) >> 6]}
         if self.codec.trained:
@@ -446,8 +446,12 @@ class IVFIndex:
         save_arrays(directory, self.kind, meta, arrays)
 
     def _row_codes(self) -> np.ndarray:
-        """The lists' codes, one row per slot (what is saved as ``codes``)."""
+        """The lists' codes, one row per slot."""
         return self._codes[: self._n]
+
+    def _saved_codes(self) -> np.ndarray:
+        """What ``save`` writes as ``codes``."""
+        return self._row_codes()
 
     def _extra_meta(self) -> dict:
         return {}

@@ -67,10 +67,16 @@ class IVFPQIndex(IVFIndex):
             raise InvalidArgument(f"codec: expected one codec such as 'PQ48x8', got {name!r}")
         return codec_from_spec(parts[0], self.dim)
 
+    _NBITS = 8
+    """Bits of the PQ codes this class scans (4-bit ones are the fast-scan subclass's)."""
+
     def _make_codec(self, name: str) -> Codec:
         codec = self._parse_codec(name)
-        if not isinstance(codec, PQCodec):
-            raise InvalidArgument(f"codec: IVFPQIndex stores PQ<m>x8 codes, got {name!r}")
+        if not isinstance(codec, PQCodec) or codec.nbits != self._NBITS:
+            form = "PQ<m>x8" if self._NBITS == 8 else "PQ<m>x4fs"
+            raise InvalidArgument(f"codec: {type(self).__name__} stores {form} codes, got "
+                                  f"{name!r}" + (" (4-bit codes: the spec IVF<nlist>,PQ<m>x4fs)"
+                                                 if self._NBITS == 8 else ""))
         return codec
 
     @property

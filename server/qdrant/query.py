@@ -46,7 +46,8 @@ def engine_params(p: q.QueryParams | None, limit: int) -> SearchParams | None:
             rerank = quant.rescore
         if quant.oversampling is not None:
             ef = max(ef or 64, math.ceil(limit * quant.oversampling))
-    return SearchParams(ef=ef, nprobe=p.nprobe, rerank=rerank, exact=bool(p.exact))
+    return SearchParams(ef=ef, nprobe=p.nprobe, rerank=rerank, exact=bool(p.exact),
+                        candidates=p.candidates)
 
 
 def select_vector(vector: Any, names: list[str] | None) -> Any:

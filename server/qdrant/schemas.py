@@ -134,8 +134,9 @@ class QuantizationSearchParams(_Strict):
 
 class QueryParams(_Strict):
     """Qdrant's search ``params`` (``hnsw_ef``, ``exact``, ``quantization``,
-    ``indexed_only``) and Quiver's knobs (``ef``, ``nprobe``, ``rerank``) in one object.
-    ``indexed_only`` is accepted and ignored: Quiver searches unindexed points too."""
+    ``indexed_only``) and Quiver's knobs (``ef``, ``nprobe``, ``rerank``, ``candidates``) in
+    one object. ``indexed_only`` is accepted and ignored: Quiver searches unindexed points
+    too."""
 
     hnsw_ef: StrictInt | None = Field(None, ge=1)
     exact: StrictBool | None = None
@@ -144,6 +145,7 @@ class QueryParams(_Strict):
     ef: StrictInt | None = Field(None, ge=1)
     nprobe: StrictInt | None = Field(None, ge=1)
     rerank: StrictBool | Literal["exact"] | None = None
+    candidates: StrictInt | None = Field(None, ge=1)
 
 
 Example = list[float] | Tokens | PointId
