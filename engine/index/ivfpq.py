@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ...kernels import kmeans as kk
 from ...kernels import pq as kp
 from ...kernels import scan as ks
 from .. import planner
@@ -89,9 +90,9 @@ class IVFPQIndex(IVFIndex):
         labels, _ = assign(v, self._centroids, self._kmetric, self._cnorms)
         self._bases = self._centroids
         if self._kmetric != "l2":
-            counts = np.bincount(labels, minlength=self.lists)
-            sums = np.zeros_like(self._centroids, dtype=np.float64)
-            np.add.at(sums, labels, v)
+            counts = np.zeros(self.lists, np.int64)
+            sums = np.zeros_like(self._centroids)
+            kk.accumulate_rows(np.ascontiguousarray(v, np.float32), labels, 0, sums, counts)
             self._bases = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                                    self._centroids).astype(np.float32)
         self.codec.fit(v - self._bases[labels], seed=self.seed)
