@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from ..engine.database import Database
 from .context import BODY_MODELS, HANDLED, JSON, ServerContext
 from .gate import Gate
-from .routes import ROUTES, search
+from .routes import ROUTES, query, search
 from .routes.search import _load_npy
 from .settings import Settings
 from .warmup import warm_background, warm_for_requests
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return schema
 
     app.openapi = custom_openapi
-    gated = Gate(app, settings, ctx.metrics, ctx.error_for, fast_routes=[search.SEARCH])
+    gated = Gate(app, settings, ctx.metrics, ctx.error_for, fast_routes=[search.SEARCH, query.QUERY])
     app.state.settings = settings
     app.state.ready = ctx.ready
     return gated  # type: ignore[return-value]

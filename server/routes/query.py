@@ -9,11 +9,16 @@ import time
 from fastapi import FastAPI, Request
 
 from ...engine.errors import InvalidArgument
-from ..context import ServerContext, body_doc, ok, parse
+from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
 from ..qdrant import query as qq
 from ..qdrant import schemas as q
 
 TAGS = ["search"]
+
+
+QUERY = ("POST", "/collections/{name}/points/query")
+"""Served on the Gate's fast path too (the call Qdrant's clients make per query): its
+endpoint is ``handler(name, raw body, content type)``."""
 
 
 def register(app: FastAPI, ctx: ServerContext) -> None:
@@ -31,13 +36,13 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                 raise (type(exc)(f"searches[{i}]: {exc}") if len(requests) > 1 else exc) from None
         return qq.run(col, queries)
 
-    @app.post("/collections/{name}/points/query", tags=TAGS, openapi_extra=body_doc(q.QueryRequest))
-    async def query_points(name: str, request: Request):
+    @app.post(QUERY[1], tags=TAGS, openapi_extra=body_doc(q.QueryRequest))
+    async def query_points(name: str, raw: RawBody, content_type: ContentType = None):
         """Nearest points to a vector, to a stored point (``"query": id``, the point itself
         left out) or to examples (``recommend``), or a fusion of ``prefetch`` searches;
         answers ``{"points": [ScoredPoint, ...]}``."""
         t = time.perf_counter()
-        body = await parse(request, q.QueryRequest)
+        body = parse_raw(raw, q.QueryRequest, content_type)
         return ok({"points": (await run(answers, name, [body]))[0]}, t)
 
     @app.post("/collections/{name}/points/query/batch", tags=TAGS,
