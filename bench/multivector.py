@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-hits", type=int, default=16,
                    help="tokens fetched per query token (--retrieval tokens)")
     p.add_argument("--ef", type=int, help="beam width of the candidate search (HNSW)")
+    p.add_argument("--tokens", default="f16", choices=("f16", "f32", "lvq8"),
+                   help="how document tokens are stored")
     p.add_argument("--pool-factor", type=int, default=1,
                    help="pool each document's tokens to 1/N of them (token pooling)")
     p.add_argument("--nprobe", type=int, help="lists probed by an IVF candidate index")
@@ -71,8 +73,9 @@ def _encoder_recall(doc_fde: np.ndarray, query_fde: np.ndarray, ds, counts: list
         cand = np.ascontiguousarray(np.argpartition(-sims, c - 1, axis=1)[:, :c], np.int64)
         d = np.empty((ds.nq, k), np.float32)
         i = np.empty((ds.nq, k), np.int64)
-        kc.chamfer_topk_chunk(ds.query_vectors, ds.query_offsets, ds.doc_vectors, ds.doc_offsets,
-                              cand, k, d, i, 0, 1)
+        kc.chamfer_topk_chunk(ds.query_vectors, ds.query_offsets, ds.doc_vectors,
+                              np.zeros((ds.doc_vectors.shape[0], 0), np.float32),
+                              np.zeros(0, np.float32), ds.doc_offsets, cand, k, d, i, 0, 1)
         out[c] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(i, truth,
                                                                           strict=True)]))
     return out
@@ -118,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = FDEConfig(k_sim=args.k_sim, d_proj=args.d_proj, r_reps=args.r_reps)
     t = time.perf_counter()
     idx = MultiVectorIndex(ds.dim, index=args.index, fde=cfg, retrieval=args.retrieval,
-                           token_hits=args.token_hits, pool_factor=args.pool_factor)
+                           token_hits=args.token_hits, pool_factor=args.pool_factor,
+                           tokens=args.tokens)
     idx.add(docs)
     build_s = time.perf_counter() - t
     counts = []

@@ -22,7 +22,7 @@ from ..kernels import chamfer as kc
 from ..kernels.chunks import chunk_count, run_chunks
 from . import planner
 from .bitset import Bitset
-from .codecs import F16Codec, F32Codec
+from .codecs import F16Codec, F32Codec, LVQCodec
 from .errors import CorruptData, InvalidArgument
 from .index.registry import index as make_index
 from .index.registry import load_index, parse_index_spec
@@ -42,7 +42,9 @@ CHAMFER_BYTES_PER_MAC = 1.25
 """Cost model: one multiply-add of exact Chamfer, in bytes of a float32 scan."""
 TOKEN_HITS = 16
 """Token retrieval: nearest document tokens fetched per query token."""
-TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec}
+TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec, "lvq8": lambda dim: LVQCodec(dim, 8)}
+"""How document tokens are kept: float16 (default), float32, or LVQ-8 (a byte a dimension plus
+a per-token bias and step, centred on the mean of the first tokens added)."""
 """How document tokens are stored: float16 (default; bits as uint16) or float32."""
 _F16_MAX = 65504.0
 
@@ -214,6 +216,8 @@ class MultiVectorIndex:
             doc = int(np.searchsorted(offsets, row, side="right") - 1)
             raise InvalidArgument(f"documents[{doc}]: a token value beyond the float16 range "
                                   f"(|x| <= 65504); store tokens='f32'")
+        if not self._tokens.codec.trained:  # LVQ: the mean the codes are centred on
+            self._tokens.codec.fit(tokens)
         if self.fdes is not None:
             t0 = self._tokens.n
             rows = (self.encoder.documents(tokens, offsets) if self.retrieval == "fde"
@@ -233,9 +237,16 @@ class MultiVectorIndex:
     def reconstruct(self, positions) -> TokenMatrices:
         """The float32 token matrices stored at document positions."""
         pos = np.asarray(positions, np.int64)
-        stored = TokenMatrices(self._tokens.view()[0], self._offsets)[pos]
-        tokens = (stored.tokens.view(np.float16).astype(np.float32)
-                  if self.token_codec == "f16" else stored.tokens)
+        codes, aux = self._tokens.view()
+        stored = TokenMatrices(codes, self._offsets)[pos]
+        if self.token_codec == "f16":
+            tokens = stored.tokens.view(np.float16).astype(np.float32)
+        elif self.token_codec == "lvq8":
+            rows = TokenMatrices(aux, self._offsets)[pos].tokens
+            tokens = (self._tokens.codec.mean + rows[:, :1]
+                      + rows[:, 1:2] * stored.tokens.astype(np.float32))
+        else:
+            tokens = stored.tokens
         return TokenMatrices(np.ascontiguousarray(tokens, np.float32), stored.offsets)
 
     def memory_usage(self) -> dict[str, int]:
@@ -334,11 +345,15 @@ class MultiVectorIndex:
                 _, cand, _ = self.fdes.search_positions(fq, c, bits, knobs, None, filtered)
                 cand = np.ascontiguousarray(cand, np.int64)
                 info["candidates"] = c
-        stored = self._tokens.view()[0]
+        stored, aux = self._tokens.view()
+        if self.token_codec == "lvq8":
+            mean = self._tokens.codec.mean
+        else:
+            aux, mean = np.zeros((stored.shape[0], 0), np.float32), np.zeros(0, np.float32)
 
         def rerank(first: int, step: int) -> None:
-            kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, self._offsets, cand, k, out_d,
-                                  out_i, first, step)
+            kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, aux, mean, self._offsets, cand, k,
+                                  out_d, out_i, first, step)
 
         run_chunks(rerank, chunk_count(nq))
         short = np.flatnonzero((out_i >= 0).sum(axis=1) < min(k, n_ok))
@@ -356,7 +371,8 @@ class MultiVectorIndex:
                 "pool_factor": self.pool_factor}
         codes, aux = self._tokens.view()
         save_arrays(directory, self.kind, meta, {
-            "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids})
+            "tokens": codes, "tokens_aux": aux, "offsets": self._offsets, "ids": self._ids,
+            **{f"tokens_{k}": v for k, v in self._tokens.codec.state().items()}})
         if self.fdes is not None:
             self.fdes.save(os.path.join(directory, "fde"))
 
@@ -390,6 +406,11 @@ class MultiVectorIndex:
         if a["tokens_aux"].shape[0] != a["tokens"].shape[0]:
             raise CorruptData(f"{os.path.join(directory, 'tokens_aux.npy')}: not one row per "
                               f"token")
+        state = {k[7:]: v for k, v in a.items() if k.startswith("tokens_") and k != "tokens_aux"}
+        if state:
+            index._tokens.codec.load_state(state)
+        elif not index._tokens.codec.trained and n:
+            raise CorruptData(f"{os.path.join(directory, 'tokens_mean.npy')}: missing")
         index._tokens = VectorStore(index._tokens.codec, a["tokens"], a["tokens_aux"])
         index._offsets, index._ids = offsets, a["ids"]
         return index

@@ -1,7 +1,8 @@
 """Multi-vector kernels: exact Chamfer (MaxSim) scores and MUVERA fixed-dimensional encodings.
 
 Token matrices are stored ragged: document i owns rows ``offsets[i]:offsets[i+1]`` of one
-(n_tokens, dim) array of float32 values or float16 bits (uint16); a kernel compiles per dtype.
+(n_tokens, dim) array of float32 values, float16 bits (uint16) or LVQ-8 codes (uint8, with
+per-row (bias, step) in ``aux`` and the dataset ``mean``); a kernel compiles per dtype.
 """
 
 import numpy as np
@@ -14,8 +15,28 @@ from .topk import heap_push, heap_sorted, select_smallest
 
 
 def widen(row, buf):
-    """``buf[:] = row`` as float32: float32 rows copied, float16 bits (uint16) converted."""
+    """``buf[:] = row`` as float32: float32 rows copied, float16 bits (uint16) converted,
+    LVQ codes (uint8) as their integer levels (``row_score`` applies bias and step)."""
     raise TypeError("widen is a kernel helper: call it from jitted code")
+
+
+def row_score(D, aux, r, qm, qs, dot_code):
+    """<q, token r> from ``dot_code`` = <q, widened row r>: itself, or for LVQ codes (uint8
+    ``D``) <q, mean> + bias_r * sum(q) + step_r * dot_code (``qm``, ``qs`` of the query
+    token)."""
+    raise TypeError("row_score is a kernel helper: call it from jitted code")
+
+
+@overload(row_score, jit_options=JIT)
+def _row_score(D, aux, r, qm, qs, dot_code):
+    if D.dtype == types.uint8:
+        def lvq_score(D, aux, r, qm, qs, dot_code):
+            return qm + aux[r, 0] * qs + aux[r, 1] * dot_code
+        return lvq_score
+
+    def plain_score(D, aux, r, qm, qs, dot_code):
+        return dot_code
+    return plain_score
 
 
 _HALF_UNSCALE = np.float32(2.0**112)
@@ -35,21 +56,21 @@ def _widen(row, buf):
                 buf[j] *= _HALF_UNSCALE
         return widen_half
 
-    def widen_float(row, buf):
+    def widen_float(row, buf):  # float32 values, or uint8 LVQ levels
         for j in range(row.shape[0]):
-            buf[j] = row[j]
+            buf[j] = np.float32(row[j])
     return widen_float
 
 
 @njit(**INLINE)
-def _chamfer(Q, D, a, b, best, buf) -> np.float32:
+def _chamfer(Q, qm, qs, D, aux, a, b, best, buf) -> np.float32:
     """sum over query tokens of the best inner product with document rows a..b; each row is
     widened once and scored against every query token."""
     best[:] = -np.inf
     for r in range(a, b):
         widen(D[r], buf)
         for t in range(Q.shape[0]):
-            s = dot(Q[t], buf)
+            s = row_score(D, aux, r, qm[t], qs[t], dot(Q[t], buf))
             if s > best[t]:
                 best[t] = s
     total = np.float32(0.0)
@@ -59,8 +80,9 @@ def _chamfer(Q, D, a, b, best, buf) -> np.float32:
 
 
 @njit(**JIT)
-def chamfer_topk_chunk(Q, qoff, D, doff, cand, k, out_d, out_i, first, step):
+def chamfer_topk_chunk(Q, qoff, D, aux, mean, doff, cand, k, out_d, out_i, first, step):
     """For queries first, first + step, ...: exact Chamfer over the candidate documents
+    (rows ``D``; ``aux`` (n, 0) and ``mean`` empty unless they are LVQ codes)
     ``cand[q]`` (-1 padded; a single row serves every query; all documents if that row is one
     -2), best k kept as distances (negated scores) ascending."""
     hd = np.empty(k, np.float32)
@@ -70,18 +92,25 @@ def chamfer_topk_chunk(Q, qoff, D, doff, cand, k, out_d, out_i, first, step):
     for q in range(first, qoff.shape[0] - 1, step):
         Qt = Q[qoff[q]:qoff[q + 1]]
         best = np.empty(Qt.shape[0], np.float32)
+        qm = np.zeros(Qt.shape[0], np.float32)
+        qs = np.zeros(Qt.shape[0], np.float32)
+        if mean.shape[0]:
+            for t in range(Qt.shape[0]):
+                qm[t] = dot(Qt[t], mean)
+                for j in range(Qt.shape[1]):
+                    qs[t] += Qt[t, j]
         size = 0
         row = cand[q] if cand.shape[0] > 1 else cand[0]
         if row.shape[0] == 1 and row[0] == -2:
             for c in range(ndocs):
-                d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
+                d = -_chamfer(Qt, qm, qs, D, aux, doff[c], doff[c + 1], best, buf)
                 size = heap_push(hd, hi, size, d, c)
         else:
             for j in range(row.shape[0]):
                 c = row[j]
                 if c < 0:
                     continue
-                d = -_chamfer(Qt, D, doff[c], doff[c + 1], best, buf)
+                d = -_chamfer(Qt, qm, qs, D, aux, doff[c], doff[c + 1], best, buf)
                 size = heap_push(hd, hi, size, d, c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])
 

@@ -56,7 +56,7 @@ class VectorParams(_Strict):
                           "or from each query token's nearest document tokens.")
     fde: dict[str, int] | None = Field(
         None, description='MUVERA parameters, e.g. {"k_sim": 4, "d_proj": 16, "r_reps": 20}.')
-    tokens: Literal["f16", "f32"] | None = Field(None, description="How tokens are stored.")
+    tokens: Literal["f16", "f32", "lvq8"] | None = Field(None, description="How tokens are stored.")
     pool_factor: int | None = Field(
         None, ge=1, le=64, description="Keep 1/pool_factor of each document's tokens, "
                                        "similar ones merged.")

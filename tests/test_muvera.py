@@ -218,3 +218,24 @@ def test_too_few_token_hits_fall_back_to_exact(corpus):
     _, want = idx.search(q, 10, exact=True)
     assert (got >= 0).all()
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_lvq8_tokens_score_close_to_float_in_half_the_memory_of_f16(corpus, tmp_path):
+    docs, queries = corpus
+    fde = {"k_sim": 2, "d_proj": 8, "r_reps": 2}
+    exact = quiver.MultiVectorIndex(DIM, index="Flat", fde=fde, tokens="f32")
+    exact.add(docs)
+    lvq = quiver.MultiVectorIndex(DIM, index="Flat", fde=fde, tokens="lvq8")
+    lvq.add(docs)
+    s_f, i_f = exact.search(queries, 5, exact=True)
+    s_l, i_l = lvq.search(queries, 5, exact=True)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(i_l, i_f, strict=True)]) >= 0.9
+    np.testing.assert_allclose(s_l[:, 0], s_f[:, 0], atol=0.05)
+    n_tok = sum(len(d) for d in docs)
+    assert lvq.memory_usage()["tokens"] == n_tok * (DIM + 12)  # a byte a dim + bias, step, norm
+    np.testing.assert_allclose(lvq.reconstruct([3]).doc(0), docs[3], atol=0.02)
+    lvq.save(tmp_path / "lvq")
+    back = quiver.load_index(tmp_path / "lvq")
+    for a, b in zip(lvq.search(queries, 5, exact=True), back.search(queries, 5, exact=True),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
