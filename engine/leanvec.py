@@ -1,6 +1,6 @@
 """LeanVec (Tepper et al., 2023): traverse on LVQ codes of a linear projection of the vectors to
-d' dimensions, re-rank on LVQ-8 codes of the full vectors. Both live in one row, so a traversal
-reads d' (or d'/2) bytes per vector and no float32 is needed at any step.
+d' dimensions, re-rank on LVQ-8 (or float16) codes of the full vectors. Both live in one row,
+so a traversal reads d' (or d'/2) bytes per vector and no float32 is needed at any step.
 
 The projection P (d x d', orthonormal columns) preserves inner products ``<q, x> ~ <Pq, Px>``:
 - in-distribution (LeanVec-ID, ``train(x)``): the top principal directions of the data's
@@ -66,15 +66,16 @@ def learn_projection(x: np.ndarray, d_out: int, queries: np.ndarray | None = Non
 
 
 class LeanVecCodec(Codec):
-    """``LeanVec(d', LVQ4|LVQ8, LVQ8)``: primary LVQ codes of ``P^T x`` (d' dims) first in
-    each row, LVQ-8 codes of ``x`` after them; see the module docstring and the layouts in
-    kernels/quantized.py."""
+    """``LeanVec(d', LVQ4|LVQ8, LVQ8|F16)``: primary LVQ codes of ``P^T x`` (d' dims) first
+    in each row, the secondary codes of ``x`` after them: LVQ-8 (a byte a dimension) or
+    float16 (two, little-endian: the exact half value re-ranks); see the module docstring and
+    the layouts in kernels/quantized.py."""
 
     code_dtype = np.uint8
     lossy = True
     aux_width = 6
 
-    def __init__(self, dim: int, d_out: int, primary_bits: int = 8):
+    def __init__(self, dim: int, d_out: int, primary_bits: int = 8, secondary: str = "lvq8"):
         super().__init__(dim)
         if not 1 <= d_out <= dim:
             raise InvalidArgument(f"spec: LeanVec reduces to d' dimensions with 1 <= d' <= "
@@ -82,8 +83,11 @@ class LeanVecCodec(Codec):
         if primary_bits == 4 and d_out % 2:
             raise InvalidArgument(f"spec: LeanVec with an LVQ4 primary needs an even d', "
                                   f"got {d_out}")
-        self.d_out, self.primary_bits = d_out, primary_bits
-        self.name = f"LeanVec({d_out},LVQ{primary_bits},LVQ8)"
+        if secondary not in ("lvq8", "f16"):
+            raise InvalidArgument(f"spec: LeanVec's secondary codec is LVQ8 or F16, got "
+                                  f"{secondary!r}")
+        self.d_out, self.primary_bits, self.secondary = d_out, primary_bits, secondary
+        self.name = f"LeanVec({d_out},LVQ{primary_bits},{secondary.upper()})"
         self.projection: np.ndarray | None = None
         self.mean: np.ndarray | None = None
         self.mean_p: np.ndarray | None = None
@@ -91,7 +95,8 @@ class LeanVecCodec(Codec):
 
     @property
     def code_width(self) -> int:
-        return (self.d_out if self.primary_bits == 8 else self.d_out // 2) + self.dim
+        w1 = self.d_out if self.primary_bits == 8 else self.d_out // 2
+        return w1 + (self.dim if self.secondary == "lvq8" else 2 * self.dim)
 
     @property
     def trained(self) -> bool:
@@ -108,12 +113,21 @@ class LeanVecCodec(Codec):
         codes = np.empty((x.shape[0], self.code_width), np.uint8)
         aux = np.empty((x.shape[0], 6), np.float32)
         w1 = self.code_width - self.dim
+        w1 = self.code_width - (self.dim if self.secondary == "lvq8" else 2 * self.dim)
         z = np.ascontiguousarray(x @ self.projection, np.float32)
         kq.lvq_encode(z, self.mean_p, self.primary_bits, 0, codes[:, :w1], aux[:, :3])
-        kq.lvq_encode(x, self.mean, 8, 0, codes[:, w1:], aux[:, 3:])
+        if self.secondary == "lvq8":
+            kq.lvq_encode(x, self.mean, 8, 0, codes[:, w1:], aux[:, 3:])
+        else:
+            half = x.astype("<f2")
+            codes[:, w1:] = half.view(np.uint8).reshape(x.shape[0], 2 * self.dim)
+            aux[:, 3:5] = 0
+            aux[:, 5] = _sq_norms(half.astype(np.float32))
         return codes, aux
 
     def prepare(self, q):
+        if self.secondary == "f16":
+            return self._prepare_f16(q)
         d, dp = self.dim, self.d_out
         qs = np.empty((q.shape[0], dp + d + 7), np.float32)
         z = q @ self.projection
@@ -129,12 +143,31 @@ class LeanVecCodec(Codec):
         qs[:, -1] = dp
         return qs
 
+    def _prepare_f16(self, q):
+        """[z (d'), <z, mean_p>, sum(z), ||z||^2, q * 2**56 (d), scratch (d), ||q||^2, d']."""
+        d, dp = self.dim, self.d_out
+        qs = np.zeros((q.shape[0], dp + 2 * d + 5), np.float32)
+        z = q @ self.projection
+        qs[:, :dp] = z
+        qs[:, dp] = z @ self.mean_p
+        qs[:, dp + 1] = z.sum(axis=1)
+        qs[:, dp + 2] = _sq_norms(np.ascontiguousarray(z))
+        o = dp + 3
+        qs[:, o : o + d] = q * kq.F16_SCALE
+        qs[:, o + 2 * d] = _sq_norms(q)
+        qs[:, -1] = dp
+        return qs
+
     def dist(self, kernel_metric):
         table = kk.LEANVEC_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_PRIMARY_IP
         return table[self.primary_bits]
 
     def rerank_dist(self, kernel_metric):
-        table = kk.LEANVEC_SECONDARY_L2 if kernel_metric == "l2" else kk.LEANVEC_SECONDARY_IP
+        l2 = kernel_metric == "l2"
+        if self.secondary == "f16":
+            table = kk.LEANVEC_F16_SECONDARY_L2 if l2 else kk.LEANVEC_F16_SECONDARY_IP
+        else:
+            table = kk.LEANVEC_SECONDARY_L2 if l2 else kk.LEANVEC_SECONDARY_IP
         return table[self.primary_bits]
 
     def state(self):
@@ -157,11 +190,10 @@ def _build(part: SpecPart, dim: int) -> Codec:
     primary, secondary = args[1].key, args[2].key
     if primary not in ("LVQ4", "LVQ8"):
         raise InvalidArgument(f"spec: LeanVec's primary codec is LVQ4 or LVQ8, got {args[1]}")
-    if secondary != "LVQ8":
-        raise InvalidArgument(f"spec: LeanVec's secondary codec is LVQ8 (F16 is not available "
-                              f"yet), got {args[2]}")
-    return LeanVecCodec(dim, args[0], int(primary[3:]))
+    if secondary not in ("LVQ8", "F16"):
+        raise InvalidArgument(f"spec: LeanVec's secondary codec is LVQ8 or F16, got {args[2]}")
+    return LeanVecCodec(dim, args[0], int(primary[3:]), secondary.lower())
 
 
-register_codec("LEANVEC", "LeanVec(d',LVQ4|LVQ8,LVQ8)", lambda dim: LeanVecCodec(dim, dim),
+register_codec("LEANVEC", "LeanVec(d',LVQ4|LVQ8,LVQ8|F16)", lambda dim: LeanVecCodec(dim, dim),
                _build)

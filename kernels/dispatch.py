@@ -3,7 +3,7 @@
 A kernel takes ``kind`` (a codec's ``Codec.dist(metric)``, one of ``KINDS``) as its first
 argument. Each ``CodecKind`` value has its own Numba type, so a kernel is compiled once per
 kind actually used, with only that codec's distance inlined into its loops: the first search
-of an f32 HNSW index compiles the f32 arm, not all 26. (An integer argument compiled every arm
+of an f32 HNSW index compiles the f32 arm, not all 30. (An integer argument compiled every arm
 into every kernel, minutes on a fresh machine; a jitted function as the argument defeats
 Numba's disk cache, whose key would change per process.) ``for_kind`` gives the Python entry
 point of a kernel for one kind, which calls at the cost of a plain integer argument.
@@ -27,6 +27,8 @@ from .distance import f32_ip, f32_l2
 from .quantized import (
     f16_ip,
     f16_l2,
+    leanvec_f16_secondary_ip,
+    leanvec_f16_secondary_l2,
     leanvec_primary_ip,
     leanvec_primary_l2,
     leanvec_secondary_ip,
@@ -82,7 +84,7 @@ def _constant_kind(context, builder, ty, pyval):
     return context.get_dummy_value()
 
 
-KINDS = tuple(CodecKind(v) for v in range(26))
+KINDS = tuple(CodecKind(v) for v in range(30))
 F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
 LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
 LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
@@ -92,6 +94,9 @@ LEANVEC_PRIMARY_L2 = {4: KINDS[20], 8: KINDS[21]}
 LEANVEC_SECONDARY_IP = {4: KINDS[22], 8: KINDS[23]}
 LEANVEC_SECONDARY_L2 = {4: KINDS[24], 8: KINDS[25]}
 """LeanVec by its primary's bits: the reduced-dimension distance, and the full one."""
+LEANVEC_F16_SECONDARY_IP = {4: KINDS[26], 8: KINDS[27]}
+LEANVEC_F16_SECONDARY_L2 = {4: KINDS[28], 8: KINDS[29]}
+"""The full distance of LeanVec with a float16 secondary (``LeanVec(d',LVQ*,F16)``)."""
 
 
 def _arm(value: int):
@@ -107,8 +112,8 @@ def _arm(value: int):
         fn = two_level_ip if value < 14 else two_level_l2
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
-    fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip,
-          leanvec_secondary_l2)[(value - 18) // 2]
+    fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip, leanvec_secondary_l2,
+          leanvec_f16_secondary_ip, leanvec_f16_secondary_l2)[(value - 18) // 2]
     bits = 4 if value % 2 == 0 else 8
     return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
 

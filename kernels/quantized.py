@@ -175,6 +175,37 @@ def leanvec_secondary_l2(qs, codes, aux, i, bits: int):
             + aux[i, 5])
 
 
+@njit(**INLINE)
+def _leanvec_f16_dot(qs, row, w1, dp, d) -> np.float32:
+    """<q, x> from the float16 secondary of a LeanVec row (little-endian half bits after the
+    primary's ``w1`` bytes); qs = [z (dp), zm, zs, zz, q * 2**56 (d), scratch (d), ||q||^2, dp]."""
+    o = dp + 3
+    buf = qs[o + d : o + 2 * d].view(np.uint32)
+    for j in range(d):
+        h = np.uint32(row[w1 + 2 * j]) | (np.uint32(row[w1 + 2 * j + 1]) << np.uint32(8))
+        buf[j] = ((h & np.uint32(0x7FFF)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16))
+    xf = qs[o + d : o + 2 * d]
+    s = np.float32(0.0)
+    for j in range(d):
+        s += qs[o + j] * xf[j]
+    return s * _F16_UNSCALE
+
+
+@njit(**INLINE)
+def leanvec_f16_secondary_ip(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    d = (qs.shape[0] - dp - 5) >> 1
+    return -_leanvec_f16_dot(qs, codes[i], dp if bits == 8 else dp >> 1, dp, d)
+
+
+@njit(**INLINE)
+def leanvec_f16_secondary_l2(qs, codes, aux, i, bits: int):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    d = (qs.shape[0] - dp - 5) >> 1
+    dot = _leanvec_f16_dot(qs, codes[i], dp if bits == 8 else dp >> 1, dp, d)
+    return qs[dp + 3 + 2 * d] - np.float32(2.0) * dot + aux[i, 5]
+
+
 # --- encoders -----------------------------------------------------------------------------
 
 

@@ -166,10 +166,11 @@ def test_leanvec_projections_are_orthonormal_and_ood_lowers_the_query_side_error
     assert ip_error(p_ood, kx, kq) < 0.5 * ip_error(p_id, kx, kq)
 
 
-@pytest.mark.parametrize("primary", ["LVQ8", "LVQ4"])
-def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary):
+@pytest.mark.parametrize(("primary", "secondary"), [("LVQ8", "LVQ8"), ("LVQ4", "LVQ8"),
+                                                    ("LVQ8", "F16")])
+def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary, secondary):
     x, learn, held = _ood_data()
-    spec = f"HNSW12,LeanVec(16,{primary},LVQ8)"
+    spec = f"HNSW12,LeanVec(16,{primary},{secondary})"
     truth = np.argsort(-(held[:40] @ x.T), axis=1)[:, :5]
     recalls = {}
     for kind in ("id", "ood"):
@@ -183,7 +184,8 @@ def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary):
     assert recalls["ood"] >= 0.9 and recalls["ood"] >= recalls["id"]
     idx.save(tmp_path / "h")
     loaded = quiver.load_index(tmp_path / "h")
-    assert loaded.codec.name == f"LeanVec(16,{primary},LVQ8)" and loaded.codec.kind == "ood"
+    assert (loaded.codec.name == f"LeanVec(16,{primary},{secondary})"
+            and loaded.codec.kind == "ood")
     np.testing.assert_array_equal(loaded.search(held[:40], 5, ef=64)[1], ids)
     assert loaded.memory_usage()["rerank_vectors"] == 0
 
@@ -191,7 +193,7 @@ def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary):
 @pytest.mark.parametrize(("spec", "match"), [
     ("HNSW16,LeanVec(64,LVQ8)", r"write LeanVec\(d', PRIMARY, SECONDARY\)"),
     ("HNSW16,LeanVec(64,SQ8,LVQ8)", r"primary codec is LVQ4 or LVQ8"),
-    ("HNSW16,LeanVec(64,LVQ8,F16)", r"secondary codec is LVQ8"),
+    ("HNSW16,LeanVec(64,LVQ8,SQ8)", r"secondary codec is LVQ8 or F16"),
     ("HNSW16,LeanVec(99,LVQ8,LVQ8)", r"1 <= d' <= 32"),
     ("HNSW16,LeanVec(15,LVQ4,LVQ8)", r"even d'"),
 ])
@@ -237,3 +239,27 @@ def test_query_samples_on_fields_that_do_not_learn_from_them(tmp_path):
         assert [s.sealed for s in col._segments if s.n] == [True]
         for field in ("h", "i", "f"):
             assert col.search(x[5], 1, using=field, params={"exact": True})[0].id == 5
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_leanvec_f16_secondary_is_the_exact_half_distance(metric):
+    """Re-ranking on LeanVec(.., F16) scores each row as its float16 value does."""
+    from quiver.kernels.dispatch import for_kind
+    from quiver.kernels.hnsw import rerank_chunk
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    q = rng.standard_normal((3, 32)).astype(np.float32)
+    codec = make_codec("LeanVec(8,LVQ8,F16)", 32)
+    codec.fit(x)
+    codes, aux = codec.encode(x)
+    assert codes.shape == (500, 8 + 64)
+    half = x.astype(np.float16).astype(np.float64)
+    want = (((q[:, None].astype(np.float64) - half[None]) ** 2).sum(-1) if metric == "l2"
+            else -(q.astype(np.float64) @ half.T))
+    cand = np.tile(np.arange(500), (3, 1))
+    out_d, out_i = np.empty((3, 5), np.float32), np.empty((3, 5), np.int64)
+    for_kind(rerank_chunk, codec.rerank_dist(metric))(codec.prepare(q), codes, aux, cand, 5,
+                                                      out_d, out_i, 0, 1)
+    np.testing.assert_array_equal(out_i, np.argsort(want, axis=1)[:, :5])
+    np.testing.assert_allclose(out_d, np.sort(want, axis=1)[:, :5], rtol=1e-4, atol=1e-3)
