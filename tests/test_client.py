@@ -106,6 +106,7 @@ def scenario(db, workdir) -> dict:
                         col.search_arrays(Q, 6, score_threshold=0.745),
                         l2.search(x[3] + 0.01, 5, score_threshold=1.0),
                         l2.search(x[:3] + 0.01, 3, score_threshold=1)]
+    col.flush()  # plans list segments: sealing must not race the searches that name them
     out["explain_batch"] = [col.search(Q[:3], 4, filter=flt, explain=True),
                             l2.search(x[:2], 2, explain=True, params={"ef": 16}),
                             col.search(np.zeros((0, DIM), np.float32), 3, explain=True)]

@@ -14,6 +14,9 @@ from quiver.engine.frame import encode_batch
 from quiver.engine.hits import NPZ
 from quiver.server.schemas import BINARY_POINTS, NPY
 
+SLOW = 60.0
+"""Timeout (s) for calls that may compile kernels in the server first."""
+
 KEY, RO_KEY = "test-key-rw", "test-key-ro"
 LIMIT_BODY, LIMIT_BATCH, LIMIT_K = 20_000, 10, 50
 
@@ -413,28 +416,31 @@ def test_auth(secure):
     ]:
         assert_error(httpx.request(method, f"{url}{path}", json=body, headers=ro), 403, "read-only")
     assert result(httpx.post(f"{url}/collections/auth/points/count", headers=rw, json={}))["count"] == 2
-    # payload updates by ids or filter
-    assert result(httpx.post(f"{url}/collections/auth/points/payload", headers=rw,
+    # payload updates by ids or filter (their first calls compile kernels in the server: on a
+    # cold cache with another test process compiling too, that can outlast httpx's 5 s)
+    assert result(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload", headers=rw,
                              json={"payload": {"a": [1]}, "points": [1, 7]}))["updated"] == 1
-    assert result(httpx.post(f"{url}/collections/auth/points", headers=rw,
+    assert result(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points", headers=rw,
                              json={"ids": [1]}))[0]["payload"] == {"a": [1]}
-    assert_error(httpx.post(f"{url}/collections/auth/points/payload", headers=rw,
+    assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload", headers=rw,
                             json={"payload": {"a": 1}}), 400, "points", "filter")
-    assert_error(httpx.post(f"{url}/collections/auth/points/payload/delete", headers=rw,
+    assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload/delete", headers=rw,
                             json={"keys": "a", "points": [1]}), 422, "keys")
-    assert result(httpx.post(f"{url}/collections/auth/points/payload/clear", headers=rw,
+    assert result(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload/clear", headers=rw,
                              json={"filter": {}}))["updated"] == 2
     # flush seals the appendable segment and answers once it is indexed
-    assert result(httpx.post(f"{url}/collections/auth/flush", headers=rw)) == {"status": "flushed"}
-    info = result(httpx.get(f"{url}/collections/auth", headers=rw))
+    flushed = httpx.post(timeout=SLOW, url=f"{url}/collections/auth/flush", headers=rw)
+    assert result(flushed) == {"status": "flushed"}
+    info = result(httpx.get(timeout=SLOW, url=f"{url}/collections/auth", headers=rw))
     assert info["indexed_points"] == 2 and info["status"] == "green"
-    assert_error(httpx.post(f"{url}/collections/auth/flush?timeout=0", headers=rw), 422, "timeout")
-    result(httpx.put(f"{url}/collections/auth/points", headers=rw,
+    assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/flush?timeout=0",
+                            headers=rw), 422, "timeout")
+    result(httpx.put(timeout=SLOW, url=f"{url}/collections/auth/points", headers=rw,
                      json={"points": [{"id": 9, "vector": [1, 1]}]}))
-    late = httpx.post(f"{url}/collections/auth/flush?timeout=1e-9", headers=rw)
+    late = httpx.post(timeout=SLOW, url=f"{url}/collections/auth/flush?timeout=1e-9", headers=rw)
     assert late.status_code == 202 and late.json()["result"]["status"] == "indexing"
     assert "timeout" in late.json()["result"]["message"]
-    assert_error(httpx.post(f"{url}/collections/nope/flush", headers=rw), 404, "nope")
+    assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/nope/flush", headers=rw), 404, "nope")
 
 
 # --- limits -------------------------------------------------------------------------------------

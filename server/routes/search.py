@@ -36,6 +36,9 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                 raise InvalidArgument(f"using: {using!r} disagrees with vector.name "
                                       f"{vector.name!r}; give one")
             vector, using = vector.vector, vector.name
+        if vector and isinstance(vector[0], list) and col.vector_field(using).kind != "multi":
+            raise InvalidArgument("vector: expected one vector (a list of numbers); a matrix "
+                                  "of token vectors is for multi-vector fields")
         return Planner(col, check_k).legacy(req, using, vector)
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
