@@ -103,6 +103,9 @@ class VectorField:
             raise InvalidArgument(f"{pre}multivector: {comparator!r}; comparators: "
                                   f"{', '.join(MULTIVECTOR_COMPARATORS)}")
         kind = value.get("kind", "multi" if comparator else "dense")
+        if comparator and kind != "multi":
+            raise InvalidArgument(f"{pre}kind: {kind!r} contradicts multivector "
+                                  f"{comparator!r} (a multi-vector field's kind is 'multi')")
         if kind not in VECTOR_KINDS:
             raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")

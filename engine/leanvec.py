@@ -126,37 +126,33 @@ class LeanVecCodec(Codec):
         return codes, aux
 
     def prepare(self, q):
+        """LVQ-8 secondary: [z (d'), <z, mean_p>, sum(z), ||z||^2, q (d), <q, mean>, sum(q),
+        ||q||^2, d']; float16: [z part, q * 2**56 (d), scratch (d), ||q||^2, d']."""
+        d = self.dim
         if self.secondary == "f16":
-            return self._prepare_f16(q)
-        d, dp = self.dim, self.d_out
-        qs = np.empty((q.shape[0], dp + d + 7), np.float32)
-        z = q @ self.projection
-        qs[:, :dp] = z
-        qs[:, dp] = z @ self.mean_p
-        qs[:, dp + 1] = z.sum(axis=1)
-        qs[:, dp + 2] = _sq_norms(np.ascontiguousarray(z))
-        o = dp + 3
+            qs, o = self._prepare_reduced(q, 2 * d + 5)
+            qs[:, o : o + d] = q * kq.F16_SCALE
+            qs[:, o + 2 * d] = _sq_norms(q)
+            return qs
+        qs, o = self._prepare_reduced(q, d + 7)
         qs[:, o : o + d] = q
         qs[:, o + d] = q @ self.mean
         qs[:, o + d + 1] = q.sum(axis=1)
         qs[:, o + d + 2] = _sq_norms(q)
-        qs[:, -1] = dp
         return qs
 
-    def _prepare_f16(self, q):
-        """[z (d'), <z, mean_p>, sum(z), ||z||^2, q * 2**56 (d), scratch (d), ||q||^2, d']."""
-        d, dp = self.dim, self.d_out
-        qs = np.zeros((q.shape[0], dp + 2 * d + 5), np.float32)
+    def _prepare_reduced(self, q, rest: int) -> tuple[np.ndarray, int]:
+        """Prepared rows of d' + ``rest`` floats with the projected part filled (and d' last);
+        returns them and where the full query's part starts."""
+        dp = self.d_out
+        qs = np.zeros((q.shape[0], dp + rest), np.float32)
         z = q @ self.projection
         qs[:, :dp] = z
         qs[:, dp] = z @ self.mean_p
         qs[:, dp + 1] = z.sum(axis=1)
         qs[:, dp + 2] = _sq_norms(np.ascontiguousarray(z))
-        o = dp + 3
-        qs[:, o : o + d] = q * kq.F16_SCALE
-        qs[:, o + 2 * d] = _sq_norms(q)
         qs[:, -1] = dp
-        return qs
+        return qs, dp + 3
 
     def dist(self, kernel_metric):
         table = kk.LEANVEC_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_PRIMARY_IP

@@ -116,6 +116,8 @@ def test_multivector_bad_input(tmp_path):
         db.create_collection("x", vectors={"mv": {**FIELD, "multivector": "sum"}})
     with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.fde"):
         db.create_collection("x", vectors={"mv": {**FIELD, "fde": {"k_sim": 99}}})
+    with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.kind: 'dense' contradicts"):
+        db.create_collection("x", vectors={"mv": {**FIELD, "kind": "dense"}})
     with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.index: expected the spec"):
         db.create_collection("x", vectors={"mv": {**FIELD, "index": None}})
     with pytest.raises(quiver.InvalidArgument, match=r"'d'\]\.fde: only for multi-vector"):
