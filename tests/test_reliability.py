@@ -408,18 +408,24 @@ def test_kill9_during_seals_and_snapshots(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 cwd=ROOT)
         deadline = time.monotonic() + rnd.uniform(2.0, 5.0)
-        got = []
-        os.set_blocking(proc.stdout.fileno(), False)
+        out = b""  # a read may end inside a line (the kill too): whole lines only
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
         while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line:
-                got.append(int(line))
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                chunk = b""
+            if chunk:
+                out += chunk
             else:
                 time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        rest = proc.stdout.read() or ""
-        got += [int(x) for x in rest.split()]
+        os.set_blocking(fd, True)
+        while chunk := os.read(fd, 65536):
+            out += chunk
+        got = [int(x) for x in out[: out.rfind(b"\n") + 1].split()]  # whole lines only
         acked += got
         start = (max(acked) + 1) if acked else start
         with quiver.connect(path, optimizer=False) as db:
