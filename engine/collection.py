@@ -154,15 +154,23 @@ class CollectionConfig:
     fsync: str = "batch"
     payload_indexes: dict[str, str] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "vectors": {
+            n: {k: v for k, v in f.__dict__.items() if v is not None}
+            for n, f in self.vectors.items()}}
+
     def save(self, path: Path) -> None:
         """Checksummed and atomic (``persist.write_metadata``)."""
-        write_metadata(path, {**self.__dict__, "vectors": {
-            n: {k: v for k, v in f.__dict__.items() if v is not None}
-            for n, f in self.vectors.items()}})
+        write_metadata(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> CollectionConfig:
-        obj = read_metadata(path)
+        return cls.from_dict(read_metadata(path), path)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], path: Path | str) -> CollectionConfig:
+        """The config ``to_dict`` gave (or a file held); ``path`` names it in errors."""
+        obj = dict(obj)
         try:
             obj.pop("format_version", None)
             if "vectors" not in obj:  # written before named fields: one unnamed field
@@ -202,7 +210,139 @@ def _ndim(x: Any, field: str) -> int:
             from None
 
 
-class Collection:
+class CollectionSchema:
+    """A collection's fields and the checks on what is written to and searched in them:
+    shared by the embedded ``Collection`` and the sharded one (``engine/cluster``), so both
+    accept and refuse exactly the same input."""
+
+    def __init__(self, config: CollectionConfig):
+        self.config = config
+        self.fields = dict(config.vectors)
+        self._metrics = {n: Metric.parse(f.metric) for n, f in self.fields.items()}
+        """Segments see cosine as ip: the collection normalises vectors and queries once."""
+
+    # --- fields ------------------------------------------------------------------------
+
+    @property
+    def named(self) -> bool:
+        """Whether the collection has named vector fields (not one unnamed vector)."""
+        return DEFAULT_FIELD not in self.fields
+
+    @property
+    def dim(self) -> int | None:
+        """The dimension of the default field (None with several named fields)."""
+        f = self._default_field()
+        return self.fields[f].dim if f is not None else None
+
+    @property
+    def metric(self) -> Metric | None:
+        f = self._default_field()
+        return self._metrics[f] if f is not None else None
+
+    def _default_field(self) -> str | None:
+        if DEFAULT_FIELD in self.fields:
+            return DEFAULT_FIELD
+        return next(iter(self.fields)) if len(self.fields) == 1 else None
+
+    def _field(self, using: str | None) -> str:
+        """The field a search uses: ``using``, or the only one there is."""
+        if using is None or using == DEFAULT_FIELD:
+            f = self._default_field()
+            if f is None:
+                raise InvalidArgument(f"using: this collection has named vectors "
+                                      f"({', '.join(map(repr, self.fields))}); say which to search")
+            return f
+        if using not in self.fields:
+            known = ", ".join(repr(n) for n in self.fields if n) or "none (one unnamed vector)"
+            raise InvalidArgument(f"using: no vector field {using!r}; named fields: {known}")
+        return using
+
+    def vector_field(self, using: str | None = None) -> VectorField:
+        """The field a search with ``using`` reads (InvalidArgument naming the fields if none)."""
+        return self.fields[self._field(using)]
+
+    def _validate_points(self, ids, vectors, payloads) -> tuple[list, FieldBatch, list]:
+        if isinstance(ids, (str, int, np.integer)):
+            raise InvalidArgument("ids: expected a list of ids, got a single value")
+        try:
+            id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+        except TypeError:
+            raise InvalidArgument(f"ids: expected a list of ids, got {type(ids).__name__}") from None
+        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(id_list)]
+        if len(set(norm)) != len(norm):
+            seen = set()
+            dup = next(x for x in norm if x in seen or seen.add(x))
+            raise InvalidArgument(f"ids: id {dup!r} appears more than once in this batch")
+        fields = self._validate_vectors(vectors, len(norm))
+        if payloads is None:
+            pl = [{}] * len(norm)
+        else:
+            if isinstance(payloads, dict):
+                raise InvalidArgument("payloads: expected a list with one payload per id")
+            pl = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
+            if len(pl) != len(norm):
+                raise InvalidArgument(f"payloads: got {len(pl)} payloads for {len(norm)} ids")
+        return norm, fields, pl
+
+    def _validate_vectors(self, vectors, n: int) -> FieldBatch:
+        """Each field's float32 vectors (unit rows for cosine) and the points they belong to.
+
+        ``vectors``: a matrix (the default field, or the only one); or a dict by field name
+        of a matrix (every point), a list with None for points without the field, or a
+        ``(matrix, rows)`` pair (the vectors of the points at indices ``rows``)."""
+        if not isinstance(vectors, dict):
+            f = self._default_field()
+            if f is None:
+                raise InvalidArgument(f"vectors: this collection has named vectors "
+                                      f"({', '.join(map(repr, self.fields))}); pass a dict by name")
+            vectors = {f: vectors}
+        out: FieldBatch = {}
+        for name, value in vectors.items():
+            if name not in self.fields:
+                known = ", ".join(repr(x) for x in self.fields)
+                raise InvalidArgument(f"vectors: no vector field {name!r}; fields: {known}")
+            where = f"vectors[{name!r}]" if name else "vectors"
+            value, rows = field_rows(value, n, where)
+            dim = self.fields[name].dim
+            m = n if rows is None else rows.shape[0]
+            multi = self.fields[name].kind == "multi"
+            if multi:
+                x = as_token_matrices(value, dim, where)
+            else:
+                x = as_vectors(value, dim, where) if m else np.zeros((0, dim), np.float32)
+            if x.shape[0] != m:
+                raise InvalidArgument(f"{where}: got {x.shape[0]} "
+                                      f"{'token matrices' if multi else 'vectors'} for {m} "
+                                      f"{'ids' if rows is None else 'rows'}")
+            if self._metrics[name] is Metric.COSINE:
+                x = normalize_tokens(x) if multi else normalize_rows(x)
+            if multi and (self.fields[name].pool_factor or 1) > 1 and len(x):
+                x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor,
+                                               self._metrics[name] is Metric.COSINE))
+            out[name] = (x, rows)
+        if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
+            raise InvalidArgument("vectors: required")
+        return out
+
+    def _check_vector_names(self, names: Any) -> None:
+        """``names`` lists named vector fields of this collection (``delete_vectors``)."""
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise InvalidArgument(f"vector: expected a non-empty list of field names, got "
+                                  f"{names!r:.60}")
+        for n in names:
+            if n not in self.fields or n == DEFAULT_FIELD:
+                raise InvalidArgument(f"vector: {n!r} is not a named vector field of this "
+                                      f"collection ({', '.join(map(repr, self.fields))})")
+
+    def _single_query(self, vector, using: str | None) -> bool:
+        """Whether a search input is one query: a vector, or for a multi-vector field one
+        token matrix (a 2-D array or list of equal rows; a batch is a list of them)."""
+        if self.fields[self._field(using)].kind != "multi":
+            return _ndim(vector, "vector") == 1
+        return is_one_query(vector)
+
+
+class Collection(CollectionSchema):
     """Use ``Database.create_collection`` / ``get_collection`` rather than this constructor."""
 
     def __init__(self, path: Path, config: CollectionConfig, name: str, optimizer: bool = True,
@@ -211,10 +351,7 @@ class Collection:
         self.name = name
         self.read_only = read_only
         self._on_corrupt = on_corrupt
-        self.config = config
-        self.fields = dict(config.vectors)
-        self._metrics = {n: Metric.parse(f.metric) for n, f in self.fields.items()}
-        """Segments see cosine as ip: the collection normalises vectors and queries once."""
+        CollectionSchema.__init__(self, config)
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._opt_lock = threading.Lock()
@@ -311,46 +448,6 @@ class Collection:
                 shutil.rmtree(d, ignore_errors=True)
         for tmp in self.path.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
-    # --- fields ------------------------------------------------------------------------
-
-    @property
-    def named(self) -> bool:
-        """Whether the collection has named vector fields (not one unnamed vector)."""
-        return DEFAULT_FIELD not in self.fields
-
-    @property
-    def dim(self) -> int | None:
-        """The dimension of the default field (None with several named fields)."""
-        f = self._default_field()
-        return self.fields[f].dim if f is not None else None
-
-    @property
-    def metric(self) -> Metric | None:
-        f = self._default_field()
-        return self._metrics[f] if f is not None else None
-
-    def _default_field(self) -> str | None:
-        if DEFAULT_FIELD in self.fields:
-            return DEFAULT_FIELD
-        return next(iter(self.fields)) if len(self.fields) == 1 else None
-
-    def _field(self, using: str | None) -> str:
-        """The field a search uses: ``using``, or the only one there is."""
-        if using is None or using == DEFAULT_FIELD:
-            f = self._default_field()
-            if f is None:
-                raise InvalidArgument(f"using: this collection has named vectors "
-                                      f"({', '.join(map(repr, self.fields))}); say which to search")
-            return f
-        if using not in self.fields:
-            known = ", ".join(repr(n) for n in self.fields if n) or "none (one unnamed vector)"
-            raise InvalidArgument(f"using: no vector field {using!r}; named fields: {known}")
-        return using
-
-    def vector_field(self, using: str | None = None) -> VectorField:
-        """The field a search with ``using`` reads (InvalidArgument naming the fields if none)."""
-        return self.fields[self._field(using)]
-
     def _field_specs(self) -> dict[str, FieldSpec]:
         out = {}
         for name, f in self.fields.items():
@@ -420,69 +517,6 @@ class Collection:
         if self.read_only:
             raise ReadOnly(f"collection {self.name!r}: opened read-only")
 
-    def _validate_points(self, ids, vectors, payloads) -> tuple[list, FieldBatch, list]:
-        if isinstance(ids, (str, int, np.integer)):
-            raise InvalidArgument("ids: expected a list of ids, got a single value")
-        try:
-            id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        except TypeError:
-            raise InvalidArgument(f"ids: expected a list of ids, got {type(ids).__name__}") from None
-        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(id_list)]
-        if len(set(norm)) != len(norm):
-            seen = set()
-            dup = next(x for x in norm if x in seen or seen.add(x))
-            raise InvalidArgument(f"ids: id {dup!r} appears more than once in this batch")
-        fields = self._validate_vectors(vectors, len(norm))
-        if payloads is None:
-            pl = [{}] * len(norm)
-        else:
-            if isinstance(payloads, dict):
-                raise InvalidArgument("payloads: expected a list with one payload per id")
-            pl = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
-            if len(pl) != len(norm):
-                raise InvalidArgument(f"payloads: got {len(pl)} payloads for {len(norm)} ids")
-        return norm, fields, pl
-
-    def _validate_vectors(self, vectors, n: int) -> FieldBatch:
-        """Each field's float32 vectors (unit rows for cosine) and the points they belong to.
-
-        ``vectors``: a matrix (the default field, or the only one); or a dict by field name
-        of a matrix (every point), a list with None for points without the field, or a
-        ``(matrix, rows)`` pair (the vectors of the points at indices ``rows``)."""
-        if not isinstance(vectors, dict):
-            f = self._default_field()
-            if f is None:
-                raise InvalidArgument(f"vectors: this collection has named vectors "
-                                      f"({', '.join(map(repr, self.fields))}); pass a dict by name")
-            vectors = {f: vectors}
-        out: FieldBatch = {}
-        for name, value in vectors.items():
-            if name not in self.fields:
-                known = ", ".join(repr(x) for x in self.fields)
-                raise InvalidArgument(f"vectors: no vector field {name!r}; fields: {known}")
-            where = f"vectors[{name!r}]" if name else "vectors"
-            value, rows = field_rows(value, n, where)
-            dim = self.fields[name].dim
-            m = n if rows is None else rows.shape[0]
-            multi = self.fields[name].kind == "multi"
-            if multi:
-                x = as_token_matrices(value, dim, where)
-            else:
-                x = as_vectors(value, dim, where) if m else np.zeros((0, dim), np.float32)
-            if x.shape[0] != m:
-                raise InvalidArgument(f"{where}: got {x.shape[0]} "
-                                      f"{'token matrices' if multi else 'vectors'} for {m} "
-                                      f"{'ids' if rows is None else 'rows'}")
-            if self._metrics[name] is Metric.COSINE:
-                x = normalize_tokens(x) if multi else normalize_rows(x)
-            if multi and (self.fields[name].pool_factor or 1) > 1 and len(x):
-                x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor,
-                                               self._metrics[name] is Metric.COSINE))
-            out[name] = (x, rows)
-        if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
-            raise InvalidArgument("vectors: required")
-        return out
-
     # --- writes ----------------------------------------------------------------------
 
     def upsert(self, ids=None, vectors=None, payloads=None, *, points=None) -> int:
@@ -491,11 +525,17 @@ class Collection:
         the batch is durable."""
         self._check_writable()
         ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
-        norm, fields, pl = self._validate_points(ids, vectors, payloads)
-        if not norm:
+        return self.upsert_validated(*self._validate_points(ids, vectors, payloads))
+
+    def upsert_validated(self, ids: list, fields: FieldBatch, payloads: list) -> int:
+        """``upsert`` of a batch ``_validate_points`` has already checked (normalised ids,
+        unit rows for cosine, pooled tokens): how a shard replica applies its share of a
+        batch the cluster validated once."""
+        self._check_writable()
+        if not ids:
             return self._last_seq
         with self._write_lock:
-            seq = self._log_upsert(norm, fields, pl)
+            seq = self._log_upsert(ids, fields, payloads)
         if self._appendable.n >= self.config.segment_size:
             self._wake.set()
         return seq
@@ -543,6 +583,11 @@ class Collection:
         were updated."""
         self._check_writable()
         norm, new, _ = self._validate_points(ids, vectors, None)
+        return self.update_validated(norm, new)
+
+    def update_validated(self, norm: list, new: FieldBatch) -> int:
+        """``update_vectors`` of ids and fields ``_validate_points`` has already checked."""
+        self._check_writable()
         at = {x: j for j, x in enumerate(norm)}
 
         def merge(present: list, stored: FieldBatch) -> FieldBatch:
@@ -554,13 +599,7 @@ class Collection:
     def delete_vectors(self, names: list[str], ids=None, filter: dict | None = None) -> int:
         """Remove the named vector fields from the points given by ``ids`` or ``filter``
         (they drop out of those fields' searches; payloads and other fields are kept)."""
-        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-            raise InvalidArgument(f"vector: expected a non-empty list of field names, got "
-                                  f"{names!r:.60}")
-        for n in names:
-            if n not in self.fields or n == DEFAULT_FIELD:
-                raise InvalidArgument(f"vector: {n!r} is not a named vector field of this "
-                                      f"collection ({', '.join(map(repr, self.fields))})")
+        self._check_vector_names(names)
         return self._rewrite(ids, filter, lambda old: old,
                              lambda _, stored: {n: v for n, v in stored.items() if n not in names})
 
@@ -859,13 +898,6 @@ class Collection:
                 plan.append({"segment": seg.id, "sealed": seg.sealed, "field": name,
                              "estimated_selectivity": seg.estimate(flt), **info})
         return q, k, found, plan, name
-
-    def _single_query(self, vector, using: str | None) -> bool:
-        """Whether a search input is one query: a vector, or for a multi-vector field one
-        token matrix (a 2-D array or list of equal rows; a batch is a list of them)."""
-        if self.fields[self._field(using)].kind != "multi":
-            return _ndim(vector, "vector") == 1
-        return is_one_query(vector)
 
     def _best_rows(self, found: list, nq: int, k: int, metric: Metric,
                    threshold: float | None = None) -> list[list[tuple[Segment, int, float]]]:

@@ -77,27 +77,18 @@ class Database:
         """Create a collection with one unnamed vector (``dim``, ``metric``, ``index`` spec
         such as "HNSW16,F32", "HNSW16,LVQ8", "Flat"), or with named vector fields:
         ``vectors={"text": {"dim": 384, "metric": "cosine", "index": "HNSW16,F32"}, ...}``."""
-        d = self._dir(name)
+        self._dir(name)
         self._check_writable()
-        if (dim is None) == (vectors is None):
-            raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both"
-                                  if dim is not None else "dim or vectors: one is required")
-        if vectors is not None:
-            if not isinstance(vectors, dict) or not vectors:
-                raise InvalidArgument("vectors: expected a non-empty dict of fields by name")
-            fields = {check_field_name(n): VectorField.parse(f, f"vectors[{n!r}]")
-                      for n, f in vectors.items()}
-        else:
-            fields = {DEFAULT_FIELD: VectorField.parse(
-                {"dim": dim, "metric": metric, "index": index}, "")}
-        if fsync not in ("batch", "always", "never"):
-            raise InvalidArgument(f"fsync: {fsync!r}, expected 'batch', 'always' or 'never'")
-        if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
-            raise InvalidArgument(f"segment_size: expected a positive integer, got {segment_size!r}")
-        if (isinstance(ef_construction, bool) or not isinstance(ef_construction, int)
-                or ef_construction < 1):
-            raise InvalidArgument(f"ef_construction: expected a positive integer, got "
-                                  f"{ef_construction!r}")
+        config = collection_config(dim, metric, index, vectors=vectors,
+                                   ef_construction=ef_construction, segment_size=segment_size,
+                                   fsync=fsync)
+        return self._create(name, config, exist_ok)
+
+    def _create(self, name: str, config: CollectionConfig, exist_ok: bool,
+                extra: dict[str, dict] | None = None) -> Collection:
+        """Write the new collection's config (and ``extra`` metadata files by name) and open
+        it; an existing one is returned with ``exist_ok``."""
+        d = self._dir(name)
         with self._lock:
             if (d / "config.json").exists():
                 if exist_ok:
@@ -107,9 +98,9 @@ class Database:
                 raise AlreadyExists(f"name: {name!r} is an alias of collection "
                                     f"{self._aliases[name]!r}")
             d.mkdir(parents=True, exist_ok=True)
-            config = CollectionConfig(vectors=fields, ef_construction=ef_construction,
-                                      segment_size=segment_size, fsync=fsync)
-            config.save(d / "config.json")
+            for file, obj in (extra or {}).items():
+                write_metadata(d / file, obj)
+            config.save(d / "config.json")  # last: its presence is what makes a collection
             return self._get(name)
 
     def _get(self, name: str) -> Collection:
@@ -252,7 +243,47 @@ class Database:
         self.close()
 
 
+def collection_config(dim: int | None = None, metric: str = "cosine", index: str = "HNSW16,F32",
+                      *, vectors: dict | None = None, ef_construction: int = 200,
+                      segment_size: int = 50_000, fsync: str = "batch") -> CollectionConfig:
+    """The checked config of a new collection (``Database.create_collection``'s arguments)."""
+    if (dim is None) == (vectors is None):
+        raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both"
+                              if dim is not None else "dim or vectors: one is required")
+    if vectors is not None:
+        if not isinstance(vectors, dict) or not vectors:
+            raise InvalidArgument("vectors: expected a non-empty dict of fields by name")
+        fields = {check_field_name(n): VectorField.parse(f, f"vectors[{n!r}]")
+                  for n, f in vectors.items()}
+    else:
+        fields = {DEFAULT_FIELD: VectorField.parse(
+            {"dim": dim, "metric": metric, "index": index}, "")}
+    if fsync not in ("batch", "always", "never"):
+        raise InvalidArgument(f"fsync: {fsync!r}, expected 'batch', 'always' or 'never'")
+    if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 1:
+        raise InvalidArgument(f"segment_size: expected a positive integer, got {segment_size!r}")
+    if (isinstance(ef_construction, bool) or not isinstance(ef_construction, int)
+            or ef_construction < 1):
+        raise InvalidArgument(f"ef_construction: expected a positive integer, got "
+                              f"{ef_construction!r}")
+    return CollectionConfig(vectors=fields, ef_construction=ef_construction,
+                            segment_size=segment_size, fsync=fsync)
+
+
 def connect(path: str | Path = "./quiver-data", optimizer: bool = True, *,
-            read_only: bool = False, on_corrupt: str = "raise") -> Database:
-    """Open (creating if needed) the embedded database at ``path``; see ``Database``."""
-    return Database(path, optimizer=optimizer, read_only=read_only, on_corrupt=on_corrupt)
+            read_only: bool = False, on_corrupt: str = "raise", cluster: str | None = None,
+            **cluster_options) -> Database:
+    """Open (creating if needed) the embedded database at ``path``; see ``Database``.
+
+    ``cluster="auto"`` (or ``"local"``, or a Ray address) opens it on a Ray cluster instead:
+    ``create_collection(..., shards=N, replicas=R)`` then spreads a collection over Ray
+    actors, with the same collection API (``engine.cluster.ClusterDatabase``)."""
+    if cluster is None:
+        if cluster_options:
+            raise InvalidArgument(f"{', '.join(cluster_options)}: only with cluster=...")
+        return Database(path, optimizer=optimizer, read_only=read_only, on_corrupt=on_corrupt)
+    if read_only or on_corrupt != "raise":
+        raise InvalidArgument("read_only, on_corrupt: not available with cluster=...")
+    from .cluster import ClusterDatabase
+
+    return ClusterDatabase(path, cluster, optimizer=optimizer, **cluster_options)

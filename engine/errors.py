@@ -34,3 +34,8 @@ class DirectoryLocked(QuiverError):
 
 class ReadOnly(InvalidArgument):
     """A write to a database opened with ``read_only=True``."""
+
+
+class ShardUnavailable(QuiverError):
+    """A sharded collection's shard has no live replica to answer, or too few acknowledged a
+    write; the message names the shard. Nothing partial is returned unless asked for."""
