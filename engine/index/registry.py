@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codecs import codec_from_spec
+from ..device import parse_device
 from ..errors import CorruptData, InvalidArgument
 from ..metric import Metric
 from ..persist import read_manifest
@@ -96,12 +97,19 @@ def parse_index_spec(spec: str) -> ParsedSpec:
     return ParsedSpec(head, codec, options, transform)
 
 
-def index(spec: str, dim: int, metric: str | Metric = "l2", **options: Any):
+def index(spec: str, dim: int, metric: str | Metric = "l2", device: str | None = None,
+          **options: Any):
     """An empty index built from a spec string, e.g. ``"Flat"``, ``"Flat,F16"``,
-    ``"HNSW32,LVQ8"``. Keyword ``options`` go to the index (``ef_construction=200``)."""
+    ``"HNSW32,LVQ8"``. Keyword ``options`` go to the index (``ef_construction=200``).
+    ``device="cuda"`` (or ``"cuda:1"``) builds a faiss index on that GPU (``index.gpu``:
+    Flat, IVF<nlist>,Flat, IVF<nlist>,PQ<m>, CAGRA<degree>); None or ``"cpu"``: Quiver's own."""
     parsed = parse_index_spec(spec)
     metric = Metric.parse(metric)
     dim = check_dim(dim)
+    if parse_device(device) is not None:
+        from .gpu import FaissIndex
+
+        return FaissIndex(dim, metric, spec, device=device, **options)
     codec_from_spec(parsed.codec, dim)  # names an unknown codec before the index type does
     built = INDEX_TYPES[parsed.index.family].build(parsed, dim, metric, options)
     if parsed.transform is not None:
@@ -175,14 +183,22 @@ def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     return IVFIndex(dim, metric, nlist=head.numbers[0], codec=codec.name, **options)
 
 
+def _build_cagra(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
+    raise InvalidArgument(f"spec: {parsed.index} is a GPU graph (cuVS CAGRA): build it with "
+                          f"device='cuda'; on the CPU use HNSW<M>")
+
+
 def _register_builtin() -> None:
     from .flat import FlatIndex
+    from .gpu import FaissIndex  # imports no faiss until one is made
     from .hnsw import HNSWIndex
     from .ivf import IVFIndex
 
     register_index("FLAT", IndexType("Flat", "flat", FlatIndex, _build_flat))
     register_index("HNSW", IndexType("HNSW<M>", "hnsw", HNSWIndex, _build_hnsw, ("REFINE",)))
     register_index("IVF", IndexType("IVF<nlist>", "ivf", IVFIndex, _build_ivf, ("REFINE",)))
+    # GPU only; its entry also loads saved faiss indexes (kind "faiss") of any spec
+    register_index("CAGRA", IndexType("CAGRA<degree> (GPU)", "faiss", FaissIndex, _build_cagra))
 
 
 _register_builtin()
