@@ -398,9 +398,9 @@ def _merge_arrays(parts: list[SearchArrays], k: int, higher: bool) -> SearchArra
     rows_ids, rows_scores = [], []
     for q in range(nq):
         picked = [j for j in best[q].tolist() if j >= 0]
-        rows_ids.append([ids[q, j].item() if not text else str(ids[q, j]) for j in picked])
+        # integer ids stay integers (a UUID has dashes): text only if a UUID is among them
+        rows_ids.append([int(i) if not text or i.isdigit() else i
+                         for i in (ids[q, j].item() for j in picked)])
         rows_scores.append([float(scores[q, j]) for j in picked])
-    if not text:
-        rows_ids = [[int(x) for x in r] for r in rows_ids]
     return SearchArrays.from_rows(rows_ids, rows_scores, k)
 

@@ -294,6 +294,8 @@ class Shard:
                              default=None)
                 if source is None:
                     raise ShardUnavailable(self.unavailable("no live replica to copy from"))
+                log.info("%s: %s is at write %d, too far behind to replay: it copies %s",
+                         self, replica, replica.applied, source)
                 archive, at = ray.get(source.actor.snapshot.remote(), timeout=self.timeout)
                 replica.applied = ray.get(replica.actor.restore.remote(archive, at),
                                           timeout=self.timeout)
