@@ -16,7 +16,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..engine.database import Database
+from ..engine.database import Database, connect
 from .context import BODY_MODELS, HANDLED, JSON, ServerContext
 from .gate import Gate
 from .routes import ROUTES, query, search
@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if ctx.db is None:
-            ctx.db = Database(settings.data, on_corrupt=settings.on_corrupt)
+            ctx.db = connect(settings.data, on_corrupt=settings.on_corrupt,
+                             **({"cluster": settings.cluster} if settings.cluster else {}))
         app.state.db = ctx.db
 
         def settle() -> None:

@@ -29,6 +29,7 @@ from ..engine.errors import (
     NotFound,
     QuiverError,
     ReadOnly,
+    ShardUnavailable,
 )
 from .gate import BodyTimeout, BodyTooLarge, error_body
 from .metrics import Metrics
@@ -200,6 +201,8 @@ class ServerContext:
             return error(413, "body_too_large", str(exc))
         if isinstance(exc, UnsupportedMediaType):
             return error(415, "unsupported_media_type", str(exc))
+        if isinstance(exc, ShardUnavailable):  # the cluster, not the request: try again later
+            return error(503, "shard_unavailable", str(exc))
         if isinstance(exc, InvalidArgument):
             return error(400, "invalid_argument", str(exc))
         if isinstance(exc, CorruptData):

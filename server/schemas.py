@@ -80,6 +80,16 @@ class CreateCollection(_Strict):
     ef_construction: int = Field(200, ge=1, le=4096)
     segment_size: int = Field(50_000, ge=1, le=10_000_000)
     fsync: Literal["batch", "always", "never"] = "batch"
+    shards: int | None = Field(None, ge=1, le=1024, description=(
+        "Split the collection into this many shards on the server's Ray cluster (quiver "
+        "serve --cluster)."))
+    replicas: int | None = Field(None, ge=1, le=16, description="Copies of each shard.")
+    write_quorum: int | None = Field(None, ge=1, le=16, description=(
+        "Copies of a shard that must have a write before it is acknowledged (default: all)."))
+
+    def cluster_kwargs(self) -> dict[str, int]:
+        return {k: v for k in ("shards", "replicas", "write_quorum")
+                if (v := getattr(self, k)) is not None}
 
 
 class PointStruct(_Strict):

@@ -30,6 +30,9 @@ class Settings:
     records after it are lost: ``quiver repair`` reports which first)."""
     workers: int = 16
     """Threads running engine calls; searches release the GIL inside the kernels."""
+    cluster: str | None = None
+    """A Ray cluster to spread sharded collections over ("auto", "local" or an address);
+    None serves the embedded database alone."""
 
     @property
     def auth_enabled(self) -> bool:

@@ -244,3 +244,37 @@ def test_restart_from_disk(ray_cluster, tmp_path):
         assert "copy" not in db.list_collections()
     finally:
         db.close()
+
+
+def test_server_fronts_the_cluster(ray_cluster, tmp_path):
+    """``quiver serve --cluster auto`` joins the running Ray cluster; Quiver's and Qdrant's
+    create bodies shard a collection, and the REST API and quiver.Client work unchanged."""
+    import httpx
+
+    from tests._live_server import LiveServer
+
+    server = LiveServer(tmp_path / "data", "--cluster", "auto").start(timeout=300)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            r = http.put("/collections/docs", json={"dim": DIM, "metric": "l2", "index": "Flat",
+                                                    "shards": 2, "replicas": 2})
+            assert r.status_code == 200, r.text
+            assert len(r.json()["result"]["shards"]) == 2
+            r = http.put("/collections/qd", json={"vectors": {"size": DIM, "distance": "Euclid"},
+                                                  "shard_number": 3, "replication_factor": 1})
+            assert r.status_code == 200, r.text
+            params = http.get("/collections/qd").json()["result"]["config"]["params"]
+            assert (params["shard_number"], params["replication_factor"]) == (3, 1)
+            ids, x, pl = _points(100)
+            points = [{"id": i, "vector": v.tolist(), "payload": p}
+                      for i, v, p in zip(ids, x, pl, strict=True)]
+            for name in ("docs", "qd"):
+                r = http.put(f"/collections/{name}/points", params={"wait": "true"},
+                             json={"points": points})
+                assert r.status_code == 200, r.text
+        client = quiver.Client(server.url)
+        hits = client.get_collection("docs").search(x[7], k=3)
+        assert hits[0].id == 7
+        assert client.get_collection("qd").count() == 100
+    finally:
+        assert server.stop() == 0

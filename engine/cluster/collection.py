@@ -362,6 +362,7 @@ class ShardedCollection(CollectionSchema):
             "status": "green" if all(i["status"] == "green" for i in infos) and all(
                 r.live for s in self.shards for r in s.replicas) else "yellow",
             "last_seq": max(i["last_seq"] for i in infos),
+            "write_quorum": self.shards[0].write_quorum,
             "shards": [{"shard": s.index, "write": s.acked, "replicas": [
                 {"replica": r.index, "live": r.live, "applied": r.applied} for r in s.replicas]}
                 for s in self.shards],

@@ -55,8 +55,11 @@ def _field(v: q.QdrantVectorParams, hnsw: q.HnswConfigDiff | None,
     return {**field, "index": f"{'Flat' if m == 0 else f'HNSW{m}'},{codec}"}
 
 
-def create_kwargs(body: q.QdrantCreateCollection) -> dict[str, Any]:
-    """``Database.create_collection`` keyword arguments for a Qdrant ``CreateCollection``."""
+def create_kwargs(body: q.QdrantCreateCollection, clustered: bool = False) -> dict[str, Any]:
+    """``Database.create_collection`` keyword arguments for a Qdrant ``CreateCollection``;
+    on a cluster (``clustered``) its shard_number, replication_factor and
+    write_consistency_factor shard the collection (an embedded server ignores them, as a
+    single-node Qdrant does)."""
     if body.sparse_vectors:
         raise InvalidArgument("sparse_vectors: sparse vectors are not supported")
     vectors = body.vectors
@@ -82,6 +85,11 @@ def create_kwargs(body: q.QdrantCreateCollection) -> dict[str, Any]:
         raise InvalidArgument(f"hnsw_config.ef_construct: Quiver builds every field of a "
                               f"collection with one ef_construct; got {sorted(efs)}")
     out: dict[str, Any] = {"segment_size": body.segment_size, "fsync": body.fsync}
+    if clustered and body.shard_number is not None:
+        out["shards"] = body.shard_number
+        out["replicas"] = body.replication_factor or 1
+        if body.write_consistency_factor is not None:
+            out["write_quorum"] = body.write_consistency_factor
     if efs:
         out["ef_construction"] = efs.pop()
     if single:
@@ -89,6 +97,15 @@ def create_kwargs(body: q.QdrantCreateCollection) -> dict[str, Any]:
         return {**out, "dim": f["dim"], "metric": f["metric"], "index": f["index"]}
     return {**out, "vectors": specs}
 
+
+
+def _sharding(info: dict[str, Any]) -> dict[str, int]:
+    """Qdrant's shard_number, replication_factor and write_consistency_factor."""
+    shards = info.get("shards")
+    if not shards:
+        return {"shard_number": 1, "replication_factor": 1, "write_consistency_factor": 1}
+    return {"shard_number": len(shards), "replication_factor": len(shards[0]["replicas"]),
+            "write_consistency_factor": info.get("write_quorum", len(shards[0]["replicas"]))}
 
 
 def _vector_params(f: VectorField, ef_construct: int) -> dict[str, Any]:
@@ -127,8 +144,7 @@ def collection_info(col: Collection, info: dict[str, Any],
         "points_count": info["points"],
         "segments_count": len(info["segments"]),
         "config": {
-            "params": {"vectors": fields.get(DEFAULT_FIELD, fields), "shard_number": 1,
-                       "replication_factor": 1, "write_consistency_factor": 1},
+            "params": {"vectors": fields.get(DEFAULT_FIELD, fields), **_sharding(info)},
             "hnsw_config": {"m": first["hnsw_config"]["m"], "ef_construct": cfg.ef_construction,
                             "full_scan_threshold": 10_000},
             "optimizer_config": {"deleted_threshold": cfg.vacuum_share,

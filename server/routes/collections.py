@@ -7,7 +7,7 @@ import time
 import orjson
 from fastapi import FastAPI, Query, Request
 
-from ...engine.collection import Collection
+from ...engine.cluster import ClusterDatabase
 from ...engine.errors import InvalidArgument
 from .. import schemas as s
 from ..context import ServerContext, body_doc, ok, parse
@@ -27,17 +27,23 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         Quiver's (``dim`` or ``vectors: {name: {dim, metric, index}}``; answers the info)."""
         t = time.perf_counter()
         raw = await request.body()
+        db = database()
+        clustered = isinstance(db, ClusterDatabase)
         if _qdrant_form(raw):
             body = await parse(request, q.QdrantCreateCollection)
-            await run(database().create_collection, name, **qc.create_kwargs(body))
+            await run(db.create_collection, name, **qc.create_kwargs(body, clustered))
             return ok(True, t)
         body = await parse(request, s.CreateCollection)
         vectors = ({n: f.model_dump(exclude_none=True) for n, f in body.vectors.items()}
                    if body.vectors is not None else None)
-        col = await run(database().create_collection, name, body.dim, body.metric, body.index,
+        sharding = body.cluster_kwargs()
+        if sharding and not clustered:
+            raise InvalidArgument(f"{', '.join(sharding)}: this server has no cluster; start it "
+                                  f"with `quiver serve --cluster auto`")
+        col = await run(db.create_collection, name, body.dim, body.metric, body.index,
                         vectors=vectors, ef_construction=body.ef_construction,
-                        segment_size=body.segment_size, fsync=body.fsync)
-        return ok(col.info(), t)
+                        segment_size=body.segment_size, fsync=body.fsync, **sharding)
+        return ok(await run(col.info), t)
 
     @app.patch("/collections/{name}", tags=TAGS, openapi_extra=body_doc(q.UpdateCollection))
     async def update_collection(name: str, request: Request):
@@ -59,7 +65,8 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         found = await run(ctx.collections)
         return ok({"collections": [
-            {"name": n} if isinstance(c, Collection) else {"name": n, "status": "failed", "error": str(c)}
+            {"name": n} if not isinstance(c, Exception) else
+            {"name": n, "status": "failed", "error": str(c)}
             for n, c in found.items()]}, t)
 
     @app.get("/collections/{name}", tags=TAGS)

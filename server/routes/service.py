@@ -7,7 +7,6 @@ import contextlib
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from ...engine.collection import Collection
 from ...engine.errors import QuiverError
 from ..context import ServerContext, error
 
@@ -50,7 +49,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         infos, failed = {}, []
         for name, col in ctx.collections().items():
             info = None
-            if isinstance(col, Collection):
+            if not isinstance(col, Exception):
                 with contextlib.suppress(QuiverError, OSError):
                     info = col.info()
             if info is None:

@@ -115,6 +115,10 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
                         "it (default), or cut the log there, losing the records after it "
                         "(`quiver repair DATA` reports which first)")
     p.add_argument("--no-warmup", action="store_true", help="skip the JIT warm-up")
+    p.add_argument("--cluster", help="front a Ray cluster: 'auto' (join this machine's, or start "
+                                     "one), 'local', or a Ray address; collections created with "
+                                     "shards/replicas (Quiver) or shard_number/replication_factor "
+                                     "(Qdrant) are spread over its actors (needs quiver[ray])")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=cmd_serve)
 
@@ -138,11 +142,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.read_only_keys.add(args.read_only_api_key)
     settings.warmup = not args.no_warmup
     settings.on_corrupt = args.on_corrupt
-    from quiver.engine.database import Database
+    settings.cluster = args.cluster
+    from quiver.engine.database import connect
     from quiver.engine.errors import QuiverError
 
     try:  # here, not in the app's startup: a held directory is one line, not a traceback
-        db = Database(settings.data, on_corrupt=settings.on_corrupt)
+        db = connect(settings.data, on_corrupt=settings.on_corrupt,
+                     **({"cluster": args.cluster} if args.cluster else {}))
     except QuiverError as exc:
         print(f"quiver serve: {exc}", file=sys.stderr)
         return 2
