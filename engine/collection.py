@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import DeviceUnavailable, device_name, parse_device
 from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
 from .filters import Filter, normalize_id, parse_filter
 from .frame import decode_batch, encode_batch
@@ -60,7 +61,9 @@ class VectorField:
     MaxSim, whose ``index`` is the dense index its candidates come from: over their MUVERA
     encodings (``retrieval`` "fde", ``fde``: its ``FDEConfig`` keys) or over every token
     (``retrieval`` "tokens"); its tokens are kept as ``tokens`` (f16 or f32), pooled to
-    1 / ``pool_factor`` of them as they are written when that is above 1."""
+    1 / ``pool_factor`` of them as they are written when that is above 1. ``device``
+    (dense fields): ``"cuda"`` / ``"cuda:<n>"`` builds and serves the sealed segments' index
+    with faiss on that GPU (``engine.index.gpu``); None is the CPU."""
 
     dim: int
     metric: str = "cosine"
@@ -70,6 +73,7 @@ class VectorField:
     tokens: str | None = None
     retrieval: str | None = None
     pool_factor: int | None = None
+    device: str | None = None
 
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
@@ -86,7 +90,7 @@ class VectorField:
                                   f"{type(value).__name__}")
         value = dict(value)
         known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens", "retrieval",
-                 "pool_factor"}
+                 "pool_factor", "device"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise InvalidArgument(f"{where or 'collection'}: unknown key(s) {unknown}; known: "
@@ -109,18 +113,24 @@ class VectorField:
         if kind not in VECTOR_KINDS:
             raise InvalidArgument(f"{pre}kind: {kind!r}; available: {', '.join(VECTOR_KINDS)}")
         spec = value.get("index", "HNSW16,F32")
+        device = device_name(parse_device(value.get("device"), f"{pre}device"))
         if kind == "dense":
             for key in ("fde", "tokens", "retrieval", "pool_factor"):
                 if value.get(key) is not None:
                     raise InvalidArgument(f"{pre}{key}: only for multi-vector fields "
                                           f"(multivector: 'max_sim')")
             try:
-                make_index(spec, dim, metric)
+                make_index(spec, dim, metric, device=device)
+            except DeviceUnavailable as exc:
+                raise DeviceUnavailable(f"{pre}device: {exc}") from None
             except InvalidArgument as exc:
                 if not where:
                     raise
                 raise InvalidArgument(f"{pre}index: {exc}") from None
-            return cls(dim, metric, spec, kind)
+            return cls(dim, metric, spec, kind, device=None if device == "cpu" else device)
+        if device != "cpu":
+            raise InvalidArgument(f"{pre}device: only dense fields build on a GPU; a multi-vector "
+                                  f"field's index stays on the CPU")
         if metric == "l2":
             raise InvalidArgument(f"{pre}metric: multi-vector (MaxSim) fields score by inner "
                                   f"product; use 'cosine' or 'ip'")
@@ -455,6 +465,8 @@ class Collection(CollectionSchema):
             # IVF: a segment with too few rows for its nlist trains fewer lists (see IVFIndex)
             options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
                        else {"adapt_nlist": True} if family == "IVF" else {})
+            if f.device is not None:  # sealed segments build (and serve) on that GPU
+                options["device"] = f.device
             if f.kind == "multi":
                 options = {"fde": f.fde, "tokens": f.tokens, "retrieval": f.retrieval, **options}
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
