@@ -60,6 +60,9 @@ class VectorParams(_Strict):
     pool_factor: int | None = Field(
         None, ge=1, le=64, description="Keep 1/pool_factor of each document's tokens, "
                                        "similar ones merged.")
+    device: str | None = Field(
+        None, max_length=16, description='"cuda" or "cuda:<n>": build and serve the sealed '
+                                         'segments\' index with faiss on that GPU (Quiver extension).')
 
 
 class CreateCollection(_Strict):

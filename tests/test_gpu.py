@@ -158,6 +158,20 @@ def test_collection_field_device_validation(tmp_path, monkeypatch):
     db.close()
 
 
+def test_rest_field_device(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+    from quiver.server.app import create_app
+    from quiver.server.settings import Settings
+
+    _fake_faiss(monkeypatch, 0)
+    with TestClient(create_app(Settings(data=tmp_path, warmup=False))) as client:
+        body = {"vectors": {"v": {"dim": 8, "index": "IVF16,Flat", "device": "cuda"}}}
+        r = client.put("/collections/g", json=body)
+        assert r.status_code == 400 and "device: device='cuda:0': no visible GPU" in r.text
+        body["vectors"]["v"]["device"] = "cpu"
+        assert client.put("/collections/g", json=body).status_code == 200
+
+
 # --- the faiss wrapper on the CPU (faiss-cpu is enough) ----------------------------------
 
 @pytest.fixture
