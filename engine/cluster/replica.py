@@ -97,9 +97,15 @@ class ShardReplica:
 
     # --- reads -----------------------------------------------------------------------
 
-    def read(self, min_seq: int, method: str, args: tuple, kwargs: dict) -> Any:
-        """A read once this replica has applied write ``min_seq`` (the shard's last
-        acknowledged one), so a caller reads its own writes whichever replica answers."""
+    def read(self, min_seq: int, request: bytes) -> bytes:
+        """A read (a pickled ``(method, args, kwargs)``; its answer pickled too: Ray's own
+        serialisation of a small NumPy query costs more than the search) once this replica
+        has applied write ``min_seq`` (the shard's last acknowledged one), so a caller reads
+        its own writes whichever replica answers."""
+        method, args, kwargs = pickle.loads(request)
+        return pickle.dumps(self._read(min_seq, method, args, kwargs), protocol=5)
+
+    def _read(self, min_seq: int, method: str, args: tuple, kwargs: dict) -> Any:
         if method not in READS:
             raise InvalidArgument(f"{method!r} is not a replica read")
         if self.applied < min_seq:

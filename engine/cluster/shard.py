@@ -68,20 +68,21 @@ class PendingRead:
     if that one is down."""
 
     def __init__(self, shard: Shard, method: str, args: tuple, kwargs: dict):
-        self.shard, self.method, self.args, self.kwargs = shard, method, args, kwargs
+        self.shard = shard
+        self.request = pickle.dumps((method, args, kwargs), protocol=5)
         self.tried: set[int] = set()
         self._send()
 
     def _send(self) -> None:
         self.replica = self.shard.pick(self.tried)
         self.ref = None if self.replica is None else self.replica.actor.read.remote(
-            self.shard.acked, self.method, self.args, self.kwargs)
+            self.shard.acked, self.request)
 
     def result(self) -> Any:
         ray = _ray()
         while self.replica is not None:
             try:
-                return ray.get(self.ref, timeout=self.shard.timeout)
+                return pickle.loads(ray.get(self.ref, timeout=self.shard.timeout))
             except ray.exceptions.RayError as exc:
                 if _is_refusal(exc):
                     raise _cause(exc) from None

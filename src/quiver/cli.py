@@ -292,9 +292,16 @@ def register_bench_multivector(sub: argparse._SubParsersAction) -> None:
                            "MUVERA candidates + exact re-ranking")
 
 
+def register_bench_cluster(sub: argparse._SubParsersAction) -> None:
+    _register_bench_module(sub, "bench-cluster", "cluster",
+                           "sharded collections on Ray vs embedded: actor-hop cost, batch "
+                           "scaling over 1/2/4 shards, ingest, resident bytes per shard")
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_bench, register_bench_filtered, register_bench_collection, register_bench_server,
-    register_bench_qdrant_client, register_bench_first_use, register_bench_multivector, register_serve,
+    register_bench_qdrant_client, register_bench_first_use, register_bench_multivector,
+    register_bench_cluster, register_serve,
     register_warmup, register_repair]
 
 
