@@ -69,7 +69,7 @@ def pad_ids(ids: np.ndarray, k: int) -> np.ndarray:
 
 
 class QuiverEngine(Engine):
-    """Any ``quiver.index`` spec; HNSW specs sweep ``ef``, IVF specs sweep ``nprobe``."""
+    """Any ``quiver.index`` spec; HNSW and CAGRA specs sweep ``ef``, IVF specs ``nprobe``."""
 
     engine = "quiver"
 
@@ -78,18 +78,21 @@ class QuiverEngine(Engine):
 
     def __init__(self, spec: str, dim: int, metric: str, **options):
         super().__init__(dim, metric)
+        self.index = spec
+        spec, cuda, device = spec.partition("@cuda")
+        if cuda:  # SPEC@cuda (@cuda:1): the faiss GPU index of that spec (engine.index.gpu)
+            options = {**options, "device": "cuda" + device}
         self.use_learn = spec.endswith("@learn")
         """``SPEC@learn``: train the codec with the dataset's learn queries (LeanVec-OOD)."""
         spec = spec.removesuffix("@learn")
-        self.index = spec + ("@learn" if self.use_learn else "")
         self.spec = spec
         self.options = options
         try:  # the index type, after an OPQ<m> transform if any
             family = parse_index_spec(spec).index.family
         except InvalidArgument:  # reported when the build fails
             family = spec.split(",")[0].strip().upper()
-        self.param = "ef" if family.startswith("HNSW") else "nprobe" if family.startswith(
-            "IVF") else None
+        self.param = "ef" if family.startswith(("HNSW", "CAGRA")) else "nprobe" if \
+            family.startswith("IVF") else None
         self.idx = None
 
     def warmup(self, x: np.ndarray, q: np.ndarray) -> None:
