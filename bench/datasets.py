@@ -160,7 +160,17 @@ def exact_neighbors(train: np.ndarray, test: np.ndarray, k: int, metric: str | M
     """Exact top-k by NumPy brute force in query blocks -> (ids int64, scores float32).
 
     Scores follow the engine's convention: squared L2 ascending, ip/cosine similarity descending.
+    With ``QUIVER_GT_DEVICE=cuda`` (or ``cuda:<n>``) a faiss GPU Flat index computes them
+    instead (``engine.index.gpu``; ties may then come in another order).
     """
+    device = os.environ.get("QUIVER_GT_DEVICE")
+    if device and device != "cpu" and k <= 2048:
+        from ..engine.index import index as make_index
+
+        flat = make_index("Flat", np.shape(train)[1], metric, device=device)
+        flat.add(train)
+        scores, ids = flat.search(test, min(k, len(flat)))
+        return ids, scores
     m = Metric.parse(metric)
     x = np.ascontiguousarray(train, np.float32)
     q = np.ascontiguousarray(test, np.float32)

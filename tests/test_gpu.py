@@ -400,7 +400,31 @@ def test_collection_builds_sealed_segments_on_the_device(simulated_gpu, tmp_path
     db.close()
 
 
+def _ground_truth_both_ways(monkeypatch, metric):
+    from quiver.bench.datasets import exact_neighbors
+
+    rng = np.random.default_rng(5)
+    x, q = rng.standard_normal((3000, DIM)), rng.standard_normal((30, DIM))
+    want = exact_neighbors(x, q, 20, metric)
+    monkeypatch.setenv("QUIVER_GT_DEVICE", "cuda")
+    got = exact_neighbors(x, q, 20, metric)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_bench_ground_truth_on_the_device(simulated_gpu, monkeypatch, metric):
+    _ground_truth_both_ways(monkeypatch, metric)
+
+
 # --- on a GPU ----------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("metric", METRICS)
+def test_gpu_bench_ground_truth(monkeypatch, metric):
+    _ground_truth_both_ways(monkeypatch, metric)
 
 
 @pytest.fixture(scope="module")
