@@ -70,8 +70,9 @@ INSTALL_HINT = ("pip install 'quiver[gpu-cu12]' (CUDA 12 driver) or 'quiver[gpu-
                 "(CUDA 13 driver, with cuVS: CAGRA and GPU filters), after pip uninstall "
                 "faiss-cpu: both install the same faiss module")
 
-_RESOURCES: list = []
-"""One StandardGpuResources for the process (each reserves temporary memory on every device)."""
+_RESOURCES: dict[int, Any] = {}
+"""One StandardGpuResources per device for the process (each reserves temporary device memory;
+faiss's resources are not thread-safe, so each device's lock guards its own)."""
 _LOCKS: dict[int, threading.Lock] = {}
 _GUARD = threading.Lock()
 
@@ -190,9 +191,9 @@ class _Backend:
 
     def resources(self) -> Any:
         with _GUARD:
-            if not _RESOURCES:
-                _RESOURCES.append(self.faiss.StandardGpuResources())
-            return _RESOURCES[0]
+            if self.device not in _RESOURCES:
+                _RESOURCES[self.device] = self.faiss.StandardGpuResources()
+            return _RESOURCES[self.device]
 
     def make(self, spec: FaissSpec, dim: int, fmetric: int, lists: int) -> Any:
         """An empty faiss index of ``spec`` with ``lists`` lists (IVF)."""
@@ -255,9 +256,8 @@ class _Backend:
 
     def memory_info(self) -> dict:
         """faiss's own allocator report (``StandardGpuResources.getMemoryInfo``), by device."""
-        if self.device is None or not _RESOURCES:
-            return {}
-        return dict(_RESOURCES[0].getMemoryInfo())
+        res = _RESOURCES.get(self.device)
+        return {} if res is None else dict(res.getMemoryInfo())
 
 
 def backend_for(device: int | None, cagra: bool = False) -> _Backend:
