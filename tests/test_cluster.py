@@ -221,6 +221,7 @@ def test_no_live_replica_fails_clearly_or_partially(db):
 
 
 def test_restart_from_disk(ray_cluster, tmp_path):
+    """Close the database, restart Ray itself, reconnect: the same points and answers."""
     path = tmp_path / "data"
     ids, x, pl = _points(300)
     q = x[:4] + 0.01
@@ -232,6 +233,8 @@ def test_restart_from_disk(ray_cluster, tmp_path):
     col.create_payload_index("tag", "keyword")
     before = col.search(q, k=7, params={"exact": True})
     db.close()
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     db = quiver.connect(path, cluster="auto")
     try:
         col = db.get_collection("keep")

@@ -332,7 +332,8 @@ class ShardedCollection(CollectionSchema):
         ``cluster.json`` naming them: ``ClusterDatabase.restore_snapshot`` takes it."""
         self._check_open()
         out = Path(directory) if directory else self.path.parent.parent / "snapshots"
-        target = out / f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-sharded"
+        target = out / (f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-"
+                        f"{max(s.acked for s in self.shards)}-sharded")
         target.mkdir(parents=True, exist_ok=False)
         import ray
 

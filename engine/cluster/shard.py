@@ -122,9 +122,6 @@ class PendingWrite:
                     break
                 if shard.repair(replica, deadline) and replica.applied >= self.seq:
                     acks += 1
-        else:
-            for replica in down:
-                shard.repair_later(replica)
         if acks < shard.write_quorum:
             shard.unacknowledged.add(self.seq)
             raise ShardUnavailable(shard.unavailable(
@@ -232,17 +229,29 @@ class Shard:
         return PendingRead(self, method, args, kwargs)
 
     def each_replica(self, method: str, *args: Any) -> list:
-        """Call ``method`` on every live replica (flush, drop): their answers."""
+        """Call ``method`` on every live replica (flush, drop): the answers of those that
+        answered (one that failed is repaired in the background)."""
         ray = _ray()
-        calls = [getattr(r.actor, method).remote(*args) for r in self.replicas if r.live]
-        return ray.get(calls, timeout=self.timeout)
+        calls = [(r, getattr(r.actor, method).remote(*args)) for r in self.replicas if r.live]
+        out = []
+        for replica, ref in calls:
+            try:
+                out.append(ray.get(ref, timeout=self.timeout))
+            except ray.exceptions.RayError as exc:
+                if _is_refusal(exc):
+                    raise _cause(exc) from None
+                self.lost(replica, exc)
+        return out
 
     # --- faults ----------------------------------------------------------------------
 
     def lost(self, replica: Replica, exc: BaseException) -> None:
+        """``replica`` failed a call: no more reads or writes go to it until a repair (in
+        the background from now on) has brought it up to date."""
         if replica.live:
             log.warning("%s: %s is down or behind: %s", self, replica, _cause(exc))
         replica.live = False
+        self.repair_later(replica)
 
     def repair_later(self, replica: Replica) -> None:
         """Catch ``replica`` up in the background (Ray restarts its actor meanwhile)."""
