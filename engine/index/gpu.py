@@ -49,6 +49,7 @@ from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from .base import live_words, mark_removed, search_by_ids
 from .flat import FlatIndex
+from .ivf import MIN_POINTS_PER_LIST, scaled_nprobe
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ GPU_US_PER_QUERY = 20.0
 """Cost model: microseconds a GPU search costs per query of a batch. An estimate, not yet
 measured (no GPU machine was lent): it only decides when a selective filter's exact CPU scan
 of the allowed rows is cheaper."""
-MIN_POINTS_PER_LIST = 39
-"""As ``IVFIndex``: fewer training points per list trains fewer lists with ``adapt_nlist``."""
 CAGRA_DEFAULT_DEGREE = 32
 CAGRA_MIN_ROWS = 1000
 """Fewer rows (or fewer than 4x the intermediate degree) get no graph: an exact scan is as
@@ -471,17 +470,8 @@ class FaissIndex:
         return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._n)
 
     def nprobe_for(self, params: SearchParams) -> int:
-        """Lists a search probes, scaled as ``IVFIndex.nprobe_for`` when fewer were trained."""
-        from .ivf import default_nprobe
-
-        nlist = self.spec.nlist
-        nprobe = params.nprobe if params.nprobe is not None else default_nprobe(nlist)
-        if nprobe > nlist:
-            raise InvalidArgument(f"params.nprobe: {nprobe} exceeds nlist {nlist} (the index "
-                                  f"has {nlist} lists)")
-        if self._lists == nlist:
-            return nprobe
-        return min(self._lists, max(1, math.ceil(nprobe * self._lists / nlist)))
+        """Lists a search probes, as ``IVFIndex`` (``scaled_nprobe``)."""
+        return scaled_nprobe(params, self.spec.nlist, self._lists)
 
     def _mode(self, k: int, rejected: int, params: SearchParams) -> str | None:
         """How the faiss index can serve a search whose filter and deletions reject

@@ -67,6 +67,20 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(8, nlist // 32))
 
 
+def scaled_nprobe(params: SearchParams, nlist: int, lists: int) -> int:
+    """The lists a search with ``params`` probes in an index of ``nlist`` lists that trained
+    ``lists`` (fewer with ``adapt_nlist``: nprobe scaled by the same ratio); nprobe above
+    nlist is an error naming both."""
+    nprobe = params.nprobe if params.nprobe is not None else default_nprobe(nlist)
+    if nprobe > nlist:
+        raise InvalidArgument(f"params.nprobe: {nprobe} exceeds nlist {nlist} (the index has "
+                              f"{nlist} lists)")
+    lists = max(lists, 1)
+    if lists == nlist:
+        return nprobe
+    return min(lists, max(1, math.ceil(nprobe * lists / nlist)))
+
+
 class IVFIndex:
     """Inverted file over k-means lists of codec rows (F32, F16, SQ8, LVQ, LeanVec) and
     external int64 ids. A two-level codec (LVQ-B1xB2) scans its lists on the first level and
@@ -299,16 +313,8 @@ class IVFIndex:
         return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._n)
 
     def nprobe_for(self, params: SearchParams) -> int:
-        """The lists a search with ``params`` probes (scaled when ``adapt_nlist`` trained fewer
-        lists); nprobe above nlist is an error naming both."""
-        nprobe = params.nprobe if params.nprobe is not None else default_nprobe(self.nlist)
-        if nprobe > self.nlist:
-            raise InvalidArgument(f"params.nprobe: {nprobe} exceeds nlist {self.nlist} (the "
-                                  f"index has {self.nlist} lists)")
-        lists = max(self.lists, 1)
-        if lists == self.nlist:
-            return nprobe
-        return min(lists, max(1, math.ceil(nprobe * lists / self.nlist)))
+        """The lists a search with ``params`` probes (``scaled_nprobe``)."""
+        return scaled_nprobe(params, self.nlist, self.lists)
 
     def _row_cost_bytes(self) -> float:
         """What scoring one row costs, in bytes of a float32 scan (the planner's unit)."""
