@@ -76,3 +76,44 @@ def test_warmup_command(tmp_path, capsys):
     assert "Flat l2" in out and "collections of" in out and "warm in" in out
     assert main(["warmup", "--index", "HNSW16,NOPE", "--metrics", "l2"]) == 2
     assert "NOPE" in capsys.readouterr().err
+
+
+def test_the_first_build_compiles_the_search_in_another_process(tmp_path):
+    """An empty cache: the first HNSW add starts a child that compiles the traversal into
+    the cache while the build compiles its own kernels, and the first search loads it from
+    there instead of compiling it again (the second core's work, off the first result's
+    critical path)."""
+    code = textwrap.dedent("""
+        import numpy as np, quiver, quiver.engine.planner
+        from quiver.engine import precompile
+        from quiver.kernels import dispatch, hnsw
+        x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+        index = quiver.index("HNSW16", dim=8, metric="cosine")
+        index.add(x)
+        assert list(precompile._started) == [("cosine", "f32")]
+        q = x[:1] / np.linalg.norm(x[:1])
+        traversal = quiver.engine.planner.Plan("traversal", 300, 300)  # 300 rows plan a scan
+        assert index.search_positions(q, 3, None, quiver.SearchParams(), traversal)[1][0, 0] == 0
+        entry = dispatch.for_kind(hnsw.search_chunk, dispatch.F32_IP)
+        print(sum(entry.stats.cache_hits.values()), sum(entry.stats.cache_misses.values()))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), QUIVER_PRECOMPILE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1 0"
+
+
+def test_precompile_stays_off_when_asked_or_cached(monkeypatch):
+    from quiver.engine import precompile
+
+    monkeypatch.setattr(precompile, "_started", {})
+    monkeypatch.setenv("QUIVER_PRECOMPILE", "0")
+    precompile.hnsw_search_ahead("l2", "f32", dispatch.F32_L2)
+    assert precompile._started == {}
+    monkeypatch.setenv("QUIVER_PRECOMPILE", "1")
+    precompile.hnsw_search_ahead("l2", "lvq4x8", dispatch.F32_L2)  # not a plain codec
+    assert precompile._started == {}
+    monkeypatch.setattr(precompile, "_cached", lambda entry: True)
+    precompile.hnsw_search_ahead("l2", "f32", dispatch.F32_L2)
+    assert precompile._started == {}

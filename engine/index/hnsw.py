@@ -12,7 +12,7 @@ from ...kernels import hnsw as kh
 from ...kernels import scan as ks
 from ...kernels.chunks import chunk_count, run_chunks
 from ...kernels.dispatch import for_kind
-from .. import planner
+from .. import planner, precompile
 from ..aligned import aligned_full
 from ..bitset import Bitset
 from ..codecs import F32Codec, make_codec
@@ -218,6 +218,9 @@ class HNSWIndex:
         if self._entry < 0:
             self._entry, self._max_level = start, int(self._levels[start])
             pos += 1
+        if pos < stop:  # the build compiles here; the search can compile meanwhile, elsewhere
+            precompile.hnsw_search_ahead(self.metric.value, self.codec.name,
+                                         self.codec.dist(self._kmetric))
         insert = for_kind(kh.insert_chunk, dist)
         while pos < stop:
             size = int(min(_MAX_BATCH, max(1, pos * _BATCH_SHARE), stop - pos))
@@ -357,6 +360,7 @@ class HNSWIndex:
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and plan.strategy == "filtered-traversal"
             graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
+            precompile.wait_for(self.metric.value, self.codec.name)
             search = for_kind(kh.search_chunk, self.codec.dist(self._kmetric))
             tags[:nchunks] = run_chunks(
                 lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
