@@ -203,6 +203,56 @@ def test_quorum_of_one_and_a_replica_copying_a_snapshot(ray_cluster, tmp_path, c
         db.close()
 
 
+def test_an_unacknowledged_write_the_live_replica_applied_reaches_the_other(ray_cluster,
+                                                                             tmp_path):
+    """A write refused for want of quorum was still applied by the live replica: the one
+    that missed it must get it (copying a snapshot once the driver's tail lost it), never
+    skip it, or the replicas would answer differently."""
+    db = quiver.connect(tmp_path / "data", cluster="auto", timeout=30.0, tail_bytes=1)
+    try:
+        col = db.create_collection("u", dim=DIM, metric="l2", index="Flat", shards=1,
+                                   replicas=2)
+        col.upsert(*_points(10))
+        shard = col.shards[0]
+        shard.timeout = 1.0  # a write waits 1 s for the restarting replica, then fails
+        ray.kill(shard.replicas[1].actor, no_restart=False)
+        outcomes = []
+        for i in range(10, 14):
+            try:
+                col.upsert(*_points(1, seed=i, start=i))
+                outcomes.append("acked")
+            except ShardUnavailable:
+                outcomes.append("refused")
+        shard.timeout = 30.0
+        assert shard.repair(shard.replicas[1], time.monotonic() + 30)
+        assert _replica_counts(col) == [14, 14]
+        assert [col.count() for _ in range(4)] == [14] * 4
+    finally:
+        db.close()
+
+
+def test_a_shard_whose_data_is_gone_refuses_to_start(ray_cluster, tmp_path):
+    """Acknowledged writes that no replica holds any more (their node's disk was lost) make
+    the shard refuse to start, instead of serving fewer points as if complete."""
+    import shutil
+
+    path = tmp_path / "data"
+    db = quiver.connect(path, cluster="auto")
+    col = db.create_collection("lost", dim=DIM, metric="l2", index="Flat", shards=1)
+    col.upsert(*_points(50))
+    root = path / "collections" / "lost" / "shards" / "0" / "replica-0"
+    db.close()
+    shutil.rmtree(root)
+    db = quiver.connect(path, cluster="auto")
+    try:
+        with pytest.raises(ShardUnavailable, match="no replica holds the writes up to 1"):
+            db.get_collection("lost")
+        db.drop_collection("lost")  # still possible
+        assert db.list_collections() == []
+    finally:
+        db.close()
+
+
 def test_no_live_replica_fails_clearly_or_partially(db):
     col = db.create_collection("gone", dim=DIM, metric="l2", index="Flat", shards=2)
     ids, x, pl = _points(200)
@@ -215,7 +265,8 @@ def test_no_live_replica_fails_clearly_or_partially(db):
     assert all(len(r) == 5 for r in part)
     arrays = col.search_arrays(x[:3], k=5, allow_partial=True)
     assert isinstance(arrays, PartialSearchArrays) and arrays.missing_shards == [1]
-    assert 0 < col.count(allow_partial=True) < 200
+    partial = col.count(allow_partial=True)
+    assert 0 < partial < 200 and partial.missing_shards == [1]
     with pytest.raises(ShardUnavailable, match="shard 1"):
         col.upsert(*_points(50, seed=9, start=1000))
 
@@ -279,6 +330,16 @@ def test_server_fronts_the_cluster(ray_cluster, tmp_path):
                 r = http.put(f"/collections/{name}/points", params={"wait": "true"},
                              json={"points": points})
                 assert r.status_code == 200, r.text
+            r = http.post("/collections/docs/snapshots")  # one archive, as for embedded
+            assert r.status_code == 200, r.text
+            snap = r.json()["result"]["name"]
+            listed = http.get("/collections/docs/snapshots").json()["result"]
+            assert [s["name"] for s in listed] == [snap]
+            r = http.put("/collections/copy/snapshots/recover", json={
+                "location": f"file://{tmp_path / 'data' / 'snapshots' / 'docs' / snap}"})
+            assert r.status_code == 200, r.text
+            assert http.post("/collections/copy/points/count", json={}).json()["result"][
+                "count"] == 100
         client = quiver.Client(server.url)
         hits = client.get_collection("docs").search(x[7], k=3)
         assert hits[0].id == 7

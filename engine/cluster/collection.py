@@ -10,6 +10,9 @@ payload-index changes go to every shard. Searches go to one replica of every sha
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,12 @@ from .shard import Shard
 class PartialResults(list):
     """Search results (or a batch of them) missing the shards in ``missing_shards``: returned
     only to a caller that passed ``allow_partial=True``."""
+
+    missing_shards: list[int]
+
+
+class PartialCount(int):
+    """A count missing the shards in ``missing_shards`` (``allow_partial``)."""
 
     missing_shards: list[int]
 
@@ -200,9 +209,14 @@ class ShardedCollection(CollectionSchema):
         self._check_open()
         if filter is not None:
             parse_filter(filter)
-        found, _ = self._gather({i: s.read("count", filter) for i, s in enumerate(self.shards)},
-                                allow_partial)
-        return sum(found.values())
+        found, missing = self._gather(
+            {i: s.read("count", filter) for i, s in enumerate(self.shards)}, allow_partial)
+        total = sum(found.values())
+        if not missing:
+            return total
+        out = PartialCount(total)
+        out.missing_shards = missing
+        return out
 
     def __len__(self) -> int:
         return self.count()
@@ -318,35 +332,41 @@ class ShardedCollection(CollectionSchema):
 
     def flush(self, timeout: float = 600.0) -> None:
         self._check_open()
+        deadline = time.monotonic() + timeout
         for s in self.shards:
-            s.each_replica("flush")
+            left = max(0.001, deadline - time.monotonic())
+            s.each_replica("flush", left, timeout=left + 5.0)
 
     def wait_indexed(self, timeout: float = 600.0) -> None:
         self._check_open()
         deadline = time.monotonic() + timeout
         for s in self.shards:
-            s.read("wait_indexed", max(0.0, deadline - time.monotonic())).result()
+            left = max(0.001, deadline - time.monotonic())
+            s.read("wait_indexed", left, timeout=left + 5.0).result()
 
     def snapshot(self, directory: str | Path | None = None) -> Path:
-        """A directory holding one snapshot archive per shard (from one replica each) and a
-        ``cluster.json`` naming them: ``ClusterDatabase.restore_snapshot`` takes it."""
+        """One tar archive holding a snapshot archive per shard (each from one live
+        replica) and a ``cluster.json`` naming them, where the embedded collection puts its
+        own: ``ClusterDatabase.restore_snapshot`` (and the REST snapshot routes) take it."""
         self._check_open()
-        out = Path(directory) if directory else self.path.parent.parent / "snapshots"
-        target = out / (f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-"
-                        f"{max(s.acked for s in self.shards)}-sharded")
-        target.mkdir(parents=True, exist_ok=False)
-        import ray
-
-        files = []
-        for i, s in enumerate(self.shards):
-            replica = s.pick(set())
-            if replica is None:
-                raise ShardUnavailable(s.unavailable("no live replica to snapshot"))
-            archive, at = ray.get(replica.actor.snapshot.remote(), timeout=s.timeout)
-            name = f"shard-{i}.tar"
-            (target / name).write_bytes(archive)
-            files.append({"shard": i, "file": name, "seq": at})
-        write_metadata(target / "cluster.json", {"shards": files, "config": self.config.to_dict()})
+        out_dir = Path(directory) if directory else self.path.parent.parent / "snapshots"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        parts = [s.snapshot() for s in self.shards]
+        target = out_dir / (f"{self.name}-{time.strftime('%Y%m%dT%H%M%S')}-"
+                            f"{max(at for _, at, _ in parts)}.tar")
+        manifest = {"format": "quiver-sharded-snapshot", "config": self.config.to_dict(),
+                    "shards": [{"shard": i, "file": f"shard-{i}.tar", "seq": at}
+                               for i, (_, at, _) in enumerate(parts)]}
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                _add_bytes(tar, SNAPSHOT_MANIFEST, json.dumps(manifest).encode())
+                for entry, (archive, _, _) in zip(manifest["shards"], parts, strict=True):
+                    _add_bytes(tar, entry["file"], archive)
+            tmp.replace(target)
+        except BaseException:  # a full disk: no half-written archive eats the space
+            tmp.unlink(missing_ok=True)
+            raise
         return target
 
     def info(self) -> dict[str, Any]:
@@ -377,6 +397,16 @@ class ShardedCollection(CollectionSchema):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+SNAPSHOT_MANIFEST = "cluster.json"
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _batch_len(queries) -> int:

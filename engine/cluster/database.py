@@ -17,16 +17,18 @@ A collection created without ``shards`` is an ordinary embedded one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
 from ..collection import Collection, CollectionConfig
 from ..database import Database, collection_config
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..errors import AlreadyExists, InvalidArgument, NotFound, QuiverError, ShardUnavailable
 from ..persist import read_metadata, write_metadata
-from .collection import ShardedCollection
+from .collection import SNAPSHOT_MANIFEST, ShardedCollection
 from .replica import ShardReplica
 from .routing import SCHEME
 from .shard import Replica, Shard
@@ -74,18 +76,24 @@ def _positive(value: Any, name: str) -> int:
 
 class ClusterDatabase(Database):
     """A ``Database`` whose ``create_collection`` also takes ``shards``, ``replicas`` and
-    ``write_quorum``. ``timeout``: seconds a replica may take to answer before it counts as
-    down (and to come back before a write waiting for it fails). ``tail_bytes``: how much of
-    each shard's latest writes the driver keeps for replicas that missed them; one that
-    missed more copies a live replica's snapshot."""
+    ``write_quorum``. ``timeout``: seconds a replica may take to apply a write or to answer
+    a liveness probe before it counts as down (and to come back before a write waiting for it
+    fails). ``read_timeout``: seconds a search, snapshot or catch-up copy may take (a slow
+    answer is a TimeoutError, not a replica down). ``tail_bytes``: how much of each shard's
+    latest writes the driver keeps for replicas that missed them; one that missed more copies
+    a live replica's snapshot."""
 
     def __init__(self, path: str | Path, cluster: str = "auto", optimizer: bool = True, *,
                  num_cpus: int | None = None, timeout: float = 60.0,
-                 tail_bytes: int = 128 << 20):
-        self._started_ray = start_ray(cluster, num_cpus)
-        self._optimizer_flag = optimizer
-        self.timeout = timeout
+                 read_timeout: float = 600.0, tail_bytes: int = 128 << 20):
+        for name, value in (("timeout", timeout), ("read_timeout", read_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InvalidArgument(f"{name}: expected a positive number of seconds, got "
+                                      f"{value!r}")
         self.tail_bytes = _positive(tail_bytes, "tail_bytes")
+        self.timeout, self.read_timeout = float(timeout), float(read_timeout)
+        self._optimizer_flag = optimizer
+        self._started_ray = start_ray(cluster, num_cpus)
         super().__init__(path, optimizer=optimizer)
 
     # --- collections -----------------------------------------------------------------
@@ -113,7 +121,7 @@ class ClusterDatabase(Database):
                   "replicas": _positive(replicas, "replicas"),
                   "write_quorum": _positive(replicas if write_quorum is None else write_quorum,
                                             "write_quorum"),
-                  "routing": SCHEME, "placement": {}}
+                  "routing": SCHEME, "placement": {}, "state": {}}
         if layout["write_quorum"] > layout["replicas"]:
             raise InvalidArgument(f"write_quorum: {write_quorum} exceeds replicas ({replicas})")
         return self._create(name, config, exist_ok, extra={LAYOUT: layout})
@@ -132,8 +140,14 @@ class ClusterDatabase(Database):
         if layout.get("routing") != SCHEME:
             raise InvalidArgument(f"{d / LAYOUT}: routing {layout.get('routing')!r} is not "
                                   f"{SCHEME!r} (written by another Quiver version)")
-        shards = [self._start_shard(d, name, config, layout, s) for s in range(layout["shards"])]
-        write_metadata(d / LAYOUT, layout)  # where the replicas run now
+        shards: list[Shard] = []
+        try:
+            for s in range(layout["shards"]):
+                shards.append(self._start_shard(d, name, config, layout, s))
+            write_metadata(d / LAYOUT, layout)  # the new epochs, where the replicas run now
+        except BaseException:
+            self._stop_shards(shards)
+            raise
         col = ShardedCollection(d, config, name, shards)
         self._open[name] = col
         return col
@@ -143,12 +157,12 @@ class ClusterDatabase(Database):
         import ray
 
         alive = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
-        actor_class = ray.remote(ShardReplica)
+        actor_class = ray.remote(concurrency_groups={"writes": 8, "reads": 32})(ShardReplica)
         replicas = []
         for r in range(layout["replicas"]):
             key = f"{s}/{r}"
             options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0,
-                                       "max_concurrency": 32, "num_cpus": 0}
+                                       "max_concurrency": 4, "num_cpus": 0}
             node = layout["placement"].get(key)
             if node in alive:  # its directory is on that node's disk
                 options["resources"] = {f"node:{node}": 0.001}
@@ -162,8 +176,14 @@ class ClusterDatabase(Database):
                                                           self._optimizer_flag)
             replicas.append(Replica(s, r, actor))
         shard = Shard(name, s, replicas, write_quorum=layout["write_quorum"],
-                      tail_bytes=self.tail_bytes, timeout=self.timeout)
-        shard.start()
+                      tail_bytes=self.tail_bytes, timeout=self.timeout,
+                      read_timeout=self.read_timeout,
+                      state=layout.setdefault("state", {}).setdefault(str(s), {}))
+        try:
+            shard.start()
+        except BaseException:
+            self._stop_shards([shard])
+            raise
         for replica in replicas:
             if replica.node is not None:
                 layout["placement"][f"{s}/{replica.index}"] = replica.node
@@ -171,53 +191,90 @@ class ClusterDatabase(Database):
 
     def drop_collection(self, name: str) -> None:
         """Drop a collection; a sharded one's replicas delete their own directories (on
-        their nodes' disks)."""
+        their nodes' disks). One whose shards cannot start is deleted here all the same
+        (replica directories on other nodes' disks then stay behind, and say so in the log)."""
         self._check_writable()
-        if (self._dir(name) / LAYOUT).exists() and (self._dir(name) / "config.json").exists():
-            col = self.get_collection(name)
-            for shard in col.shards:
-                shard.each_replica("drop")
-            self._stop(col)
+        d = self._dir(name)
+        if (d / LAYOUT).exists() and (d / "config.json").exists():
+            try:
+                col = self.get_collection(name)
+            except ShardUnavailable as exc:
+                log.warning("dropping %s without its shards' help: %s", name, exc)
+            else:
+                for shard in col.shards:
+                    with contextlib.suppress(QuiverError, TimeoutError):
+                        shard.each_replica("drop")
+                self._stop_shards(col.shards)
+                with self._lock:
+                    self._open.pop(name, None)
         super().drop_collection(name)
 
     def restore_snapshot(self, snapshot: str | Path, name: str, *,
                          replicas: int = 1) -> Collection | ShardedCollection:
-        """A sharded snapshot (the directory ``ShardedCollection.snapshot`` wrote) becomes a
-        collection with as many shards, each replica restored from its shard's archive;
-        an embedded snapshot archive restores as ``Database.restore_snapshot`` does."""
-        path = Path(snapshot)
-        if not (path / LAYOUT).is_file():
-            return super().restore_snapshot(path, name)
+        """A sharded snapshot (the archive ``ShardedCollection.snapshot`` wrote) becomes a
+        collection with as many shards, ``replicas`` copies each, every copy restored from
+        its shard's archive; an embedded snapshot restores as ``Database.restore_snapshot``
+        does. A damaged archive leaves no collection behind."""
         self._check_writable()
-        manifest = read_metadata(path / LAYOUT)
+        replicas = _positive(replicas, "replicas")
+        path = Path(snapshot)
+        try:
+            with tarfile.open(path) as tar:
+                member = tar.getmember(SNAPSHOT_MANIFEST) if SNAPSHOT_MANIFEST in \
+                    tar.getnames() else None
+                if member is None:
+                    return super().restore_snapshot(path, name)
+                manifest = json.loads(tar.extractfile(member).read())
+                archives = [tar.extractfile(e["file"]).read() for e in manifest["shards"]]
+                config = CollectionConfig.from_dict(manifest["config"], path)
+        except (tarfile.TarError, OSError, KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"snapshot: cannot restore {path.name} ({exc})") from None
         if (self._dir(name) / "config.json").exists():
             raise AlreadyExists(f"name: collection {name!r} already exists")
-        config = CollectionConfig.from_dict(manifest["config"], path / LAYOUT)
-        layout = {"shards": len(manifest["shards"]), "replicas": _positive(replicas, "replicas"),
-                  "write_quorum": replicas,
-                  "routing": SCHEME, "placement": {}}
+        layout = {"shards": len(archives), "replicas": replicas, "write_quorum": replicas,
+                  "routing": SCHEME, "placement": {}, "state": {}}
         col = self._create(name, config, False, extra={LAYOUT: layout})
         import ray
 
-        for entry, shard in zip(manifest["shards"], col.shards, strict=True):
-            archive = (path / entry["file"]).read_bytes()
-            for replica in shard.replicas:
-                replica.applied = ray.get(replica.actor.restore.remote(archive, entry["seq"]))
-            shard.seq = shard.acked = entry["seq"]
+        try:
+            for entry, archive, shard in zip(manifest["shards"], archives, col.shards,
+                                             strict=True):
+                ref = ray.put(archive)
+                for replica in shard.replicas:
+                    replica.applied = ray.get(replica.call("restore").remote(
+                        ref, entry["seq"], shard.epoch), timeout=self.read_timeout)
+                    replica.epoch = shard.epoch
+                with shard.lock:
+                    shard.seq = shard.acked = entry["seq"]
+        except (ray.exceptions.RayError, QuiverError) as exc:
+            self.drop_collection(name)
+            cause = getattr(exc, "cause", None) or exc
+            raise InvalidArgument(f"snapshot: cannot restore {path.name} ({cause})") from None
         return col
 
     # --- shutting down ---------------------------------------------------------------
 
-    def _stop(self, col: ShardedCollection) -> None:
+    def _stop_shards(self, shards: list[Shard]) -> None:
+        """Close and kill the shards' actors, recording each shard's last acknowledged write
+        (a later start refuses replicas that lost it)."""
         import ray
 
-        col.close()
-        for shard in col.shards:
+        for shard in shards:
             shard.closed = True
+            shard.state["acked"] = shard.acked
             for replica in shard.replicas:
                 with contextlib.suppress(ray.exceptions.RayError):  # down: nothing to close
-                    ray.get(replica.actor.close.remote(), timeout=self.timeout)
+                    ray.get(replica.call("close").remote(), timeout=5.0)
                 ray.kill(replica.actor, no_restart=True)
+
+    def _stop(self, col: ShardedCollection) -> None:
+        col.close()
+        self._stop_shards(col.shards)
+        layout = col.path / LAYOUT
+        if layout.exists():
+            obj = read_metadata(layout)
+            obj["state"] = {str(s.index): s.state for s in col.shards}
+            write_metadata(layout, obj)
 
     def close(self) -> None:
         with self._lock:

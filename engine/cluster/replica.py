@@ -2,9 +2,13 @@
 
 A replica applies its shard's writes strictly in the order of the shard's sequence numbers
 (the driver numbers them), so every replica of a shard holds the same points after the same
-writes. The last applied number is kept beside the data (``applied_seq``), written after the
-collection's own write-ahead log has the write: after a crash it can only lag (a write then
-replays, and every write is idempotent when replayed in order), never lead.
+writes. Each write also carries the driver's *epoch* (one per start of the shard): numbers a
+replica applied in an older epoch beyond where the next epoch started were reused by a later
+driver, and such a replica copies a peer instead of trusting its log.
+
+The last applied number and its epoch are kept beside the data (``applied_seq``), written
+after the collection's own write-ahead log has the write: after a crash they can only lag (a
+write then replays, and every write is idempotent when replayed in order), never lead.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from ..collection import CollectionConfig
 from ..database import Database
-from ..errors import InvalidArgument, QuiverError
+from ..errors import InvalidArgument, NotFound, QuiverError
 
 SEQ_FILE = "applied_seq"
 ORDER_WAIT_S = 10.0
@@ -31,6 +35,9 @@ READS = frozenset({"search", "search_arrays", "get", "count", "scroll", "info", 
 WRITES = frozenset({"upsert_validated", "update_validated", "delete", "set_payload",
                     "overwrite_payload", "delete_payload", "clear_payload", "delete_vectors",
                     "create_payload_index", "delete_payload_index", "train_queries", "noop"})
+REFUSALS = (InvalidArgument, NotFound)
+"""Errors that depend only on the request and the points (the same on every replica): a
+write refused so still counts as applied. Any other error means this replica broke."""
 
 
 class SequenceGap(QuiverError):
@@ -52,32 +59,33 @@ class ShardReplica:
                                    exist_ok=True)
         self._cond = threading.Condition()
         self._seq_fd = os.open(self.root / SEQ_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        raw = os.pread(self._seq_fd, 8, 0)
-        self.applied = struct.unpack("<q", raw)[0] if len(raw) == 8 else 0
+        raw = os.pread(self._seq_fd, 16, 0)
+        self.applied, self.epoch = (struct.unpack("<qq", raw) if len(raw) == 16 else
+                                    (struct.unpack("<q", raw)[0], 0) if len(raw) == 8 else (0, 0))
 
     # --- state -----------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What the driver needs to route to this replica: its applied sequence number and
-        where it runs."""
+        """What the driver needs to route to this replica: the last write it applied, that
+        write's epoch, and where it runs."""
         import ray
 
-        return {"applied": self.applied, "pid": os.getpid(),
+        return {"applied": self.applied, "epoch": self.epoch, "pid": os.getpid(),
                 "node": ray.util.get_node_ip_address()}
 
-    def _advance(self, seq: int) -> None:
-        self.applied = seq
-        os.pwrite(self._seq_fd, struct.pack("<q", seq), 0)  # no fsync: it may lag, never lead
+    def _advance(self, seq: int, epoch: int) -> None:
+        self.applied, self.epoch = seq, epoch
+        os.pwrite(self._seq_fd, struct.pack("<qq", seq, epoch), 0)  # may lag, never lead
         self._cond.notify_all()
 
     # --- writes ----------------------------------------------------------------------
 
-    def apply(self, seq: int, op: bytes) -> tuple[str, Any]:
-        """Apply write ``seq`` (a pickled ``(method, args, kwargs)``) after every write before
-        it. Returns ``("ok", result)``, ``("dup", None)`` for one already applied, or
-        ``("error", exc)`` for input the collection refused: that refusal is the same on every
-        replica, so it still counts as applied. An I/O error is raised: this replica then no
-        longer matches the others and the driver repairs it."""
+    def apply(self, seq: int, epoch: int, op: bytes) -> tuple[str, Any]:
+        """Apply write ``seq`` of ``epoch`` (a pickled ``(method, args, kwargs)``) after every
+        write before it. Returns ``("ok", result)``, ``("dup", None)`` for one already
+        applied, or ``("error", exc)`` for input the collection refused (``REFUSALS``: the
+        same on every replica, so it still counts as applied). Anything else is raised: this
+        replica then no longer matches the others and the driver repairs it."""
         with self._cond:
             if not self._cond.wait_for(lambda: self.applied >= seq - 1, ORDER_WAIT_S):
                 raise SequenceGap(f"replica {self.root}: write {seq} arrived, but the last "
@@ -89,10 +97,10 @@ class ShardReplica:
                 raise InvalidArgument(f"{method!r} is not a replica write")
             try:
                 result = None if method == "noop" else getattr(self.col, method)(*args, **kwargs)
-            except QuiverError as exc:
-                self._advance(seq)
+            except REFUSALS as exc:
+                self._advance(seq, epoch)
                 return "error", exc
-            self._advance(seq)
+            self._advance(seq, epoch)
             return "ok", result
 
     # --- reads -----------------------------------------------------------------------
@@ -103,9 +111,6 @@ class ShardReplica:
         has applied write ``min_seq`` (the shard's last acknowledged one), so a caller reads
         its own writes whichever replica answers."""
         method, args, kwargs = pickle.loads(request)
-        return pickle.dumps(self._read(min_seq, method, args, kwargs), protocol=5)
-
-    def _read(self, min_seq: int, method: str, args: tuple, kwargs: dict) -> Any:
         if method not in READS:
             raise InvalidArgument(f"{method!r} is not a replica read")
         if self.applied < min_seq:
@@ -113,31 +118,32 @@ class ShardReplica:
                 if not self._cond.wait_for(lambda: self.applied >= min_seq, ORDER_WAIT_S):
                     raise SequenceGap(f"replica {self.root}: at write {self.applied}, the read "
                                       f"needs {min_seq}")
-        return getattr(self.col, method)(*args, **kwargs)
+        return pickle.dumps(getattr(self.col, method)(*args, **kwargs), protocol=5)
 
-    def flush(self) -> int:
-        self.col.flush()
+    def flush(self, timeout: float) -> int:
+        self.col.flush(timeout)
         return self.applied
 
     # --- catching up -----------------------------------------------------------------
 
-    def snapshot(self) -> tuple[bytes, int]:
-        """The collection as a snapshot archive, and the write it holds up to: what a replica
-        that fell too far behind restores from."""
-        with self._cond:  # no write between the archive and its number
+    def snapshot(self) -> tuple[bytes, int, int]:
+        """The collection as a snapshot archive, and the write (number, epoch) it holds up
+        to: what a replica that fell too far behind restores from. (The collection itself
+        holds its writes while it archives; this lock only ties the number to the archive.)"""
+        with self._cond:
             tmp = Path(tempfile.mkdtemp(prefix=".catchup-", dir=self.root))
             try:
                 path = self.col.snapshot(tmp)
-                return path.read_bytes(), self.applied
+                return path.read_bytes(), self.applied, self.epoch
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def restore(self, archive: bytes, seq: int) -> int:
+    def restore(self, archive: bytes, seq: int, epoch: int) -> int:
         """Replace this replica's collection with another replica's snapshot at write
-        ``seq``. The applied number drops to 0 first, so a crash half-way leaves a replica
-        that is known to be behind, never one that looks current."""
+        ``seq`` of ``epoch``. The applied number drops to 0 first, so a crash half-way leaves
+        a replica that is known to be behind, never one that looks current."""
         with self._cond:
-            self._advance(0)
+            self._advance(0, 0)
             tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=self.root))
             try:
                 archive_path = tmp / "snapshot.tar"
@@ -146,7 +152,7 @@ class ShardReplica:
                 self.col = self.db.restore_snapshot(archive_path, self.name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            self._advance(seq)
+            self._advance(seq, epoch)
             return seq
 
     def drop(self) -> None:

@@ -4,11 +4,15 @@ down back up to date.
 
 Writes to a shard are numbered under one lock and sent to the live replicas in that order;
 each replica applies them in number order (``ShardReplica.apply``). A write is acknowledged
-once ``write_quorum`` replicas have it in their write-ahead log. The shard keeps the last
+once ``write_quorum`` replicas have it in their write-ahead log. The shard keeps its latest
 writes (up to ``tail_bytes``) in Ray's object store: a replica that missed some replays them
-from there, one that missed more restores another replica's snapshot and replays the rest.
-Reads go round-robin over the live replicas and wait until the replica has applied the last
-acknowledged write, so a caller always reads its own writes.
+from there; one that missed more, or whose log another epoch overwrote, restores a live
+replica's snapshot and replays the rest. Reads go round-robin over the live replicas and wait
+until the replica has applied the last acknowledged write, so a caller reads its own writes.
+
+Each start of the shard by a driver is a new *epoch*, beginning after the highest write any
+replica holds. At least ``replicas - write_quorum + 1`` replicas must answer for a start, so
+that one of them holds every acknowledged write.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import QuiverError, ShardUnavailable
-from .replica import SequenceGap
+from .replica import REFUSALS, SequenceGap
 
 log = logging.getLogger(__name__)
 _NOOP = pickle.dumps(("noop", (), {}))
+_MAX_UNSENT = 100_000
 
 
 def _ray():
@@ -41,11 +46,15 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def _is_refusal(exc: BaseException) -> bool:
-    """A replica refused the request itself (bad input: the same on every replica), as
-    opposed to the replica being down, behind or broken."""
+def _replica_broke(exc: BaseException) -> bool:
+    """Whether a failed call says the replica (not the request) is at fault: its actor died
+    or restarted, it is behind, or its storage failed."""
+    ray = _ray()
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return True
     cause = _cause(exc)
-    return isinstance(cause, QuiverError) and not isinstance(cause, SequenceGap)
+    return isinstance(cause, SequenceGap) or (isinstance(cause, OSError)
+                                              and not isinstance(cause, TimeoutError))
 
 
 @dataclass(eq=False)
@@ -55,36 +64,50 @@ class Replica:
     actor: Any
     live: bool = False
     applied: int = 0
+    epoch: int = 0
     node: str | None = None
     """The address of the node it runs on (its directory is on that node's disk)."""
+    diverged: bool = False
+    """Its log cannot be trusted past a point: it copies a live replica's snapshot."""
     repairing: threading.Lock = field(default_factory=threading.Lock)
 
     def __str__(self) -> str:
         return f"replica {self.index} of shard {self.shard}"
+
+    def call(self, method: str, group: str | None = None):
+        """``actor.method`` in its concurrency group: writes and reads each have their own
+        threads, so neither can starve the other (nor the liveness probes)."""
+        m = getattr(self.actor, method)
+        return m.options(concurrency_group=group) if group else m
 
 
 class PendingRead:
     """A read sent to one replica; ``result()`` retries on the shard's other live replicas
     if that one is down."""
 
-    def __init__(self, shard: Shard, method: str, args: tuple, kwargs: dict):
+    def __init__(self, shard: Shard, method: str, args: tuple, kwargs: dict,
+                 timeout: float | None = None):
         self.shard = shard
         self.request = pickle.dumps((method, args, kwargs), protocol=5)
+        self.timeout = shard.read_timeout if timeout is None else timeout
         self.tried: set[int] = set()
         self._send()
 
     def _send(self) -> None:
         self.replica = self.shard.pick(self.tried)
-        self.ref = None if self.replica is None else self.replica.actor.read.remote(
+        self.ref = None if self.replica is None else self.replica.call("read", "reads").remote(
             self.shard.acked, self.request)
 
     def result(self) -> Any:
         ray = _ray()
         while self.replica is not None:
             try:
-                return pickle.loads(ray.get(self.ref, timeout=self.shard.timeout))
+                return pickle.loads(ray.get(self.ref, timeout=self.timeout))
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"{self.shard}: {self.replica} did not answer within "
+                                   f"{self.timeout:g} s") from None
             except ray.exceptions.RayError as exc:
-                if _is_refusal(exc):
+                if not _replica_broke(exc):
                     raise _cause(exc) from None
                 self.shard.lost(self.replica, exc)
                 self.tried.add(self.replica.index)
@@ -101,20 +124,26 @@ class PendingWrite:
     def result(self) -> Any:
         ray = _ray()
         shard = self.shard
-        acks, result, refusal, down = 0, None, None, []
+        done: list[tuple[Replica, str, Any]] = []
         for replica, ref in self.calls:
             try:
                 status, value = ray.get(ref, timeout=shard.timeout)
             except ray.exceptions.RayError as exc:
                 shard.lost(replica, exc)
-                down.append(replica)
                 continue
-            acks += 1
             replica.applied = max(replica.applied, self.seq)
-            if status == "ok" and result is None:
-                result = value
-            elif status == "error":
-                refusal = value
+            done.append((replica, status, value))
+        refusals = [(r, v) for r, s, v in done if s == "error"]
+        if refusals and len(refusals) < sum(s != "dup" for _, s, _ in done):
+            # applied on some, refused on others: those broke (a refusal is deterministic)
+            for replica, value in refusals:
+                log.error("%s: %s refused write %d the others applied: %s", shard, replica,
+                          self.seq, value)
+                replica.diverged = True
+                shard.lost(replica, value)
+            done = [d for d in done if d[1] != "error"]
+            refusals = []
+        acks = len(done)
         if acks < shard.write_quorum:  # wait for replicas Ray is restarting, then catch them up
             deadline = time.monotonic() + shard.timeout
             for replica in [r for r in shard.replicas if not r.live]:
@@ -123,34 +152,41 @@ class PendingWrite:
                 if shard.repair(replica, deadline) and replica.applied >= self.seq:
                     acks += 1
         if acks < shard.write_quorum:
-            shard.unacknowledged.add(self.seq)
             raise ShardUnavailable(shard.unavailable(
                 f"{acks} of {len(shard.replicas)} replicas have write {self.seq} (the quorum "
                 f"is {shard.write_quorum}); it is not acknowledged and may or may not be applied"))
         with shard.lock:
             shard.acked = max(shard.acked, self.seq)
-        if refusal is not None:
-            raise refusal
-        return result
+        if refusals:
+            raise refusals[0][1]
+        return next((v for _, s, v in done if s == "ok"), None)
 
 
 class Shard:
-    """``replicas``: the shard's replica actors, in index order."""
+    """``replicas``: the shard's replica actors, in index order. ``state``: the shard's part
+    of ``cluster.json`` (``epochs``: where each epoch's numbering began; ``acked``: the last
+    acknowledged write at the last clean close), updated in place on start and close."""
 
     def __init__(self, collection: str, index: int, replicas: list[Replica], *,
-                 write_quorum: int, tail_bytes: int, timeout: float):
+                 write_quorum: int, tail_bytes: int, timeout: float, read_timeout: float,
+                 state: dict):
         self.collection = collection
         self.index = index
         self.replicas = replicas
         self.write_quorum = write_quorum
         self.tail_bytes = tail_bytes
         self.timeout = timeout
+        """Seconds a replica may take to apply a write, to catch up, or to come back."""
+        self.read_timeout = read_timeout
+        self.state = state
+        self.epoch = 0
         self.lock = threading.Lock()
         """Held while numbering and sending a write, so replicas receive writes in order."""
         self.seq = 0
         self.acked = 0
-        self.unacknowledged: set[int] = set()
-        """Writes no quorum acknowledged: a replica may skip one the tail no longer holds."""
+        self.unsent: set[int] = set()
+        """Writes numbered while no replica was live (sent nowhere): a replica may skip one
+        the tail no longer holds."""
         self._tail: collections.deque = collections.deque()
         self._tail_size = 0
         self._rr = itertools.count()
@@ -167,25 +203,53 @@ class Shard:
 
     # --- opening ---------------------------------------------------------------------
 
+    def _epoch_start(self, epoch: int) -> int | None:
+        return self.state.get("epochs", {}).get(str(epoch))
+
+    def _trusted(self, replica: Replica) -> bool:
+        """A replica's log holds nothing a later epoch renumbered: what it applied in its
+        epoch ends before the next epoch began."""
+        if replica.diverged:
+            return False
+        nxt = self._epoch_start(replica.epoch + 1)
+        return nxt is None or replica.applied < nxt
+
     def start(self) -> None:
-        """Learn each replica's applied write; the shard continues from the highest, and
-        replicas behind it catch up (from the most advanced one's snapshot)."""
+        """Learn each replica's applied write; the shard continues in a new epoch after the
+        highest trusted one, and replicas behind it catch up."""
         ray = _ray()
         for replica in self.replicas:
             try:
-                status = ray.get(replica.actor.status.remote(), timeout=self.timeout)
-                replica.applied, replica.node = status["applied"], status["node"]
+                status = ray.get(replica.call("status").remote(), timeout=self.timeout)
+                replica.applied, replica.epoch = status["applied"], status["epoch"]
+                replica.node = status["node"]
                 replica.live = True
             except ray.exceptions.RayError as exc:
                 log.warning("%s: %s did not start: %s", self, replica, _cause(exc))
-        if not any(r.live for r in self.replicas):
-            raise ShardUnavailable(self.unavailable("no replica started"))
-        self.seq = self.acked = max(r.applied for r in self.replicas if r.live)
-        for replica in self.replicas:
-            if replica.live and replica.applied < self.seq:
+        answered = [r for r in self.replicas if r.live]
+        need = len(self.replicas) - self.write_quorum + 1
+        if len(answered) < need:
+            raise ShardUnavailable(self.unavailable(
+                f"{len(answered)} of {len(self.replicas)} replicas answered; {need} must, so "
+                f"that one holds every acknowledged write"))
+        trusted = [r for r in answered if self._trusted(r)]
+        base = max((r.applied for r in trusted), default=0)
+        floor = max(int(self.state.get("acked", 0)),
+                    max((int(s) for s in self.state.get("epochs", {}).values()), default=1) - 1)
+        if base < floor:
+            raise ShardUnavailable(self.unavailable(
+                f"no replica holds the writes up to {floor} (the highest is {base}): its data "
+                f"is missing"))
+        self.epoch = max((int(e) for e in self.state.get("epochs", {})), default=0) + 1
+        self.state.setdefault("epochs", {})[str(self.epoch)] = base + 1
+        self.seq = self.acked = base
+        for replica in answered:
+            if replica.applied != base or replica not in trusted:
                 replica.live = False
+                replica.diverged = replica not in trusted
                 self.repair(replica, time.monotonic() + self.timeout)
-            elif not replica.live:
+        for replica in self.replicas:
+            if not replica.live:
                 self.repair_later(replica)
 
     # --- writes ----------------------------------------------------------------------
@@ -197,7 +261,12 @@ class Shard:
             self.seq += 1
             ref = ray.put(op)
             self._remember(self.seq, ref, len(op))
-            calls = [(r, r.actor.apply.remote(self.seq, ref)) for r in self.replicas if r.live]
+            calls = [(r, r.call("apply", "writes").remote(self.seq, self.epoch, ref))
+                     for r in self.replicas if r.live]
+            if not calls:
+                self.unsent.add(self.seq)
+                if len(self.unsent) > _MAX_UNSENT:
+                    self.unsent.discard(min(self.unsent))
             return PendingWrite(self, self.seq, calls)
 
     def _remember(self, seq: int, ref: Any, size: int) -> None:
@@ -209,15 +278,14 @@ class Shard:
             self._tail_size -= self._tail.popleft()[2]
 
     def _tail_from(self, seq: int) -> list | None:
-        """The kept writes from ``seq`` on (writes no quorum acknowledged may be missing:
-        they become no-ops), or None when an acknowledged one is no longer kept."""
+        """The kept writes from ``seq`` on, or None when one no longer kept was sent to a
+        replica (only a write sent nowhere may be skipped, as a no-op)."""
         first = self._tail[0][0] if self._tail else self.seq + 1
-        if any(s not in self.unacknowledged for s in range(seq, min(first, self.seq + 1))):
+        evicted = range(seq, min(first, self.seq + 1))
+        if any(s not in self.unsent for s in evicted):
             return None
-        ray = _ray()
-        noop = ray.put(_NOOP)
-        out = [(s, noop) for s in range(seq, min(first, self.seq + 1))]
-        return out + [(s, ref) for s, ref, _ in self._tail if s >= seq]
+        noop = _ray().put(_NOOP) if evicted else None
+        return [(s, noop) for s in evicted] + [(s, ref) for s, ref, _ in self._tail if s >= seq]
 
     # --- reads -----------------------------------------------------------------------
 
@@ -225,23 +293,43 @@ class Shard:
         live = [r for r in self.replicas if r.live and r.index not in exclude]
         return live[next(self._rr) % len(live)] if live else None
 
-    def read(self, method: str, *args: Any, **kwargs: Any) -> PendingRead:
-        return PendingRead(self, method, args, kwargs)
+    def read(self, method: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> PendingRead:
+        return PendingRead(self, method, args, kwargs, timeout)
 
-    def each_replica(self, method: str, *args: Any) -> list:
-        """Call ``method`` on every live replica (flush, drop): the answers of those that
-        answered (one that failed is repaired in the background)."""
+    def each_replica(self, method: str, *args: Any, timeout: float | None = None) -> list:
+        """Call ``method`` on every live replica (flush, close, drop): the answers of those
+        that answered (one that failed is repaired in the background). Raises when none
+        did, unless no replica was live to begin with."""
         ray = _ray()
-        calls = [(r, getattr(r.actor, method).remote(*args)) for r in self.replicas if r.live]
+        calls = [(r, r.call(method).remote(*args)) for r in self.replicas if r.live]
         out = []
         for replica, ref in calls:
             try:
-                out.append(ray.get(ref, timeout=self.timeout))
+                out.append(ray.get(ref, timeout=self.timeout if timeout is None else timeout))
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"{self}: {replica} did not finish {method} in time") from None
             except ray.exceptions.RayError as exc:
-                if _is_refusal(exc):
+                if not _replica_broke(exc):
                     raise _cause(exc) from None
                 self.lost(replica, exc)
+        if calls and not out:
+            raise ShardUnavailable(self.unavailable(f"no replica finished {method}"))
         return out
+
+    def snapshot(self) -> tuple[bytes, int, int]:
+        """A live replica's snapshot archive and the write (number, epoch) it holds up to."""
+        ray = _ray()
+        tried: set[int] = set()
+        while (replica := self.pick(tried)) is not None:
+            try:
+                return ray.get(replica.call("snapshot").remote(), timeout=self.read_timeout)
+            except ray.exceptions.RayError as exc:
+                if not _replica_broke(exc):
+                    raise _cause(exc) from None
+                self.lost(replica, exc)
+                tried.add(replica.index)
+        raise ShardUnavailable(self.unavailable("no live replica to snapshot"))
 
     # --- faults ----------------------------------------------------------------------
 
@@ -255,7 +343,7 @@ class Shard:
 
     def repair_later(self, replica: Replica) -> None:
         """Catch ``replica`` up in the background (Ray restarts its actor meanwhile)."""
-        if replica.repairing.locked():
+        if replica.repairing.locked() or self.closed:
             return
         threading.Thread(target=self.repair, args=(replica, None), daemon=True,
                          name=f"quiver-repair-{self.collection}-{self.index}-{replica.index}"
@@ -264,56 +352,70 @@ class Shard:
     def repair(self, replica: Replica, deadline: float | None) -> bool:
         """Bring ``replica`` back: wait until its actor answers, replay the writes it missed
         (or restore a live replica's snapshot and replay the rest), and mark it live. True
-        when it is live; ``deadline=None`` keeps trying (the background repair)."""
+        when it is live. ``deadline=None`` (the background repair) keeps trying, backing
+        off; one with a deadline that fails hands over to the background."""
         ray = _ray()
+        pause = 0.2
         while not self.closed:
-            if not replica.repairing.acquire(timeout=5.0 if deadline is None else
-                                             max(0.0, deadline - time.monotonic())):
+            wait = 5.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not replica.repairing.acquire(timeout=wait):
+                if deadline is None:
+                    continue  # another repair holds it: it ends live, or hands back
                 return replica.live
             try:
                 if replica.live:
                     return True
-                replica.applied = ray.get(replica.actor.status.remote(),
-                                          timeout=self.timeout)["applied"]
+                status = ray.get(replica.call("status").remote(), timeout=self.timeout)
+                replica.applied, replica.epoch = status["applied"], status["epoch"]
                 self._catch_up(replica)
                 return True
-            except (ray.exceptions.RayError, ShardUnavailable) as exc:
+            except (ray.exceptions.RayError, QuiverError) as exc:
                 if isinstance(exc, ray.exceptions.ActorDiedError):  # for good: no restarts
                     log.warning("%s: %s is gone: %s", self, replica, _cause(exc))
                     return False
                 if deadline is not None and time.monotonic() >= deadline:
-                    log.warning("%s: %s could not be repaired: %s", self, replica, _cause(exc))
-                    return False
+                    log.warning("%s: %s not repaired yet: %s", self, replica, _cause(exc))
+                    break
             finally:
                 replica.repairing.release()
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(5.0, pause * 1.5)
+        self.repair_later(replica)
         return False
 
     def _catch_up(self, replica: Replica) -> None:
         ray = _ray()
         while True:
-            with self.lock:
-                missed = self._tail_from(replica.applied + 1)
-                if missed is not None and len(missed) <= 64:  # the last few: new writes wait
-                    self._replay(replica, missed)
-                    replica.live = True
-                    log.info("%s: %s is back at write %d", self, replica, replica.applied)
-                    return
-            if missed is None:  # too far behind: another replica's snapshot
+            missed = None if not self._trusted(replica) else self._tail_from(replica.applied + 1)
+            if missed is None:  # too far behind, or another epoch's log: a live replica's copy
                 source = max((r for r in self.replicas if r.live), key=lambda r: r.applied,
                              default=None)
                 if source is None:
                     raise ShardUnavailable(self.unavailable("no live replica to copy from"))
-                log.info("%s: %s is at write %d, too far behind to replay: it copies %s",
-                         self, replica, replica.applied, source)
-                archive, at = ray.get(source.actor.snapshot.remote(), timeout=self.timeout)
-                replica.applied = ray.get(replica.actor.restore.remote(archive, at),
-                                          timeout=self.timeout)
-            else:
+                log.info("%s: %s (at write %d of epoch %d) copies %s", self, replica,
+                         replica.applied, replica.epoch, source)
+                archive, at, epoch = source.call("snapshot").options(num_returns=3).remote()
+                replica.applied = ray.get(replica.call("restore").remote(archive, at, epoch),
+                                          timeout=self.read_timeout)
+                replica.epoch, replica.diverged = ray.get(epoch), False
+                continue
+            if len(missed) > 64:  # most of them while writes go on
                 self._replay(replica, missed)
+                continue
+            with self.lock:  # the last few with new writes held, then it takes them live
+                missed = self._tail_from(replica.applied + 1)
+                if missed is None:
+                    continue
+                self._replay(replica, missed)
+                replica.live = True
+            log.info("%s: %s is back at write %d", self, replica, replica.applied)
+            return
 
     def _replay(self, replica: Replica, writes: list) -> None:
         ray = _ray()
         for seq, ref in writes:
-            ray.get(replica.actor.apply.remote(seq, ref), timeout=self.timeout)
-            replica.applied = seq
+            status, value = ray.get(replica.call("apply", "writes").remote(seq, self.epoch, ref),
+                                    timeout=self.timeout)
+            replica.applied, replica.epoch = seq, self.epoch
+            if status == "error" and not isinstance(value, REFUSALS):
+                raise value
