@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,25 @@ WAIT_S = 60.0
 
 _started: dict[tuple[str, str], subprocess.Popen] = {}
 _lock = threading.Lock()
+_held = threading.local()
 
 
 def _enabled() -> bool:
-    return (os.environ.get("QUIVER_PRECOMPILE", "1") != "0" and (os.cpu_count() or 1) > 1
+    return (os.environ.get("QUIVER_PRECOMPILE", "1") != "0" and not getattr(_held, "off", False)
+            and (os.cpu_count() or 1) > 1
             and os.path.basename(sys.executable or "").startswith("python"))
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """No children from this thread meanwhile: for a warm-up, which compiles everything
+    ahead in its own order (children would compile the same kernels again beside it)."""
+    before = getattr(_held, "off", False)
+    _held.off = True
+    try:
+        yield
+    finally:
+        _held.off = before
 
 
 def _cached(entry) -> bool:
@@ -76,10 +91,11 @@ def wait_for(metric: str, codec: str) -> None:
 
 
 def _compile_search(metric: str, codec: str) -> None:
-    """What the child runs, on a one-node graph: the build's reverse-link kernel (with no
-    links to add: the parent needs it right after its first batch, before any search) and a
-    traversal, which compiles exactly the kernel the parent's first search calls. Nothing of
-    the insertion, which the parent is compiling."""
+    """What the child runs, on a one-node graph: a traversal, which compiles exactly the
+    kernel the parent's first search calls, then the build's reverse-link kernel (with no
+    links to add), which a parent still building loads instead of compiling. Nothing of the
+    insertion, which the parent is compiling. (The traversal goes first: compiled here from
+    scratch it takes longer than the parent's insertion, which shares some of its code.)"""
     import numpy as np
 
     from ..kernels import hnsw as kh
@@ -91,13 +107,13 @@ def _compile_search(metric: str, codec: str) -> None:
     index = HNSWIndex(8, metric, codec=codec)
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     index.add(x[:1])
-    X, aux = index._float.view()
+    q = x[1:] / np.linalg.norm(x[1:])
+    index.search_positions(q, 1, None, SearchParams(), Plan("traversal", 1, 1))
+    X, aux = index._float.view()  # then the link kernel, for a build still compiling
     none = np.zeros(0, np.int64)
     for_kind(kh.link_groups, index._float.codec.dist(index._kmetric))(
         X, aux, index._nbr0, index._upper, index._uidx, 0, none, none, np.zeros(1, np.int64),
         0, 1)
-    q = x[1:] / np.linalg.norm(x[1:])
-    index.search_positions(q, 1, None, SearchParams(), Plan("traversal", 1, 1))
 
 
 if __name__ == "__main__":
