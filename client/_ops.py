@@ -168,9 +168,11 @@ def error_for(status: int, body: bytes, what: str) -> QuiverError:
 
 def create_collection(name: str, dim: int | None, metric: str, index: str, ef_construction: int,
                       segment_size: int, fsync: str, exist_ok: bool,
-                      vectors: dict | None = None) -> Op:
+                      vectors: dict | None = None, sharding: dict | None = None) -> Op:
+    """``sharding``: shards / replicas / write_quorum (a server with ``--cluster``)."""
     body: dict[str, Any] = {"ef_construction": ef_construction, "segment_size": segment_size,
-                            "fsync": fsync}
+                            "fsync": fsync, **{k: v for k, v in (sharding or {}).items()
+                                               if v is not None}}
     if vectors is not None:
         if dim is not None:
             raise InvalidArgument("pass dim (one unnamed vector) or vectors (named fields), not both")

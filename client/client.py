@@ -136,9 +136,14 @@ class Client(_Base):
                           index: str = "HNSW16,F32", *, vectors: dict | None = None,
                           ef_construction: int = 200,
                           segment_size: int = 50_000, fsync: str = "batch",
-                          exist_ok: bool = False) -> RemoteCollection:
+                          exist_ok: bool = False, shards: int | None = None,
+                          replicas: int | None = None,
+                          write_quorum: int | None = None) -> RemoteCollection:
+        """As ``Database.create_collection``; ``shards``/``replicas``/``write_quorum`` spread
+        it over the server's Ray cluster (``quiver serve --cluster``)."""
+        sharding = {"shards": shards, "replicas": replicas, "write_quorum": write_quorum}
         info = self._drive(ops.create_collection(name, dim, metric, index, ef_construction,
-                                                 segment_size, fsync, exist_ok, vectors))
+                                                 segment_size, fsync, exist_ok, vectors, sharding))
         return RemoteCollection(self, info)
 
     def get_collection(self, name: str) -> RemoteCollection:
@@ -251,11 +256,15 @@ class AsyncClient(_Base):
 
     async def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine",
                                 index: str = "HNSW16,F32", *, vectors: dict | None = None,
-                          ef_construction: int = 200,
+                                ef_construction: int = 200,
                                 segment_size: int = 50_000, fsync: str = "batch",
-                                exist_ok: bool = False) -> AsyncRemoteCollection:
+                                exist_ok: bool = False, shards: int | None = None,
+                                replicas: int | None = None,
+                                write_quorum: int | None = None) -> AsyncRemoteCollection:
+        sharding = {"shards": shards, "replicas": replicas, "write_quorum": write_quorum}
         info = await self._drive(ops.create_collection(name, dim, metric, index, ef_construction,
-                                                       segment_size, fsync, exist_ok, vectors))
+                                                       segment_size, fsync, exist_ok, vectors,
+                                                       sharding))
         return AsyncRemoteCollection(self, info)
 
     async def get_collection(self, name: str) -> AsyncRemoteCollection:

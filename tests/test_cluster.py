@@ -341,6 +341,10 @@ def test_server_fronts_the_cluster(ray_cluster, tmp_path):
             assert http.post("/collections/copy/points/count", json={}).json()["result"][
                 "count"] == 100
         client = quiver.Client(server.url)
+        made = client.create_collection("fromclient", dim=DIM, metric="l2", index="Flat",
+                                        shards=2, replicas=1)
+        made.upsert(ids=ids, vectors=x)
+        assert made.search(x[3], k=1)[0].id == 3
         hits = client.get_collection("docs").search(x[7], k=3)
         assert hits[0].id == 7
         assert client.get_collection("qd").count() == 100
