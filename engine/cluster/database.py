@@ -94,7 +94,14 @@ class ClusterDatabase(Database):
         self.timeout, self.read_timeout = float(timeout), float(read_timeout)
         self._optimizer_flag = optimizer
         self._started_ray = start_ray(cluster, num_cpus)
-        super().__init__(path, optimizer=optimizer)
+        try:
+            super().__init__(path, optimizer=optimizer)
+        except BaseException:  # a held directory: leave no Ray of ours running
+            if self._started_ray:
+                import ray
+
+                ray.shutdown()
+            raise
 
     # --- collections -----------------------------------------------------------------
 
