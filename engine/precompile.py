@@ -19,23 +19,40 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PLAIN_CODECS = ("f32", "f16", "sq8", "lvq8")
 """Codecs a child can build on random data with no parameters (others compile in-process)."""
-WAIT_S = 60.0
+WAIT_S = 30.0
+"""At most this long a first search waits for a child (then it compiles for itself)."""
 
 _started: dict[tuple[str, str], subprocess.Popen] = {}
 _lock = threading.Lock()
 _held = threading.local()
 
 
+def _cores() -> int:
+    """Cores this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
 def _enabled() -> bool:
     return (os.environ.get("QUIVER_PRECOMPILE", "1") != "0" and not getattr(_held, "off", False)
-            and (os.cpu_count() or 1) > 1
-            and os.path.basename(sys.executable or "").startswith("python"))
+            and os.path.basename(sys.executable or "").startswith("python") and _cores() > 1)
 
 
 @contextlib.contextmanager
@@ -50,18 +67,31 @@ def held() -> Iterator[None]:
         _held.off = before
 
 
-def _cached(entry) -> bool:
-    """Whether a jitted entry point has a compiled overload in the disk cache (unknown: yes,
-    so nothing is started on a guess)."""
+def _variants(entry) -> list[bool] | None:
+    """Which variants of a jitted entry point its disk cache holds: for each, whether its
+    second argument (the codes) is read-only (a memory-mapped segment) or writable. None
+    when that cannot be told (Numba's cache internals moved, no cache)."""
+    from numba.core import types
+
     try:
-        return bool(entry._cache._cache_file._load_index())
-    except Exception:  # Numba's cache internals moved, or no cache: stay in-process
-        return True
+        cache = entry._cache
+        files = cache._cache_file
+        mine = cache._index_key((), entry.targetctx.codegen())[1:]  # this kernel and kind
+        out = []
+        for (sig, *rest), name in files._load_index().items():
+            # Numba writes the index before the data: an entry counts once its data is there
+            if tuple(rest) == mine and os.path.exists(files._data_path(name)):
+                args = sig[0].types if len(sig) == 1 and isinstance(sig[0], types.BaseTuple) \
+                    else sig
+                out.append(not args[1].mutable)
+        return out
+    except Exception:
+        return None
 
 
 def hnsw_search_ahead(metric: str, codec: str, kind) -> None:
-    """Start compiling the HNSW traversal for (``metric``, ``codec``) in a child process if
-    it is not cached yet (once per process and pair)."""
+    """Start compiling the HNSW traversal for (kernel ``metric``, ``codec``) in a child
+    process if the cache holds neither variant yet (once per process and pair)."""
     key = (metric, codec)
     if key in _started or codec not in PLAIN_CODECS or not _enabled():
         return
@@ -69,33 +99,47 @@ def hnsw_search_ahead(metric: str, codec: str, kind) -> None:
     from ..kernels.dispatch import for_kind
 
     with _lock:
-        if key in _started or _cached(for_kind(kh.search_chunk, kind)):
+        if key in _started or _variants(for_kind(kh.search_chunk, kind)) != []:
             return
         try:
-            _started[key] = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "quiver.engine.precompile", metric, codec],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            log.debug("compiling the HNSW search for %s %s in pid %d", metric, codec,
-                      _started[key].pid)
         except OSError as exc:  # no process to spare: compile in-process, as without it
             log.debug("no precompile process: %s", exc)
+            return
+        _started[key] = proc
+        threading.Thread(target=proc.wait, daemon=True, name="quiver-precompile-reaper").start()
+        log.debug("compiling the HNSW search for %s %s in pid %d", metric, codec, proc.pid)
 
 
-def wait_for(metric: str, codec: str) -> None:
-    """Before the first search of (``metric``, ``codec``): let a child compiling it finish,
-    so this process loads its result from the cache."""
+def wait_for(metric: str, codec: str, kind, readonly: bool) -> None:
+    """Before the first search of (kernel ``metric``, ``codec``): while a child is
+    compiling it, wait until the variant this search needs (``readonly`` codes or not) is in
+    the cache, so this process loads it instead of compiling it again."""
     proc = _started.get((metric, codec))
-    if proc is not None and proc.poll() is None:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # then it compiles here
-            proc.wait(WAIT_S)
+    if proc is None or proc.poll() is not None:
+        return
+    from ..kernels import hnsw as kh
+    from ..kernels.dispatch import for_kind
+
+    entry = for_kind(kh.search_chunk, kind)
+    deadline = time.monotonic() + WAIT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        found = _variants(entry)
+        if found is None or readonly in found:
+            return
+        time.sleep(0.05)
 
 
 def _compile_search(metric: str, codec: str) -> None:
-    """What the child runs, on a one-node graph: a traversal, which compiles exactly the
-    kernel the parent's first search calls, then the build's reverse-link kernel (with no
-    links to add), which a parent still building loads instead of compiling. Nothing of the
-    insertion, which the parent is compiling. (The traversal goes first: compiled here from
-    scratch it takes longer than the parent's insertion, which shares some of its code.)"""
+    """What the child runs, on a one-node graph: a traversal over writable codes (what an
+    index built in this process searches), the build's reverse-link kernel (with no links to
+    add; a parent still building loads it), and a traversal over the same index saved and
+    loaded back as read-only memory maps (what a collection's sealed segments search).
+    Nothing of the insertion, which the parent is compiling."""
+    import tempfile
+
     import numpy as np
 
     from ..kernels import hnsw as kh
@@ -108,12 +152,18 @@ def _compile_search(metric: str, codec: str) -> None:
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     index.add(x[:1])
     q = x[1:] / np.linalg.norm(x[1:])
-    index.search_positions(q, 1, None, SearchParams(), Plan("traversal", 1, 1))
-    X, aux = index._float.view()  # then the link kernel, for a build still compiling
+    traversal = Plan("traversal", 1, 1)
+    index.search_positions(q, 1, None, SearchParams(), traversal)
+    X, aux = index._float.view()
     none = np.zeros(0, np.int64)
     for_kind(kh.link_groups, index._float.codec.dist(index._kmetric))(
         X, aux, index._nbr0, index._upper, index._uidx, 0, none, none, np.zeros(1, np.int64),
         0, 1)
+    with tempfile.TemporaryDirectory(prefix="quiver-precompile-") as tmp:
+        index.save(Path(tmp) / "index")
+        loaded = HNSWIndex.load(Path(tmp) / "index", mmap=True)
+        loaded.search_positions(q, 1, None, SearchParams(), traversal)
+        del loaded
 
 
 if __name__ == "__main__":

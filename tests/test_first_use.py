@@ -90,7 +90,7 @@ def test_the_first_build_compiles_the_search_in_another_process(tmp_path):
         x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
         index = quiver.index("HNSW16", dim=8, metric="cosine")
         index.add(x)
-        assert list(precompile._started) == [("cosine", "f32")]
+        assert list(precompile._started) == [("ip", "f32")]
         q = x[:1] / np.linalg.norm(x[:1])
         traversal = quiver.engine.planner.Plan("traversal", 300, 300)  # 300 rows plan a scan
         assert index.search_positions(q, 3, None, quiver.SearchParams(), traversal)[1][0, 0] == 0
@@ -114,6 +114,6 @@ def test_precompile_stays_off_when_asked_or_cached(monkeypatch):
     monkeypatch.setenv("QUIVER_PRECOMPILE", "1")
     precompile.hnsw_search_ahead("l2", "lvq4x8", dispatch.F32_L2)  # not a plain codec
     assert precompile._started == {}
-    monkeypatch.setattr(precompile, "_cached", lambda entry: True)
+    monkeypatch.setattr(precompile, "_variants", lambda entry: [False])
     precompile.hnsw_search_ahead("l2", "f32", dispatch.F32_L2)
     assert precompile._started == {}

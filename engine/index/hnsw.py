@@ -219,7 +219,7 @@ class HNSWIndex:
             self._entry, self._max_level = start, int(self._levels[start])
             pos += 1
         if pos < stop:  # the build compiles here; the search can compile meanwhile, elsewhere
-            precompile.hnsw_search_ahead(self.metric.value, self.codec.name,
+            precompile.hnsw_search_ahead(self._kmetric, self.codec.name,
                                          self.codec.dist(self._kmetric))
         insert = for_kind(kh.insert_chunk, dist)
         while pos < stop:
@@ -360,8 +360,9 @@ class HNSWIndex:
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and plan.strategy == "filtered-traversal"
             graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
-            precompile.wait_for(self.metric.value, self.codec.name)
             search = for_kind(kh.search_chunk, self.codec.dist(self._kmetric))
+            precompile.wait_for(self._kmetric, self.codec.name, self.codec.dist(self._kmetric),
+                                not codes.flags.writeable)
             tags[:nchunks] = run_chunks(
                 lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
                                     two_hop, budget, out_d, out_i, counts, c, n), nchunks)
