@@ -365,6 +365,8 @@ class Collection(CollectionSchema):
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._opt_lock = threading.Lock()
+        self._build_devices: dict[str, tuple[str, str | None]] = {}  # by field: spec, device
+        self._device_guard = threading.Lock()
         self._segments: list[Segment] = []
         self._locator: dict[int | str, tuple[Segment, int]] = {}
         self._checkpoint_seq = 0
@@ -461,17 +463,43 @@ class Collection(CollectionSchema):
     def _field_specs(self) -> dict[str, FieldSpec]:
         out = {}
         for name, f in self.fields.items():
-            family = parse_index_spec(f.index).index.family
+            spec, device = self._build_device(name, f)
+            family = parse_index_spec(spec).index.family
             # IVF: a segment with too few rows for its nlist trains fewer lists (see IVFIndex)
             options = ({"ef_construction": self.config.ef_construction} if family == "HNSW"
                        else {"adapt_nlist": True} if family == "IVF" else {})
-            if f.device is not None:  # sealed segments build (and serve) on that GPU
-                options["device"] = f.device
+            if device is not None:  # sealed segments build (and serve) on that GPU
+                options["device"] = device
             if f.kind == "multi":
                 options = {"fde": f.fde, "tokens": f.tokens, "retrieval": f.retrieval, **options}
-            out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, f.index, f.kind,
+            out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, spec, f.kind,
                                   options, self._learn_queries(name))
         return out
+
+    def _build_device(self, name: str, f: VectorField) -> tuple[str, str | None]:
+        """The spec and device a field's sealed segments build with: its own, or, where this
+        machine cannot reach its ``device`` (no GPU, no GPU faiss), Quiver's CPU index of the
+        spec (CAGRA<d>: HNSW<d/2>, the same base-level degree), warned once per field, so
+        seals and merges keep working; segments built on a GPU still load (on the CPU)."""
+        if f.device is None:
+            return f.index, None
+        with self._device_guard:
+            if name not in self._build_devices:
+                from .index import gpu
+
+                parsed = gpu.FaissSpec.parse(f.index, f.dim)
+                try:
+                    gpu.backend_for(parse_device(f.device), parsed.family == "cagra")
+                    self._build_devices[name] = (f.index, f.device)
+                except DeviceUnavailable as exc:
+                    cpu = (f"HNSW{max(2, parsed.degree // 2)}" if parsed.family == "cagra"
+                           else f.index)
+                    self._build_devices[name] = (cpu, None)
+                    log.warning("collection %s: field %r asks for device %s, which this machine "
+                                "cannot reach (%s); its segments build on the CPU (%s) until "
+                                "it is opened where that device is", self.name, name,
+                                f.device, exc, cpu)
+            return self._build_devices[name]
 
     def _learn_dir(self, name: str) -> Path:
         return self.path / "learn" / (name or "_default")

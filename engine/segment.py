@@ -293,8 +293,10 @@ class Segment:
             sub = "index" if name == DEFAULT_FIELD else f"index-{name}"
             index.save(path / sub)
             # served from its files: memory-mapped, and what a lossy codec never reads (the
-            # float32 originals) never becomes resident
-            index = load_index(path / sub)
+            # float32 originals) never becomes resident; a GPU (faiss) index keeps what it
+            # built and maps only its float32 copy (reloading would build it twice)
+            keep = getattr(index, "serve_saved", None)
+            index = keep(path / sub) if keep is not None else load_index(path / sub)
             entry = {"name": name, "dir": sub, "kind": spec.kind, "rows": None}
             kept = None
             if not present.all():

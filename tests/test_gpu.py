@@ -185,7 +185,7 @@ class _SimulatedGpu(gpu_module._Backend):
     def __init__(self, faiss, filters: bool):
         super().__init__(faiss, None)
         self.device, self.cuvs, self._filters = 0, filters, filters
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self._cpu = gpu_module._Backend(faiss, None)
 
     @property
@@ -355,6 +355,162 @@ def test_load_without_the_device_serves_on_the_cpu(faiss, data, tmp_path, monkey
     np.testing.assert_array_equal(back.search(q, 5, nprobe=8)[1], fx.search(q, 5, nprobe=8)[1])
 
 
+class _CountingLock:
+    """A re-entrant lock that knows whether it is held (``depth``)."""
+
+    def __init__(self):
+        self._lock, self.depth = threading.RLock(), 0
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.depth += 1
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+        self._lock.release()
+
+
+def test_gpu_indexes_are_made_and_freed_under_the_device_lock(faiss, data, tmp_path,
+                                                              monkeypatch):
+    """StandardGpuResources' allocMemory / deallocMemory are not thread-safe: every faiss
+    index the backend makes is made, replaced and freed holding the device's lock."""
+    x, q = data
+    events = []
+
+    class Tracked:  # a GPU index stand-in: records whether the lock was held at birth / death
+        def __init__(self, index, lock):
+            self.__dict__.update(inner=index, lock=lock)
+            events.append(("made", lock.depth > 0))
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __del__(self):
+            events.append(("freed", self.lock.depth > 0))
+
+    class Backend(_SimulatedGpu):
+        make = gpu_module._Backend.make  # the real one: takes the lock, then _make
+
+        def __init__(self):
+            super().__init__(faiss, True)
+            self.lock = _CountingLock()
+
+        def _make(self, *args):
+            return Tracked(self._cpu.make(*args), self.lock)
+
+        def to_cpu(self, index):
+            return index.inner if isinstance(index, Tracked) else index
+
+    monkeypatch.setattr(gpu_module, "backend_for", lambda device, cagra=False: Backend())
+    fx = quiver.index("IVF64,Flat", DIM, "l2", device="cuda", adapt_nlist=True)
+    fx.train(x[:400])  # too few points for 64 lists: a smaller index replaces the first
+    fx.add(x[:400])
+    assert fx.lists < 64 and [e for e, _ in events] == ["made", "made", "freed"]
+    fx.save(tmp_path / "i")
+    back = load_index(tmp_path / "i")  # the constructor's empty index, replaced on placement
+    assert back.search(q, 3, nprobe=2)[1].shape == (len(q), 3)
+    fx.release()  # explicitly
+    assert fx.search(q, 3)[1].shape == (len(q), 3)  # the float32 copy still serves
+    dropped = quiver.index("Flat", DIM, "l2", device="cuda")
+    del dropped  # never released: __del__ frees it under the lock too
+    kinds = [e for e, _ in events]
+    assert kinds.count("made") == 4 and kinds.count("freed") == 4, events
+    assert all(held for _, held in events), events
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat"])
+def test_a_failed_placement_serves_on_the_cpu_not_corrupt(faiss, data, tmp_path, monkeypatch,
+                                                          caplog, spec):
+    """A GPU out of memory at open is no damage: the index is served by faiss on the CPU,
+    logged (``quiver repair`` must not quarantine it); only an unreadable blob is CorruptData."""
+    from quiver.engine.errors import CorruptData
+
+    x, q = data
+    monkeypatch.setattr(gpu_module, "backend_for",
+                        lambda device, cagra=False: _SimulatedGpu(faiss, True))
+    fx = quiver.index(spec, DIM, "cosine", device="cuda")
+    fx.train(x)
+    fx.add(x)
+    fx.save(tmp_path / "i")
+    real = gpu_module.backend_for
+
+    class Oom:  # what a GPU index is when its memory runs out
+        ntotal = 0
+
+        def add(self, rows):
+            raise RuntimeError("Error: 'err == cudaSuccess' failed: cudaMalloc: out of memory")
+
+    class Full(_SimulatedGpu):
+        def make(self, *args):
+            return Oom()
+
+        def from_cpu(self, index):
+            return Oom().add(None)
+
+    def backend_for(device, cagra=False):
+        return gpu_module._Backend(faiss, None) if device is None else Full(faiss, True)
+
+    monkeypatch.setattr(gpu_module, "backend_for", backend_for)
+    with caplog.at_level("WARNING", logger="quiver.engine.index.gpu"):
+        back = load_index(tmp_path / "i")
+    assert back.device == "cpu" and "served by faiss on the CPU" in caplog.text
+    assert "out of memory" in caplog.text
+    qs = normalize_rows(q)
+    want = fx.search_positions(qs, 10, None, SearchParams(nprobe=4), _plan("traversal"))
+    got = back.search_positions(qs, 10, None, SearchParams(nprobe=4), _plan("traversal"))
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(DeviceUnavailable, match="faiss cannot place it on cuda:0"):
+        FaissIndex.load(tmp_path / "i", device="cuda")  # asked for that device: no fallback
+    monkeypatch.setattr(gpu_module, "backend_for", real)
+    if spec != "Flat":  # Flat saves no faiss blob (it is refilled from the float32 copy)
+        def unreadable(blob):
+            raise RuntimeError("Error: 'ret == (size)' failed: read error in <memory>")
+
+        monkeypatch.setattr(faiss, "deserialize_index", unreadable)
+        with pytest.raises(CorruptData, match="faiss cannot restore it"):
+            FaissIndex.load(tmp_path / "i")
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat"])
+def test_a_selector_faiss_ignores_is_caught(faiss, data, monkeypatch, caplog, spec):
+    """A cuVS build may still run the classic kernels (compute capability < 7.0,
+    FAISS_CUVS_NO_FLAT), which take the selector and ignore it: results are checked against
+    the filter, short queries redone exactly, and the device's filters served as without
+    cuVS from then on."""
+    x, q = data
+
+    class Ignoring(_SimulatedGpu):
+        filters = gpu_module._Backend.filters  # the real one: cuVS, unless seen ignoring
+
+        def params(self, spec, nprobe, beam, sel):
+            return self._cpu.params(spec, nprobe, beam, None)
+
+    monkeypatch.setattr(gpu_module, "_SELECTOR_IGNORED", set())
+    monkeypatch.setattr(gpu_module, "backend_for",
+                        lambda device, cagra=False: Ignoring(faiss, True))
+    fx = quiver.index(spec, DIM, "l2", device="cuda")
+    fx.train(x)
+    fx.add(x)
+    ref = FlatIndex(DIM, "l2")
+    ref.add(x)
+    keep = np.ones(len(x), bool)
+    keep[::7] = False
+    bits, p = Bitset.from_mask(keep), SearchParams(nprobe=16)
+    assert fx._mode(10, int((~keep).sum()), p) == "native"
+    with caplog.at_level("WARNING", logger="quiver.engine.index.gpu"):
+        d1, p1, info = fx.search_positions(q, 10, bits, p, _plan("traversal"))
+    assert keep[p1].all() and (p1 >= 0).all() and info["fallback_exact"] > 0
+    assert list(gpu_module._SELECTOR_IGNORED) == [0] and "ignore selectors" in caplog.text
+    assert fx._mode(10, int((~keep).sum()), p) == "overfetch"  # learnt
+    d3, p3, _ = fx.search_positions(q, 10, bits, p, _plan("traversal"))
+    assert keep[p3].all()
+    if spec == "Flat":
+        d2, p2, _ = ref.search_positions(q, 10, bits, p, _plan("exact"))
+        for d, pos in ((d1, p1), (d3, p3)):
+            np.testing.assert_array_equal(pos, p2)
+            np.testing.assert_allclose(d, d2, atol=1e-4)
+
+
 def test_ivf_nprobe_and_training_checks(faiss, data):
     x, _ = data
     fx = FaissIndex(DIM, "l2", "IVF16,Flat", device="cpu")
@@ -373,8 +529,13 @@ def test_ivf_nprobe_and_training_checks(faiss, data):
     assert tiny.search(x[3], 1)[1][0] == 3
 
 
-def test_collection_builds_sealed_segments_on_the_device(simulated_gpu, tmp_path, data):
+def test_collection_builds_sealed_segments_on_the_device(simulated_gpu, tmp_path, data,
+                                                         monkeypatch):
     x, q = data
+    loads = []
+    real_load = FaissIndex.load.__func__
+    monkeypatch.setattr(FaissIndex, "load", classmethod(
+        lambda cls, *a, **kw: loads.append(a) or real_load(cls, *a, **kw)))
     db = quiver.connect(tmp_path, optimizer=False)
     vectors = {"v": {"dim": DIM, "metric": "cosine", "index": "Flat", "device": "cuda"}}
     col = db.create_collection("g", vectors=vectors, segment_size=600)
@@ -387,6 +548,11 @@ def test_collection_builds_sealed_segments_on_the_device(simulated_gpu, tmp_path
     kinds = {type(f.index).__name__ for s in col._segments for f in s.fields.values()
              if s.sealed}
     assert kinds == {"FaissIndex"}
+    # a seal keeps the faiss index it built (no second build from the files), its float32
+    # copy memory-mapped from them
+    assert loads == []
+    assert all(f.index.memory_usage()["host_vectors"] == 0 for s in col._segments if s.sealed
+               for f in s.fields.values())
     first = col.search(q[0], 10, using="v")
     for flt in (None, {"must": [{"key": "tag", "match": {"value": 1}}]}):
         got = col.search(q[0], 10, filter=flt, using="v")
@@ -397,6 +563,53 @@ def test_collection_builds_sealed_segments_on_the_device(simulated_gpu, tmp_path
     db = quiver.connect(tmp_path, optimizer=False)  # sealed segments load back on the device
     again = db.get_collection("g").search(q[0], 10, using="v")
     assert [p.id for p in again] == [p.id for p in first]
+    assert loads  # those did load
+    db.close()
+
+
+@pytest.mark.parametrize("spec, cpu", [("IVF16,Flat", "IVFIndex"), ("Flat", "FlatIndex")])
+def test_a_field_whose_gpu_is_gone_seals_on_the_cpu(faiss, tmp_path, data, monkeypatch, caplog,
+                                                    spec, cpu):
+    """A collection made on a GPU machine, opened on one without: its GPU-built segments load
+    on the CPU, and new seals build Quiver's CPU index (warned once per field) instead of
+    failing every flush."""
+    x, q = data
+    real = gpu_module.backend_for
+    monkeypatch.setattr(gpu_module, "backend_for",
+                        lambda device, cagra=False: real(None) if device is None
+                        else _SimulatedGpu(faiss, True))
+    db = quiver.connect(tmp_path, optimizer=False)
+    vectors = {"v": {"dim": DIM, "metric": "l2", "index": spec, "device": "cuda"},
+               "c": {"dim": DIM, "metric": "l2", "index": "CAGRA32", "device": "cuda"}}
+    col = db.create_collection("g", vectors=vectors, segment_size=500)
+    col.upsert(list(range(500)), {"v": x[:500], "c": x[:500]})
+    col.flush()
+    db.close()
+
+    def unavailable(device, cagra=False):
+        if device is not None:
+            raise DeviceUnavailable(f"device='{device}': no visible GPU")
+        return real(None)
+
+    monkeypatch.setattr(gpu_module, "backend_for", unavailable)
+    db = quiver.connect(tmp_path, optimizer=False)
+    col = db.get_collection("g")
+    assert col._field_specs()["c"].index == "HNSW16"  # CAGRA32's CPU stand-in
+    with caplog.at_level("WARNING", logger="quiver.engine.collection"):
+        for lo in range(500, 2000, 500):  # three more seals
+            col.upsert(list(range(lo, lo + 500)), {"v": x[lo:lo + 500]})
+            col.flush()
+    warned = sorted(r.getMessage().split("field ")[1][:3] for r in caplog.records
+                    if "cannot reach" in r.getMessage())
+    assert warned == ["'c'", "'v'"]  # once per field, not once per seal
+    kinds = [type(s.fields["v"].index).__name__ for s in col._segments if s.sealed]
+    assert kinds[0] == "FaissIndex" and set(kinds[1:]) == {cpu} and len(kinds) == 4
+    assert col._segments[0].fields["v"].index.device == "cpu"
+    ref = FlatIndex(DIM, "l2")
+    ref.add(x)
+    _, want = ref.search(q[0], 10)
+    got = col.search(q[0], 10, using="v", params={"exact": True})
+    assert [p.id for p in got] == want.tolist()
     db.close()
 
 
@@ -443,6 +656,41 @@ def _truth(x, q, metric, k=10):
     return ref, ref.search(q, k)
 
 
+def _assert_same_top_k(x, q, metric, want, got):
+    """``got`` (scores, ids) is the exact top-k ``want`` is, up to float32 rounding.
+
+    Both sides compute |q|^2 + |x|^2 - 2 q.x (or q.x) in float32 with different GEMMs
+    (cuBLAS, NumPy's BLAS) and summation orders, so a score's error scales with the squared
+    norms, not with the score: on ``clustered`` they reach ~1000 each, float32's eps there is
+    ~1.2e-4, and L2 scores differ by up to ~5e-4 (an atol of 1e-4 fails). The tolerance is 8
+    ulps of |q|^2 + |x|^2 (1e-5 at least: cosine rows are unit). Ids must match rank by rank,
+    except where two neighbours tie within that tolerance: there the other id must score as
+    well, computed exactly (float64)."""
+    (s1, i1), (s2, i2) = want, got
+    xs, qs = (normalize_rows(x), normalize_rows(q)) if metric == "cosine" else (x, q)
+    xs, qs = xs.astype(np.float64), qs.astype(np.float64)
+    scale = float((xs ** 2).sum(1).max() + (qs ** 2).sum(1).max())
+    tol = max(1e-5, 8 * float(np.finfo(np.float32).eps) * scale)
+    np.testing.assert_allclose(s2, s1, rtol=0, atol=tol)
+    for r in np.unique(np.nonzero(i1 != i2)[0]):
+        assert len(set(i2[r])) == len(i2[r]), (r, i2[r])
+        dots = xs[i2[r]] @ qs[r]
+        exact = ((xs[i2[r]] ** 2).sum(1) + (qs[r] ** 2).sum() - 2 * dots if metric == "l2"
+                 else dots)
+        np.testing.assert_allclose(exact, s1[r], rtol=0, atol=tol,
+                                   err_msg=f"query {r}: {i2[r]} is not a top-k of {i1[r]}")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_faiss_flat_on_large_norms(faiss, clustered, metric):
+    """The tolerance of the GPU Flat test, on faiss's CPU Flat (its own BLAS calls)."""
+    x, q = clustered
+    _, want = _truth(x, q, metric)
+    fx = FaissIndex(x.shape[1], metric, "Flat", device="cpu")
+    fx.add(x)
+    _assert_same_top_k(x, q, metric, want, fx.search(q, 10))
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("metric", METRICS)
@@ -451,9 +699,7 @@ def test_gpu_flat_equals_flat(clustered, metric):
     ref, (s1, i1) = _truth(x, q, metric)
     g = quiver.index("Flat", x.shape[1], metric, device="cuda")
     g.add(x)
-    s2, i2 = g.search(q, 10)
-    np.testing.assert_array_equal(i1, i2)
-    np.testing.assert_allclose(s1, s2, atol=1e-4)
+    _assert_same_top_k(x, q, metric, (s1, i1), g.search(q, 10))
     assert g.memory_usage()["gpu_vectors"] == 4 * x.size
 
 
@@ -519,8 +765,8 @@ def test_gpu_filters(clustered, spec):
     if spec == "Flat":
         ref = FlatIndex(x.shape[1], "l2")
         ref.add(x)
-        _, want = ref.search(q, 10, allowed=allowed)
-        np.testing.assert_array_equal(p1, want)
+        want = ref.search(q, 10, allowed=allowed)
+        _assert_same_top_k(x, q, "l2", want, (d1, p1))  # d1: kernel distances = L2 scores
 
 
 @pytest.mark.gpu

@@ -72,8 +72,15 @@ INSTALL_HINT = ("pip install 'quiver[gpu-cu12]' (CUDA 12 driver) or 'quiver[gpu-
 _RESOURCES: dict[int, Any] = {}
 """One StandardGpuResources per device for the process (each reserves temporary device memory;
 faiss's resources are not thread-safe, so each device's lock guards its own)."""
-_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS: dict[int, threading.RLock] = {}
+"""Per device: held around every call that touches its resources, creating and freeing an
+index included (StandardGpuResources' allocMemory / deallocMemory are not thread-safe).
+Re-entrant: making an index under a held lock, or freeing one while a call holds it."""
 _GUARD = threading.Lock()
+_SELECTOR_IGNORED: set[int] = set()
+"""Devices whose faiss returned rows a selector rejects: a cuVS build still runs the classic
+kernels (which ignore ``sel``) on GPUs below compute capability 7.0 or when built with
+FAISS_CUVS_NO_FLAT. Their filters are served as without cuVS from then on."""
 
 
 def has_cuvs(faiss: Any) -> bool:
@@ -176,26 +183,35 @@ class _Backend:
         """GPU resources and indexes are not thread-safe: one call at a time per device (faiss
         CPU searches may overlap)."""
         if device is not None:
+            lock = threading.RLock()
             with _GUARD:
-                self.lock = _LOCKS.setdefault(device, threading.Lock())
+                self.lock = _LOCKS.setdefault(device, lock)
 
     @property
     def filters(self) -> bool:
-        """Whether a selector is honoured: always on the CPU, through cuVS on a GPU."""
-        return self.device is None or self.cuvs
+        """Whether a selector is honoured: always on the CPU, through cuVS on a GPU (unless
+        this device's results showed faiss ignoring it, ``_SELECTOR_IGNORED``)."""
+        return self.device is None or (self.cuvs and self.device not in _SELECTOR_IGNORED)
 
     @property
     def max_k(self) -> int:
         return GPU_MAX_K if self.device is not None else 1 << 30
 
     def resources(self) -> Any:
-        with _GUARD:
-            if self.device not in _RESOURCES:
-                _RESOURCES[self.device] = self.faiss.StandardGpuResources()
-            return _RESOURCES[self.device]
+        """The device's StandardGpuResources, made on first use; callers hold its lock (so
+        one is made per device, and no other lock is held while faiss allocates)."""
+        res = _RESOURCES.get(self.device)
+        if res is None:
+            res = _RESOURCES.setdefault(self.device, self.faiss.StandardGpuResources())
+        return res
 
     def make(self, spec: FaissSpec, dim: int, fmetric: int, lists: int) -> Any:
-        """An empty faiss index of ``spec`` with ``lists`` lists (IVF)."""
+        """An empty faiss index of ``spec`` with ``lists`` lists (IVF); a GPU one is made
+        under the device's lock."""
+        with self.lock:
+            return self._make(spec, dim, fmetric, lists)
+
+    def _make(self, spec: FaissSpec, dim: int, fmetric: int, lists: int) -> Any:
         f = self.faiss
         if self.device is None:
             if spec.family == "flat":
@@ -300,11 +316,31 @@ class FaissIndex:
         self._n = 0
 
     def _make(self, lists: int) -> Any:
+        """An empty faiss index (made under the device's lock: ``_Backend.make``)."""
         try:
             return self._backend.make(self.spec, self.dim, self._fmetric, lists)
         except RuntimeError as exc:  # faiss's checks (PQ m and bits, device, memory)
             raise InvalidArgument(f"spec: faiss cannot build {self.spec} on "
                                   f"{self.device}: {_faiss_message(exc)}") from None
+
+    def _set_index(self, index: Any) -> None:
+        """Replace the faiss index; the one it replaces is freed here, under the device's
+        lock (its destructor returns GPU memory to the shared resources)."""
+        with self._backend.lock:
+            self._index = index
+
+    def release(self) -> None:
+        """Free the faiss index now (its GPU memory; under the device's lock). The float32
+        copy still serves exact searches and ``reconstruct`` (not ``save``: save first);
+        ``__del__`` calls this, so an index dropped without it is freed under the lock too."""
+        backend = self.__dict__.get("_backend")
+        if backend is not None and self.__dict__.get("_index") is not None:
+            with backend.lock:
+                self._index = None  # searches scan the copy from now on (``_mode``)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: the lock may be gone
+            self.release()
 
     # --- sizes ------------------------------------------------------------------------
 
@@ -383,9 +419,9 @@ class FaissIndex:
         v = sample_rows(v, MAX_POINTS_PER_CENTROID * lists, SEED)
         if self.metric is Metric.COSINE:
             v = normalize_rows(v)
-        if lists != self._lists:
-            self._index, self._lists = self._make(lists), lists
         with self._backend.lock:
+            if lists != self._lists:
+                self._index, self._lists = self._make(lists), lists  # the old one freed here
             self._faiss_call("train", self._index.train, v)
         self._trained = True
 
@@ -421,14 +457,19 @@ class FaissIndex:
         """The graph over the rows so far plus ``new``; too few rows for a graph: exact."""
         self._exact_only = n1 < max(CAGRA_MIN_ROWS, 4 * 2 * self.spec.degree)
         if self._exact_only:
-            self._index = None
+            self._set_index(None)
             return
         rows = new if self._n == 0 else np.concatenate(
             [self._host.reconstruct(np.arange(self._n)), new])
-        index = self._make(0)
-        with self._backend.lock:
-            self._faiss_call("train", index.train, rows)
-        self._index = index
+        with self._backend.lock:  # made, trained, swapped in and the old graph freed under it
+            index = self._make(0)
+            try:
+                self._faiss_call("train", index.train, rows)
+            except BaseException:
+                del index  # freed here, not later with the traceback's frame
+                raise
+            self._index = index
+            del index
 
     def remove(self, ids: Any) -> int:
         """Mark ids deleted (unknown ones are ignored); returns how many were removed."""
@@ -445,7 +486,7 @@ class FaissIndex:
         graph as its base level), with its own copy of rows, ids and deletions."""
         out = object.__new__(FaissIndex)
         out.__dict__.update(self.__dict__)
-        out._backend = backend_for(None)
+        out._backend, out._index = backend_for(None), None
         if self._index is not None:
             with self._backend.lock:
                 out._index = self._faiss_call("to_cpu", self._backend.to_cpu, self._index)
@@ -533,14 +574,31 @@ class FaissIndex:
             info["nprobe"] = self.nprobe_for(params)
         fetch = k + rejected if mode == "overfetch" else k
         dist, pos = self._faiss_search(q, fetch, params, words if mode == "native" else None)
-        if mode == "overfetch":
+        if mode != "plain":
+            # native too: faiss may have ignored the selector (a cuVS build's classic kernels,
+            # compute capability < 7.0 or FAISS_CUVS_NO_FLAT), so the filter is re-applied
+            found = int((pos >= 0).sum())
             dist, pos = _keep_allowed(dist, pos, words, k)
+            if mode == "native" and self.spec.family != "cagra" \
+                    and int((pos >= 0).sum()) < found:  # (CAGRA has no classic kernels)
+                self._selector_ignored()
         redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
-        if redo.size and self.spec.family != "flat":  # a filter the probed lists / graph miss
+        if redo.size:  # a filter the probed lists / graph miss, or one faiss ignored
             info["fallback_exact"] = int(redo.size)
             d2, p2, _ = self._host.search_positions(q[redo], k, allowed, params, plan)
             dist[redo], pos[redo] = d2, p2
         return dist, pos, info
+
+    def _selector_ignored(self) -> None:
+        """faiss returned rows the selector rejects: this device's filters are served as
+        without cuVS from now on (over-fetched, or on the CPU copy), with a warning once."""
+        device = self._backend.device
+        if device is not None and device not in _SELECTOR_IGNORED:
+            _SELECTOR_IGNORED.add(device)
+            log.warning("%s: faiss on %s returned rows a filter excludes (its classic GPU "
+                        "kernels ignore selectors: compute capability < 7.0, or faiss built "
+                        "with FAISS_CUVS_NO_FLAT); filtered searches there are post-filtered "
+                        "or run on the CPU copy from now on", self.spec, self.device)
 
     def _faiss_search(self, q: np.ndarray, k: int, params: SearchParams,
                       words: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -589,6 +647,16 @@ class FaissIndex:
         save_arrays(d, self.kind, meta, {"faiss": blob, "ids": self._ids[:n],
                                          "deleted": self._deleted[: (n + 63) >> 6]})
 
+    def serve_saved(self, directory: str | os.PathLike) -> FaissIndex:
+        """This index once ``save``d to ``directory``, served as ``load`` would serve it but
+        without building its faiss index a second time: the float32 copy is swapped for the
+        memory-mapped one just written (its RAM freed); the faiss index stays as built."""
+        host = FlatIndex.load(Path(directory) / "host", mmap=True)
+        if len(host) != self._n:
+            raise CorruptData(f"{directory}: {len(host)} rows in host/, {self._n} built")
+        self._host = host
+        return self
+
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True,
              device: str | None = None) -> FaissIndex:
@@ -606,11 +674,11 @@ class FaissIndex:
             raise CorruptData(f"{d}: bad faiss index metadata ({exc})") from None
         try:
             index = cls(dim, metric, spec, device=where, adapt_nlist=adapt)
-        except DeviceUnavailable as exc:
+        except InvalidArgument as exc:  # DeviceUnavailable, or faiss failing on the GPU
             if device is not None:
                 raise
             log.warning("%s: built for %s, served by faiss on the CPU (%s)", d, where, exc)
-            index = cls(dim, metric, spec, device="cpu", adapt_nlist=adapt)
+            index = cls(dim, metric, spec, device="cpu", adapt_nlist=adapt)  # bad metadata: raises
         host = FlatIndex.load(d / "host", mmap=mmap)
         if len(host) != n or a["ids"].shape != (n,) or a["deleted"].shape != ((n + 63) >> 6,):
             raise CorruptData(f"{d}: {len(host)} rows in host/, {a['ids'].shape[0]} ids, the "
@@ -619,26 +687,47 @@ class FaissIndex:
         index._ids, index._deleted, index._n_deleted = a["ids"], a["deleted"], n_deleted
         index._trained, index._exact_only = trained, exact_only
         index._idmap = IdMap.from_array(index._ids, index._live())
-        f = index._backend.faiss
+        cpu = None  # faiss's CPU form (IVF, CAGRA): only a failure to read it is damage
+        if trained and not exact_only and index.spec.family != "flat" \
+                and not (index.spec.family == "cagra" and not n):
+            try:
+                cpu = index._backend.faiss.deserialize_index(np.ascontiguousarray(a["faiss"]))
+            except RuntimeError as exc:
+                raise CorruptData(f"{d / 'faiss.npy'}: faiss cannot restore it "
+                                  f"({_faiss_message(exc)})") from None
         try:
-            if exact_only or (index.spec.family == "cagra" and not n):
-                index._index = None
-            elif not trained:
-                pass  # the empty index the constructor made
-            elif index.spec.family == "flat":
-                if n:
-                    with index._backend.lock:
-                        index._index.add(np.ascontiguousarray(host.reconstruct(np.arange(n))))
-            else:
-                cpu = f.deserialize_index(np.ascontiguousarray(a["faiss"]))
-                with index._backend.lock:
-                    index._index = index._backend.from_cpu(cpu)
-        except RuntimeError as exc:
-            raise CorruptData(f"{d / 'faiss.npy'}: faiss cannot restore it "
-                              f"({_faiss_message(exc)})") from None
+            index._place(cpu)
+        except (RuntimeError, MemoryError) as exc:  # on the GPU: out of memory, a CUDA error
+            msg = f"faiss cannot place it on {index.device}: {_faiss_message(exc)}"
+            if device is not None:
+                raise DeviceUnavailable(f"{d}: {msg}") from None
+            log.warning("%s: built for %s, served by faiss on the CPU (%s)", d, where, msg)
+            index._set_index(None)  # what the GPU holds of it, freed under its lock
+            index._backend = backend_for(None)
+            if index.spec.family == "flat" or (index.spec.ivf and not trained):
+                index._index = index._make(lists)
+            index._place(cpu)
         if trained and index._index is not None and index._index.ntotal != n:
             raise CorruptData(f"{d / 'faiss.npy'}: {index._index.ntotal} rows, expected {n}")
         return index
+
+    def _place(self, cpu: Any) -> None:
+        """Put a loaded index's faiss index on its backend: ``cpu`` (faiss's CPU form, IVF
+        and CAGRA) moved there, Flat refilled from the float32 copy, none where searches scan
+        exactly. faiss's RuntimeError (GPU memory, CUDA) propagates: ``load`` falls back."""
+        n = self._n
+        if self._exact_only or (self.spec.family == "cagra" and not n):
+            self._set_index(None)
+        elif not self._trained:
+            pass  # the empty index the constructor made
+        elif self.spec.family == "flat":
+            if n:
+                rows = np.ascontiguousarray(self._host.reconstruct(np.arange(n)))
+                with self._backend.lock:
+                    self._index.add(rows)
+        else:
+            with self._backend.lock:
+                self._index = self._backend.from_cpu(cpu)
 
     def __repr__(self) -> str:
         return (f"FaissIndex(dim={self.dim}, metric={self.metric.value!r}, spec={str(self.spec)!r}, "
@@ -659,6 +748,11 @@ def _keep_allowed(dist: np.ndarray, pos: np.ndarray, words: np.ndarray,
 
 
 def _faiss_message(exc: Exception) -> str:
-    """faiss's error text without its C++ file/line preamble."""
-    text = str(exc)
-    return text.split("Error: '", 1)[-1].rsplit("' failed", 1)[0] if "Error: '" in text else text
+    """faiss's error text without its C++ file/line preamble: the failed check and, where
+    faiss adds one (a GPU allocation's size and CUDA error), its detail."""
+    text = str(exc).strip()
+    if "Error: '" not in text:
+        return text
+    check, _, detail = text.split("Error: '", 1)[1].partition("' failed")
+    detail = detail.lstrip(":").strip()
+    return f"{check}: {detail}" if detail else check
