@@ -13,6 +13,7 @@ Python (``sys.executable``); ``QUIVER_PRECOMPILE=0`` turns it off.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -108,9 +109,22 @@ def hnsw_search_ahead(metric: str, codec: str, kind) -> None:
         except OSError as exc:  # no process to spare: compile in-process, as without it
             log.debug("no precompile process: %s", exc)
             return
+        if not _started:
+            atexit.register(_stop_children)
         _started[key] = proc
         threading.Thread(target=proc.wait, daemon=True, name="quiver-precompile-reaper").start()
         log.debug("compiling the HNSW search for %s %s in pid %d", metric, codec, proc.pid)
+
+
+def _stop_children() -> None:
+    """At exit: children still compiling stop (a short script's child would otherwise go on
+    using a core for the variants it has not reached; the cache stays whole, as Numba
+    writes each file whole)."""
+    for proc in _started.values():
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2.0)
 
 
 def wait_for(metric: str, codec: str, kind, readonly: bool) -> None:
