@@ -39,6 +39,7 @@ _EXPORTS = {
     "InvalidArgument": "quiver.engine.errors",
     "NotFound": "quiver.engine.errors",
     "QuiverError": "quiver.engine.errors",
+    "ShardUnavailable": "quiver.engine.errors",
     "SearchArrays": "quiver.engine.hits",
     "FlatIndex": "quiver.engine.index",
     "HNSWIndex": "quiver.engine.index",
@@ -77,6 +78,7 @@ __all__ = [
     "QuiverError",
     "SearchArrays",
     "SearchParams",
+    "ShardUnavailable",
     "VectorField",
     "__version__",
     "connect",
@@ -103,7 +105,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from quiver.engine.bitset import Bitset
     from quiver.engine.collection import Collection, VectorField
     from quiver.engine.database import Database, connect
-    from quiver.engine.errors import CorruptData, DuplicateId, InvalidArgument, NotFound, QuiverError
+    from quiver.engine.errors import (
+        CorruptData,
+        DuplicateId,
+        InvalidArgument,
+        NotFound,
+        QuiverError,
+        ShardUnavailable,
+    )
     from quiver.engine.hits import SearchArrays
     from quiver.engine.index import FlatIndex, HNSWIndex, Index, index, load_index
     from quiver.engine.metric import Metric
