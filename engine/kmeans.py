@@ -82,14 +82,16 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str = "l2",
     return labels, scores
 
 
-def nearest_lists(q: np.ndarray, centroids: np.ndarray, cnorms: np.ndarray,
+def nearest_lists(q: np.ndarray, centroids_t: np.ndarray, cnorms: np.ndarray,
                   nprobe: int) -> np.ndarray:
     """(nq, nprobe) int64: each query's ``nprobe`` nearest centroids, closest first.
-    ``cnorms``: squared centroid norms for l2, zeros for inner product."""
+    ``centroids_t``: the centroids transposed, (dim, nlist) C-contiguous: OpenBLAS multiplies a
+    few queries by it 1.2-4x faster than by a transposed view (8 x 128 queries and 512 lists:
+    10 vs 43 us). ``cnorms``: squared centroid norms for l2, zeros for inner product."""
     out = np.empty((q.shape[0], nprobe), np.int64)
-    step = _block_rows(centroids.shape[0])
+    step = _block_rows(centroids_t.shape[1])
     for r0 in range(0, q.shape[0], step):
-        S = q[r0 : r0 + step] @ centroids.T
+        S = q[r0 : r0 + step] @ centroids_t
         kk.top_lists_block(S, cnorms, r0, nprobe, out)
     return out
 

@@ -171,8 +171,8 @@ class IVFIndex:
         copy = 0
         if self._float is not None and not isinstance(self._float.view()[0], np.memmap):
             copy = self._float.nbytes()
-        return {"centroids": 0 if self._centroids is None else int(self._centroids.nbytes
-                                                                    + self._cnorms.nbytes),
+        return {"centroids": 0 if self._centroids is None else int(
+                    self._centroids.nbytes + self._centroids_t.nbytes + self._cnorms.nbytes),
                 "vectors": n * self.codec.bytes_per_vector(), "float_copy": copy,
                 "lists": int(self._offsets.nbytes) + 16 * n,
                 "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
@@ -226,6 +226,7 @@ class IVFIndex:
 
     def _set_centroids(self, centroids: np.ndarray) -> None:
         self._centroids = centroids
+        self._centroids_t = np.ascontiguousarray(centroids.T)  # for the coarse product
         self._cnorms = (sq_norms(centroids) if self._kmetric == "l2"
                         else np.zeros(centroids.shape[0], np.float32))
 
@@ -391,7 +392,7 @@ class IVFIndex:
         chunk = max(1, _PAIRS_PER_CALL // nprobe)
         for q0 in range(0, nq, chunk):
             q1 = min(nq, q0 + chunk)
-            probes = nearest_lists(q[q0:q1], self._centroids, self._cnorms, nprobe)
+            probes = nearest_lists(q[q0:q1], self._centroids_t, self._cnorms, nprobe)
             self._scan_batch(q[q0:q1], probes, words, use_ok, out_d[q0:q1], out_i[q0:q1])
         return out_d, out_i
 
