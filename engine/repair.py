@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .collection import CollectionConfig
+from .device import DeviceUnavailable
 from .errors import CorruptData, QuiverError
 from .lock import DirectoryLock
 from .persist import read_manifest, read_metadata, write_metadata
@@ -80,6 +81,10 @@ def _collection(d: Path, apply: bool) -> list[Finding]:
     for e in entries:
         try:
             Segment.load(seg_root / e["dir"], e.get("deleted"), e.get("deleted_crc"))
+        except DeviceUnavailable as exc:  # this install lacks what reads it: not damage
+            found.append(Finding(name, seg_root / e["dir"], str(exc),
+                                 "none: install what the message names; the segment is kept",
+                                 "-", fixable=False))
         except (QuiverError, OSError, ValueError, KeyError) as exc:
             bad.append((e, exc))
     for e, exc in bad:

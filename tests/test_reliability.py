@@ -606,3 +606,27 @@ def test_kill9_of_the_server_during_rest_upserts_loses_nothing_acknowledged(tmp_
         col = db.get_collection("k")
         ids = [i for b in acked for i in range(b * 20, b * 20 + 20)]
         assert len(acked) >= 10 and len(col.get(ids)) == len(ids)
+
+
+def test_repair_keeps_a_segment_this_install_cannot_read(tmp_path, monkeypatch):
+    """A segment built on a GPU, opened where faiss is missing, is not damage: repair says
+    what to install and moves nothing to quarantine, even with --apply."""
+    from quiver.engine import repair as repair_module
+    from quiver.engine.device import DeviceUnavailable
+
+    db, col, x = _filled(tmp_path / "d", n=300, seal=True)
+    before = col.count()
+    db.close()
+
+    def needs_faiss(*args, **kwargs):
+        raise DeviceUnavailable("device: this segment's index was built with faiss on a GPU; "
+                                "install quiver[gpu]")
+
+    monkeypatch.setattr(repair_module.Segment, "load", needs_faiss)
+    findings = repair_module.repair(tmp_path / "d", apply=True)
+    assert findings and all(not f.fixable and "install" in f.problem for f in findings)
+    base = tmp_path / "d" / "collections" / "c"
+    assert not (base / "quarantine").exists()
+    monkeypatch.undo()
+    with quiver.connect(tmp_path / "d") as again:
+        assert again.get_collection("c").count() == before
