@@ -212,6 +212,18 @@ def _still_matching(locs: list, flt: Filter) -> list:
     return out
 
 
+def normalize_ids(ids: Any, what: str = "ids") -> list[int | str]:
+    """A list (or array) of external ids, each normalised; a single id is an error naming
+    ``what``, as is anything that is not a sequence."""
+    if isinstance(ids, (str, int, np.integer)):
+        raise InvalidArgument(f"{what}: expected a list of ids, got a single value")
+    try:
+        id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
+    except TypeError:
+        raise InvalidArgument(f"{what}: expected a list of ids, got {type(ids).__name__}") from None
+    return [normalize_id(x, f"{what}[{i}]") for i, x in enumerate(id_list)]
+
+
 def _ndim(x: Any, field: str) -> int:
     try:
         return np.ndim(x)
@@ -272,13 +284,7 @@ class CollectionSchema:
         return self.fields[self._field(using)]
 
     def _validate_points(self, ids, vectors, payloads) -> tuple[list, FieldBatch, list]:
-        if isinstance(ids, (str, int, np.integer)):
-            raise InvalidArgument("ids: expected a list of ids, got a single value")
-        try:
-            id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        except TypeError:
-            raise InvalidArgument(f"ids: expected a list of ids, got {type(ids).__name__}") from None
-        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(id_list)]
+        norm = normalize_ids(ids)
         if len(set(norm)) != len(norm):
             seen = set()
             dup = next(x for x in norm if x in seen or seen.add(x))
@@ -702,9 +708,7 @@ class Collection(CollectionSchema):
             raise InvalidArgument("pass exactly one of ids or filter")
         if flt is not None:
             return list(dict.fromkeys(p.id for p in self._matching(flt)))
-        if isinstance(ids, (str, int, np.integer)):
-            raise InvalidArgument("ids: expected a list of ids, got a single value")
-        return list(dict.fromkeys(normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))))
+        return list(dict.fromkeys(normalize_ids(ids)))
 
     def _apply_upsert(self, ids: list, fields: FieldBatch, payloads: list, seq: int) -> None:
         keep = []
@@ -810,9 +814,7 @@ class Collection(CollectionSchema):
         True/False, a list of keys, or ``{"include": [...]}`` / ``{"exclude": [...]}``."""
         self._check_open()
         proj = payload_projection(with_payload)
-        if isinstance(ids, (str, int, np.integer)):
-            raise InvalidArgument("ids: expected a list of ids, got a single value")
-        norm = [normalize_id(x, f"ids[{i}]") for i, x in enumerate(list(ids))]
+        norm = normalize_ids(ids)
         with self._lock:
             locs = [self._locator.get(x) for x in norm]
         return [self._point(s, p, proj, with_vectors) for s, p in (x for x in locs if x)]

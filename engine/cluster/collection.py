@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from ...kernels.topk import merge_topk
-from ..collection import CollectionConfig, CollectionSchema, _id_order, _subset_fields
+from ..collection import (
+    CollectionConfig,
+    CollectionSchema,
+    _id_order,
+    _subset_fields,
+    normalize_ids,
+)
 from ..errors import InvalidArgument, ShardUnavailable
 from ..filters import normalize_id, parse_filter
 from ..hits import SearchArrays
@@ -84,16 +90,6 @@ class ShardedCollection(CollectionSchema):
         self._check_open()
         return self._results([s.submit(method, args, kwargs) for s in self.shards])
 
-    def _ids(self, ids, what: str = "ids") -> list:
-        if isinstance(ids, (str, int, np.integer)):
-            raise InvalidArgument(f"{what}: expected a list of ids, got a single value")
-        try:
-            id_list = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        except TypeError:
-            raise InvalidArgument(f"{what}: expected a list of ids, got "
-                                  f"{type(ids).__name__}") from None
-        return [normalize_id(x, f"{what}[{i}]") for i, x in enumerate(id_list)]
-
     def _targeted(self, method: str, ids, filter: dict | None, *args: Any) -> int:
         """A write to the points given by ``ids`` (each shard gets its own) or ``filter``
         (every shard): the sum of the shards' counts."""
@@ -103,7 +99,7 @@ class ShardedCollection(CollectionSchema):
         if filter is not None:
             parse_filter(filter)
             return sum(self._write_all(method, *args, filter=filter))
-        norm = list(dict.fromkeys(self._ids(ids)))
+        norm = list(dict.fromkeys(normalize_ids(ids)))
         pending = [self.shards[s].submit(method, args, {"ids": [norm[j] for j in rows.tolist()]})
                    for s, rows in self._by_shard(norm).items()]
         return sum(self._results(pending))
@@ -194,7 +190,7 @@ class ShardedCollection(CollectionSchema):
             *, allow_partial: bool = False) -> list[Point]:
         self._check_open()
         payload_projection(with_payload)
-        norm = self._ids(ids)
+        norm = normalize_ids(ids)
         pending = {s: self.shards[s].read("get", [norm[j] for j in rows.tolist()], with_payload,
                                           with_vectors)
                    for s, rows in self._by_shard(norm).items()}

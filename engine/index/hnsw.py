@@ -360,9 +360,9 @@ class HNSWIndex:
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and plan.strategy == "filtered-traversal"
             graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
-            search = for_kind(kh.search_chunk, self.codec.dist(self._kmetric))
-            precompile.wait_for(self._kmetric, self.codec.name, self.codec.dist(self._kmetric),
-                                not codes.flags.writeable)
+            kind = self.codec.dist(self._kmetric)
+            search = for_kind(kh.search_chunk, kind)
+            precompile.wait_for(self._kmetric, self.codec.name, kind, not codes.flags.writeable)
             tags[:nchunks] = run_chunks(
                 lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
                                     two_hop, budget, out_d, out_i, counts, c, n), nchunks)
