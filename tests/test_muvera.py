@@ -239,3 +239,22 @@ def test_lvq8_tokens_score_close_to_float_in_half_the_memory_of_f16(corpus, tmp_
     for a, b in zip(lvq.search(queries, 5, exact=True), back.search(queries, 5, exact=True),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("codec", ["f32", "f16", "lvq8"])
+def test_chamfer_kernel_tiles_match_numpy_on_every_length(codec):
+    """The register tiles (two query tokens by four rows, remainders, 64-row blocks) and the
+    candidate prefetch score every shape as NumPy does on the stored (decoded) tokens."""
+    rng = np.random.default_rng(11)
+    docs = [rng.standard_normal((n, 24)).astype(np.float32)
+            for n in (1, 2, 3, 4, 5, 7, 63, 64, 65, 130, 9, 1)]
+    idx = quiver.MultiVectorIndex(24, index=None, tokens=codec)
+    idx.add(docs)
+    stored = [idx.reconstruct([i]).doc(0).astype(np.float64) for i in range(len(docs))]
+    for nq in (1, 2, 3, 5, 8):
+        q = rng.standard_normal((nq, 24)).astype(np.float32)
+        want = np.array([(q.astype(np.float64) @ d.T).max(axis=1).sum() for d in stored])
+        scores, ids = idx.search(q, len(docs), exact=True)
+        order = np.argsort(-want, kind="stable")
+        np.testing.assert_allclose(scores, want[order], rtol=1e-4, atol=1e-3 * nq)
+        assert sorted(ids.tolist()) == list(range(len(docs)))
