@@ -12,6 +12,8 @@ candidates; exact Chamfer over the stored tokens re-ranks them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -137,6 +139,11 @@ def _ids(ids) -> np.ndarray:
         return np.asarray(ids, np.int64)
     except (TypeError, ValueError, OverflowError):
         raise InvalidArgument("ids: expected integers") from None
+
+
+@functools.cache
+def _takes_ordered(index_type: type) -> bool:
+    return "ordered" in inspect.signature(index_type.search_positions).parameters
 
 
 class MultiVectorIndex:
@@ -335,14 +342,15 @@ class MultiVectorIndex:
             if self.retrieval == "tokens":
                 tbits = None if bits is None else Bitset.from_mask(bits.to_mask()[self._doc_of])
                 hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, knobs, None,
-                                                       filtered)
+                                                       filtered, **self._any_order())
                 cand = np.empty((nq, c), np.int64)
                 kc.token_votes(self._doc_of, np.ascontiguousarray(hp, np.int64),
                                np.ascontiguousarray(hd, np.float32), q.offsets, len(self), cand)
                 info.update(candidates=c, token_hits=hits)
             else:
                 fq = self.encoder.queries(q.tokens, q.offsets)
-                _, cand, _ = self.fdes.search_positions(fq, c, bits, knobs, None, filtered)
+                _, cand, _ = self.fdes.search_positions(fq, c, bits, knobs, None, filtered,
+                                                        **self._any_order())
                 cand = np.ascontiguousarray(cand, np.int64)
                 info["candidates"] = c
         stored, aux = self._tokens.view()
@@ -362,6 +370,11 @@ class MultiVectorIndex:
             d, i, _ = self.search_positions(q[short], k, bits, replace(params, exact=True))
             out_d[short], out_i[short] = d, i
         return out_d, out_i, info
+
+    def _any_order(self) -> dict:
+        """The candidates are re-scored, so their order is of no use: ask an index that can
+        skip its final sort (one whose ``search_positions`` takes ``ordered``) to skip it."""
+        return {"ordered": False} if _takes_ordered(type(self.fdes)) else {}
 
     def save(self, directory: str | os.PathLike) -> None:
         """Tokens, offsets and ids beside the FDE index (``fde/``), memory-mapped on load."""

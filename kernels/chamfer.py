@@ -275,34 +275,51 @@ def fde_encode(H, P, offsets, k_sim, average, fill_empty, out):
                         out[i, o + p] = P[a + best_t, r * dp + p]
 
 
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+"""Fibonacci hashing of document numbers into the vote table."""
+
+
 @njit(**INLINE)
-def _vote(d, s, t, q0, score, cur, stamp, touched, nt) -> int:
-    """Document d gets similarity s from query token t (rows of this query start at q0):
-    its vote is the sum over query tokens of the best s each gave it. Returns the count of
-    documents touched so far."""
-    if stamp[d] < q0:  # first hit of this query: a new document
-        touched[nt] = d
+def _vote_slot(keys, d) -> int:
+    """The slot of document d in the open-addressed table ``keys`` (-1 = empty; size a power
+    of two, never full): where d is, or the empty slot where it goes."""
+    mask = keys.shape[0] - 1
+    h = np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(40)) & mask
+    while keys[h] != -1 and keys[h] != d:
+        h = (h + 1) & mask
+    return h
+
+
+@njit(**INLINE)
+def _vote(d, s, t, keys, score, cur, stamp, touched, nt) -> int:
+    """Document d gets similarity s from query token t: its vote is the sum over query
+    tokens of the best s each gave it. Returns the count of documents touched so far."""
+    h = _vote_slot(keys, d)
+    if keys[h] == -1:  # first hit of this query: a new document
+        keys[h] = d
+        touched[nt] = h
         nt += 1
-        score[d] = s
-        cur[d] = s
-        stamp[d] = t
-    elif stamp[d] != t:  # first hit from this query token
-        score[d] += s
-        cur[d] = s
-        stamp[d] = t
-    elif s > cur[d]:
-        score[d] += s - cur[d]
-        cur[d] = s
+        score[h] = s
+        cur[h] = s
+        stamp[h] = t
+    elif stamp[h] != t:  # first hit from this query token
+        score[h] += s
+        cur[h] = s
+        stamp[h] = t
+    elif s > cur[h]:
+        score[h] += s - cur[h]
+        cur[h] = s
     return nt
 
 
 @njit(**INLINE)
-def _best_voted(score, stamp, touched, nt, vd, vi, out) -> None:
-    """The ``out.shape[0]`` best-voted touched documents into out (-1 padded); resets."""
+def _best_voted(keys, score, touched, nt, vd, vi, out) -> None:
+    """The ``out.shape[0]`` best-voted touched documents into out (-1 padded); empties the
+    table."""
     c = out.shape[0]
     for i in range(nt):
         vd[i] = -score[touched[i]]
-        vi[i] = touched[i]
+        vi[i] = keys[touched[i]]
     keep = nt
     if nt > c:
         select_smallest(vd, vi, nt, c)
@@ -310,7 +327,7 @@ def _best_voted(score, stamp, touched, nt, vd, vi, out) -> None:
     for i in range(c):
         out[i] = vi[i] if i < keep else -1
     for i in range(nt):
-        stamp[touched[i]] = -1
+        keys[touched[i]] = -1
 
 
 @njit(**JIT)
@@ -319,13 +336,22 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     qoff[q]:qoff[q+1] of the hit matrices), a document's vote is the sum over query tokens of
     the best similarity (-distance) among its tokens that token retrieved, a lower bound of
     its Chamfer score; the best ``out_cand.shape[1]`` documents by vote go to out_cand[q]
-    (-1 padded)."""
-    score = np.zeros(ndocs, np.float32)
-    cur = np.zeros(ndocs, np.float32)
-    stamp = np.full(ndocs, -1, np.int64)
-    touched = np.empty(min(ndocs, hit_pos.shape[0] * hit_pos.shape[1]) + 1, np.int64)
-    vd = np.empty(touched.shape[0], np.float32)
-    vi = np.empty(touched.shape[0], np.int64)
+    (-1 padded). The votes live in a hash table sized by the hits, not by the ``ndocs``
+    documents, so a query costs the same in a collection of any size."""
+    most = 1
+    for q in range(qoff.shape[0] - 1):
+        most = max(most, (qoff[q + 1] - qoff[q]) * hit_pos.shape[1])
+    most = min(most, ndocs)
+    size = 16
+    while size < 2 * most:
+        size *= 2
+    keys = np.full(size, -1, np.int64)
+    score = np.empty(size, np.float32)
+    cur = np.empty(size, np.float32)
+    stamp = np.empty(size, np.int64)
+    touched = np.empty(most + 1, np.int64)
+    vd = np.empty(most + 1, np.float32)
+    vi = np.empty(most + 1, np.int64)
     for q in range(qoff.shape[0] - 1):
         nt = 0
         for t in range(qoff[q], qoff[q + 1]):
@@ -333,9 +359,8 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
                 p = hit_pos[t, j]
                 if p < 0:
                     break
-                nt = _vote(doc_of[p], -hit_dist[t, j], t, qoff[q], score, cur, stamp,
-                           touched, nt)
-        _best_voted(score, stamp, touched, nt, vd, vi, out_cand[q])
+                nt = _vote(doc_of[p], -hit_dist[t, j], t, keys, score, cur, stamp, touched, nt)
+        _best_voted(keys, score, touched, nt, vd, vi, out_cand[q])
 
 
 POOL_WINDOW = 128

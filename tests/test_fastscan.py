@@ -96,6 +96,34 @@ def test_fast_scan_ranks_as_the_4bit_reconstruction(data, metric):
         assert np.all(np.abs(np.take_along_axis(d[batch], ids, 1) - got) < 0.05 * span)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_unordered_hits_are_the_sorted_ones_in_any_order(data, metric):
+    """``search_positions(..., ordered=False)`` (what multi-vector retrieval asks for) skips
+    the final sort: the same hits per row, -1 padded at the end, one query or a batch."""
+    from quiver.engine.params import SearchParams
+
+    x, q = data
+    full = quiver.index("IVF8,PQ16x4fs", 32, metric)
+    full.train(x)
+    full.add(x)
+    few = quiver.index("IVF8,PQ16x4fs", 32, metric)
+    few.train(x)
+    few.add(x[:40])  # fewer rows than k: padding
+    params = SearchParams(nprobe=8)
+    reordered = False
+    for idx, k in ((full, 25), (few, 45)):
+        for batch in (q[:1], q):
+            d1, p1, _ = idx.search_positions(batch, k, None, params)
+            d2, p2, _ = idx.search_positions(batch, k, None, params, ordered=False)
+            for a, b, da, db in zip(p1, p2, d1, d2, strict=True):
+                assert sorted(a.tolist()) == sorted(b.tolist())
+                n = int((b >= 0).sum())
+                assert (b[:n] >= 0).all() and (b[n:] == -1).all()
+                np.testing.assert_array_equal(np.sort(da), np.sort(db))
+                reordered |= a.tolist() != b.tolist()
+    assert reordered and (p1 == -1).any()
+
+
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_fast_scan_refined_is_exact_and_filters(data, metric):
     x, q = data

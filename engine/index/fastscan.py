@@ -104,16 +104,16 @@ class IVFPQFastScanIndex(IVFPQIndex):
 
     # --- search ---------------------------------------------------------------------
 
-    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
+    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
         kf.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._bases,
                       self._cnorms, nprobe, self._tabs, self._kmetric == "l2", self._blocks,
-                      self._block_off, self._offsets, self._slot_pos, words, use_ok, out_d[0],
-                      out_i[0])
+                      self._block_off, self._offsets, self._slot_pos, words, use_ok, ordered,
+                      out_d[0], out_i[0])
 
-    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
+    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
         args = (q, self.codec.books_t(), self._scale(), probes, self._bases, self._cnorms,
                 self._tabs, self._kmetric == "l2", self._blocks, self._block_off, self._offsets,
-                self._slot_pos, words, use_ok, out_d, out_i)
+                self._slot_pos, words, use_ok, ordered, out_d, out_i)
         run_chunks(lambda c, n: kf.search_chunk(*args, c, n), chunk_count(q.shape[0]))
 
     def _exact(self, q, k, words, use_ok, n_ok, params: SearchParams):

@@ -344,10 +344,13 @@ class IVFIndex:
         return costs
 
     def search_positions(self, q: np.ndarray, k: int, bits: Bitset | None, params: SearchParams,
-                         plan: planner.Plan | None = None, filtered: bool | None = None):
+                         plan: planner.Plan | None = None, filtered: bool | None = None,
+                         ordered: bool = True):
         """(kernel distances, row positions, plan info) for validated float32 queries (unit
         rows for cosine) and a Bitset of allowed positions: the path segments call, with no
-        second validation and no id translation."""
+        second validation and no id translation. ``ordered=False``: each row's hits in any
+        order (still -1 padded at the end), for a caller that re-scores them anyway; a fast
+        scan then skips its final sort."""
         self._require_trained("search")
         nprobe = self.nprobe_for(params)
         n = self._n
@@ -362,7 +365,8 @@ class IVFIndex:
         if plan.strategy == "exact" or n == 0:
             dist, pos = self._exact(q, r, words, use_ok, n_ok, params)
         else:
-            dist, pos = self._probe(q, r, nprobe, words, use_ok, params)
+            dist, pos = self._probe(q, r, nprobe, words, use_ok, params,
+                                    ordered or second is not None)
             redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
             if redo.size and nprobe < self.lists:
                 info["fallback_exact"] = int(redo.size)
@@ -380,31 +384,33 @@ class IVFIndex:
                                        slots, k)
         return dist, np.where(best >= 0, self._slot_pos[np.maximum(best, 0)], -1)
 
-    def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams):
+    def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams, ordered: bool = True):
         """Top-k over each query's ``nprobe`` nearest lists (a batch in chunks of query-list
         pairs, so the per-call bookkeeping stays bounded)."""
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_i = np.empty((nq, k), np.int64)
         if nq == 1:
-            self._scan_one(q, nprobe, words, use_ok, out_d, out_i)
+            self._scan_one(q, nprobe, words, use_ok, out_d, out_i, ordered)
             return out_d, out_i
         chunk = max(1, _PAIRS_PER_CALL // nprobe)
         for q0 in range(0, nq, chunk):
             q1 = min(nq, q0 + chunk)
             probes = nearest_lists(q[q0:q1], self._centroids_t, self._cnorms, nprobe)
-            self._scan_batch(q[q0:q1], probes, words, use_ok, out_d[q0:q1], out_i[q0:q1])
+            self._scan_batch(q[q0:q1], probes, words, use_ok, out_d[q0:q1], out_i[q0:q1],
+                             ordered)
         return out_d, out_i
 
     def _lists(self) -> tuple:
         return self._codes, self._aux, self._offsets, self._slot_pos
 
-    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
+    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
+        """(Its kernels sort whether ``ordered`` or not, as do IVF-PQ's.)"""
         qs = self.codec.prepare(q)
         for_kind(ki.search_one, self.codec.dist(self._kmetric))(q[0], qs[0], self._centroids, self._cnorms,
                       nprobe, *self._lists(), out_d.shape[1], words, use_ok, out_d[0], out_i[0])
 
-    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
+    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
         groups = min(q.shape[0], numba.get_num_threads())
         for_kind(ki.search_lists, self.codec.dist(self._kmetric))(self.codec.prepare(q), probes,
                         *self._lists(), words, use_ok, groups, out_d, out_i)

@@ -129,13 +129,13 @@ class IVFPQIndex(IVFIndex):
         """ADC tables hold -<q_j, c_ji> (ip) or -2 <q_j, c_ji> (l2, plus ``_tabs``)."""
         return np.float32(-2.0 if self._kmetric == "l2" else -1.0)
 
-    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i) -> None:
+    def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
         kp.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._bases,
                       self._cnorms, nprobe, self._codes, self._offsets, self._slot_pos,
                       self._tabs, self._kmetric == "l2", out_d.shape[1], words, use_ok, out_d[0],
                       out_i[0])
 
-    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i) -> None:
+    def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
         kp.search_batch(q, self.codec.books_t(), self._scale(), probes, self._bases,
                         self._cnorms, self._codes, self._offsets, self._slot_pos, self._tabs,
                         self._kmetric == "l2", words, use_ok, out_d, out_i)
@@ -149,12 +149,12 @@ class IVFPQIndex(IVFIndex):
     def _reranks(self, params: SearchParams) -> bool:
         return self._refine is not None and params.rerank is not False
 
-    def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams):
+    def _probe(self, q, k, nprobe, words, use_ok, params: SearchParams, ordered: bool = True):
         """PQ top-``ef`` candidates (10 k by default), re-ranked to k on the refine copy."""
         if not self._reranks(params):
-            return super()._probe(q, k, nprobe, words, use_ok, params)
+            return super()._probe(q, k, nprobe, words, use_ok, params, ordered)
         r = max(k, params.ef if params.ef is not None else REFINE_FACTOR * k)
-        _, cand = super()._probe(q, r, nprobe, words, use_ok, params)
+        _, cand = super()._probe(q, r, nprobe, words, use_ok, params, ordered=False)
         return self._rerank(q, cand, k)
 
     def _rerank(self, q: np.ndarray, cand: np.ndarray, k: int):
