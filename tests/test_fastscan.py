@@ -103,13 +103,13 @@ def test_unordered_hits_are_the_sorted_ones_in_any_order(data, metric):
     from quiver.engine.params import SearchParams
 
     x, q = data
-    full = quiver.index("IVF8,PQ16x4fs", 32, metric)
+    full = quiver.index("IVF16,PQ16x4fs", 32, metric)
     full.train(x)
     full.add(x)
     few = quiver.index("IVF8,PQ16x4fs", 32, metric)
     few.train(x)
     few.add(x[:40])  # fewer rows than k: padding
-    params = SearchParams(nprobe=8)
+    params = SearchParams(nprobe=4)
     reordered = False
     for idx, k in ((full, 25), (few, 45)):
         for batch in (q[:1], q):
