@@ -25,21 +25,29 @@ _V16I32 = ir.VectorType(_I32, 16)
 
 
 @intrinsic
-def u8s8_dot(typingctx, codes, qi):
-    """sum_j codes[j] * qi[j] (uint8 x int8, exact in int64) over the first
-    ``len(codes) // CHUNK * CHUNK`` entries of two contiguous 1-D arrays."""
-    if not (isinstance(codes, types.Array) and isinstance(qi, types.Array)
-            and codes.dtype == types.uint8 and qi.dtype == types.int8):
+def u8s8_dot(typingctx, codes, row, qs, word, n):
+    """sum_j codes[row, j] (uint8) * q8[j] (int8), exact in int64, for j below
+    ``n // CHUNK * CHUNK``, where q8 are the bytes of the float32 array ``qs`` from word
+    ``word`` on (a prepared query carries its int8 copy that way). Pointers are computed
+    here: slices or views in a distance make Numba count references at every call."""
+    if not (isinstance(codes, types.Array) and codes.ndim == 2 and codes.dtype == types.uint8
+            and isinstance(qs, types.Array) and qs.ndim == 1 and qs.dtype == types.float32):
         return None
-    sig = types.int64(codes, qi)
+    sig = types.int64(codes, row, qs, word, n)
 
     def codegen(context, builder, signature, args):
-        a = context.make_array(signature.args[0])(context, builder, args[0])
-        b = context.make_array(signature.args[1])(context, builder, args[1])
-        n = cgutils.unpack_tuple(builder, a.shape, 1)[0]
-        chunks = builder.udiv(n, ir.Constant(n.type, CHUNK))
-        ap = builder.bitcast(a.data, _I8.as_pointer())
-        bp = builder.bitcast(b.data, _I8.as_pointer())
+        c_ary = context.make_array(signature.args[0])(context, builder, args[0])
+        q_ary = context.make_array(signature.args[2])(context, builder, args[2])
+        i64 = ir.IntType(64)
+        row_v = context.cast(builder, args[1], signature.args[1], types.int64)
+        word_v = context.cast(builder, args[3], signature.args[3], types.int64)
+        n_v = context.cast(builder, args[4], signature.args[4], types.int64)
+        stride = cgutils.unpack_tuple(builder, c_ary.strides, 2)[0]
+        ap = builder.gep(builder.bitcast(c_ary.data, _I8.as_pointer()),
+                         [builder.mul(row_v, stride)])
+        bp = builder.gep(builder.bitcast(q_ary.data, _I8.as_pointer()),
+                         [builder.mul(word_v, ir.Constant(i64, 4))])
+        chunks = builder.udiv(n_v, ir.Constant(i64, CHUNK))
         dpbusd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), "llvm.x86.avx512.vpdpbusd.512")
         acc = cgutils.alloca_once_value(builder, ir.Constant(_V16I32, None))
@@ -50,6 +58,6 @@ def u8s8_dot(typingctx, codes, qi):
             builder.store(builder.call(dpbusd, [builder.load(acc), va, vb]), acc)
         reduce_add = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_I32, [_V16I32]), "llvm.vector.reduce.add.v16i32")
-        return builder.sext(builder.call(reduce_add, [builder.load(acc)]), ir.IntType(64))
+        return builder.sext(builder.call(reduce_add, [builder.load(acc)]), i64)
 
     return sig, codegen

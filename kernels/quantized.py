@@ -115,26 +115,27 @@ def lvq_l2(qs, codes, aux, i, bits: int):
 
 
 @njit(**INLINE)
-def _lvq8_i8_ip(qs, row, bias, step, d: int):
-    """<q, x_hat>: the whole 64-byte chunks of the codes against the int8 query, the tail (d
-    not a multiple of 64) against the float32 one."""
+def _lvq8_i8_dot(qs, codes, i, d: int):
+    """<q, codes[i]>: the whole 64-byte chunks against the int8 query (scaled back), the tail
+    (d not a multiple of 64) against the float32 one."""
     head = d // CHUNK * CHUNK
-    dot = qs[d + 3] * np.float32(u8s8_dot(row[:head], qs[d + 4:].view(np.int8)))
+    dot = qs[d + 3] * np.float32(u8s8_dot(codes, i, qs, d + 4, head))
     for j in range(head, d):
-        dot += qs[j] * np.float32(row[j])
-    return qs[d] + bias * qs[d + 1] + step * dot
+        dot += qs[j] * np.float32(codes[i, j])
+    return dot
 
 
 @njit(**INLINE)
 def lvq8_i8_ip(qs, codes, aux, i):
-    return -_lvq8_i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], codes.shape[1])
+    d = codes.shape[1]
+    return -(qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _lvq8_i8_dot(qs, codes, i, d))
 
 
 @njit(**INLINE)
 def lvq8_i8_l2(qs, codes, aux, i):
     d = codes.shape[1]
-    return (qs[d + 2] - np.float32(2.0) * _lvq8_i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], d)
-            + aux[i, 2])
+    ip = qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _lvq8_i8_dot(qs, codes, i, d)
+    return qs[d + 2] - np.float32(2.0) * ip + aux[i, 2]
 
 
 @njit(**INLINE)
