@@ -17,7 +17,6 @@ import numpy as np
 
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
-from ..kernels.intdot import HAVE_VNNI
 from .aligned import aligned_empty
 from .errors import InvalidArgument
 from .spec import SpecPart
@@ -221,34 +220,17 @@ class LVQCodec(Codec):
                       self.residual_bits, codes, aux)
         return codes, aux
 
-    @property
-    def int8_query(self) -> bool:
-        """Single-level LVQ-8 on an AVX-512 VNNI host scores codes against an int8 copy of
-        the query (``kernels/intdot.py``): 2.4x faster distances, for query rounding of
-        1/254 of its largest component, below the codes' own (1/255 of each vector's span)."""
-        return self.bits == 8 and not self.residual_bits and HAVE_VNNI
-
     def prepare(self, q):
         d = self.dim
-        extra = 1 + (d + 3) // 4 if self.int8_query else 0
-        qs = np.empty((q.shape[0], d + 3 + extra), np.float32)
+        qs = np.empty((q.shape[0], d + 3), np.float32)
         qs[:, :d] = q
         qs[:, d] = q @ self.mean
         qs[:, d + 1] = q.sum(axis=1)
         qs[:, d + 2] = _sq_norms(q)
-        if extra:
-            top = np.abs(q).max(axis=1) if d else np.zeros(q.shape[0], np.float32)
-            scale = np.where(top > 0, top / 127, 1).astype(np.float32)
-            qs[:, d + 3] = scale
-            qi = np.zeros((q.shape[0], 4 * (extra - 1)), np.int8)
-            qi[:, :d] = np.rint(q / scale[:, None]).clip(-127, 127)
-            qs[:, d + 4:] = qi.view(np.float32)
         return qs
 
     def dist(self, kernel_metric):
         l2 = kernel_metric == "l2"
-        if self.int8_query:
-            return kk.LVQ8_I8_L2 if l2 else kk.LVQ8_I8_IP
         if self.bits == 8:
             return kk.LVQ8_L2 if l2 else kk.LVQ8_IP
         return kk.LVQ4_L2 if l2 else kk.LVQ4_IP

@@ -12,6 +12,8 @@ run a scalar kernel with the same results. The uint16 sums rank rows only approx
 is meant to feed a ``Refine`` re-ranking.
 """
 
+import llvmlite.binding as llb
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -21,7 +23,6 @@ from numba.extending import intrinsic
 
 from . import INLINE, JIT
 from .bitset import bitset_test
-from .cpu import host_has
 from .pq import _list_bias, _table, nearest_probes
 from .topk import heap_sorted, select_smallest
 
@@ -39,7 +40,18 @@ _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _V32I8, _V16I8, _V32I16 = ir.VectorType(_I8, 32), ir.VectorType(_I8, 16), ir.VectorType(_I16, 32)
 
 
-HAVE_AVX2 = host_has("avx2")
+def _has_avx2() -> bool:
+    """Kernels compile for the host CPU unless NUMBA_CPU_NAME says otherwise (a portable
+    build must not use the shuffle)."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llb.get_host_cpu_features().get("avx2"))
+    except Exception:  # not an x86 host
+        return False
+
+
+HAVE_AVX2 = _has_avx2()
 
 
 @intrinsic

@@ -12,7 +12,6 @@ import numpy as np
 from numba import njit
 
 from . import INLINE, JIT
-from .intdot import CHUNK, u8s8_dot
 
 F16_SCALE = np.float32(2.0**56)
 """Prepared f16 queries are ``q * F16_SCALE``. Half bits shifted into a float32 exponent read
@@ -107,35 +106,6 @@ def lvq_l2(qs, codes, aux, i, bits: int):
     d = qs.shape[0] - 3
     return (qs[d + 2] - np.float32(2.0) * _lvq_ip(qs, codes[i], aux[i, 0], aux[i, 1], d, bits)
             + aux[i, 2])
-
-
-# LVQ-8 with an int8 query copy (AVX-512 VNNI hosts, ``intdot.py``): prepared query
-# [q (d), <q, mean>, sum(q), ||q||^2, s, q_i8 (ceil(d / 4) words)], q ~ s * q_i8; rows and aux
-# as LVQ-8's.
-
-
-@njit(**INLINE)
-def _lvq8_i8_dot(qs, codes, i, d: int):
-    """<q, codes[i]>: the whole 64-byte chunks against the int8 query (scaled back), the tail
-    (d not a multiple of 64) against the float32 one."""
-    head = d // CHUNK * CHUNK
-    dot = qs[d + 3] * np.float32(u8s8_dot(codes, i, qs, d + 4, head))
-    for j in range(head, d):
-        dot += qs[j] * np.float32(codes[i, j])
-    return dot
-
-
-@njit(**INLINE)
-def lvq8_i8_ip(qs, codes, aux, i):
-    d = codes.shape[1]
-    return -(qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _lvq8_i8_dot(qs, codes, i, d))
-
-
-@njit(**INLINE)
-def lvq8_i8_l2(qs, codes, aux, i):
-    d = codes.shape[1]
-    ip = qs[d] + aux[i, 0] * qs[d + 1] + aux[i, 1] * _lvq8_i8_dot(qs, codes, i, d)
-    return qs[d + 2] - np.float32(2.0) * ip + aux[i, 2]
 
 
 @njit(**INLINE)
