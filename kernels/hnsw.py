@@ -20,7 +20,7 @@ from .dispatch import codec_distance
 from .prefetch import prefetch_row
 from .topk import heap_push, heap_sorted, sort_pairs
 
-PREFETCH_BYTES = 1536
+PREFETCH_BYTES = 256
 """How much of each unvisited neighbour's row a traversal prefetches before scoring them."""
 
 RERANK_AHEAD = 4
