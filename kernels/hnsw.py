@@ -160,82 +160,18 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
     return rsize, ndist
 
 
-@njit(**INLINE)
-def _before(d, i, bd, bi, t) -> bool:
-    """(d, i) sorts before beam entry t: by distance, ties by smaller id."""
-    return d < bd[t] or (d == bd[t] and i < bi[t])
-
-
-@njit(**JIT)
-def beam_search(kind, qs, codes, aux, nbr0, ep, ep_d, ef, visited, tag, bd, bi, bx) -> int:
-    """Unfiltered layer-0 search from ``ep`` with one sorted beam of the ``ef`` best nodes
-    found (bd/bi ascending by distance, ties by id; bx: expanded), expanding the closest
-    unexpanded one until none is left: the candidates and results of the two-heap search in
-    one array, so a new node costs a binary search and a short shift instead of two heap
-    pushes, and the pop is a step forward. Returns the beam's size."""
-    visited[ep] = tag
-    bd[0], bi[0], bx[0] = ep_d, ep, False
-    size = 1
-    cur = 0
-    while cur < size:
-        bx[cur] = True
-        row = nbr0[bi[cur]]
-        for v in row:  # start loading the rows whose distances come next
-            if v < 0:
-                break
-            if visited[v] != tag:
-                prefetch_row(codes, v, PREFETCH_BYTES)
-        first_new = size
-        for v in row:
-            if v < 0:
-                break
-            if visited[v] == tag:
-                continue
-            visited[v] = tag
-            d = codec_distance(kind, qs, codes, aux, v)
-            if size == ef and not _before(d, v, bd, bi, size - 1):
-                continue
-            lo, hi = 0, size
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if _before(d, v, bd, bi, mid):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            last = size if size < ef else size - 1
-            for t in range(last, lo, -1):
-                bd[t], bi[t], bx[t] = bd[t - 1], bi[t - 1], bx[t - 1]
-            bd[lo], bi[lo], bx[lo] = d, v, False
-            if size < ef:
-                size += 1
-            first_new = min(first_new, lo)
-        cur = min(cur, first_new)  # entries before cur are expanded, unless new
-        while cur < size and bx[cur]:
-            cur += 1
-    return size
-
-
 @njit(**JIT)
 def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
-               cand_d, cand_i, res_d, res_i, expanded, ok_words, use_ok, two_hop, budget, out_d,
-               out_i):
-    """Full HNSW query: greedy descent, then layer-0 search (a sorted beam unfiltered, the
-    two-heap search with a filter); writes the best len(out_d) results ascending. Returns
-    the result count, or -1 if the budget ran out."""
+               cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget, out_d, out_i):
+    """Full HNSW query: greedy descent, then layer-0 beam search; writes the best
+    len(out_d) results ascending. Returns the result count, or -1 if the budget ran out."""
     layer0 = np.int64(0)  # not a literal 0: one compiled callee for every call site
     ep, ep_d = greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, layer0)
-    k = out_d.shape[0]
-    if not use_ok:
-        size = beam_search(kind, qs, codes, aux, nbr0, ep, ep_d, ef, visited, tag, res_d, res_i,
-                           expanded)
-        for j in range(k):
-            out_d[j] = res_d[j] if j < size else np.inf
-            out_i[j] = res_i[j] if j < size else -1
-        return min(size, k)
     rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, layer0, ef, visited,
                             tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget)
     if rsize < 0:
         return -1
+    k = out_d.shape[0]
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     size = 0
@@ -254,11 +190,10 @@ def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
     cand_i = np.empty(cap, np.int64)
     res_d = np.empty(ef, np.float32)
     res_i = np.empty(ef, np.int64)
-    expanded = np.empty(ef, np.bool_)
     for q in range(first, QS.shape[0], step):
         tag += 1
         counts[q] = search_one(kind, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
-                               ef, visited, tag, cand_d, cand_i, res_d, res_i, expanded,
+                               ef, visited, tag, cand_d, cand_i, res_d, res_i,
                                ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
     return tag
 
