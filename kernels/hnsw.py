@@ -23,6 +23,10 @@ from .topk import heap_push, heap_sorted, sort_pairs
 PREFETCH_BYTES = 256
 """How much of each unvisited neighbour's row a traversal prefetches before scoring them."""
 
+NEIGHBOURS_PREFETCH_BYTES = 256
+"""How much of the next candidate's layer-0 neighbour list a traversal prefetches while it
+scores the current one's neighbours (M=16: 32 int32, 128 bytes)."""
+
 RERANK_AHEAD = 4
 """Re-ranking reads candidate rows in an order no prefetcher guesses: each row is prefetched
 this many candidates ahead of its distance."""
@@ -122,6 +126,8 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
         c_d, c, csize = _min_pop(cand_d, cand_i, csize)
         if rsize >= ef and c_d > res_d[0]:
             break
+        if csize > 0 and level == 0:  # the likeliest next node's neighbour list (hnswlib too)
+            prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
         row = neighbors(nbr0, upper, uidx, c, level)
         for v in row:  # start loading the rows whose distances come next
             if v < 0:
