@@ -3,7 +3,7 @@ batched parallel insertion that needs no locks.
 
 Graph layout: layer 0 is ``nbr0[node, :2M]``; layers 1..MAX_UPPER live in
 ``upper[uidx[node], layer-1, :M]`` for the few nodes that reach them. Rows are int32, padded
-with -1. ``visited`` holds generation tags, so a query clears it only once in 65,535.
+with -1. ``visited`` holds generation tags so a query never clears it.
 
 Insertion runs in batches: (1) every new node of a batch searches the graph as it was before
 the batch and writes only its own rows, in interleaved chunks on threads; (2) the reverse links are grouped by
@@ -32,20 +32,6 @@ RERANK_AHEAD = 4
 this many candidates ahead of its distance."""
 RERANK_PREFETCH_BYTES = 4096
 """How much of a candidate row re-ranking prefetches (a 1,024-d float32 row)."""
-
-TAG_LIMIT = 65535
-"""Visited tags are uint16 (half the cache lines of int32 over a graph's nodes, as hnswlib's):
-the array is cleared when the next tag would pass this."""
-
-
-@njit(**INLINE)
-def next_tag(visited, tag):
-    """The tag of the next search over ``visited`` (cleared when the tags run out)."""
-    if tag >= TAG_LIMIT:
-        visited[:] = 0
-        return 1
-    return tag + 1
-
 
 MAX_UPPER = 8
 """Layers above 0 that a node can reach (level draws are clamped): P(level > 8) = M**-9."""
@@ -211,7 +197,7 @@ def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
     res_d = np.empty(ef, np.float32)
     res_i = np.empty(ef, np.int64)
     for q in range(first, QS.shape[0], step):
-        tag = next_tag(visited, tag)
+        tag += 1
         counts[q] = search_one(kind, QS[q], codes, aux, nbr0, upper, uidx, entry, max_level,
                                ef, visited, tag, cand_d, cand_i, res_d, res_i,
                                ok_words, use_ok, two_hop, budget, out_d[q], out_i[q])
@@ -269,7 +255,7 @@ def insert_chunk(kind, X, aux, nodes, levels, nbr0, upper, uidx, entry, max_leve
         ep, ep_d = greedy_descent(kind, qs, X, aux, nbr0, upper, uidx, entry, max_level,
                                   min(lu, max_level))
         for level in range(min(lu, max_level), -1, -1):
-            tag = next_tag(visited, tag)
+            tag += 1
             rsize, _ = search_layer(kind, qs, X, aux, nbr0, upper, uidx, ep, ep_d, level,
                                     efc, visited, tag, cand_d, cand_i, res_d, res_i,
                                     dummy, no, no, unbounded)

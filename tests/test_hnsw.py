@@ -905,22 +905,3 @@ def test_lossy_codecs_loaded_back_keep_no_float32_resident(tmp_path, codec):
         np.testing.assert_array_equal(i0, i1)
         np.testing.assert_array_equal(s0, s1)
         assert np.isfinite(s1).all()
-
-
-def test_visited_tags_wrap_without_changing_results():
-    """Visited tags are uint16: past 65,535 searches the array is cleared and tags restart,
-    and the same queries keep their results."""
-    from quiver.kernels import hnsw as kh
-
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((1500, 8)).astype(np.float32)
-    idx = quiver.index("HNSW8", 8, "l2")
-    idx.add(x)
-    want = idx.search(x[:5], 5)[1]
-    for _ in range(kh.TAG_LIMIT // 1000 + 2):  # each of at most 2 chunks: > 65,535 searches
-        idx.search(np.repeat(x[:1], 2000, axis=0), 5)
-    assert idx._tls.tags.max() <= kh.TAG_LIMIT  # so they wrapped
-    np.testing.assert_array_equal(idx.search(x[:5], 5)[1], want)
-    visited = np.full(4, 9, np.uint16)
-    assert kh.next_tag(visited, kh.TAG_LIMIT) == 1 and not visited.any()
-    assert kh.next_tag(visited, 7) == 8
