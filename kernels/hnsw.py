@@ -126,17 +126,8 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
         c_d, c, csize = _min_pop(cand_d, cand_i, csize)
         if rsize >= ef and c_d > res_d[0]:
             break
-        if csize > 0 and level == 0:
-            # One expansion ahead: the likeliest next node's neighbour list was prefetched
-            # during the last one, so its unvisited neighbours' rows can be started now; the
-            # lists of the two nodes that may follow it (the heap's next two) start loading.
-            for v in nbr0[cand_i[0]]:
-                if v < 0:
-                    break
-                if visited[v] != tag:
-                    prefetch_row(codes, v, PREFETCH_BYTES)
-            for t in range(1, min(csize, 3)):
-                prefetch_row(nbr0, cand_i[t], NEIGHBOURS_PREFETCH_BYTES)
+        if csize > 0 and level == 0:  # the likeliest next node's neighbour list (hnswlib too)
+            prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
         row = neighbors(nbr0, upper, uidx, c, level)
         for v in row:  # start loading the rows whose distances come next
             if v < 0:
