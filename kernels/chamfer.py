@@ -71,6 +71,7 @@ PREFETCH_DOCS = 8
 ahead are prefetched while the current one is scored (up to PREFETCH_BYTES of them)."""
 
 PREFETCH_BYTES = 4096
+"""Of a prefetched document, at most this much (16 float16 rows of 128-d)."""
 
 
 @njit(**INLINE)
