@@ -25,7 +25,8 @@ PREFETCH_BYTES = 256
 
 NEIGHBOURS_PREFETCH_BYTES = 256
 """How much of the next candidate's layer-0 neighbour list a traversal prefetches while it
-scores the current one's neighbours (M=16: 32 int32, 128 bytes)."""
+scores the current one's neighbours: a whole list up to M=32 (64 int32; M=16's is 128
+bytes, and prefetch_row stops at the row's end)."""
 
 RERANK_AHEAD = 4
 """Re-ranking reads candidate rows in an order no prefetcher guesses: each row is prefetched

@@ -366,7 +366,7 @@ class IVFIndex:
             dist, pos = self._exact(q, r, words, use_ok, n_ok, params)
         else:
             dist, pos = self._probe(q, r, nprobe, words, use_ok, params,
-                                    ordered or second is not None)
+                                    ordered and second is None)  # a re-rank sorts anyway
             redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
             if redo.size and nprobe < self.lists:
                 info["fallback_exact"] = int(redo.size)
