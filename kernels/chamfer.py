@@ -281,21 +281,21 @@ _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(**INLINE)
-def _vote_slot(keys, d) -> int:
-    """The slot of document d in the open-addressed table ``keys`` (-1 = empty; size a power
-    of two, never full): where d is, or the empty slot where it goes."""
+def _vote_slot(keys, d, shift) -> int:
+    """The slot of document d in the open-addressed table ``keys`` (-1 = empty; size
+    2**(64 - shift), never full): where d is, or the empty slot where it goes."""
     mask = keys.shape[0] - 1
-    h = np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(40)) & mask
+    h = np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(shift)) & mask
     while keys[h] != -1 and keys[h] != d:
         h = (h + 1) & mask
     return h
 
 
 @njit(**INLINE)
-def _vote(d, s, t, keys, score, cur, stamp, touched, nt) -> int:
+def _vote(d, s, t, keys, shift, score, cur, stamp, touched, nt) -> int:
     """Document d gets similarity s from query token t: its vote is the sum over query
     tokens of the best s each gave it. Returns the count of documents touched so far."""
-    h = _vote_slot(keys, d)
+    h = _vote_slot(keys, d, shift)
     if keys[h] == -1:  # first hit of this query: a new document
         keys[h] = d
         touched[nt] = h
@@ -343,9 +343,9 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     for q in range(qoff.shape[0] - 1):
         most = max(most, (qoff[q + 1] - qoff[q]) * hit_pos.shape[1])
     most = min(most, ndocs)
-    size = 16
+    size, shift = 16, 60
     while size < 2 * most:
-        size *= 2
+        size, shift = size * 2, shift - 1
     keys = np.full(size, -1, np.int64)
     score = np.empty(size, np.float32)
     cur = np.empty(size, np.float32)
@@ -360,7 +360,8 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
                 p = hit_pos[t, j]
                 if p < 0:
                     break
-                nt = _vote(doc_of[p], -hit_dist[t, j], t, keys, score, cur, stamp, touched, nt)
+                nt = _vote(doc_of[p], -hit_dist[t, j], t, keys, shift, score, cur, stamp,
+                           touched, nt)
         _best_voted(keys, score, touched, nt, vd, vi, out_cand[q])
 
 

@@ -101,6 +101,7 @@ def test_unordered_hits_are_the_sorted_ones_in_any_order(data, metric):
     """``search_positions(..., ordered=False)`` (what multi-vector retrieval asks for) skips
     the final sort: the same hits per row, -1 padded at the end, one query or a batch."""
     from quiver.engine.params import SearchParams
+    from quiver.engine.planner import Plan
 
     x, q = data
     full = quiver.index("IVF16,PQ16x4fs", 32, metric)
@@ -109,12 +110,15 @@ def test_unordered_hits_are_the_sorted_ones_in_any_order(data, metric):
     few = quiver.index("IVF8,PQ16x4fs", 32, metric)
     few.train(x)
     few.add(x[:40])  # fewer rows than k: padding
-    params = SearchParams(nprobe=4)
     reordered = False
-    for idx, k in ((full, 25), (few, 45)):
+    for idx, k, nprobe in ((full, 25, 4), (few, 45, 8)):
+        params = SearchParams(nprobe=nprobe)
+        # probe the lists (all of them for ``few``: no exact fallback), never the exact path
+        plan = Plan("traversal", len(idx), len(idx))
         for batch in (q[:1], q):
-            d1, p1, _ = idx.search_positions(batch, k, None, params)
-            d2, p2, _ = idx.search_positions(batch, k, None, params, ordered=False)
+            d1, p1, _ = idx.search_positions(batch, k, None, params, plan)
+            d2, p2, info = idx.search_positions(batch, k, None, params, plan, ordered=False)
+            assert info["strategy"] == "traversal" and info["fallback_exact"] == 0
             for a, b, da, db in zip(p1, p2, d1, d2, strict=True):
                 assert sorted(a.tolist()) == sorted(b.tolist())
                 n = int((b >= 0).sum())

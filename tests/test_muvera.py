@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from quiver.bench.datasets import find_data_file
+from quiver.engine.bitset import Bitset
 from quiver.engine.errors import InvalidArgument
 from quiver.engine.muvera import FDEConfig, FDEEncoder, MultiVectorIndex, ragged
+from quiver.engine.params import SearchParams
+from quiver.engine.tokens import TokenMatrices
 
 import quiver
 
@@ -243,8 +246,9 @@ def test_lvq8_tokens_score_close_to_float_in_half_the_memory_of_f16(corpus, tmp_
 
 @pytest.mark.parametrize("codec", ["f32", "f16", "lvq8"])
 def test_chamfer_kernel_tiles_match_numpy_on_every_length(codec):
-    """The register tiles (two query tokens by four rows, remainders, 64-row blocks) and the
-    candidate prefetch score every shape as NumPy does on the stored (decoded) tokens."""
+    """The register tiles (two query tokens by four rows, remainders, 64-row blocks) score
+    every shape as NumPy does on the stored (decoded) tokens, over all documents and over
+    explicit candidate rows (the path that prefetches documents ahead)."""
     rng = np.random.default_rng(11)
     docs = [rng.standard_normal((n, 24)).astype(np.float32)
             for n in (1, 2, 3, 4, 5, 7, 63, 64, 65, 130, 9, 1)]
@@ -254,7 +258,43 @@ def test_chamfer_kernel_tiles_match_numpy_on_every_length(codec):
     for nq in (1, 2, 3, 5, 8):
         q = rng.standard_normal((nq, 24)).astype(np.float32)
         want = np.array([(q.astype(np.float64) @ d.T).max(axis=1).sum() for d in stored])
-        scores, ids = idx.search(q, len(docs), exact=True)
-        order = np.argsort(-want, kind="stable")
-        np.testing.assert_allclose(scores, want[order], rtol=1e-4, atol=1e-3 * nq)
+        scores, ids = idx.search(q, len(docs), exact=True)  # every document, in order
         assert sorted(ids.tolist()) == list(range(len(docs)))
+        np.testing.assert_allclose(scores, want[ids], rtol=1e-4, atol=1e-3 * nq)
+        assert (np.diff(scores) <= 1e-6).all()
+        # explicit candidate rows (a filter): the look-ahead prefetch path, -1 padding
+        allowed = np.array([0, 2, 6, 7, 8, 9, 10], np.int64)
+        tm = TokenMatrices(q, np.array([0, nq], np.int64))
+        dist, pos, _ = idx.search_positions(tm, 5, Bitset.from_positions(allowed, len(docs)),
+                                            SearchParams(exact=True))
+        assert np.isin(pos[0], allowed).all()
+        np.testing.assert_allclose(-dist[0], want[pos[0]], rtol=1e-4, atol=1e-3 * nq)
+        assert set(pos[0]) == set(allowed[np.argsort(-want[allowed], kind="stable")[:5]])
+
+
+@pytest.mark.parametrize("retrieval", ["fde", "tokens"])
+def test_candidates_from_a_fast_scan_are_gathered_unordered(corpus, retrieval, monkeypatch):
+    """Over an IVF index the candidates are asked for unordered (they are re-scored): the
+    same results as sorted candidates give; token retrieval with every token a hit and a
+    third of the documents re-ranked finds the exact top 5."""
+    docs, queries = corpus
+    idx = quiver.MultiVectorIndex(DIM, index="IVF4,PQ8x4fs", retrieval=retrieval,
+                                  token_hits=2000, fde={"k_sim": 2, "d_proj": 8, "r_reps": 2})
+    idx.add(docs)
+    seen = []
+    inner = idx.fdes.search_positions
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("ordered"))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(idx.fdes, "search_positions", spy)
+    got = idx.search(queries, 5, candidates=len(docs) // 3, nprobe=4)
+    assert seen and all(o is False for o in seen)
+    monkeypatch.setattr(MultiVectorIndex, "_any_order", lambda self: {})
+    sorted_got = idx.search(queries, 5, candidates=len(docs) // 3, nprobe=4)
+    assert seen[-1] is None  # this time sorted
+    for a, b in zip(got, sorted_got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if retrieval == "tokens":
+        np.testing.assert_array_equal(got[1], idx.search(queries, 5, exact=True)[1])
