@@ -168,66 +168,14 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
 
 
 @njit(**JIT)
-def search_layer0_pairs(kind, qs, codes, aux, nbr0, ep, ep_d, ef, visited, tag, cand_d, cand_i,
-                        res_d, res_i, batch):
-    """Unfiltered layer-0 beam search that expands the two closest candidates per step: both
-    neighbour lists are read and all their unvisited rows prefetched before any distance, so
-    two expansions' memory latencies overlap (a traversal waits on memory, not on distance
-    arithmetic). ``batch``: scratch of 2 * nbr0.shape[1] ids. Returns the result count."""
-    csize = _min_push(cand_d, cand_i, 0, ep_d, ep)
-    rsize = heap_push(res_d, res_i, 0, ep_d, ep)
-    visited[ep] = tag
-    while csize > 0:
-        c_d, c, csize = _min_pop(cand_d, cand_i, csize)
-        if rsize >= ef and c_d > res_d[0]:
-            break
-        c2 = -1
-        if csize > 0 and not (rsize >= ef and cand_d[0] > res_d[0]):
-            _, c2, csize = _min_pop(cand_d, cand_i, csize)
-        nb = 0
-        for v in nbr0[c]:
-            if v < 0:
-                break
-            if visited[v] != tag:
-                visited[v] = tag
-                prefetch_row(codes, v, PREFETCH_BYTES)
-                batch[nb] = v
-                nb += 1
-        if c2 >= 0:
-            for v in nbr0[c2]:
-                if v < 0:
-                    break
-                if visited[v] != tag:
-                    visited[v] = tag
-                    prefetch_row(codes, v, PREFETCH_BYTES)
-                    batch[nb] = v
-                    nb += 1
-        if csize > 0:  # the likeliest next node's neighbour list
-            prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
-        for t in range(nb):
-            v = batch[t]
-            d = codec_distance(kind, qs, codes, aux, v)
-            if rsize < ef or d < res_d[0]:
-                csize = _min_push(cand_d, cand_i, csize, d, v)
-                rsize = heap_push(res_d, res_i, rsize, d, v)
-    return rsize
-
-
-@njit(**JIT)
 def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, visited, tag,
                cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget, out_d, out_i):
     """Full HNSW query: greedy descent, then layer-0 beam search; writes the best
     len(out_d) results ascending. Returns the result count, or -1 if the budget ran out."""
     layer0 = np.int64(0)  # not a literal 0: one compiled callee for every call site
     ep, ep_d = greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, layer0)
-    if use_ok:
-        rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, layer0, ef,
-                                visited, tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok,
-                                two_hop, budget)
-    else:
-        rsize = search_layer0_pairs(kind, qs, codes, aux, nbr0, ep, ep_d, ef, visited, tag,
-                                    cand_d, cand_i, res_d, res_i,
-                                    np.empty(2 * nbr0.shape[1], np.int64))
+    rsize, _ = search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, layer0, ef, visited,
+                            tag, cand_d, cand_i, res_d, res_i, ok_words, use_ok, two_hop, budget)
     if rsize < 0:
         return -1
     k = out_d.shape[0]
