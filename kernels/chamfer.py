@@ -281,11 +281,17 @@ _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(**INLINE)
+def _vote_home(d, shift, size) -> int:
+    """Document d's home slot in a vote table of ``size`` = 2**(64 - shift) slots."""
+    return np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(shift)) & (size - 1)
+
+
+@njit(**INLINE)
 def _vote_slot(keys, d, shift) -> int:
     """The slot of document d in the open-addressed table ``keys`` (-1 = empty; size
     2**(64 - shift), never full): where d is, or the empty slot where it goes."""
     mask = keys.shape[0] - 1
-    h = np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(shift)) & mask
+    h = _vote_home(d, shift, keys.shape[0])
     while keys[h] != -1 and keys[h] != d:
         h = (h + 1) & mask
     return h
@@ -331,6 +337,13 @@ def _best_voted(keys, score, touched, nt, vd, vi, out) -> None:
         keys[touched[i]] = -1
 
 
+VOTE_AHEAD = 16
+"""Token votes prefetch the document number of the hit this many places ahead, and the vote
+slot of the hit half as far ahead. Right after the token search neither the ``doc_of`` array
+nor the table is in cache, and without this each hit waits on two misses (71-77 us a query of
+720 hits in the WordNet pipeline, against 28 us with the same hits in cache)."""
+
+
 @njit(**JIT)
 def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     """Candidate documents from token-level nearest neighbours: for query q (token rows
@@ -339,9 +352,10 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     its Chamfer score; the best ``out_cand.shape[1]`` documents by vote go to out_cand[q]
     (-1 padded). The votes live in a hash table sized by the hits, not by the ``ndocs``
     documents, so a query costs the same in a collection of any size."""
+    h = hit_pos.shape[1]
     most = 1
     for q in range(qoff.shape[0] - 1):
-        most = max(most, (qoff[q + 1] - qoff[q]) * hit_pos.shape[1])
+        most = max(most, (qoff[q + 1] - qoff[q]) * h)
     most = min(most, ndocs)
     size, shift = 16, 60
     while size < 2 * most:
@@ -353,14 +367,25 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     touched = np.empty(most + 1, np.int64)
     vd = np.empty(most + 1, np.float32)
     vi = np.empty(most + 1, np.int64)
+    pos = hit_pos.reshape(-1)  # the hits are C-contiguous rows, -1 padded at their ends
+    dist = hit_dist.reshape(-1)
+    docs = doc_of.reshape((doc_of.shape[0], 1))
+    keys2 = keys.reshape((size, 1))
+    half = VOTE_AHEAD // 2
     for q in range(qoff.shape[0] - 1):
         nt = 0
-        for t in range(qoff[q], qoff[q + 1]):
-            for j in range(hit_pos.shape[1]):
-                p = hit_pos[t, j]
-                if p < 0:
-                    break
-                nt = _vote(doc_of[p], -hit_dist[t, j], t, keys, shift, score, cur, stamp,
+        f0, f1 = qoff[q] * h, qoff[q + 1] * h
+        for f in range(f0, min(f1, f0 + VOTE_AHEAD)):
+            if pos[f] >= 0:
+                prefetch_row(docs, pos[f], 8)
+        for f in range(f0, f1):
+            p = pos[f]
+            if f + VOTE_AHEAD < f1 and pos[f + VOTE_AHEAD] >= 0:
+                prefetch_row(docs, pos[f + VOTE_AHEAD], 8)
+            if f + half < f1 and pos[f + half] >= 0:
+                prefetch_row(keys2, _vote_home(doc_of[pos[f + half]], shift, size), 8)
+            if p >= 0:
+                nt = _vote(doc_of[p], -dist[f], f // h, keys, shift, score, cur, stamp,
                            touched, nt)
         _best_voted(keys, score, touched, nt, vd, vi, out_cand[q])
 

@@ -34,6 +34,8 @@ def _pool() -> ThreadPoolExecutor:
 
 def chunk_count(items: int) -> int:
     """How many chunks a call over ``items`` independent items should use."""
+    if items <= 1:  # one query a call: skip asking Numba (a few microseconds)
+        return 1
     return max(1, min(int(numba.get_num_threads()), items))
 
 
