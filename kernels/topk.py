@@ -80,35 +80,43 @@ def _sift_pairs(d: np.ndarray, i: np.ndarray, size: int, pos: int) -> None:
 def select_smallest(d: np.ndarray, i: np.ndarray, size: int, k: int) -> float:
     """Reorder d[:size] in place, carrying i, so that d[:k] hold its k smallest (in no order);
     returns the largest of those. Quickselect: what a reservoir of candidates costs per
-    refill, instead of a heap operation per candidate."""
+    refill, instead of a heap operation per candidate. The partition is branchless (every
+    element swapped with the boundary, which advances when the element is below the pivot):
+    the comparisons are coin flips a branch predictor loses, and 192 candidates to 96 took
+    1.25 us against 2.5 us with Hoare's branching partition."""
     lo, hi = 0, size - 1
     want = k - 1
     while lo < hi:
         mid = (lo + hi) >> 1
         a, b, c = d[lo], d[mid], d[hi]
         pivot = max(min(a, b), min(max(a, b), c))  # median of three
-        s, e = lo, hi
-        while s <= e:
-            while d[s] < pivot:
-                s += 1
-            while d[e] > pivot:
-                e -= 1
-            if s <= e:
-                dv, iv = d[s], i[s]
-                d[s], i[s] = d[e], i[e]
-                d[e], i[e] = dv, iv
-                s += 1
-                e -= 1
-        if want <= e:
-            hi = e
-        elif want >= s:
-            lo = s
+        store = _partition(d, i, lo, hi, pivot, False)
+        if store == lo:  # nothing below the pivot, the minimum: split off its copies
+            store = _partition(d, i, lo, hi, pivot, True)
+            if want < store:
+                break
+            lo = store
+        elif want < store:
+            hi = store - 1
         else:
-            break
+            lo = store
     top = d[0]
     for t in range(1, k):
         top = max(top, d[t])
     return top
+
+
+@njit(**INLINE)
+def _partition(d, i, lo, hi, pivot, inclusive) -> int:
+    """Move the elements of d[lo:hi + 1] below ``pivot`` (or equal to it, if ``inclusive``)
+    to the front, carrying i; returns where the others start."""
+    store = lo
+    for j in range(lo, hi + 1):
+        v, x = d[j], i[j]
+        d[j], i[j] = d[store], i[store]
+        d[store], i[store] = v, x
+        store += (v <= pivot) if inclusive else (v < pivot)
+    return store
 
 
 @njit(**JIT)

@@ -199,6 +199,12 @@ def test_select_smallest_keeps_the_k_smallest():
         np.testing.assert_array_equal(np.sort(dd[:k]), np.sort(d)[:k])
         np.testing.assert_array_equal(d[ii], dd)  # ids carried along
         assert top == np.sort(d)[k - 1]
+    for d in (np.full(60, 3.0, np.float32), np.r_[np.full(40, 1.0), np.full(20, 2.0)]):
+        d = d.astype(np.float32)  # the pivot is the minimum: its copies are split off
+        dd, ii = d.copy(), np.arange(60, dtype=np.int64)
+        assert select_smallest(dd, ii, 60, 45) == np.sort(d)[44]
+        np.testing.assert_array_equal(np.sort(dd[:45]), np.sort(d)[:45])
+        assert sorted(ii) == list(range(60))
 
 
 def test_trained_empty_fast_scan_reloads_and_ivfpq_refuses_4bit(tmp_path: Path, data):
