@@ -344,12 +344,33 @@ nor the table is in cache, and without this each hit waits on two misses (71-77 
 720 hits in the WordNet pipeline, against 28 us with the same hits in cache)."""
 
 
+VOTE_MISSING = np.float32(0.5)
+"""A query token that did not retrieve any of a document's tokens adds this share of its worst
+retrieved similarity to the document's vote (XTR's imputation adds all of it; 0 would add
+nothing). WordNet tokens over IVF512,PQ64x4fs, 96 hits, nprobe 16, recall@10 at 60/80/100
+candidates: 0.913/0.938/0.955 with 0, 0.929/0.949/0.959 with 0.5, 0.927/0.947/0.959 with 0.75,
+0.876/0.909/0.930 with 1; over HNSW16,SQ8 with 48 hits 0 and 0.5 tie (0.948 at 100)."""
+
+
+@njit(**INLINE)
+def _worst_hit(pos, dist, f, h):
+    """The largest distance among the hits in pos[f:f + h] (-1 padded)."""
+    worst = np.float32(-np.inf)
+    for j in range(f, f + h):
+        if pos[j] < 0:
+            break
+        worst = max(worst, dist[j])
+    return worst
+
+
 @njit(**JIT)
 def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
     """Candidate documents from token-level nearest neighbours: for query q (token rows
-    qoff[q]:qoff[q+1] of the hit matrices), a document's vote is the sum over query tokens of
-    the best similarity (-distance) among its tokens that token retrieved, a lower bound of
-    its Chamfer score; the best ``out_cand.shape[1]`` documents by vote go to out_cand[q]
+    qoff[q]:qoff[q+1] of the hit matrices), a document's vote estimates its Chamfer score,
+    summed over the query tokens: the best similarity (-distance) among its tokens that the
+    token retrieved, or, where it retrieved none, ``VOTE_MISSING`` times the token's worst
+    retrieved similarity (each token's sum is shifted by that constant, so only retrieved
+    tokens are tallied). The best ``out_cand.shape[1]`` documents by vote go to out_cand[q]
     (-1 padded). The votes live in a hash table sized by the hits, not by the ``ndocs``
     documents, so a query costs the same in a collection of any size."""
     h = hit_pos.shape[1]
@@ -378,15 +399,18 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
         for f in range(f0, min(f1, f0 + VOTE_AHEAD)):
             if pos[f] >= 0:
                 prefetch_row(docs, pos[f], 8)
+        floor = np.float32(0.0)
         for f in range(f0, f1):
             p = pos[f]
+            if f % h == 0:  # a new query token: its worst hit
+                floor = _worst_hit(pos, dist, f, h)
             if f + VOTE_AHEAD < f1 and pos[f + VOTE_AHEAD] >= 0:
                 prefetch_row(docs, pos[f + VOTE_AHEAD], 8)
             if f + half < f1 and pos[f + half] >= 0:
                 prefetch_row(keys2, _vote_home(doc_of[pos[f + half]], shift, size), 8)
             if p >= 0:
-                nt = _vote(doc_of[p], -dist[f], f // h, keys, shift, score, cur, stamp,
-                           touched, nt)
+                nt = _vote(doc_of[p], VOTE_MISSING * floor - dist[f], f // h, keys, shift,
+                           score, cur, stamp, touched, nt)
         _best_voted(keys, score, touched, nt, vd, vi, out_cand[q])
 
 

@@ -183,10 +183,11 @@ def test_token_retrieval_votes_then_reranks(corpus, tmp_path):
 
 
 def test_token_votes_equal_a_python_tally():
-    """Each document's vote is the sum over query tokens of its best hit's similarity; the
-    best-voted documents come out, with the -1 padding of short hit rows skipped. Queries of
-    1 to 9 tokens of 40 hits cross the prefetch distance and the table's growth."""
-    from quiver.kernels.chamfer import token_votes
+    """Each document's vote sums over query tokens its best hit's similarity, or a share of
+    the token's worst hit where the token found none of its tokens; the best-voted documents
+    come out, with the -1 padding of short hit rows skipped. Queries of 1 to 9 tokens of 40
+    hits cross the prefetch distance and the table's growth."""
+    from quiver.kernels.chamfer import VOTE_MISSING, token_votes
 
     rng = np.random.default_rng(11)
     ndocs = 500
@@ -201,15 +202,17 @@ def test_token_votes_equal_a_python_tally():
     cand = np.empty((6, 25), np.int64)
     token_votes(doc_of, pos, dist, qoff, ndocs, cand)
     for q in range(6):
-        votes: dict[int, float] = {}
+        best = []
         for t in range(qoff[q], qoff[q + 1]):
-            best: dict[int, float] = {}
+            found: dict[int, float] = {}
             for p, d in zip(pos[t], dist[t], strict=True):
                 if p >= 0:
                     doc = int(doc_of[p])
-                    best[doc] = max(best.get(doc, -np.inf), -float(d))
-            for doc, s in best.items():
-                votes[doc] = votes.get(doc, 0.0) + s
+                    found[doc] = max(found.get(doc, -np.inf), -float(d))
+            missing = float(VOTE_MISSING) * -float(dist[t][pos[t] >= 0].max())
+            best.append((found, missing))
+        votes = {doc: sum(found.get(doc, missing) for found, missing in best)
+                 for found, _ in best for doc in found}
         want = sorted(votes, key=lambda doc: -votes[doc])[:25]
         got = cand[q][cand[q] >= 0]
         assert set(got) == set(want)
