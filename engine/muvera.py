@@ -365,7 +365,7 @@ class MultiVectorIndex:
                                   out_d, out_i, first, step)
 
         run_chunks(rerank, chunk_count(nq))
-        short = np.flatnonzero((out_i >= 0).sum(axis=1) < min(k, n_ok))
+        short = np.flatnonzero(out_i[:, min(k, n_ok) - 1] < 0)  # results are -1 padded
         if short.size and not exact:  # too few candidates found: score those exactly
             info["fallback_exact"] = int(short.size)
             d, i, _ = self.search_positions(q[short], k, bits, replace(params, exact=True))

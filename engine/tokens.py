@@ -112,10 +112,14 @@ def as_token_matrices(value: Any, dim: int, what: str) -> TokenMatrices:
                 raise InvalidArgument(f"{what}[{i}]: {m.shape[0]} tokens; 1 to {MAX_TOKENS} "
                                       f"allowed")
             mats.append(m)
-        tokens = (np.ascontiguousarray(np.concatenate(mats), np.float32) if mats
-                  else np.zeros((0, dim), np.float32))
-        offsets = np.zeros(len(mats) + 1, np.int64)
-        np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
+        if len(mats) == 1:  # one query: no concatenation
+            tokens = np.ascontiguousarray(mats[0])
+            offsets = np.array([0, tokens.shape[0]], np.int64)
+        else:
+            tokens = (np.ascontiguousarray(np.concatenate(mats), np.float32) if mats
+                      else np.zeros((0, dim), np.float32))
+            offsets = np.zeros(len(mats) + 1, np.int64)
+            np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
     if not np.isfinite(tokens).all():
         bad = int(np.searchsorted(offsets, np.flatnonzero(~np.isfinite(tokens).all(1))[0],
                                   side="right") - 1)

@@ -367,8 +367,9 @@ class IVFIndex:
         else:
             dist, pos = self._probe(q, r, nprobe, words, use_ok, params,
                                     ordered and second is None)  # a re-rank sorts anyway
-            redo = np.flatnonzero((pos >= 0).sum(axis=1) < min(k, n_ok))
-            if redo.size and nprobe < self.lists:
+            need = min(k, n_ok)
+            redo = np.flatnonzero(pos[:, need - 1] < 0) if need else ()  # -1 padded at the end
+            if len(redo) and nprobe < self.lists:
                 info["fallback_exact"] = int(redo.size)
                 dist[redo], pos[redo] = self._exact(q[redo], r, words, use_ok, n_ok, params)
         if second is not None and n:
