@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.muvera import FDEConfig, MultiVectorIndex
+from ..engine.muvera import TOKEN_HITS, FDEConfig, MultiVectorIndex
 from .datasets import find_data_file, load_multivector
 
 TOKEN_FILE = "wordnet-minilm-tokens-128.hdf5"
@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval", default="fde", choices=("fde", "tokens"),
                    help="candidates from FDEs (MUVERA) or from each query token's nearest "
                         "document tokens")
-    p.add_argument("--token-hits", type=int, default=16,
-                   help="tokens fetched per query token (--retrieval tokens)")
+    p.add_argument("--token-hits", type=int, default=TOKEN_HITS,
+                   help=f"tokens fetched per query token (--retrieval tokens; default {TOKEN_HITS})")
     p.add_argument("--ef", type=int, help="beam width of the candidate search (HNSW)")
     p.add_argument("--tokens", default="f16", choices=("f16", "f32", "lvq8"),
                    help="how document tokens are stored")

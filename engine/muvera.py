@@ -42,8 +42,11 @@ QUERY_TOKENS = 32
 """Query tokens the cost model assumes when it is not told (ColBERT's query length)."""
 CHAMFER_BYTES_PER_MAC = 0.8
 """Cost model: one multiply-add of exact Chamfer, in bytes of a float32 scan."""
-TOKEN_HITS = 16
-"""Token retrieval: nearest document tokens fetched per query token."""
+TOKEN_HITS = 64
+"""Token retrieval: nearest document tokens fetched per query token. WordNet tokens (10,000
+documents, 2% re-ranked), recall@10 with 16 / 32 / 64 / 96 hits: 0.871 / 0.950 / 0.982 /
+0.990 over HNSW16, 0.851 / 0.938 / 0.971 / 0.981 over IVF512,PQ64x4fs, where 64 hits cost
+17% of the queries per second that 16 do (HNSW16: none)."""
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec, "lvq8": lambda dim: LVQCodec(dim, 8)}
 """How document tokens are kept: float16 (default), float32, or LVQ-8 (a byte a dimension plus
 a per-token bias and step, centred on the mean of the first tokens added)."""
