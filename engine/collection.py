@@ -60,7 +60,8 @@ class VectorField:
     point holds in it: a dense vector, or (``"multi"``) a matrix of token vectors scored by
     MaxSim, whose ``index`` is the dense index its candidates come from: over their MUVERA
     encodings (``retrieval`` "fde", ``fde``: its ``FDEConfig`` keys) or over every token
-    (``retrieval`` "tokens"); its tokens are kept as ``tokens`` (f16 or f32), pooled to
+    (``retrieval`` "tokens", ``token_hits`` tokens found per query token); its tokens are kept
+    as ``tokens`` (f16, f32 or lvq8), pooled to
     1 / ``pool_factor`` of them as they are written when that is above 1. ``device``
     (dense fields): ``"cuda"`` / ``"cuda:<n>"`` builds and serves the sealed segments' index
     with faiss on that GPU (``engine.index.gpu``); None is the CPU."""
@@ -74,6 +75,7 @@ class VectorField:
     retrieval: str | None = None
     pool_factor: int | None = None
     device: str | None = None
+    token_hits: int | None = None
 
     @classmethod
     def parse(cls, value: Any, where: str) -> VectorField:
@@ -90,7 +92,7 @@ class VectorField:
                                   f"{type(value).__name__}")
         value = dict(value)
         known = {"dim", "metric", "index", "kind", "multivector", "fde", "tokens", "retrieval",
-                 "pool_factor", "device"}
+                 "pool_factor", "device", "token_hits"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise InvalidArgument(f"{where or 'collection'}: unknown key(s) {unknown}; known: "
@@ -115,7 +117,7 @@ class VectorField:
         spec = value.get("index", "HNSW16,F32")
         device = device_name(parse_device(value.get("device"), f"{pre}device"))
         if kind == "dense":
-            for key in ("fde", "tokens", "retrieval", "pool_factor"):
+            for key in ("fde", "tokens", "retrieval", "pool_factor", "token_hits"):
                 if value.get(key) is not None:
                     raise InvalidArgument(f"{pre}{key}: only for multi-vector fields "
                                           f"(multivector: 'max_sim')")
@@ -143,13 +145,18 @@ class VectorField:
         pool = 1 if pool is None else pool
         if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
             raise InvalidArgument(f"{pre}pool_factor: expected a positive integer, got {pool!r}")
-        options = {"fde": fde, "tokens": tokens, "retrieval": retrieval}
+        hits = value.get("token_hits")
+        if hits is not None and retrieval != "tokens":
+            raise InvalidArgument(f"{pre}token_hits: only with retrieval 'tokens' (this field's "
+                                  f"candidates come from {retrieval!r})")
+        options = {"fde": fde, "tokens": tokens, "retrieval": retrieval,
+                   **({"token_hits": hits} if hits is not None else {})}
         try:
             field_index(FieldSpec(dim, "ip", spec, kind, options))
         except InvalidArgument as exc:
             raise InvalidArgument(f"{pre}{exc}") from None
         return cls(dim, metric, spec, kind, dict(fde) if fde else None, tokens, retrieval,
-                   pool if pool != 1 else None)
+                   pool if pool != 1 else None, token_hits=hits)
 
 
 @dataclass
@@ -477,7 +484,8 @@ class Collection(CollectionSchema):
             if device is not None:  # sealed segments build (and serve) on that GPU
                 options["device"] = device
             if f.kind == "multi":
-                options = {"fde": f.fde, "tokens": f.tokens, "retrieval": f.retrieval, **options}
+                options = {"fde": f.fde, "tokens": f.tokens, "retrieval": f.retrieval, **options,
+                           **({"token_hits": f.token_hits} if f.token_hits is not None else {})}
             out[name] = FieldSpec(f.dim, self._metrics[name].kernel_metric, spec, f.kind,
                                   options, self._learn_queries(name))
         return out

@@ -57,6 +57,9 @@ class VectorParams(_Strict):
     fde: dict[str, int] | None = Field(
         None, description='MUVERA parameters, e.g. {"k_sim": 4, "d_proj": 16, "r_reps": 20}.')
     tokens: Literal["f16", "f32", "lvq8"] | None = Field(None, description="How tokens are stored.")
+    token_hits: int | None = Field(
+        None, ge=1, le=4096, description="With retrieval 'tokens': document tokens found per "
+                                         "query token (default 64).")
     pool_factor: int | None = Field(
         None, ge=1, le=64, description="Keep 1/pool_factor of each document's tokens, "
                                        "similar ones merged.")

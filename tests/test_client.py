@@ -615,3 +615,19 @@ def test_multi_vector_fields_over_rest_match_the_embedded_database(server, tmp_p
         finally:
             c.drop_collection("late-interaction")
             db.close()
+
+
+def test_token_hits_over_rest(server):
+    """A token-retrieval field's ``token_hits`` is taken, reported and checked over REST."""
+    field = {"dim": 8, "multivector": "max_sim", "index": "HNSW16", "retrieval": "tokens"}
+    url = f"{server.url}/collections"
+    try:
+        r = httpx.put(f"{url}/hits", json={"vectors": {"mv": {**field, "token_hits": 12}}})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["vectors"]["mv"]["token_hits"] == 12
+        for bad in ({**field, "token_hits": 0}, {**field, "retrieval": "fde", "token_hits": 12}):
+            r = httpx.put(f"{url}/hits-bad", json={"vectors": {"mv": bad}})
+            assert r.status_code in (400, 422) and "token_hits" in r.text, r.text
+    finally:
+        httpx.delete(f"{url}/hits")
+        httpx.delete(f"{url}/hits-bad")

@@ -157,3 +157,33 @@ def test_token_rows_travel_in_frames():
     assert isinstance(tm, TokenMatrices) and rows is None and len(tm) == 5
     np.testing.assert_array_equal(tm.doc(3), docs[3])
     np.testing.assert_array_equal(x[[4, 0]].doc(0), docs[4])
+
+
+def test_token_hits_reach_sealed_segments_and_survive_a_restart(tmp_path):
+    rng = np.random.default_rng(9)
+    docs = _docs(rng, 150)
+    field = {**FIELD, "retrieval": "tokens", "token_hits": 24}
+    db = quiver.connect(tmp_path)
+    with pytest.raises(quiver.InvalidArgument, match=r"'mv'\]\.token_hits: only with retrieval "
+                                                     r"'tokens'"):
+        db.create_collection("x", vectors={"mv": {**FIELD, "token_hits": 24}})
+    with pytest.raises(quiver.InvalidArgument, match=r"token_hits: expected a positive integer"):
+        db.create_collection("x", vectors={"mv": {**field, "token_hits": 0}})
+    with pytest.raises(quiver.InvalidArgument, match=r"'d'\]\.token_hits: only for multi-vector"):
+        db.create_collection("x", vectors={"d": {"dim": 4, "token_hits": 8}})
+    col = db.create_collection("mv", vectors={"mv": field}, segment_size=60)
+    col.upsert(ids=list(range(150)), vectors={"mv": docs})
+    col.flush()
+    col.wait_indexed()
+    sealed = [seg.fields["mv"].index for seg in col._segments if seg.fields["mv"].index.fdes]
+    assert sealed and all(ix.token_hits == 24 for ix in sealed)
+    q = docs[7]
+    want, _ = _chamfer_top(q, docs, 5)
+    assert col.search(q, k=5, using="mv")[0].id == want[0]
+    db.close()
+    db = quiver.connect(tmp_path)
+    col = db.get_collection("mv")
+    assert col.info()["vectors"]["mv"]["token_hits"] == 24
+    assert all(seg.fields["mv"].index.token_hits == 24 for seg in col._segments
+               if seg.fields["mv"].index.fdes)
+    db.close()
