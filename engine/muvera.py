@@ -37,7 +37,7 @@ from .vectors import VectorStore
 RETRIEVALS = ("fde", "tokens")
 """Where candidates come from: MUVERA FDEs of whole documents in a dense index, or the
 nearest document tokens of each query token (a dense index over all tokens; documents voted
-by the sum of their best hits, a lower bound of their Chamfer score)."""
+by the sum of their best hits, ``kernels.chamfer.token_votes``)."""
 QUERY_TOKENS = 32
 """Query tokens the cost model assumes when it is not told (ColBERT's query length)."""
 CHAMFER_BYTES_PER_MAC = 0.8
@@ -46,7 +46,9 @@ TOKEN_HITS = 64
 """Token retrieval: nearest document tokens fetched per query token. WordNet tokens (10,000
 documents, 2% re-ranked), recall@10 with 16 / 32 / 64 / 96 hits: 0.871 / 0.950 / 0.982 /
 0.990 over HNSW16, 0.851 / 0.938 / 0.971 / 0.981 over IVF512,PQ64x4fs, where 64 hits cost
-17% of the queries per second that 16 do (HNSW16: none)."""
+about 17% of the queries per second that 16 do (one pass each; HNSW16: none)."""
+MAX_TOKEN_HITS = 4096
+"""The most tokens a query token may fetch (REST's limit too)."""
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec, "lvq8": lambda dim: LVQCodec(dim, 8)}
 """How document tokens are kept: float16 (default), float32, or LVQ-8 (a byte a dimension plus
 a per-token bias and step, centred on the mean of the first tokens added)."""
@@ -186,6 +188,8 @@ class MultiVectorIndex:
         for name, v in (("token_hits", token_hits), ("pool_factor", pool_factor)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgument(f"{name}: expected a positive integer, got {v!r}")
+        if token_hits > MAX_TOKEN_HITS:  # each query token's search allocates by it
+            raise InvalidArgument(f"token_hits: at most {MAX_TOKEN_HITS}, got {token_hits}")
         self.pool_factor = int(pool_factor)
         """Documents keep ceil(n / pool_factor) tokens, similar ones merged (token pooling);
         queries keep theirs."""

@@ -399,18 +399,17 @@ def token_votes(doc_of, hit_pos, hit_dist, qoff, ndocs, out_cand) -> None:
         for f in range(f0, min(f1, f0 + VOTE_AHEAD)):
             if pos[f] >= 0:
                 prefetch_row(docs, pos[f], 8)
-        floor = np.float32(0.0)
-        for f in range(f0, f1):
-            p = pos[f]
-            if f % h == 0:  # a new query token: its worst hit
-                floor = _worst_hit(pos, dist, f, h)
-            if f + VOTE_AHEAD < f1 and pos[f + VOTE_AHEAD] >= 0:
-                prefetch_row(docs, pos[f + VOTE_AHEAD], 8)
-            if f + half < f1 and pos[f + half] >= 0:
-                prefetch_row(keys2, _vote_home(doc_of[pos[f + half]], shift, size), 8)
-            if p >= 0:
-                nt = _vote(doc_of[p], VOTE_MISSING * floor - dist[f], f // h, keys, shift,
-                           score, cur, stamp, touched, nt)
+        for t in range(qoff[q], qoff[q + 1]):
+            missing = VOTE_MISSING * _worst_hit(pos, dist, t * h, h)
+            for f in range(t * h, (t + 1) * h):
+                if f + VOTE_AHEAD < f1 and pos[f + VOTE_AHEAD] >= 0:
+                    prefetch_row(docs, pos[f + VOTE_AHEAD], 8)
+                if f + half < f1 and pos[f + half] >= 0:
+                    prefetch_row(keys2, _vote_home(doc_of[pos[f + half]], shift, size), 8)
+                p = pos[f]
+                if p >= 0:
+                    nt = _vote(doc_of[p], missing - dist[f], t, keys, shift, score, cur, stamp,
+                               touched, nt)
         _best_voted(keys, score, touched, nt, vd, vi, out_cand[q])
 
 

@@ -169,6 +169,8 @@ def test_token_hits_reach_sealed_segments_and_survive_a_restart(tmp_path):
         db.create_collection("x", vectors={"mv": {**FIELD, "token_hits": 24}})
     with pytest.raises(quiver.InvalidArgument, match=r"token_hits: expected a positive integer"):
         db.create_collection("x", vectors={"mv": {**field, "token_hits": 0}})
+    with pytest.raises(quiver.InvalidArgument, match=r"token_hits: at most 4096"):
+        db.create_collection("x", vectors={"mv": {**field, "token_hits": 10**9}})
     with pytest.raises(quiver.InvalidArgument, match=r"'d'\]\.token_hits: only for multi-vector"):
         db.create_collection("x", vectors={"d": {"dim": 4, "token_hits": 8}})
     col = db.create_collection("mv", vectors={"mv": field}, segment_size=60)
