@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from ..kernels import chamfer as kc
+from ..kernels import topk as kt
 from ..kernels.chunks import chunk_count, run_chunks
 from . import planner
 from .bitset import Bitset
 from .codecs import F16Codec, F32Codec, LVQCodec
 from .errors import CorruptData, InvalidArgument
+from .index.base import finish_results
 from .index.registry import index as make_index
 from .index.registry import load_index, parse_index_spec
 from .metric import Metric
@@ -52,8 +54,9 @@ MAX_TOKEN_HITS = 4096
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec, "lvq8": lambda dim: LVQCodec(dim, 8)}
 """How document tokens are kept: float16 (default), float32, or LVQ-8 (a byte a dimension plus
 a per-token bias and step, centred on the mean of the first tokens added)."""
-"""How document tokens are stored: float16 (default; bits as uint16) or float32."""
 _F16_MAX = 65504.0
+_NO_AUX, _NO_MEAN = np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+"""What the Chamfer kernel takes for the LVQ aux rows and mean of tokens that have none."""
 
 FDE_VERSION = 2
 """Bumped whenever the encoding changes, so an index never mixes two encodings."""
@@ -288,9 +291,7 @@ class MultiVectorIndex:
         params = SearchParams.parse(None, candidates=candidates, exact=exact, ef=ef,
                                     nprobe=nprobe)
         dist, pos, _ = self.search_positions(TokenMatrices(tokens, offsets), k, None, params)
-        scores = np.where(pos >= 0, -dist, -np.inf).astype(np.float32)
-        ids = np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
-        return (scores[0], ids[0]) if single else (scores, ids)
+        return finish_results(self.metric, dist, pos, self._ids, single)
 
     # --- the segment interface -------------------------------------------------------
 
@@ -334,10 +335,10 @@ class MultiVectorIndex:
                               bits is not None if filtered is None else filtered,
                               query_tokens=q.tokens.shape[0] / max(nq, 1))
         info = plan.explain()
-        out_d = np.full((nq, k), np.inf, np.float32)
-        out_i = np.full((nq, k), -1, np.int64)
         if not len(self) or not n_ok or not nq:
-            return out_d, out_i, info
+            return np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64), info
+        out_d = np.empty((nq, k), np.float32)  # the re-rank writes every row, padded
+        out_i = np.empty((nq, k), np.int64)
         exact = plan.strategy == "exact" or self.fdes is None
         if exact:
             cand = (np.full((1, 1), -2, np.int64) if bits is None
@@ -365,15 +366,16 @@ class MultiVectorIndex:
         if self.token_codec == "lvq8":
             mean = self._tokens.codec.mean
         else:
-            aux, mean = np.zeros((stored.shape[0], 0), np.float32), np.zeros(0, np.float32)
+            aux, mean = _NO_AUX, _NO_MEAN
 
         def rerank(first: int, step: int) -> None:
             kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, aux, mean, self._offsets, cand, k,
                                   out_d, out_i, first, step)
 
         run_chunks(rerank, chunk_count(nq))
-        short = np.flatnonzero(out_i[:, min(k, n_ok) - 1] < 0)  # results are -1 padded
-        if short.size and not exact:  # too few candidates found: score those exactly
+        need = min(k, n_ok)
+        if not exact and kt.short_rows(out_i, need):  # too few candidates: score those exactly
+            short = np.flatnonzero(out_i[:, need - 1] < 0)
             info["fallback_exact"] = int(short.size)
             d, i, _ = self.search_positions(q[short], k, bits, replace(params, exact=True))
             out_d[short], out_i[short] = d, i

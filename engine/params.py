@@ -6,6 +6,7 @@ with different speed/recall trade-offs at once. Importing this module pulls in n
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -72,6 +73,15 @@ class SearchParams:
     def parse(cls, value: SearchParams | dict | None = None, **overrides: Any) -> SearchParams:
         """From a ``SearchParams``, a dict (REST/JSON shape) or None; ``overrides`` (e.g.
         ``ef=64`` passed as keywords to ``index.search``) win. Unknown names are an error."""
+        if value is None and cls is SearchParams:  # keywords only: the per-query path
+            try:
+                return _parse_keywords(tuple((k, type(v), v) for k, v in overrides.items()))
+            except TypeError:  # an unhashable value: the checks below name it
+                pass
+        return cls._parse(value, overrides)
+
+    @classmethod
+    def _parse(cls, value, overrides: dict[str, Any]) -> SearchParams:
         if value is None:
             base: dict[str, Any] = {}
         elif isinstance(value, SearchParams):
@@ -82,7 +92,7 @@ class SearchParams:
             raise InvalidArgument(f"params: expected a dict of search parameters, got "
                                   f"{type(value).__name__}")
         base.update(overrides)
-        unknown = sorted(set(base) - set(cls.names()))
+        unknown = sorted(set(base) - _NAMES)
         if unknown:
             raise InvalidArgument(f"params: unknown search parameter(s) {unknown}; "
                                   f"known: {', '.join(cls.names())}")
@@ -100,3 +110,15 @@ class SearchParams:
     def beam(self, k: int) -> int:
         """The HNSW beam width for top-``k``: ``ef`` or max(64, k), never below k."""
         return max(self.ef if self.ef is not None else 64, k)
+
+
+_NAMES = frozenset(SearchParams.names())
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_keywords(items: tuple[tuple[str, type, Any], ...]) -> SearchParams:
+    """``SearchParams.parse(None, **keywords)``, remembered: a search passes the same few
+    knobs query after query, and the checks cost more than the search's Python elsewhere.
+    Keyed on each value's type too, so ``ef=True`` is refused however often ``ef=1`` was
+    parsed (they hash alike). Params are frozen, so one instance serves every caller."""
+    return SearchParams._parse(None, {k: v for k, _, v in items})

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ...kernels.bitset import bitset_set_many
+from ...kernels.topk import finish_hits
 from ..bitset import Bitset
 from ..errors import InvalidArgument
 from ..idmap import IdMap
@@ -135,10 +136,10 @@ def scores_from_distances(metric: Metric, dist: np.ndarray, pos: np.ndarray) -> 
 def finish_results(metric: Metric, dist: np.ndarray, pos: np.ndarray, ids: np.ndarray,
                    single: bool) -> tuple[np.ndarray, np.ndarray]:
     """Distances/positions from kernels -> (scores, external ids), -1 padded."""
-    found = pos >= 0
-    ext = np.full(pos.shape, -1, np.int64)
-    ext[found] = ids[pos[found]]  # (indexing ids only where found: an empty index has none)
-    scores = scores_from_distances(metric, dist, pos)
+    scores = np.empty(pos.shape, np.float32)
+    ext = np.empty(pos.shape, np.int64)
+    finish_hits(dist, pos, ids, metric is not Metric.L2, np.float32(metric.distance_bound()),
+                scores, ext)
     if single:
         return scores[0], ext[0]
     return scores, ext

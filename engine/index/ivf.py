@@ -19,6 +19,7 @@ import numpy as np
 
 from ...kernels import ivf as ki
 from ...kernels.dispatch import for_kind
+from ...kernels.topk import short_rows
 from .. import planner
 from ..bitset import Bitset
 from ..codecs import Codec, F16Codec, F32Codec, codec_from_spec
@@ -368,8 +369,8 @@ class IVFIndex:
             dist, pos = self._probe(q, r, nprobe, words, use_ok, params,
                                     ordered and second is None)  # a re-rank sorts anyway
             need = min(k, n_ok)
-            redo = np.flatnonzero(pos[:, need - 1] < 0) if need else ()  # -1 padded at the end
-            if len(redo) and nprobe < self.lists:
+            if nprobe < self.lists and short_rows(pos, need):  # -1 padded at the end
+                redo = np.flatnonzero(pos[:, need - 1] < 0)
                 info["fallback_exact"] = int(redo.size)
                 dist[redo], pos[redo] = self._exact(q[redo], r, words, use_ok, n_ok, params)
         if second is not None and n:
