@@ -82,6 +82,10 @@ def assign(x: np.ndarray, centroids: np.ndarray, metric: str = "l2",
     return labels, scores
 
 
+_FEW_ROWS = 64
+"""Up to this many query rows, ``nearest_lists`` selects on the calling thread."""
+
+
 def nearest_lists(q: np.ndarray, centroids_t: np.ndarray, cnorms: np.ndarray,
                   nprobe: int) -> np.ndarray:
     """(nq, nprobe) int64: each query's ``nprobe`` nearest centroids, closest first.
@@ -89,6 +93,9 @@ def nearest_lists(q: np.ndarray, centroids_t: np.ndarray, cnorms: np.ndarray,
     few queries by it 1.2-4x faster than by a transposed view (8 x 128 queries and 512 lists:
     10 vs 43 us). ``cnorms``: squared centroid norms for l2, zeros for inner product."""
     out = np.empty((q.shape[0], nprobe), np.int64)
+    if q.shape[0] <= _FEW_ROWS:  # one query's tokens, say: no parallel launch
+        kk.top_lists_rows(q @ centroids_t, cnorms, nprobe, out)
+        return out
     step = _block_rows(centroids_t.shape[1])
     for r0 in range(0, q.shape[0], step):
         S = q[r0 : r0 + step] @ centroids_t

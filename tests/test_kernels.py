@@ -381,3 +381,30 @@ def test_prefetch_row_is_a_harmless_hint(dtype):
         assert _prefetch_all_rows(arr, nbytes) == before.sum()
         assert _prefetch_all_rows(np.asfortranarray(arr), nbytes) == before.sum()
     np.testing.assert_array_equal(arr, before)
+
+
+# --- coarse quantizer: nearest lists ------------------------------------------------------
+
+
+@pytest.mark.parametrize("nlist,nprobe", [(1, 1), (5, 3), (31, 12), (32, 12), (33, 31),
+                                          (100, 32), (512, 12), (1000, 40), (20, 30)])
+def test_top_lists_match_a_stable_sort(nlist, nprobe):
+    """Both selections (few rows on the caller's thread, a batch in parallel) against NumPy:
+    the nprobe smallest cnorms - 2 S, closest first, -1 where there are fewer lists. Some
+    rows carry duplicated values, so ties go to the smaller list, as a stable sort has it."""
+    from quiver.kernels import kmeans as kk
+
+    rng = np.random.default_rng(nlist * 100 + nprobe)
+    S = rng.standard_normal((9, nlist)).astype(np.float32)
+    S[0] = np.round(S[0])  # many ties
+    cnorms = rng.random(nlist).astype(np.float32) if nlist % 2 else np.zeros(nlist, np.float32)
+    v = cnorms[None, :] - np.float32(2.0) * S
+    want = np.full((9, nprobe), -1, np.int64)
+    got = min(nprobe, nlist)
+    want[:, :got] = np.argsort(v, axis=1, kind="stable")[:, :got]
+    rows = np.empty((9, nprobe), np.int64)
+    kk.top_lists_rows(S, cnorms, nprobe, rows)
+    block = np.empty((11, nprobe), np.int64)
+    kk.top_lists_block(S, cnorms, 2, nprobe, block)
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_array_equal(block[2:], want)
