@@ -149,6 +149,13 @@ def _ids(ids) -> np.ndarray:
         raise InvalidArgument("ids: expected integers") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _candidate_search_params(params: SearchParams, ef: int | None) -> SearchParams:
+    """The candidate search's knobs: the caller's with beam ``ef``, and neither ``candidates``
+    nor ``exact`` (remembered: each query would rebuild and re-check the same ones)."""
+    return replace(params, ef=ef, candidates=None, exact=False)
+
+
 @functools.cache
 def _takes_ordered(index_type: type) -> bool:
     return "ordered" in inspect.signature(index_type.search_positions).parameters
@@ -346,8 +353,8 @@ class MultiVectorIndex:
         else:
             c = self._candidates(params, k, n_ok)
             hits = self.token_hits if self.retrieval == "tokens" else c
-            knobs = replace(params, ef=max(params.ef or 0, hits) if self._graph else params.ef,
-                            candidates=None, exact=False)
+            knobs = _candidate_search_params(params, max(params.ef or 0, hits) if self._graph
+                                             else params.ef)
             if self.retrieval == "tokens":
                 tbits = None if bits is None else Bitset.from_mask(bits.to_mask()[self._doc_of])
                 hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, knobs, None,

@@ -36,7 +36,7 @@ class CostModel(Protocol):
                        filtered: bool) -> dict[str, float]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """The planner's choice for one segment (or one index) and what it estimated."""
 
@@ -50,9 +50,10 @@ class Plan:
         return self.allowed / self.points if self.points else 0.0
 
     def explain(self) -> dict[str, Any]:
+        """What the search reports: the choice and every estimate (None for infinite)."""
         return {"strategy": self.strategy, "allowed": self.allowed, "points": self.points,
                 "selectivity": self.selectivity,
-                "estimated_us_per_query": {s: (round(c, 3) if math.isfinite(c) else None)
+                "estimated_us_per_query": {s: round(c, 3) if c < math.inf else None
                                            for s, c in self.costs.items()}}
 
 
@@ -71,6 +72,10 @@ def choose(index: CostModel, allowed: int, points: int, k: int, params: SearchPa
     costs = index.strategy_costs(allowed, points, k, params, filtered, **hints)
     if params.exact or len(costs) == 1:
         strategy = "exact" if params.exact else next(iter(costs))
-    else:
-        strategy = min(costs, key=lambda s: (costs[s], STRATEGIES.index(s)))
+    else:  # the cheapest; of equal ones, the first in STRATEGIES
+        strategy, best = "exact", math.inf
+        for s in STRATEGIES:
+            c = costs.get(s, math.inf)
+            if c < best:
+                strategy, best = s, c
     return Plan(strategy, allowed, points, costs)

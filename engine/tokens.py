@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgument
+from .validation import all_finite
 
 MAX_TOKENS = 4096
 """Tokens one document may have."""
@@ -120,7 +121,7 @@ def as_token_matrices(value: Any, dim: int, what: str) -> TokenMatrices:
                       else np.zeros((0, dim), np.float32))
             offsets = np.zeros(len(mats) + 1, np.int64)
             np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
-    if not np.isfinite(tokens).all():
+    if not all_finite(tokens):
         bad = int(np.searchsorted(offsets, np.flatnonzero(~np.isfinite(tokens).all(1))[0],
                                   side="right") - 1)
         raise InvalidArgument(f"{what}[{bad}]: NaN or infinite token values")
