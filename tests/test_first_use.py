@@ -39,6 +39,30 @@ def test_run_chunks_runs_every_chunk_and_raises_their_errors():
         run_chunks(boom, 2)
 
 
+def test_chunk_count_follows_each_threads_numba_setting():
+    """The thread count is read per call and per thread (``numba.set_num_threads`` is
+    thread-local), through the threading layer's counter once it has started."""
+    import threading
+
+    import numba
+    from quiver.kernels.chunks import chunk_count
+
+    assert chunk_count(1) == 1
+    seen = {}
+
+    def worker(n):
+        numba.set_num_threads(n)
+        seen[n] = (chunk_count(8), chunk_count(1))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (1, numba.config.NUMBA_NUM_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    top = numba.config.NUMBA_NUM_THREADS
+    assert seen[1] == (1, 1) and seen[top] == (min(top, 8), 1)
+
+
 def test_a_fresh_process_compiles_only_the_kind_it_uses(tmp_path):
     """An empty cache, one l2 Flat search: the scan kernel is compiled for F32_L2 alone
     (the integer dispatch compiled all 26 codec arms into every kernel)."""

@@ -126,6 +126,21 @@ def test_search_params_one_type():
             SearchParams.parse(bad)
 
 
+def test_keyword_params_are_remembered_but_still_checked():
+    """Keywords parse once into one shared (frozen) instance; a value that hashes like a
+    remembered one but is of another type (True and 1, 1.0 and 1) is still refused, and an
+    unhashable one gets the checks' own error."""
+    a = SearchParams.parse(None, ef=1, nprobe=np.int64(3))
+    assert a is SearchParams.parse(None, ef=1, nprobe=np.int64(3)) and (a.ef, a.nprobe) == (1, 3)
+    for bad, match in [({"ef": True}, r"params.ef: expected a positive integer, got True"),
+                       ({"nprobe": 3.0}, r"params.nprobe"), ({"exact": 1}, r"params.exact"),
+                       ({"ef": [1]}, r"params.ef: expected a positive integer, got \[1\]"),
+                       ({"eff": 1}, r"unknown search parameter")]:
+        for _ in range(2):  # the second time from the memo, if it had remembered it
+            with pytest.raises(InvalidArgument, match=match):
+                SearchParams.parse(None, **bad)
+
+
 # ---------------------------------------------------------------- planner
 
 

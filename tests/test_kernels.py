@@ -408,3 +408,18 @@ def test_top_lists_match_a_stable_sort(nlist, nprobe):
     kk.top_lists_block(S, cnorms, 2, nprobe, block)
     np.testing.assert_array_equal(rows, want)
     np.testing.assert_array_equal(block[2:], want)
+
+
+def test_finish_hits_and_short_rows():
+    """Kernel hits to results (negated for inner product, as is for l2; pad and -1 where a
+    hit is missing) and the count of rows short of ``need`` hits."""
+    dist = np.array([[0.5, 1.5, 9.0], [2.0, 9.0, 9.0]], np.float32)
+    pos = np.array([[1, 0, -1], [2, -1, -1]], np.int64)
+    ids = np.array([10, 11, 12], np.int64)
+    scores, ext = np.empty((2, 3), np.float32), np.empty((2, 3), np.int64)
+    kt.finish_hits(dist, pos, ids, True, np.float32(-np.inf), scores, ext)
+    np.testing.assert_array_equal(ext, [[11, 10, -1], [12, -1, -1]])
+    np.testing.assert_array_equal(scores, [[-0.5, -1.5, -np.inf], [-2.0, -np.inf, -np.inf]])
+    kt.finish_hits(dist, pos, ids, False, np.float32(np.inf), scores, ext)
+    np.testing.assert_array_equal(scores, [[0.5, 1.5, np.inf], [2.0, np.inf, np.inf]])
+    assert [kt.short_rows(pos, need) for need in (0, 1, 2, 3)] == [0, 0, 1, 2]

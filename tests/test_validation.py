@@ -164,6 +164,28 @@ def test_single_vector_with_scalar_id_and_numpy_k(index):
     assert index.remove(7) == 1
 
 
+def test_all_finite_finds_every_kind_of_non_finite_value():
+    """The dot-with-zeros check and the mask fallback above 65,536 values agree with NumPy,
+    at either end, and huge finite values pass (0 * v cannot overflow); no warning."""
+    import warnings
+
+    from quiver.engine.validation import all_finite
+
+    for shape in [(7, 128), (300, 384), (0, 4)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        assert all_finite(x)
+        if not x.size:
+            continue
+        for v in (np.nan, np.inf, -np.inf):
+            for at in (0, -1):
+                y = x.copy()
+                y.reshape(-1)[at] = v
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    assert not all_finite(y)
+    assert all_finite(np.full((4, 4), np.finfo(np.float32).max, np.float32))
+
+
 def test_helpers_directly():
     v = as_vectors([[1, 2], [3, 4]], 2)
     assert v.dtype == np.float32 and v.flags.c_contiguous and v.shape == (2, 2)
