@@ -60,6 +60,11 @@ def scenario(db, workdir) -> dict:
     out["seq"] = [
         col.upsert(list(range(40)), x[:40], payloads[:40]),  # small: JSON over HTTP
         col.upsert(np.arange(40, 300), x[40:], payloads[40:]),  # large: binary frame
+    ]
+    # the 300 points past segment_size are sealed now, not whenever the optimizer wakes (it
+    # could take the next upsert's points too, and the plans below list segment sizes)
+    col.flush()
+    out["seq"] += [
         col.upsert(points=[{"id": u, "vector": x[i].tolist(), "payload": {"g": 9, "uuid": True}}
                            for i, u in enumerate(UUIDS)]),
         col.upsert([7, 8], x[[9, 10]] * 2, [{"g": 7}, None]),  # replace two points
