@@ -158,6 +158,7 @@ def _compile_search(metric: str, codec: str) -> None:
 
     from ..kernels import hnsw as kh
     from ..kernels.dispatch import for_kind
+    from .index.base import finish_results
     from .index.hnsw import HNSWIndex
     from .params import SearchParams
     from .planner import Plan
@@ -167,7 +168,8 @@ def _compile_search(metric: str, codec: str) -> None:
     index.add(x[:1])
     q = x[1:] / np.linalg.norm(x[1:])
     traversal = Plan("traversal", 1, 1)
-    index.search_positions(q, 1, None, SearchParams(), traversal)
+    dist, pos, _ = index.search_positions(q, 1, None, SearchParams(), traversal)
+    finish_results(index.metric, dist, pos, index._ids, False)  # what search then makes of it
     X, aux = index._float.view()
     none = np.zeros(0, np.int64)
     for_kind(kh.link_groups, index._float.codec.dist(index._kmetric))(
@@ -176,7 +178,8 @@ def _compile_search(metric: str, codec: str) -> None:
     with tempfile.TemporaryDirectory(prefix="quiver-precompile-") as tmp:
         index.save(Path(tmp) / "index")
         loaded = HNSWIndex.load(Path(tmp) / "index", mmap=True)
-        loaded.search_positions(q, 1, None, SearchParams(), traversal)
+        dist, pos, _ = loaded.search_positions(q, 1, None, SearchParams(), traversal)
+        finish_results(loaded.metric, dist, pos, loaded._ids, False)
         del loaded
 
 
