@@ -19,6 +19,7 @@ from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
 from .aligned import aligned_empty
 from .errors import InvalidArgument
+from .kmeans import sq_norms as _sq_norms
 from .spec import SpecPart
 
 
@@ -74,8 +75,6 @@ class Codec:
                 aligned_empty((cap, self.aux_width), np.float32))
 
 
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
 
 
 class F32Codec(Codec):

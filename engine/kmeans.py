@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels import distance as kd
 from ..kernels import kmeans as kk
 from .errors import InvalidArgument
 
@@ -57,7 +58,10 @@ def _block_rows(k: int) -> int:
 
 
 def sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+    """Squared row norms, float32 (``kernels.distance.row_sq_norms``)."""
+    out = np.empty(x.shape[0], np.float32)
+    kd.row_sq_norms(x, out)
+    return out
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, metric: str = "l2",

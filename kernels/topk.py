@@ -199,3 +199,13 @@ def short_rows(pos, need) -> int:
         for q in range(pos.shape[0]):
             n += pos[q, need - 1] < 0
     return n
+
+
+@njit(**JIT)
+def count_below(values, limit) -> int:
+    """How many of ``values`` (1-D) are below ``limit``: ``short_rows`` for searches that
+    count their hits."""
+    n = 0
+    for v in values:
+        n += v < limit
+    return n

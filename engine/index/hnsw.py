@@ -12,6 +12,7 @@ from ...kernels import hnsw as kh
 from ...kernels import scan as ks
 from ...kernels.chunks import chunk_count, run_chunks
 from ...kernels.dispatch import for_kind
+from ...kernels.topk import count_below
 from .. import planner, precompile
 from ..aligned import aligned_full
 from ..bitset import Bitset
@@ -374,8 +375,8 @@ class HNSWIndex:
                                               out_i, k)
             else:
                 dist, pos = out_d, out_i
-            redo = np.flatnonzero(counts < min(k, n_ok))
-            if redo.size:
+            if count_below(counts, min(k, n_ok)):  # too few hits: those queries exactly
+                redo = np.flatnonzero(counts < min(k, n_ok))
                 info["fallback_exact"] = int(redo.size)
                 d2, p2 = self._exact(q[redo], k, words if use_ok else None, n)
                 dist[redo], pos[redo] = d2, p2
