@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import distance as kd
 from ..kernels import kmeans as kk
 from .errors import InvalidArgument
 
@@ -58,10 +57,8 @@ def _block_rows(k: int) -> int:
 
 
 def sq_norms(x: np.ndarray) -> np.ndarray:
-    """Squared row norms, float32 (``kernels.distance.row_sq_norms``)."""
-    out = np.empty(x.shape[0], np.float32)
-    kd.row_sq_norms(x, out)
-    return out
+    """Squared row norms, float32 (k-means and the codecs' stored norms)."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, metric: str = "l2",

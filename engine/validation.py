@@ -89,14 +89,10 @@ def check_dim(dim) -> int:
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Unit-norm float32 rows (zero rows stay zero), for the cosine metric: one kernel call
-    (imported here: the engine has Numba loaded by then, and the client, which shares this
-    module, never normalises)."""
-    from ..kernels.distance import unit_rows
-
-    out = np.empty(x.shape, np.float32)
-    unit_rows(x, out)
-    return out
+    """Unit-norm rows (zero rows stay zero), for the cosine metric."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+    norms[norms == 0] = 1.0
+    return x / norms[:, None]
 
 
 def check_threshold(value: Any, name: str = "score_threshold") -> float:
