@@ -75,8 +75,6 @@ class Codec:
                 aligned_empty((cap, self.aux_width), np.float32))
 
 
-
-
 class F32Codec(Codec):
     """Plain float32 rows."""
 
