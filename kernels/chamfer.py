@@ -281,17 +281,11 @@ _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(**INLINE)
-def _vote_home(d, shift, size) -> int:
-    """Document d's home slot in a vote table of ``size`` = 2**(64 - shift) slots."""
-    return np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(shift)) & (size - 1)
-
-
-@njit(**INLINE)
 def _vote_slot(keys, d, shift) -> int:
     """The slot of document d in the open-addressed table ``keys`` (-1 = empty; size
     2**(64 - shift), never full): where d is, or the empty slot where it goes."""
     mask = keys.shape[0] - 1
-    h = _vote_home(d, shift, keys.shape[0])
+    h = np.int64((np.uint64(d) * _HASH_MUL) >> np.uint64(shift)) & mask
     while keys[h] != -1 and keys[h] != d:
         h = (h + 1) & mask
     return h
