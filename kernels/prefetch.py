@@ -20,32 +20,42 @@ _INTRINSIC = "llvm.prefetch.p0i8"
 opaque pointers, where the name is ``.p0``) remangle on their own (checked with LLVM 22)."""
 
 
-@intrinsic
-def _prefetch_byte(typingctx, arr, row, offset):
-    """Prefetch (for reading, into every cache level) the line holding byte ``offset`` of
-    row ``row`` of a 2-D array (row start found through its strides, any layout)."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 2):
-        return None
-    sig = types.void(arr, row, offset)
+def _prefetch_intrinsic(locality: int):
+    """An intrinsic prefetching (for reading) the line holding byte ``offset`` of row ``row``
+    of a 2-D array (row start found through its strides, any layout), with LLVM's
+    ``locality`` (3: into every cache level, x86 ``prefetcht0``; 2: into L2 and L3,
+    ``prefetcht1``)."""
 
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        row_v = context.cast(builder, args[1], signature.args[1], types.intp)
-        off_v = context.cast(builder, args[2], signature.args[2], types.intp)
-        zero = context.get_constant(types.intp, 0)
-        base = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(
-            builder, ary.shape, 2), cgutils.unpack_tuple(builder, ary.strides, 2),
-            aryty.layout, [row_v, zero])
-        i8p = ir.IntType(8).as_pointer()
-        addr = builder.gep(builder.bitcast(base, i8p), [off_v])
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _INTRINSIC)
-        builder.call(fn, [addr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+    @intrinsic
+    def prefetch_byte(typingctx, arr, row, offset):
+        if not (isinstance(arr, types.Array) and arr.ndim == 2):
+            return None
+        sig = types.void(arr, row, offset)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            row_v = context.cast(builder, args[1], signature.args[1], types.intp)
+            off_v = context.cast(builder, args[2], signature.args[2], types.intp)
+            zero = context.get_constant(types.intp, 0)
+            base = cgutils.get_item_pointer2(context, builder, ary.data, cgutils.unpack_tuple(
+                builder, ary.shape, 2), cgutils.unpack_tuple(builder, ary.strides, 2),
+                aryty.layout, [row_v, zero])
+            i8p = ir.IntType(8).as_pointer()
+            addr = builder.gep(builder.bitcast(base, i8p), [off_v])
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, _INTRINSIC)
+            builder.call(fn, [addr, i32(0), i32(locality), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return prefetch_byte
+
+
+_prefetch_byte = _prefetch_intrinsic(3)
+_prefetch_byte_l2 = _prefetch_intrinsic(2)
 
 
 @njit(**INLINE)
@@ -54,3 +64,16 @@ def prefetch_row(arr: np.ndarray, row: int, nbytes: int) -> None:
     stop = min(nbytes, arr.shape[1] * arr.itemsize)
     for off in range(0, stop, _LINE):
         _prefetch_byte(arr, row, off)
+
+
+@njit(**INLINE)
+def prefetch_row_l2(arr: np.ndarray, row: int, nbytes: int) -> None:
+    """``prefetch_row`` into L2 (``prefetcht1``), for many rows at once: a traversal that
+    asks for every line of a node's ~20 unvisited neighbours' rows fills the L1's few miss
+    buffers with T0 prefetches and then waits on them, while the L2 keeps more misses in
+    flight. Random 384-byte LVQ-8 rows of WordNet (45 MB), prefetched 21 at a time: 67 ns a
+    distance, against 109 with T0 over their first 256 bytes (the traversal's old prefetch)
+    and 113 with T0 over all of them."""
+    stop = min(nbytes, arr.shape[1] * arr.itemsize)
+    for off in range(0, stop, _LINE):
+        _prefetch_byte_l2(arr, row, off)
