@@ -131,6 +131,29 @@ def _codec_distance(kind, qs, codes, aux, i):
     return _arm(kind.value)
 
 
+def traversal_bytes(kind: CodecKind, qs: np.ndarray, codes: np.ndarray) -> int:
+    """Bytes at the start of a row that distance ``kind`` reads: the primary codes of a
+    two-level LVQ or LeanVec row (a traversal's prefetch need not load the re-ranking level),
+    the whole row otherwise; only callable from jitted code."""
+    raise TypeError("traversal_bytes is a kernel helper: call it from jitted code")
+
+
+@overload(traversal_bytes, jit_options=JIT)
+def _traversal_bytes(kind, qs, codes):
+    if not isinstance(kind, CodecKindType):
+        raise TypeError(f"traversal_bytes: kind must be a CodecKind, got {kind}")
+    v = kind.value
+    if 6 <= v < 10:  # LVQ: [q (d), <q, mean>, sum(q), ||q||^2]; d bytes at 8 bits, d/2 at 4
+        shift = 0 if v < 8 else 1
+        return lambda kind, qs, codes: min((qs.shape[0] - 3) >> shift,
+                                           codes.shape[1] * codes.itemsize)
+    if 18 <= v < 22:  # LeanVec's primary: d' (the prepared query's last value) codes first
+        shift = 1 if v % 2 == 0 else 0
+        return lambda kind, qs, codes: min(np.int64(qs[qs.shape[0] - 1]) >> shift,
+                                           codes.shape[1] * codes.itemsize)
+    return lambda kind, qs, codes: codes.shape[1] * codes.itemsize
+
+
 # --- per-kind Python entry points --------------------------------------------------------------
 
 

@@ -16,21 +16,22 @@ from numba import njit
 
 from . import INLINE, JIT
 from .bitset import bitset_test
-from .dispatch import codec_distance
+from .dispatch import codec_distance, traversal_bytes
 from .prefetch import prefetch_row, prefetch_row_l2
 from .topk import heap_push, heap_sorted, sort_pairs
 
 PREFETCH_BYTES = 2048
 """How much of each unvisited neighbour's row a traversal prefetches (into L2) before scoring
-them: all of a row up to 512-d float32 (the lines not prefetched are waited for one by one:
-1,024 of a 384-d float32 row's 1,536 bytes measured 1.33x slower)."""
+them: all that its distance reads (``traversal_bytes``: a two-level or LeanVec row's primary
+codes) up to a 512-d float32 row (lines not prefetched are waited for one by one: 1,024 of a
+384-d float32 row's 1,536 bytes measured 1.33x slower)."""
 
 NEIGHBOURS_PREFETCH_BYTES = 256
 """How much of the next candidate's layer-0 neighbour list a traversal prefetches while it
 scores the current one's neighbours: a whole list up to M=32 (64 int32; M=16's is 128
 bytes, and prefetch_row stops at the row's end)."""
 
-RERANK_AHEAD = 4
+RERANK_AHEAD = 8
 """Re-ranking reads candidate rows in an order no prefetcher guesses: each row is prefetched
 this many candidates ahead of its distance."""
 RERANK_PREFETCH_BYTES = 4096
@@ -121,6 +122,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
     csize = 0
     rsize = 0
     ndist = 1
+    ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
     visited[ep] = tag
     csize = _min_push(cand_d, cand_i, csize, ep_d, ep)
     if not use_ok or bitset_test(ok_words, ep):
@@ -136,7 +138,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
             if v < 0:
                 break
             if visited[v] != tag and (not two_hop or bitset_test(ok_words, v)):
-                prefetch_row_l2(codes, v, PREFETCH_BYTES)
+                prefetch_row_l2(codes, v, ahead)
         for v in row:
             if v < 0:
                 break
@@ -320,13 +322,13 @@ def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
         size = 0
         for t in range(min(RERANK_AHEAD, cands.shape[0])):
             if cands[t] >= 0:
-                prefetch_row(X, cands[t], RERANK_PREFETCH_BYTES)
+                prefetch_row_l2(X, cands[t], RERANK_PREFETCH_BYTES)
         for t in range(cands.shape[0]):
             c = cands[t]
             if c < 0:
                 break
             ahead = t + RERANK_AHEAD
             if ahead < cands.shape[0] and cands[ahead] >= 0:
-                prefetch_row(X, cands[ahead], RERANK_PREFETCH_BYTES)
+                prefetch_row_l2(X, cands[ahead], RERANK_PREFETCH_BYTES)
             size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])

@@ -13,7 +13,8 @@ from quiver.kernels import bitset as kb
 from quiver.kernels import distance as kd
 from quiver.kernels import scan as ks
 from quiver.kernels import topk as kt
-from quiver.kernels.prefetch import prefetch_row
+from quiver.kernels.dispatch import traversal_bytes
+from quiver.kernels.prefetch import prefetch_row, prefetch_row_l2
 
 from quiver import Bitset
 
@@ -372,15 +373,44 @@ def _prefetch_all_rows(arr, nbytes):
     return arr.sum()
 
 
+@njit(cache=True)
+def _prefetch_all_rows_l2(arr, nbytes):
+    for r in range(arr.shape[0]):
+        prefetch_row_l2(arr, r, nbytes)
+    return arr.sum()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16])
 def test_prefetch_row_is_a_harmless_hint(dtype):
     # a prefetch past a row's end is clipped to the row; it never reads into the result
     arr = (np.arange(6 * 40) % 7).astype(dtype).reshape(6, 40)
     before = arr.copy()
-    for nbytes in (0, 1, 64, 4096):
-        assert _prefetch_all_rows(arr, nbytes) == before.sum()
-        assert _prefetch_all_rows(np.asfortranarray(arr), nbytes) == before.sum()
+    for prefetch in (_prefetch_all_rows, _prefetch_all_rows_l2):
+        for nbytes in (0, 1, 64, 4096):
+            assert prefetch(arr, nbytes) == before.sum()
+            assert prefetch(np.asfortranarray(arr), nbytes) == before.sum()
     np.testing.assert_array_equal(arr, before)
+
+
+@njit(cache=True)
+def _traversal_bytes(kind, qs, codes):
+    return traversal_bytes(kind, qs, codes)
+
+
+@pytest.mark.parametrize("spec,metric,expected", [
+    ("f32", "ip", 4 * 64), ("f16", "l2", 2 * 64), ("sq8", "ip", 64), ("lvq8", "l2", 64),
+    ("lvq4", "ip", 32), ("lvq4x8", "ip", 32), ("lvq8x8", "l2", 64), ("lvq4x4", "l2", 32),
+    ("LeanVec(24,LVQ8,LVQ8)", "ip", 24), ("LeanVec(24,LVQ4,LVQ8)", "l2", 12),
+    ("LeanVec(24,LVQ8,F16)", "l2", 24)])
+def test_traversal_bytes_are_the_primary_codes(spec, metric, expected):
+    """What a traversal prefetches of a row: all of a one-level row, the primary codes of
+    two-level LVQ and LeanVec rows (the level their traversal distance reads)."""
+    x = np.random.default_rng(0).standard_normal((50, 64)).astype(np.float32)
+    codec = make_codec(spec, 64)
+    codec.fit(x)
+    codes, _ = codec.encode(x)
+    got = _traversal_bytes(codec.dist(metric), codec.prepare(x[:1])[0], codes)
+    assert got == expected and got <= codes.shape[1] * codes.itemsize
 
 
 # --- coarse quantizer: nearest lists ------------------------------------------------------
