@@ -118,11 +118,19 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
     only nodes passing ``ok_words`` when use_ok; other nodes still route the search, or with
     two_hop are skipped in favour of their own neighbours (ACORN-1 style expansion).
 
+    An expansion runs in three loops: the unvisited neighbours are gathered (and their rows
+    prefetched), then all their distances computed, then the heaps updated. Computed between
+    the heap updates' unpredictable branches, a distance's loads were thrown away with every
+    misprediction; apart, they overlap: 31 against 42 us a query over 1,500 WordNet LVQ-8
+    rows in L2, 103 against 111 over all 117k (ef 46).
+
     Returns (result count, distances computed); the count is -1 when ``budget`` ran out."""
     csize = 0
     rsize = 0
     ndist = 1
     ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
+    fresh = np.empty(nbr0.shape[1], np.int64)
+    fresh_d = np.empty(nbr0.shape[1], np.float32)
     visited[ep] = tag
     csize = _min_push(cand_d, cand_i, csize, ep_d, ep)
     if not use_ok or bitset_test(ok_words, ep):
@@ -134,41 +142,71 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
         if csize > 0 and level == 0:  # the likeliest next node's neighbour list (hnswlib too)
             prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
         row = neighbors(nbr0, upper, uidx, c, level)
-        for v in row:  # start loading the rows whose distances come next
-            if v < 0:
-                break
-            if visited[v] != tag and (not two_hop or bitset_test(ok_words, v)):
-                prefetch_row_l2(codes, v, ahead)
-        for v in row:
-            if v < 0:
-                break
-            if visited[v] == tag:
-                continue
-            visited[v] = tag
-            ok = (not use_ok) or bitset_test(ok_words, v)
-            if ok or not two_hop:
-                d = codec_distance(kind, qs, codes, aux, v)
-                ndist += 1
+        if two_hop:
+            rsize, csize, ndist = _expand_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, row,
+                                                  level, ef, visited, tag, cand_d, cand_i,
+                                                  res_d, res_i, ok_words, ahead, rsize, csize,
+                                                  ndist)
+        else:
+            nf = 0
+            for v in row:
+                if v < 0:
+                    break
+                if visited[v] != tag:
+                    visited[v] = tag
+                    prefetch_row_l2(codes, v, ahead)
+                    fresh[nf] = v
+                    nf += 1
+            for j in range(nf):
+                fresh_d[j] = codec_distance(kind, qs, codes, aux, fresh[j])
+            ndist += nf
+            for j in range(nf):
+                d = fresh_d[j]
                 if rsize < ef or d < res_d[0]:
-                    csize = _min_push(cand_d, cand_i, csize, d, v)
-                    if ok:
-                        rsize = heap_push(res_d, res_i, rsize, d, v)
-            else:
-                row2 = neighbors(nbr0, upper, uidx, v, level)
-                for w in row2:
-                    if w < 0:
-                        break
-                    if visited[w] == tag or not bitset_test(ok_words, w):
-                        continue
-                    visited[w] = tag
-                    d = codec_distance(kind, qs, codes, aux, w)
-                    ndist += 1
-                    if rsize < ef or d < res_d[0]:
-                        csize = _min_push(cand_d, cand_i, csize, d, w)
-                        rsize = heap_push(res_d, res_i, rsize, d, w)
+                    csize = _min_push(cand_d, cand_i, csize, d, fresh[j])
+                    if not use_ok or bitset_test(ok_words, fresh[j]):
+                        rsize = heap_push(res_d, res_i, rsize, d, fresh[j])
         if ndist > budget:
             return -1, ndist
     return rsize, ndist
+
+
+@njit(**INLINE)
+def _expand_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, row, level, ef, visited, tag,
+                    cand_d, cand_i, res_d, res_i, ok_words, ahead, rsize, csize, ndist):
+    """One expansion of a filtered two-hop traversal: allowed neighbours are scored, and a
+    rejected one's own allowed neighbours in its place. Returns (rsize, csize, ndist)."""
+    for v in row:  # start loading the rows whose distances come next
+        if v < 0:
+            break
+        if visited[v] != tag and bitset_test(ok_words, v):
+            prefetch_row_l2(codes, v, ahead)
+    for v in row:
+        if v < 0:
+            break
+        if visited[v] == tag:
+            continue
+        visited[v] = tag
+        if bitset_test(ok_words, v):
+            d = codec_distance(kind, qs, codes, aux, v)
+            ndist += 1
+            if rsize < ef or d < res_d[0]:
+                csize = _min_push(cand_d, cand_i, csize, d, v)
+                rsize = heap_push(res_d, res_i, rsize, d, v)
+        else:
+            row2 = neighbors(nbr0, upper, uidx, v, level)
+            for w in row2:
+                if w < 0:
+                    break
+                if visited[w] == tag or not bitset_test(ok_words, w):
+                    continue
+                visited[w] = tag
+                d = codec_distance(kind, qs, codes, aux, w)
+                ndist += 1
+                if rsize < ef or d < res_d[0]:
+                    csize = _min_push(cand_d, cand_i, csize, d, w)
+                    rsize = heap_push(res_d, res_i, rsize, d, w)
+    return rsize, csize, ndist
 
 
 @njit(**JIT)
