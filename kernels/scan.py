@@ -10,12 +10,14 @@ from . import JIT
 from .bitset import bitset_test
 from .chunks import chunk_count, run_chunks
 from .dispatch import codec_distance, for_kind
-from .prefetch import prefetch_row
+from .prefetch import prefetch_row_l2
 from .topk import heap_push, heap_sorted
 
 ROWS_AHEAD = 4
 ROW_BYTES = 4096
-"""A row scan prefetches the row ROWS_AHEAD positions ahead, up to ROW_BYTES of it."""
+"""A row scan prefetches the row ROWS_AHEAD positions ahead, up to ROW_BYTES of it, into L2:
+over 5% of WordNet's rows (sorted, scattered) a 384-d float32 row took 53 ns against 68 with
+the prefetch into L1 (LVQ-8 rows 43 ns either way; a kernel timed in interleaved rounds)."""
 
 
 @njit(**JIT)
@@ -40,7 +42,7 @@ def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
     m = rows.shape[0]
     for j in range(m):
         if j + ROWS_AHEAD < m:  # scattered rows: no hardware prefetcher follows them
-            prefetch_row(codes, rows[j + ROWS_AHEAD], ROW_BYTES)
+            prefetch_row_l2(codes, rows[j + ROWS_AHEAD], ROW_BYTES)
         r = rows[j]
         size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, r), r)
     heap_sorted(hd, hi, size, out_d, out_i)
