@@ -95,11 +95,16 @@ def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
     """Walk layers top_level .. stop_level+1 greedily (ef = 1); returns (node, distance)."""
     cur = ep
     cur_d = codec_distance(kind, qs, codes, aux, cur)
+    ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
     for level in range(top_level, stop_level, -1):
         changed = True
         while changed:
             changed = False
             row = neighbors(nbr0, upper, uidx, cur, level)
+            for v in row:  # the rows load together, as the beam's do
+                if v < 0:
+                    break
+                prefetch_row_l2(codes, v, ahead)
             for v in row:
                 if v < 0:
                     break
