@@ -26,6 +26,12 @@ them: all that its distance reads (``traversal_bytes``: a two-level or LeanVec r
 codes) up to a 512-d float32 row (lines not prefetched are waited for one by one: 1,024 of a
 384-d float32 row's 1,536 bytes measured 1.33x slower)."""
 
+AUX_PREFETCH_BYTES = 64
+"""A row's side values (LVQ's bias, step and norm; none for float32) live in their own array
+and each distance reads them: a traversal prefetches their line with the codes. Left to the
+distance, that line's miss held HNSW16,LVQ8 at 0.66x (``python -m quiver.bench.ab --base HEAD
+--spec HNSW16,LVQ8 --rounds 5 --efs 16,32,48,64``: 1.517x with it, 1.44-1.56x at every ef)."""
+
 NEIGHBOURS_PREFETCH_BYTES = 256
 """How much of the next candidate's layer-0 neighbour list a traversal prefetches while it
 scores the current one's neighbours: a whole list up to M=32 (64 int32; M=16's is 128
@@ -105,6 +111,7 @@ def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
                 if v < 0:
                     break
                 prefetch_row_l2(codes, v, ahead)
+                prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
             for v in row:
                 if v < 0:
                     break
@@ -153,6 +160,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
             if visited[v] != tag:
                 visited[v] = tag
                 prefetch_row_l2(codes, v, ahead)
+                prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
                 fresh[nf] = v
                 nf += 1
         for j in range(nf):
@@ -195,8 +203,8 @@ def search_layer_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, leve
         if csize > 0 and level == 0:
             prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
         row = neighbors(nbr0, upper, uidx, c, level)
-        nf = _gather_two_hop(codes, nbr0, upper, uidx, row, level, visited, tag, ok_words,
-                             ahead, fresh)
+        nf = _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag,
+                             ok_words, ahead, fresh)
         for j in range(nf):
             fresh_d[j] = codec_distance(kind, qs, codes, aux, fresh[j])
         ndist += nf
@@ -210,7 +218,7 @@ def search_layer_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, leve
 
 
 @njit(**INLINE)
-def _gather_two_hop(codes, nbr0, upper, uidx, row, level, visited, tag, ok_words, ahead,
+def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_words, ahead,
                     fresh) -> int:
     """A filtered two-hop expansion's nodes to score, in order, into ``fresh`` (their rows
     prefetched): each unvisited allowed neighbour, and in a rejected one's place its own
@@ -224,6 +232,7 @@ def _gather_two_hop(codes, nbr0, upper, uidx, row, level, visited, tag, ok_words
         visited[v] = tag
         if bitset_test(ok_words, v):
             prefetch_row_l2(codes, v, ahead)
+            prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
             fresh[nf] = v
             nf += 1
             continue
@@ -234,6 +243,7 @@ def _gather_two_hop(codes, nbr0, upper, uidx, row, level, visited, tag, ok_words
                 continue
             visited[w] = tag
             prefetch_row_l2(codes, w, ahead)
+            prefetch_row_l2(aux, w, AUX_PREFETCH_BYTES)
             fresh[nf] = w
             nf += 1
     return nf
@@ -397,6 +407,7 @@ def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
         for t in range(min(RERANK_AHEAD, cands.shape[0])):
             if cands[t] >= 0:
                 prefetch_row_l2(X, cands[t], RERANK_PREFETCH_BYTES)
+                prefetch_row_l2(aux, cands[t], AUX_PREFETCH_BYTES)
         for t in range(cands.shape[0]):
             c = cands[t]
             if c < 0:
@@ -404,5 +415,6 @@ def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
             ahead = t + RERANK_AHEAD
             if ahead < cands.shape[0] and cands[ahead] >= 0:
                 prefetch_row_l2(X, cands[ahead], RERANK_PREFETCH_BYTES)
+                prefetch_row_l2(aux, cands[ahead], AUX_PREFETCH_BYTES)
             size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])

@@ -43,6 +43,7 @@ def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
     for j in range(m):
         if j + ROWS_AHEAD < m:  # scattered rows: no hardware prefetcher follows them
             prefetch_row_l2(codes, rows[j + ROWS_AHEAD], ROW_BYTES)
+            prefetch_row_l2(aux, rows[j + ROWS_AHEAD], 64)  # LVQ's side values
         r = rows[j]
         size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, r), r)
     heap_sorted(hd, hi, size, out_d, out_i)
