@@ -17,7 +17,7 @@ from numba import njit
 from . import INLINE, JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance, traversal_bytes
-from .prefetch import prefetch_row, prefetch_row_l2
+from .prefetch import prefetch_row, prefetch_stored_row
 from .topk import heap_push, heap_sorted, sort_pairs
 
 PREFETCH_BYTES = 2048
@@ -25,12 +25,6 @@ PREFETCH_BYTES = 2048
 them: all that its distance reads (``traversal_bytes``: a two-level or LeanVec row's primary
 codes) up to a 512-d float32 row (lines not prefetched are waited for one by one: 1,024 of a
 384-d float32 row's 1,536 bytes measured 1.33x slower)."""
-
-AUX_PREFETCH_BYTES = 64
-"""A row's side values (LVQ's bias, step and norm; none for float32) live in their own array
-and each distance reads them: a traversal prefetches their line with the codes. Left to the
-distance, that line's miss held HNSW16,LVQ8 at 0.66x (``python -m quiver.bench.ab --base HEAD
---spec HNSW16,LVQ8 --rounds 5 --efs 16,32,48,64``: 1.517x with it, 1.44-1.56x at every ef)."""
 
 NEIGHBOURS_PREFETCH_BYTES = 256
 """How much of the next candidate's layer-0 neighbour list a traversal prefetches while it
@@ -110,8 +104,7 @@ def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
             for v in row:  # the rows load together, as the beam's do
                 if v < 0:
                     break
-                prefetch_row_l2(codes, v, ahead)
-                prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
+                prefetch_stored_row(codes, aux, v, ahead)
             for v in row:
                 if v < 0:
                     break
@@ -159,8 +152,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
                 break
             if visited[v] != tag:
                 visited[v] = tag
-                prefetch_row_l2(codes, v, ahead)
-                prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
+                prefetch_stored_row(codes, aux, v, ahead)
                 fresh[nf] = v
                 nf += 1
         for j in range(nf):
@@ -231,8 +223,7 @@ def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_
             continue
         visited[v] = tag
         if bitset_test(ok_words, v):
-            prefetch_row_l2(codes, v, ahead)
-            prefetch_row_l2(aux, v, AUX_PREFETCH_BYTES)
+            prefetch_stored_row(codes, aux, v, ahead)
             fresh[nf] = v
             nf += 1
             continue
@@ -242,8 +233,7 @@ def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_
             if visited[w] == tag or not bitset_test(ok_words, w):
                 continue
             visited[w] = tag
-            prefetch_row_l2(codes, w, ahead)
-            prefetch_row_l2(aux, w, AUX_PREFETCH_BYTES)
+            prefetch_stored_row(codes, aux, w, ahead)
             fresh[nf] = w
             nf += 1
     return nf
@@ -406,15 +396,13 @@ def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
         size = 0
         for t in range(min(RERANK_AHEAD, cands.shape[0])):
             if cands[t] >= 0:
-                prefetch_row_l2(X, cands[t], RERANK_PREFETCH_BYTES)
-                prefetch_row_l2(aux, cands[t], AUX_PREFETCH_BYTES)
+                prefetch_stored_row(X, aux, cands[t], RERANK_PREFETCH_BYTES)
         for t in range(cands.shape[0]):
             c = cands[t]
             if c < 0:
                 break
             ahead = t + RERANK_AHEAD
             if ahead < cands.shape[0] and cands[ahead] >= 0:
-                prefetch_row_l2(X, cands[ahead], RERANK_PREFETCH_BYTES)
-                prefetch_row_l2(aux, cands[ahead], AUX_PREFETCH_BYTES)
+                prefetch_stored_row(X, aux, cands[ahead], RERANK_PREFETCH_BYTES)
             size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])
