@@ -3,6 +3,8 @@ distances (f32, f16, sq8, lvq8 prepared queries) against NumPy on the decoded ve
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from quiver.kernels import bitset as kb
 from quiver.kernels import distance as kd
 from quiver.kernels import scan as ks
 from quiver.kernels import topk as kt
-from quiver.kernels.dispatch import traversal_bytes
+from quiver.kernels.dispatch import codec_distance, traversal_bytes
 from quiver.kernels.prefetch import prefetch_row, prefetch_row_l2
 
 from quiver import Bitset
@@ -411,6 +413,33 @@ def test_traversal_bytes_are_the_primary_codes(spec, metric, expected):
     codes, _ = codec.encode(x)
     got = _traversal_bytes(codec.dist(metric), codec.prepare(x[:1])[0], codes)
     assert got == expected and got <= codes.shape[1] * codes.itemsize
+
+
+_VECTOR_CODECS = ("f32", "f16", "sq8", "lvq8", "lvq4", "lvq4x4", "lvq4x8", "lvq8x8",
+                  "LeanVec(64,LVQ8,LVQ8)", "LeanVec(64,LVQ4,LVQ8)", "LeanVec(64,LVQ8,F16)")
+
+
+@pytest.mark.parametrize("spec", _VECTOR_CODECS)
+def test_codec_distances_vectorise_without_gathers(spec):
+    """Every distance a traversal or re-rank computes reads its codes with contiguous vector
+    loads. An index Numba cannot prove non-negative (``qs[o + j]``) is wrapped on each read,
+    which LLVM turns into gathers: LeanVec's secondary distance ran 10x slower that way (648
+    against 59 ns a 384-d row), with right answers. Checked in the LLVM IR, so on any CPU."""
+    x = np.random.default_rng(0).standard_normal((20, 128)).astype(np.float32)
+    codec = make_codec(spec, 128)
+    codec.fit(x)
+    codes, aux = codec.encode(x)
+    qs = codec.prepare(x[:1])[0]
+    for metric in ("ip", "l2"):
+        for kind in {codec.dist(metric), codec.rerank_dist(metric)} - {None}:
+            @njit(fastmath=True)  # uncached: Numba shows no IR of a kernel loaded from cache
+            def one(kind, qs, codes, aux, i):
+                return codec_distance(kind, qs, codes, aux, i)
+
+            one(kind, qs, codes, aux, 0)
+            ir = next(iter(one.inspect_llvm().values()))
+            assert "llvm.masked.gather" not in ir, f"{spec} {metric} {kind}: a gathering loop"
+            assert re.search(r"load <\d+ x (i8|i16|float)>", ir), f"{spec} {metric} {kind}: scalar"
 
 
 # --- coarse quantizer: nearest lists ------------------------------------------------------
