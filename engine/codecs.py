@@ -17,6 +17,7 @@ import numpy as np
 
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
+from ..kernels import vnni
 from .aligned import aligned_empty
 from .errors import InvalidArgument
 from .kmeans import sq_norms as _sq_norms
@@ -217,8 +218,17 @@ class LVQCodec(Codec):
                       self.residual_bits, codes, aux)
         return codes, aux
 
+    @property
+    def int8_queries(self) -> bool:
+        """Single-level LVQ-8 on a VNNI CPU scores int8 queries (``kernels/vnni.py``): a
+        384-d row in 6 instructions instead of 48; WordNet recall@10 of an exact scan 0.9940
+        against 0.9959 with float32 queries."""
+        return vnni.USE_VNNI and self.bits == 8 and not self.residual_bits
+
     def prepare(self, q):
         d = self.dim
+        if self.int8_queries:
+            return self._prepare_int8(q)
         qs = np.empty((q.shape[0], d + 3), np.float32)
         qs[:, :d] = q
         qs[:, d] = q @ self.mean
@@ -226,8 +236,29 @@ class LVQCodec(Codec):
         qs[:, d + 2] = _sq_norms(q)
         return qs
 
+    @staticmethod
+    def int8_query(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(q8, 1/s): q8 = rint(s q) with s = 127 / max|q| per query (1 for a zero query), so
+        ``q8 / s`` is the query the codes' dot product sees (``kernels/quantized.py``,
+        ``lvq8_i8_ip``; the other terms use q itself)."""
+        peak = np.abs(q).max(axis=1) if q.shape[1] else np.zeros(q.shape[0], np.float32)
+        scale = (127.0 / np.where(peak > 0, peak, 127.0)).astype(np.float32)
+        return np.rint(q * scale[:, None]).astype(np.int8), (1.0 / scale).astype(np.float32)
+
+    def _prepare_int8(self, q):
+        """[q8 (d bytes in ceil(d/4) slots), <q, mean>, sum(q), ||q||^2, 1/s]."""
+        d, w = self.dim, (self.dim + 3) // 4
+        qs = np.zeros((q.shape[0], w + 4), np.float32)
+        qs.view(np.int8)[:, :d], qs[:, w + 3] = self.int8_query(q)
+        qs[:, w] = q @ self.mean
+        qs[:, w + 1] = q.sum(axis=1)
+        qs[:, w + 2] = _sq_norms(q)
+        return qs
+
     def dist(self, kernel_metric):
         l2 = kernel_metric == "l2"
+        if self.int8_queries:
+            return kk.LVQ8_I8_L2 if l2 else kk.LVQ8_I8_IP
         if self.bits == 8:
             return kk.LVQ8_L2 if l2 else kk.LVQ8_IP
         return kk.LVQ4_L2 if l2 else kk.LVQ4_IP

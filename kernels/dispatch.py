@@ -33,6 +33,8 @@ from .quantized import (
     leanvec_primary_l2,
     leanvec_secondary_ip,
     leanvec_secondary_l2,
+    lvq8_i8_ip,
+    lvq8_i8_l2,
     lvq_ip,
     lvq_l2,
     sq8_ip,
@@ -84,7 +86,7 @@ def _constant_kind(context, builder, ty, pyval):
     return context.get_dummy_value()
 
 
-KINDS = tuple(CodecKind(v) for v in range(30))
+KINDS = tuple(CodecKind(v) for v in range(32))
 F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
 LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
 LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
@@ -97,6 +99,8 @@ LEANVEC_SECONDARY_L2 = {4: KINDS[24], 8: KINDS[25]}
 LEANVEC_F16_SECONDARY_IP = {4: KINDS[26], 8: KINDS[27]}
 LEANVEC_F16_SECONDARY_L2 = {4: KINDS[28], 8: KINDS[29]}
 """The full distance of LeanVec with a float16 secondary (``LeanVec(d',LVQ*,F16)``)."""
+LVQ8_I8_IP, LVQ8_I8_L2 = KINDS[30:32]
+"""LVQ-8 against an int8 query by VNNI (``kernels/vnni.py``), where the CPU has it."""
 
 
 def _arm(value: int):
@@ -112,6 +116,9 @@ def _arm(value: int):
         fn = two_level_ip if value < 14 else two_level_l2
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
+    if value >= 30:
+        fn = (lvq8_i8_ip, lvq8_i8_l2)[value - 30]
+        return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i)
     fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip, leanvec_secondary_l2,
           leanvec_f16_secondary_ip, leanvec_f16_secondary_l2)[(value - 18) // 2]
     bits = 4 if value % 2 == 0 else 8

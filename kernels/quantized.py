@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import INLINE, JIT
+from .vnni import dot_u8s8
 
 F16_SCALE = np.float32(2.0**56)
 """Prepared f16 queries are ``q * F16_SCALE``. Half bits shifted into a float32 exponent read
@@ -128,6 +129,28 @@ def two_level_ip(qs, codes, aux, i, b1: int, b2: int):
 def two_level_l2(qs, codes, aux, i, b1: int, b2: int):
     d = qs.shape[0] - 3
     return qs[d + 2] - np.float32(2.0) * _two_level_ip(qs, codes, aux, i, b1, b2) + aux[i, 5]
+
+
+# LVQ-8 with an int8 query (VNNI hosts): prepared query [q8 (d bytes, in ceil(d/4) float32
+# slots), <q, mean>, sum(q), ||q||^2, 1/s] where q8 = rint(s q), s = 127 / max|q|; the codes'
+# dot product is exact in integers, the other terms use q itself.
+
+
+@njit(**INLINE)
+def _lvq8_i8_ip(qs, codes, aux, i):
+    w = qs.shape[0] - 4
+    dot = np.float32(dot_u8s8(codes[i], qs, codes.shape[1]))  # q8: qs's first bytes
+    return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
+
+
+@njit(**INLINE)
+def lvq8_i8_ip(qs, codes, aux, i):
+    return -_lvq8_i8_ip(qs, codes, aux, i)
+
+
+@njit(**INLINE)
+def lvq8_i8_l2(qs, codes, aux, i):
+    return qs[qs.shape[0] - 2] - np.float32(2.0) * _lvq8_i8_ip(qs, codes, aux, i) + aux[i, 2]
 
 
 # LeanVec: prepared query [Pq (dp), <Pq, mean_p>, sum(Pq), ||Pq||^2, q (d), <q, mean>,

@@ -218,3 +218,16 @@ def read_state(col) -> dict:
             break
     assert col.count() == len(state)
     return state
+
+
+def lvq8_int8_distances(codec, q: np.ndarray, codes: np.ndarray, aux: np.ndarray,
+                        metric: str) -> np.ndarray:
+    """(nq, n) distances of LVQ-8 rows against int8 queries (a VNNI host's LVQ-8), as those
+    kernels define them: the codes' dot product with q8 / s, every other term with q."""
+    q8, inv = codec.int8_query(np.asarray(q, np.float32))
+    qd = np.asarray(q, np.float64)
+    seen = q8.astype(np.float64) * inv[:, None].astype(np.float64)
+    ip = ((qd @ codec.mean.astype(np.float64))[:, None] + np.outer(qd.sum(1), aux[:, 0])
+          + (seen @ codes.astype(np.float64).T) * aux[:, 1])
+    return -ip if metric == "ip" else (qd**2).sum(1)[:, None] - 2 * ip + aux[:, 2]
+

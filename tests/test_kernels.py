@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import lvq8_int8_distances
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
@@ -15,8 +16,10 @@ from quiver.kernels import bitset as kb
 from quiver.kernels import distance as kd
 from quiver.kernels import scan as ks
 from quiver.kernels import topk as kt
+from quiver.kernels import vnni
 from quiver.kernels.dispatch import codec_distance, traversal_bytes
 from quiver.kernels.prefetch import prefetch_row, prefetch_row_l2
+from quiver.kernels.vnni import dot_u8s8
 
 from quiver import Bitset
 
@@ -196,8 +199,12 @@ def decode(codec, codes: np.ndarray, aux: np.ndarray) -> np.ndarray:
     raise AssertionError(codec.name)
 
 
-def kernel_distances(qs: np.ndarray, xhat: np.ndarray, metric: str) -> np.ndarray:
-    """(nq, n): squared l2, or the negative inner product, as the kernels define distance."""
+def kernel_distances(qs: np.ndarray, xhat: np.ndarray, metric: str, codec=None, codes=None,
+                     aux=None) -> np.ndarray:
+    """(nq, n): squared l2, or the negative inner product, as the kernels define distance
+    (for LVQ-8 on a VNNI host, against the int8 query its kernels score)."""
+    if getattr(codec, "int8_queries", False):
+        return lvq8_int8_distances(codec, qs, codes, aux, metric)
     if metric == "l2":
         return ((qs[:, None, :] - xhat[None]) ** 2).sum(-1)
     return -(qs @ xhat.T)
@@ -245,7 +252,7 @@ def test_codec_scan_topk_all_rows(name, metric, n, d, seed, spread, shift):
     qs = codec.prepare(q)
     assert qs.dtype == np.float32 and qs.shape[0] == 3
     dist = codec.dist(metric)
-    ref = kernel_distances(q.astype(np.float64), xhat, metric)
+    ref = kernel_distances(q.astype(np.float64), xhat, metric, codec, codes, aux)
     words = np.zeros(1, np.uint64)
     for r in range(3):
         out_d = np.empty(n, np.float32)
@@ -264,7 +271,7 @@ def test_codec_scan_topk_filtered_and_rows(k, share, name, metric, n, d, seed, s
     xhat = decode(codec, codes, aux)
     qs = codec.prepare(q)
     dist = codec.dist(metric)
-    ref = kernel_distances(q.astype(np.float64), xhat, metric)
+    ref = kernel_distances(q.astype(np.float64), xhat, metric, codec, codes, aux)
     rows = np.flatnonzero(rng.random(n) < share).astype(np.int64)
     words = kb.bitset_from_positions(rows, n)
     for r in range(3):
@@ -439,7 +446,32 @@ def test_codec_distances_vectorise_without_gathers(spec):
             one(kind, qs, codes, aux, 0)
             ir = next(iter(one.inspect_llvm().values()))
             assert "llvm.masked.gather" not in ir, f"{spec} {metric} {kind}: a gathering loop"
-            assert re.search(r"load <\d+ x (i8|i16|float)>", ir), f"{spec} {metric} {kind}: scalar"
+            assert re.search(r"load <\d+ x (i8|i16|i32|float)>", ir), f"{spec} {metric} {kind}: scalar"
+
+
+@njit
+def _dot_u8s8(codes, query, nbytes):
+    return dot_u8s8(codes, query, nbytes)
+
+
+@pytest.mark.skipif(not vnni.HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("d", [1, 5, 63, 64, 65, 127, 128, 160, 384, 385, 1000])
+def test_vnni_dot_is_the_integer_dot_product(d):
+    """Whole 64-byte blocks and a masked tail, at the extremes of both operands' ranges."""
+    rng = np.random.default_rng(d)
+    for codes, query in ((rng.integers(0, 256, d), rng.integers(-127, 128, d)),
+                         (np.full(d, 255), np.full(d, -127)), (np.full(d, 255), np.full(d, 127))):
+        c, q = codes.astype(np.uint8), query.astype(np.int8)
+        assert _dot_u8s8(c, q, d) == int(c.astype(np.int64) @ q.astype(np.int64))
+        assert _dot_u8s8(c, q, d // 2) == int(c[: d // 2].astype(np.int64) @ q[: d // 2])
+
+
+def test_int8_queries_span_the_int8_range():
+    """LVQ-8's int8 queries: the largest |value| maps to 127; a zero query stays zero."""
+    q = np.array([[0.5, -2.0, 1.0], [0.0, 0.0, 0.0]], np.float32)
+    q8, inv = make_codec("lvq8", 3).int8_query(q)
+    np.testing.assert_array_equal(q8, [[32, -127, 64], [0, 0, 0]])
+    np.testing.assert_allclose(inv, [2.0 / 127, 1.0], rtol=1e-6)
 
 
 # --- coarse quantizer: nearest lists ------------------------------------------------------
