@@ -64,7 +64,7 @@ def test_spec_grammar_rejects(spec, match):
     ("Flat,F32,Refine(F32)", r"Flat does not take 'Refine\(F32\)'.*accepts after the codec: none"),
     ("HNSW16,LVQ8,Refine(F32,F16)", r"Refine takes one codec"),
     ("HNSW16,F16(3)", r"codec F16 takes no arguments"),
-    ("Flat,SQ8", r"dtype: FlatIndex stores 'f32' or 'f16'"),
+    ("Flat,PQ4x8", r"PQ codes are searched by IVF \(e.g. IVF1024,PQ4x8\); Flat takes row"),
 ])
 def test_unknown_parts_name_the_part_and_what_is_accepted(spec, match):
     with pytest.raises(InvalidArgument, match=match):

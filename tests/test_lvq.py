@@ -142,6 +142,47 @@ def test_codec_specs_in_collections(tmp_path):
         assert col.search(x[7], 1, params={"exact": True})[0].id == 7
 
 
+@pytest.mark.parametrize("spec,floor", [
+    ("Flat,SQ8", 0.9), ("Flat,LVQ8", 0.9), ("Flat,LVQ4", 0.6), ("Flat,LVQ4x8", 0.95),
+    ("Flat,LVQ8x8", 0.95), ("Flat,LeanVec(12,LVQ8,LVQ8)", 0.9), ("Flat,LeanVec(12,LVQ4,F16)", 0.95)])
+def test_flat_over_each_codec(tmp_path, spec, floor):
+    """Flat scans any row codec with its most accurate level: recall against the float32
+    oracle, ``rerank`` on the originals (exact), removals, the originals kept on disk
+    (memory-mapped, counted 0) and the same results after a reload; and as a collection
+    field's sealed index."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1500, D)).astype(np.float32)
+    q = x[:30] + 0.1 * rng.standard_normal((30, D)).astype(np.float32)
+    exact = quiver.index("Flat", D, metric="cosine")
+    exact.add(x)
+    ix = quiver.index(spec, D, metric="cosine")
+    assert ix.needs_training and (ix.search(q[:2], 3)[1] == -1).all()  # empty: nothing found
+    ix.add(x)
+    want = exact.search(q, 10)[1]
+    for batch in (q, q[:3]):  # the batch and the few-queries paths
+        got = ix.search(batch, 10)[1]
+        assert np.mean([len(set(a) & set(b)) for a, b in zip(got, want, strict=False)]) >= 10 * floor
+        np.testing.assert_array_equal(ix.search(batch, 10, rerank=True)[1], want[: len(batch)])
+    use = ix.memory_usage()
+    assert use["rerank_vectors"] == 1500 * D * 4 and use["vectors"] == 1500 * ix.codec.bytes_per_vector()
+    np.testing.assert_allclose(ix.reconstruct([4]), x[4:5] / np.linalg.norm(x[4]), rtol=1e-6)
+    ix.save(tmp_path / "flat")
+    back = quiver.load_index(tmp_path / "flat")
+    assert back.memory_usage()["rerank_vectors"] == 0
+    np.testing.assert_array_equal(back.search(q, 10)[1], ix.search(q, 10)[1])
+    ix.remove([0, 1])
+    assert not np.isin(ix.search(q[:2], 10)[1], [0, 1]).any()
+    with quiver.connect(tmp_path / "db") as db:
+        col = db.create_collection("c", vectors={"v": {"dim": D, "metric": "cosine", "index": spec}})
+        col.upsert(list(range(300)), {"v": x[:300]})
+        col.flush()
+        (seg,) = [s for s in col._segments if s.sealed]
+        assert seg.fields["v"].index.codec.name == ix.codec.name
+        assert col.search(x[7], 1, params={"rerank": True})[0].id == 7
+        got = col.get([9], with_vectors=True)[0].vector["v"]
+        np.testing.assert_allclose(got, x[9] / np.linalg.norm(x[9]), rtol=1e-6)
+
+
 # ---------------------------------------------------------------- LeanVec
 
 

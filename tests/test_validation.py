@@ -92,8 +92,9 @@ def test_bad_search_is_rejected(index, case, q, k, kw, match):
 @pytest.mark.parametrize(("make", "match"), [
     (lambda: FlatIndex(4, "hamming"), r"metric: unknown metric 'hamming'"),
     (lambda: FlatIndex(4, None), r"metric: unknown metric"),
-    (lambda: FlatIndex(4, "l2", dtype="f64"), r"dtype: FlatIndex stores 'f32' or 'f16'"),
-    (lambda: FlatIndex(4, "l2", dtype="sq8"), r"dtype: FlatIndex stores"),
+    (lambda: FlatIndex(4, "l2", dtype="f64"), r"dtype: FlatIndex stores f32, f16 or a row "
+                                              r"codec \(codec: unknown codec 'f64'"),
+    (lambda: FlatIndex(4, "l2", dtype="pq"), r"dtype: FlatIndex stores .*PQ needs its size"),
     (lambda: FlatIndex(0), r"dim: expected a positive integer"),
     (lambda: FlatIndex(4.0), r"dim: expected a positive integer"),
     (lambda: FlatIndex(True), r"dim: expected a positive integer"),

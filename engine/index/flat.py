@@ -1,4 +1,5 @@
-"""Exact search: every query is compared with every (allowed) vector."""
+"""Exact search: every query is compared with every (allowed) vector, over float32, float16
+or any lossy row codec (SQ8, LVQ, LeanVec)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ...kernels import distance as kd
 from ...kernels import scan as ks
 from .. import planner
 from ..bitset import Bitset
-from ..codecs import F16Codec, make_codec
+from ..codecs import F16Codec, F32Codec, make_codec
 from ..errors import InvalidArgument
 from ..idmap import IdMap
 from ..metric import Metric
@@ -19,6 +20,7 @@ from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
 from .base import search_by_ids
+from .hnsw import rerank_candidates
 
 _BLAS_MIN_QUERIES = 16
 """From this batch size on, a float scan goes through BLAS matrix products in row blocks."""
@@ -28,10 +30,17 @@ _BLAS_BLOCK_QUERIES = 1024
 up to 1024 queries; the 16 MB similarity tile is folded into the heaps right away."""
 _ROWS_PATH_SHARE = 0.25
 """Filters allowing less than this share of rows scan the allowed rows by position."""
+_DECODABLE = ("f32", "f16")
+"""Storage read back as the vectors themselves; a lossy codec keeps a float32 copy too."""
 
 
 class FlatIndex:
-    """Exact k-NN over ``f32`` or ``f16`` storage with external int64 ids.
+    """Exact k-NN with external int64 ids over ``dtype`` rows: ``f32``, ``f16`` or a lossy
+    row codec (``sq8``, ``lvq8``, ``lvq4x8``, ``LeanVec(128,LVQ8,LVQ8)``, ...), scanned with
+    its most accurate distance (a two-level codec's both levels). A lossy codec's float32
+    originals are kept beside the codes, as HNSW keeps them: resident while built here,
+    memory-mapped once loaded, read only by ``reconstruct`` and ``rerank=True`` (the scan's
+    best ``ef`` re-scored on them).
 
     Scores: ``l2`` squared distance ascending; ``ip`` inner product descending; ``cosine``
     cosine similarity descending. Missing results are id -1 with the worst possible score."""
@@ -41,11 +50,13 @@ class FlatIndex:
     def __init__(self, dim: int, metric: str | Metric = "l2", dtype: str = "f32"):
         self.dim = check_dim(dim)
         self.metric = Metric.parse(metric)
-        if dtype not in ("f32", "f16"):
-            raise InvalidArgument(f"dtype: FlatIndex stores 'f32' or 'f16', got {dtype!r}")
-        self.dtype = dtype
-        self.codec = make_codec(dtype, self.dim)
+        try:
+            self.codec = make_codec(dtype, self.dim)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"dtype: FlatIndex stores f32, f16 or a row codec ({exc})") from None
+        self.dtype = self.codec.name
         self._store = VectorStore(self.codec)
+        self._float = None if self.dtype in _DECODABLE else VectorStore(F32Codec(self.dim))
         self._ids = np.zeros(0, np.int64)
         self._idmap = IdMap()
 
@@ -59,7 +70,13 @@ class FlatIndex:
         return self._store.n
 
     def train(self, x=None, queries=None) -> None:
-        """Exact storage needs no training; present for the common protocol."""
+        """Fit a lossy codec (``add`` does it on its first batch if needed); ``queries``: a
+        sample of the queries to expect, for query-aware codecs (LeanVec-OOD). Float
+        storage needs none."""
+        if x is None or self.dtype in _DECODABLE:
+            return
+        q = None if queries is None else self._prepare_vectors(queries, "queries")
+        self.codec.fit(self._prepare_vectors(x, "vectors"), q)
 
     def _prepare_vectors(self, x, name: str) -> np.ndarray:
         v = as_vectors(x, self.dim, name)
@@ -69,6 +86,8 @@ class FlatIndex:
         """Allocate room for ``n`` vectors up front, so appends never copy (the appendable
         segment of a collection reserves its whole size; untouched pages stay unallocated)."""
         self._store.reserve(n)
+        if self._float is not None:
+            self._float.reserve(n)
         if self._ids.shape[0] < self._store.capacity:
             grown = np.full(self._store.capacity, -1, np.int64)
             grown[: self._ids.shape[0]] = self._ids
@@ -82,7 +101,11 @@ class FlatIndex:
             ids = np.arange(start, start + v.shape[0], dtype=np.int64)
         ids = as_ids(ids, v.shape[0])
         self._idmap.check_new(ids)
-        pos = self._store.append(v)
+        if v.shape[0] and not self.codec.trained:
+            self.codec.fit(v)
+        pos = self._store.append(v)  # first: a codec may reject the batch (f16 range)
+        if self._float is not None:
+            self._float.append(v)
         if self._ids.shape[0] < self._store.capacity or not self._ids.flags.writeable:
             grown = np.full(self._store.capacity, -1, np.int64)
             grown[: pos[0]] = self._ids[: pos[0]]
@@ -108,21 +131,27 @@ class FlatIndex:
             last = n - 1
             if p != last:
                 self._store.move(np.array([last]), np.array([p]))
+                if self._float is not None:
+                    self._float.move(np.array([last]), np.array([p]))
                 self._ids[p] = self._ids[last]
                 self._idmap.assign(self._ids[p : p + 1], np.array([p]))
             n -= 1
         self._store.truncate(n)
+        if self._float is not None:
+            self._float.truncate(n)
         return int(pos.size)
 
     @property
     def needs_training(self) -> bool:
-        return False
+        """Lossy codecs learn from data (``add`` trains on its first batch otherwise)."""
+        return not self.codec.trained
 
     def search(self, queries, k: int, allowed=None, params: SearchParams | dict | None = None,
                explain: bool = False, **knobs):
         """Top-k for one query (1-D, returns 1-D arrays) or a batch (2-D, returns 2-D).
-        ``params``/``knobs``: ``SearchParams`` (an exact index uses none of them). With
-        ``explain`` a third value is the plan."""
+        ``params``/``knobs``: ``SearchParams``; a scan reads only ``rerank`` (a lossy codec's
+        best ``ef`` re-scored on the float32 originals) and ``ef``. With ``explain`` a third
+        value is the plan."""
         return search_by_ids(self, queries, k, allowed, params, explain, knobs, self._store.n)
 
     def strategy_costs(self, allowed: int, points: int, k: int, params: SearchParams,
@@ -140,7 +169,12 @@ class FlatIndex:
             allowed = bits.count() if bits is not None else n
             plan = planner.choose(self, allowed, n, k, params,
                                   bits is not None if filtered is None else filtered)
-        dist, pos = self._search_positions(q, k, bits)
+        rerank = bool(params.rerank) and self._float is not None and self._store.n > 0
+        dist, pos = self._search_positions(q, params.beam(k) if rerank else k, bits)
+        if rerank:
+            X, faux = self._float.view()
+            dist, pos = rerank_candidates(self._float.codec.dist(self.metric.kernel_metric), q, X,
+                                          faux, pos, k)
         return dist, pos, {**plan.explain(), "fallback_exact": 0}
 
     def _search_positions(self, q: np.ndarray, k: int, bits: Bitset | None):
@@ -150,18 +184,22 @@ class FlatIndex:
         kmetric = self.metric.kernel_metric
         out_d = np.empty((nq, k), np.float32)
         out_i = np.empty((nq, k), np.int64)
+        if not self.codec.trained:  # an empty lossy index: nothing to prepare queries with
+            out_d[:], out_i[:] = np.inf, -1
+            return out_d, out_i
+        dist = self.codec.rerank_dist(kmetric)  # the most accurate level there is
+        dist = self.codec.dist(kmetric) if dist is None else dist
         if bits is not None and bits.count() < _ROWS_PATH_SHARE * n:
             rows = bits.positions()
             rows = rows[rows < n]
             qs = self.codec.prepare(q)
-            ks.scan_topk_rows_any(self.codec.dist(kmetric), qs, codes, aux, rows, k, out_d, out_i)
-        elif nq >= _BLAS_MIN_QUERIES:
+            ks.scan_topk_rows_any(dist, qs, codes, aux, rows, k, out_d, out_i)
+        elif nq >= _BLAS_MIN_QUERIES and self.dtype in _DECODABLE:
             self._blas_scan(q, k, bits, out_d, out_i)
         else:
             qs = self.codec.prepare(q)
             words = bits.words if bits is not None else np.zeros(1, np.uint64)
-            ks.scan_topk_any(self.codec.dist(kmetric), qs, codes, aux, n, k, words,
-                               bits is not None, out_d, out_i)
+            ks.scan_topk_any(dist, qs, codes, aux, n, k, words, bits is not None, out_d, out_i)
         if kmetric == "l2":
             np.maximum(out_d, 0, out=out_d)
         return out_d, out_i
@@ -192,27 +230,49 @@ class FlatIndex:
 
     def reconstruct(self, positions) -> np.ndarray:
         """Float32 vectors stored at row positions (normalised for cosine)."""
-        codes = self._store.view()[0][np.asarray(positions, np.int64)]
+        pos = np.asarray(positions, np.int64)
+        if self._float is not None:
+            return np.array(self._float.view()[0][pos], np.float32)
+        codes = self._store.view()[0][pos]
         return F16Codec.decode(codes) if self.dtype == "f16" else np.array(codes, np.float32)
 
     # --- persistence -------------------------------------------------------------------
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind; the values sum to the whole footprint."""
-        return {"vectors": self._store.nbytes(), "ids": 8 * self._store.n,
-                "id_map": self._idmap.nbytes()}
+        """Resident bytes by kind; the values sum to the whole footprint. A lossy codec's
+        float32 originals count while they are in RAM (an index built here); loaded from
+        disk they stay memory-mapped, read only by ``reconstruct`` and ``rerank``, and
+        count 0."""
+        usage = {"vectors": self._store.nbytes(), "ids": 8 * self._store.n,
+                 "id_map": self._idmap.nbytes()}
+        if self._float is not None:
+            on_disk = isinstance(self._float.view()[0], np.memmap)
+            usage["rerank_vectors"] = 0 if on_disk else self._float.nbytes()
+        return usage
 
     def save(self, directory: str | os.PathLike) -> None:
         codes, aux = self._store.view()
         meta = {"dim": self.dim, "metric": self.metric.value, "dtype": self.dtype}
-        save_arrays(directory, self.kind, meta,
-                    {"codes": codes, "aux": aux, "ids": self._ids[: self._store.n]})
+        arrays = {"codes": codes, "aux": aux, "ids": self._ids[: self._store.n]}
+        if self._float is not None:
+            arrays["vectors"] = self._float.view()[0]
+        if self.dtype not in _DECODABLE and self.codec.trained:
+            for name, arr in self.codec.state().items():
+                arrays[f"codec_{name}"] = arr
+        save_arrays(directory, self.kind, meta, arrays)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> FlatIndex:
         meta, arrays = load_arrays(directory, cls.kind, mmap=mmap)
         index = cls(meta["dim"], meta["metric"], meta["dtype"])
+        state = {k[6:]: v for k, v in arrays.items() if k.startswith("codec_")}
+        if state:
+            index.codec.load_state(state)
         index._store = VectorStore(index.codec, arrays["codes"], arrays["aux"])
+        if index._float is not None:
+            rows = arrays["vectors"]
+            index._float = VectorStore(index._float.codec, rows,
+                                       np.zeros((rows.shape[0], 0), np.float32))
         index._ids = arrays["ids"]
         index._idmap = IdMap.from_array(index._ids)
         return index

@@ -143,7 +143,16 @@ def _build_flat(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
     from .flat import FlatIndex
 
     _no_numbers(parsed.index)
-    return FlatIndex(dim, metric, dtype=codec_from_spec(parsed.codec, dim).name, **options)
+    return FlatIndex(dim, metric, dtype=_row_codec(parsed, dim, "Flat").name, **options)
+
+
+def _row_codec(parsed: ParsedSpec, dim: int, index: str):
+    """The spec's codec, which must store rows (PQ codes live in IVF lists)."""
+    codec = codec_from_spec(parsed.codec, dim)
+    if isinstance(codec, PQCodec):
+        raise InvalidArgument(f"spec: PQ codes are searched by IVF (e.g. IVF1024,{parsed.codec}); "
+                              f"{index} takes row codecs such as F32, F16, SQ8, LVQ8, LeanVec")
+    return codec
 
 
 def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
@@ -157,11 +166,7 @@ def _build_hnsw(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
         raise InvalidArgument(f"spec: HNSW re-ranks on F32 vectors; Refine({refine}) is not "
                               f"available yet")
     links = head.numbers[0] if head.numbers else 16
-    codec = codec_from_spec(parsed.codec, dim)
-    if isinstance(codec, PQCodec):
-        raise InvalidArgument(f"spec: PQ codes are searched by IVF (e.g. IVF1024,{parsed.codec}); "
-                              f"HNSW takes row codecs such as F32, F16, SQ8, LVQ8")
-    return HNSWIndex(dim, metric, m=links, codec=codec.name, **options)
+    return HNSWIndex(dim, metric, m=links, codec=_row_codec(parsed, dim, "HNSW").name, **options)
 
 
 def _build_ivf(parsed: ParsedSpec, dim: int, metric: Metric, options: dict):
