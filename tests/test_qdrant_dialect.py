@@ -285,6 +285,9 @@ def test_query(client, http, docs):
         "positive": [3], "limit": 2, "params": {"exact": True}}).json()["result"]
     assert [m.ScoredPoint(**h).id for h in legacy] == [ext[i] for i in cosine_top(
         x, x[3], 2, set(range(N)) - {3})[0]]
+    tokens = [[0.0] * x.shape[1]] * x.shape[1]  # a token matrix as long as a vector: no vector
+    bad = http.post("/collections/docs/points/recommend", json={"positive": [tokens], "limit": 2})
+    assert bad.status_code == 400 and "recommend.positive[0]" in bad.json()["status"]["error"]
 
     # prefetch: fused by RRF, or re-scored by the outer query
     red = {i for i in range(N) if payloads[i]["color"] == "red"} - {33}  # 33's payload was cleared

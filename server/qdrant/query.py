@@ -265,7 +265,8 @@ class Planner:
                 if not isinstance(x, list):
                     rows.append(stored[normalize_id(x)])
                     continue
-                if len(x) != dim or not all(map(math.isfinite, x)):
+                if len(x) != dim or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                            for v in x):  # (a token matrix is a list too)
                     raise InvalidArgument(f"recommend.{where}[{i}]: expected {dim} finite numbers")
                 v = np.asarray(x, np.float64)  # prepared as stored vectors are
                 rows.append(v / (np.linalg.norm(v) or 1.0) if cosine else v)
