@@ -365,6 +365,16 @@ class CollectionSchema:
         return is_one_query(vector)
 
 
+def write_manifest(directory: Path, checkpoint_seq: int, next_segment: int,
+                   segments: list[dict]) -> None:
+    """A collection's checkpoint, atomically: the sealed segments it is made of and the last
+    log record they hold. A new collection gets an empty one before its config, so a segment
+    directory with no manifest beside it is always damage, never a first seal cut short."""
+    write_metadata(Path(directory) / "manifest.json", {"checkpoint_seq": checkpoint_seq,
+                                                       "next_segment": next_segment,
+                                                       "segments": segments})
+
+
 class Collection(CollectionSchema):
     """Use ``Database.create_collection`` / ``get_collection`` rather than this constructor."""
 
@@ -1150,9 +1160,7 @@ class Collection(CollectionSchema):
                 s.deleted_file, s.deleted_crc = name, crc
             entries.append({"id": s.id, "dir": s.path.name, "deleted": s.deleted_file,
                             "deleted_crc": s.deleted_crc})
-        write_metadata(self.path / "manifest.json", {"checkpoint_seq": seq,
-                                                     "next_segment": self._next_segment,
-                                                     "segments": entries})
+        write_manifest(self.path, seq, self._next_segment, entries)
         self._checkpoint_seq = seq
         for f in old_files:
             f.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import tarfile
 import threading
 from pathlib import Path
 
-from .collection import Collection, CollectionConfig, VectorField
+from .collection import Collection, CollectionConfig, VectorField, write_manifest
 from .errors import AlreadyExists, CorruptData, InvalidArgument, NotFound, QuiverError, ReadOnly
 from .lock import DirectoryLock
 from .persist import fsync_dir, read_metadata, write_metadata
@@ -100,6 +100,7 @@ class Database:
             d.mkdir(parents=True, exist_ok=True)
             for file, obj in (extra or {}).items():
                 write_metadata(d / file, obj)
+            write_manifest(d, 0, 1, [])
             config.save(d / "config.json")  # last: its presence is what makes a collection
             return self._get(name)
 

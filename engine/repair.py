@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collection import CollectionConfig
+from .collection import CollectionConfig, write_manifest
 from .device import DeviceUnavailable
 from .errors import CorruptData, QuiverError
 from .lock import DirectoryLock
@@ -187,8 +187,7 @@ def _rebuild_manifest(name: str, d: Path, seg_dirs: list[Path], problem: str,
             file, crc = s.write_deleted(seq)
             entries.append({"id": s.id, "dir": s.path.name, "deleted": file, "deleted_crc": crc})
         ids = [int(p.name[4:]) for p in seg_dirs if p.name[4:].isdigit()]
-        write_metadata(d / "manifest.json", {"checkpoint_seq": seq, "segments": entries,
-                                             "next_segment": max(ids, default=0) + 1})
+        write_manifest(d, seq, max(ids, default=0) + 1, entries)
     return f
 
 

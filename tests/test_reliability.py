@@ -200,6 +200,24 @@ def test_missing_or_wrong_manifest_deletes_nothing(tmp_path, damage):
     assert _tree(base / "segments") == before
 
 
+def test_a_first_seal_cut_short_before_its_manifest_recovers_from_the_log(tmp_path):
+    """A kill -9 after the first seal wrote its segment directory and before it wrote the
+    collection's first checkpoint: the collection was created with an empty manifest, so the
+    directory is a leftover (removed) and the log still holds every point."""
+    db = quiver.connect(tmp_path / "d")
+    col = db.create_collection("c", 4, metric="l2")
+    base = tmp_path / "d" / "collections" / "c"
+    assert (base / "manifest.json").exists()  # before any seal
+    x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    col.upsert(list(range(50)), x)
+    db.close()
+    (base / "segments" / "seg-000001").mkdir(parents=True)  # what the cut-short seal left
+    (base / "segments" / "seg-000001" / "ids.npy").write_bytes(b"partial")
+    col = quiver.connect(tmp_path / "d").get_collection("c")
+    assert col.count() == 50 and col.search(x[7], 1)[0].id == 7
+    assert not (base / "segments" / "seg-000001").exists()
+
+
 # ---------------------------------------------------------------- rejected requests
 
 
