@@ -241,7 +241,7 @@ class LVQCodec(Codec):
         """(q8, 1/s): q8 = rint(s q) with s = 127 / max|q| per query (1 for a zero query), so
         ``q8 / s`` is the query the codes' dot product sees (``kernels/quantized.py``,
         ``lvq8_i8_ip``; the other terms use q itself)."""
-        peak = np.abs(q).max(axis=1) if q.shape[1] else np.zeros(q.shape[0], np.float32)
+        peak = np.abs(q).max(axis=1)  # (dim >= 1: check_dim)
         scale = (127.0 / np.where(peak > 0, peak, 127.0)).astype(np.float32)
         return np.rint(q * scale[:, None]).astype(np.int8), (1.0 / scale).astype(np.float32)
 

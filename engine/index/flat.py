@@ -175,6 +175,8 @@ class FlatIndex:
             X, faux = self._float.view()
             dist, pos = rerank_candidates(self._float.codec.dist(self.metric.kernel_metric), q, X,
                                           faux, pos, k)
+            if self.metric.kernel_metric == "l2":
+                np.maximum(dist, 0, out=dist)
         return dist, pos, {**plan.explain(), "fallback_exact": 0}
 
     def _search_positions(self, q: np.ndarray, k: int, bits: Bitset | None):
