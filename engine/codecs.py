@@ -170,8 +170,8 @@ class SQ8Codec(Codec):
         return {"lo": self.lo, "step": self.step}
 
     def load_state(self, arrays):
-        self.lo = np.asarray(arrays["lo"], np.float32)
-        self.step = np.asarray(arrays["step"], np.float32)
+        self.lo = np.array(arrays["lo"], np.float32)
+        self.step = np.array(arrays["step"], np.float32)
 
 
 class LVQCodec(Codec):
@@ -273,7 +273,7 @@ class LVQCodec(Codec):
         return {"mean": self.mean}
 
     def load_state(self, arrays):
-        self.mean = np.asarray(arrays["mean"], np.float32)
+        self.mean = np.array(arrays["mean"], np.float32)
 
 
 @dataclass(frozen=True)

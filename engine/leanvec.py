@@ -171,9 +171,9 @@ class LeanVecCodec(Codec):
                 "ood": np.array([self.kind == "ood"])}
 
     def load_state(self, arrays):
-        self.projection = np.ascontiguousarray(arrays["projection"], np.float32)
-        self.mean = np.asarray(arrays["mean"], np.float32)
-        self.mean_p = np.asarray(arrays["mean_p"], np.float32)
+        self.projection = np.array(arrays["projection"], np.float32, order="C")
+        self.mean = np.array(arrays["mean"], np.float32)
+        self.mean_p = np.array(arrays["mean_p"], np.float32)
         self.kind = "ood" if bool(np.asarray(arrays.get("ood", [False]))[0]) else "id"
 
 

@@ -34,7 +34,7 @@ from .metric import Metric
 from .params import SearchParams
 from .persist import load_arrays, save_arrays
 from .tokens import TokenMatrices, as_token_matrices
-from .vectors import VectorStore
+from .vectors import VectorStore, readonly
 
 RETRIEVALS = ("fde", "tokens")
 """Where candidates come from: MUVERA FDEs of whole documents in a dense index, or the
@@ -360,7 +360,7 @@ class MultiVectorIndex:
                 hd, hp, _ = self.fdes.search_positions(q.tokens, hits, tbits, knobs, None,
                                                        filtered, **self._any_order())
                 cand = np.empty((nq, c), np.int64)
-                kc.token_votes(self._doc_of, np.ascontiguousarray(hp, np.int64),
+                kc.token_votes(readonly(self._doc_of), np.ascontiguousarray(hp, np.int64),
                                np.ascontiguousarray(hd, np.float32), q.offsets, len(self), cand)
                 info.update(candidates=c, token_hits=hits)
             else:
@@ -370,13 +370,14 @@ class MultiVectorIndex:
                 cand = np.ascontiguousarray(cand, np.int64)
                 info["candidates"] = c
         stored, aux = self._tokens.view()
+        offsets = readonly(self._offsets)  # (as stored ones: one compiled variant)
         if self.token_codec == "lvq8":
             mean = self._tokens.codec.mean
         else:
             aux, mean = _NO_AUX, _NO_MEAN
 
         def rerank(first: int, step: int) -> None:
-            kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, aux, mean, self._offsets, cand, k,
+            kc.chamfer_topk_chunk(q.tokens, q.offsets, stored, aux, mean, offsets, cand, k,
                                   out_d, out_i, first, step)
 
         run_chunks(rerank, chunk_count(nq))

@@ -140,7 +140,7 @@ class PQCodec(Codec):
         return {"codebooks": self.codebooks}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        books = np.asarray(arrays["codebooks"], np.float32)
+        books = np.array(arrays["codebooks"], np.float32)
         if books.shape != (self.m, self.ksub, self.dsub):
             raise InvalidArgument(f"codebooks: shape {books.shape}, expected "
                                   f"{(self.m, self.ksub, self.dsub)}")

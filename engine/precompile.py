@@ -68,31 +68,24 @@ def held() -> Iterator[None]:
         _held.off = before
 
 
-def _variants(entry) -> list[bool] | None:
-    """Which variants of a jitted entry point its disk cache holds: for each, whether its
-    second argument (the codes) is read-only (a memory-mapped segment) or writable. None
-    when that cannot be told (Numba's cache internals moved, no cache)."""
-    from numba.core import types
-
+def _cached(entry) -> bool | None:
+    """Whether a jitted entry point's disk cache holds a compiled variant (kernels get
+    read-only rows, ``vectors.readonly``, so there is one); None when that cannot be told
+    (Numba's cache internals moved, no cache)."""
     try:
         cache = entry._cache
         files = cache._cache_file
         mine = cache._index_key((), entry.targetctx.codegen())[1:]  # this kernel and kind
-        out = []
-        for (sig, *rest), name in files._load_index().items():
-            # Numba writes the index before the data: an entry counts once its data is there
-            if tuple(rest) == mine and os.path.exists(files._data_path(name)):
-                args = sig[0].types if len(sig) == 1 and isinstance(sig[0], types.BaseTuple) \
-                    else sig
-                out.append(not args[1].mutable)
-        return out
+        # Numba writes the index before the data: an entry counts once its data is there
+        return any(tuple(rest) == mine and os.path.exists(files._data_path(name))
+                   for (_sig, *rest), name in files._load_index().items())
     except Exception:
         return None
 
 
 def hnsw_search_ahead(metric: str, codec: str, kind) -> None:
     """Start compiling the HNSW traversal for (kernel ``metric``, ``codec``) in a child
-    process if the cache holds neither variant yet (once per process and pair)."""
+    process if the cache does not hold it yet (once per process and pair)."""
     key = (metric, codec)
     if key in _started or codec not in PLAIN_CODECS or not _enabled():
         return
@@ -100,7 +93,7 @@ def hnsw_search_ahead(metric: str, codec: str, kind) -> None:
     from ..kernels.dispatch import for_kind
 
     with _lock:
-        if key in _started or _variants(for_kind(kh.search_chunk, kind)) != []:
+        if key in _started or _cached(for_kind(kh.search_chunk, kind)) is not False:
             return
         try:
             proc = subprocess.Popen(
@@ -127,10 +120,10 @@ def _stop_children() -> None:
                 proc.wait(2.0)
 
 
-def wait_for(metric: str, codec: str, kind, readonly: bool) -> None:
+def wait_for(metric: str, codec: str, kind) -> None:
     """Before the first search of (kernel ``metric``, ``codec``): while a child is
-    compiling it, wait until the variant this search needs (``readonly`` codes or not) is in
-    the cache, so this process loads it instead of compiling it again."""
+    compiling it, wait until it is in the cache, so this process loads it instead of
+    compiling it again."""
     proc = _started.get((metric, codec))
     if proc is None or proc.poll() is not None:
         return
@@ -140,20 +133,16 @@ def wait_for(metric: str, codec: str, kind, readonly: bool) -> None:
     entry = for_kind(kh.search_chunk, kind)
     deadline = time.monotonic() + WAIT_S
     while proc.poll() is None and time.monotonic() < deadline:
-        found = _variants(entry)
-        if found is None or readonly in found:
+        if _cached(entry) is not False:
             return
         time.sleep(0.05)
 
 
 def _compile_search(metric: str, codec: str) -> None:
-    """What the child runs, on a one-node graph: a traversal over writable codes (what an
-    index built in this process searches), the build's reverse-link kernel (with no links to
-    add; a parent still building loads it), and a traversal over the same index saved and
-    loaded back as read-only memory maps (what a collection's sealed segments search).
-    Nothing of the insertion, which the parent is compiling."""
-    import tempfile
-
+    """What the child runs, on a one-node graph: a traversal (built here or memory-mapped
+    from disk, an index's kernels get the same read-only rows) and the build's reverse-link
+    kernel (with no links to add; a parent still building loads it). Nothing of the
+    insertion, which the parent is compiling."""
     import numpy as np
 
     from ..kernels import hnsw as kh
@@ -175,12 +164,6 @@ def _compile_search(metric: str, codec: str) -> None:
     for_kind(kh.link_groups, index._float.codec.dist(index._kmetric))(
         X, aux, index._nbr0, index._upper, index._uidx, 0, none, none, np.zeros(1, np.int64),
         0, 1)
-    with tempfile.TemporaryDirectory(prefix="quiver-precompile-") as tmp:
-        index.save(Path(tmp) / "index")
-        loaded = HNSWIndex.load(Path(tmp) / "index", mmap=True)
-        dist, pos, _ = loaded.search_positions(q, 1, None, SearchParams(), traversal)
-        finish_results(loaded.metric, dist, pos, loaded._ids, False)
-        del loaded
 
 
 if __name__ == "__main__":

@@ -7,6 +7,15 @@ import numpy as np
 from .codecs import Codec
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view. Kernels get these for rows built here as for rows memory-mapped
+    from disk, so each compiles once, not once per writability: two variants would also be
+    free to round differently (fastmath), and a reloaded index must score as it did."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 class VectorStore:
     """Rows [0, n) of ``codes``/``aux`` are live storage; capacity grows by doubling.
 
@@ -58,7 +67,8 @@ class VectorStore:
         self.n = n
 
     def view(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.codes[: self.n], self.aux[: self.n]
+        """The live rows, read-only (``readonly``); writes go through this store."""
+        return readonly(self.codes[: self.n]), readonly(self.aux[: self.n])
 
     def nbytes(self) -> int:
         return self.n * self.codec.bytes_per_vector()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -202,6 +206,36 @@ def path_spy(monkeypatch) -> list[str]:
 
         monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+def _dispatchers() -> list:
+    found = []
+    for o in gc.get_objects():
+        with contextlib.suppress(ReferenceError):  # a dead weak proxy
+            if isinstance(o, numba.core.registry.CPUDispatcher):
+                found.append(o)
+    return found
+
+
+def _writable_form(sig) -> tuple[str, ...]:
+    return tuple(str(t).replace("readonly ", "") for t in sig)
+
+
+@contextlib.contextmanager
+def no_second_kernel_variants() -> Iterator[None]:
+    """The block compiles no kernel variant that differs from one compiled before it only in
+    its arrays' writability: a reloaded (memory-mapped) index must run the machine code the
+    built one ran (``engine.vectors.readonly``), or fastmath leaves it free to round
+    differently, and every kernel would compile twice."""
+    before = {d: set(d.signatures) for d in _dispatchers()}
+    yield
+    second = []
+    for d in _dispatchers():
+        old = before.get(d, set())
+        forms = {_writable_form(s) for s in old}
+        second += [f"{d.py_func.__module__}.{d.py_func.__name__}{[str(t) for t in s]}"
+                   for s in set(d.signatures) - old if _writable_form(s) in forms]
+    assert not second, "compiled again for other array writability:\n" + "\n".join(second)
 
 
 def read_state(col) -> dict:

@@ -138,6 +138,6 @@ def test_precompile_stays_off_when_asked_or_cached(monkeypatch):
     monkeypatch.setenv("QUIVER_PRECOMPILE", "1")
     precompile.hnsw_search_ahead("l2", "lvq4x8", dispatch.F32_L2)  # not a plain codec
     assert precompile._started == {}
-    monkeypatch.setattr(precompile, "_variants", lambda entry: [False])
+    monkeypatch.setattr(precompile, "_cached", lambda entry: True)
     precompile.hnsw_search_ahead("l2", "f32", dispatch.F32_L2)
     assert precompile._started == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import no_second_kernel_variants
 from quiver.bench.datasets import find_data_file
 from quiver.engine.bitset import Bitset
 from quiver.engine.errors import InvalidArgument
@@ -88,11 +89,12 @@ def test_fde_is_seeded_and_asymmetric():
     offsets = np.array([0, 2], np.int64)
     enc = FDEEncoder(DIM, FDEConfig(k_sim=2, d_proj=4, r_reps=3, seed=7))
     single = enc.documents(toks[:1], np.array([0, 1]))
-    # a document block is the mean of its bucket: a repeated token changes nothing
-    np.testing.assert_allclose(enc.documents(toks, offsets), single, rtol=1e-6)
+    # a document block is the mean of its bucket: a repeated token changes nothing (to BLAS's
+    # rounding: it projects one row and two rows by different kernels)
+    np.testing.assert_allclose(enc.documents(toks, offsets), single, rtol=1e-6, atol=1e-7)
     # a query block is the sum: the repeated token counts twice, and empty buckets stay zero
-    np.testing.assert_allclose(enc.queries(toks, offsets), 2 * enc.queries(toks[:1],
-                                                                             np.array([0, 1])))
+    np.testing.assert_allclose(enc.queries(toks, offsets),
+                               2 * enc.queries(toks[:1], np.array([0, 1])), rtol=1e-6, atol=1e-7)
     assert (enc.queries(toks, offsets) == 0).sum() > 0
     assert (single != 0).all()  # documents fill empty buckets
     again = FDEEncoder(DIM, FDEConfig(k_sim=2, d_proj=4, r_reps=3, seed=7))
@@ -276,8 +278,10 @@ def test_lvq8_tokens_score_close_to_float_in_half_the_memory_of_f16(corpus, tmp_
     np.testing.assert_allclose(lvq.reconstruct([3]).doc(0), docs[3], atol=0.02)
     lvq.save(tmp_path / "lvq")
     back = quiver.load_index(tmp_path / "lvq")
-    for a, b in zip(lvq.search(queries, 5, exact=True), back.search(queries, 5, exact=True),
-                    strict=True):
+    first = lvq.search(queries, 5, exact=True), lvq.search(queries, 5)
+    with no_second_kernel_variants():
+        again = back.search(queries, 5, exact=True), back.search(queries, 5)
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -15,6 +15,7 @@ from ..idmap import IdMap
 from ..metric import Metric
 from ..params import SearchParams
 from ..validation import as_queries, check_k, normalize_rows
+from ..vectors import readonly
 
 
 @runtime_checkable
@@ -138,7 +139,7 @@ def finish_results(metric: Metric, dist: np.ndarray, pos: np.ndarray, ids: np.nd
     """Distances/positions from kernels -> (scores, external ids), -1 padded."""
     scores = np.empty(pos.shape, np.float32)
     ext = np.empty(pos.shape, np.int64)
-    finish_hits(dist, pos, ids, metric is not Metric.L2, np.float32(metric.distance_bound()),
+    finish_hits(dist, pos, readonly(ids), metric is not Metric.L2, np.float32(metric.distance_bound()),
                 scores, ext)
     if single:
         return scores[0], ext[0]

@@ -16,6 +16,7 @@ from ...kernels import fastscan as kf
 from ...kernels.chunks import chunk_count, run_chunks
 from ..errors import CorruptData
 from ..params import SearchParams
+from ..vectors import readonly
 from .ivfpq import IVFPQIndex
 
 _FS_BYTES_PER_CODE = 0.25
@@ -104,16 +105,23 @@ class IVFPQFastScanIndex(IVFPQIndex):
 
     # --- search ---------------------------------------------------------------------
 
+    def _fs_lists(self) -> tuple:
+        """(bases, blocks, block_off, offsets, slot_pos) as kernels read them: read-only
+        views, one compiled variant whether built here or memory-mapped."""
+        return tuple(map(readonly, (self._bases, self._blocks, self._block_off, self._offsets,
+                                    self._slot_pos)))
+
     def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
-        kf.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._bases,
-                      self._cnorms, nprobe, self._tabs, self._kmetric == "l2", self._blocks,
-                      self._block_off, self._offsets, self._slot_pos, words, use_ok, ordered,
-                      out_d[0], out_i[0])
+        bases, blocks, block_off, offsets, slot_pos = self._fs_lists()
+        kf.search_one(q[0], self.codec.books_t(), self._scale(), readonly(self._centroids),
+                      bases, self._cnorms, nprobe, self._tabs, self._kmetric == "l2", blocks,
+                      block_off, offsets, slot_pos, words, use_ok, ordered, out_d[0], out_i[0])
 
     def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
-        args = (q, self.codec.books_t(), self._scale(), probes, self._bases, self._cnorms,
-                self._tabs, self._kmetric == "l2", self._blocks, self._block_off, self._offsets,
-                self._slot_pos, words, use_ok, ordered, out_d, out_i)
+        bases, blocks, block_off, offsets, slot_pos = self._fs_lists()
+        args = (q, self.codec.books_t(), self._scale(), probes, bases, self._cnorms,
+                self._tabs, self._kmetric == "l2", blocks, block_off, offsets, slot_pos, words,
+                use_ok, ordered, out_d, out_i)
         run_chunks(lambda c, n: kf.search_chunk(*args, c, n), chunk_count(q.shape[0]))
 
     def _exact(self, q, k, words, use_ok, n_ok, params: SearchParams):

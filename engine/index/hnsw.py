@@ -23,7 +23,7 @@ from ..metric import Metric
 from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
-from ..vectors import VectorStore
+from ..vectors import VectorStore, readonly
 from .base import live_words, mark_removed, search_by_ids
 
 _BATCH_SHARE = 0.02
@@ -360,10 +360,11 @@ class HNSWIndex:
             qs = self.codec.prepare(q)
             budget = max(n_ok, 4 * ef) if use_ok else 1 << 62
             two_hop = use_ok and plan.strategy == "filtered-traversal"
-            graph = (self._nbr0, self._upper, self._uidx, self._entry, self._max_level, ef)
+            graph = (readonly(self._nbr0), readonly(self._upper), readonly(self._uidx),
+                     self._entry, self._max_level, ef)
             kind = self.codec.dist(self._kmetric)
             search = for_kind(kh.search_chunk, kind)
-            precompile.wait_for(self._kmetric, self.codec.name, kind, not codes.flags.writeable)
+            precompile.wait_for(self._kmetric, self.codec.name, kind)
             tags[:nchunks] = run_chunks(
                 lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
                                     two_hop, budget, out_d, out_i, counts, c, n), nchunks)

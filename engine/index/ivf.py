@@ -31,7 +31,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..spec import parse_spec
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
-from ..vectors import VectorStore
+from ..vectors import VectorStore, readonly
 from .base import live_words, mark_removed, search_by_ids
 from .hnsw import rerank_candidates
 
@@ -404,13 +404,16 @@ class IVFIndex:
         return out_d, out_i
 
     def _lists(self) -> tuple:
-        return self._codes, self._aux, self._offsets, self._slot_pos
+        """The lists as kernels read them (read-only views: one compiled variant, built
+        here or memory-mapped)."""
+        return tuple(map(readonly, (self._codes, self._aux, self._offsets, self._slot_pos)))
 
     def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
         """(Its kernels sort whether ``ordered`` or not, as do IVF-PQ's.)"""
         qs = self.codec.prepare(q)
-        for_kind(ki.search_one, self.codec.dist(self._kmetric))(q[0], qs[0], self._centroids, self._cnorms,
-                      nprobe, *self._lists(), out_d.shape[1], words, use_ok, out_d[0], out_i[0])
+        for_kind(ki.search_one, self.codec.dist(self._kmetric))(
+            q[0], qs[0], readonly(self._centroids), self._cnorms, nprobe, *self._lists(),
+            out_d.shape[1], words, use_ok, out_d[0], out_i[0])
 
     def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
         groups = min(q.shape[0], numba.get_num_threads())
@@ -429,8 +432,9 @@ class IVFIndex:
         return out_d, out_i
 
     def _scan_slots(self, q, slots, out_d, out_i) -> None:
-        for_kind(ki.scan_slots, self.codec.dist(self._kmetric))(self.codec.prepare(q), self._codes, self._aux,
-                      slots, self._slot_pos, out_d.shape[1], out_d, out_i)
+        for_kind(ki.scan_slots, self.codec.dist(self._kmetric))(self.codec.prepare(q), readonly(self._codes),
+                      readonly(self._aux), slots, readonly(self._slot_pos), out_d.shape[1], out_d,
+                      out_i)
 
     def reconstruct(self, positions) -> np.ndarray:
         """Float32 vectors stored at row positions (normalised for cosine)."""

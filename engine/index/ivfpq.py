@@ -25,7 +25,7 @@ from ..metric import Metric
 from ..params import SearchParams
 from ..pq import PQCodec
 from ..spec import parse_spec
-from ..vectors import VectorStore
+from ..vectors import VectorStore, readonly
 from .hnsw import rerank_candidates
 from .ivf import TRAIN_NITER, IVFIndex
 
@@ -129,21 +129,28 @@ class IVFPQIndex(IVFIndex):
         """ADC tables hold -<q_j, c_ji> (ip) or -2 <q_j, c_ji> (l2, plus ``_tabs``)."""
         return np.float32(-2.0 if self._kmetric == "l2" else -1.0)
 
+    def _pq_lists(self) -> tuple:
+        """(bases, codes, offsets, slot_pos) as kernels read them: read-only views, one
+        compiled variant whether built here or memory-mapped (``IVFIndex._lists``)."""
+        return tuple(map(readonly, (self._bases, self._codes, self._offsets, self._slot_pos)))
+
     def _scan_one(self, q, nprobe, words, use_ok, out_d, out_i, ordered=True) -> None:
-        kp.search_one(q[0], self.codec.books_t(), self._scale(), self._centroids, self._bases,
-                      self._cnorms, nprobe, self._codes, self._offsets, self._slot_pos,
-                      self._tabs, self._kmetric == "l2", out_d.shape[1], words, use_ok, out_d[0],
-                      out_i[0])
+        bases, codes, offsets, slot_pos = self._pq_lists()
+        kp.search_one(q[0], self.codec.books_t(), self._scale(), readonly(self._centroids), bases,
+                      self._cnorms, nprobe, codes, offsets, slot_pos, self._tabs,
+                      self._kmetric == "l2", out_d.shape[1], words, use_ok, out_d[0], out_i[0])
 
     def _scan_batch(self, q, probes, words, use_ok, out_d, out_i, ordered=True) -> None:
-        kp.search_batch(q, self.codec.books_t(), self._scale(), probes, self._bases,
-                        self._cnorms, self._codes, self._offsets, self._slot_pos, self._tabs,
-                        self._kmetric == "l2", words, use_ok, out_d, out_i)
+        bases, codes, offsets, slot_pos = self._pq_lists()
+        kp.search_batch(q, self.codec.books_t(), self._scale(), probes, bases, self._cnorms,
+                        codes, offsets, slot_pos, self._tabs, self._kmetric == "l2", words,
+                        use_ok, out_d, out_i)
 
     def _scan_slots(self, q, slots, out_d, out_i) -> None:
         lists = np.searchsorted(self._offsets, slots, side="right") - 1
-        kp.scan_slots(q, self.codec.inner_tables(q, self._scale()), self._bases, self._cnorms,
-                      self._codes, slots, lists, self._slot_pos, self._tabs, self._kmetric == "l2",
+        bases, codes, _, slot_pos = self._pq_lists()
+        kp.scan_slots(q, self.codec.inner_tables(q, self._scale()), bases, self._cnorms, codes,
+                      slots, lists, slot_pos, self._tabs, self._kmetric == "l2",
                       out_d.shape[1], out_d, out_i)
 
     def _reranks(self, params: SearchParams) -> bool:
