@@ -285,6 +285,29 @@ def test_query_samples_on_fields_that_do_not_learn_from_them(tmp_path):
             assert col.search(x[5], 1, using=field, params={"exact": True})[0].id == 5
 
 
+@pytest.mark.parametrize("spec", ["LeanVec(12,LVQ8,LVQ8)", "LeanVec(13,LVQ8,LVQ8)",
+                                  "LeanVec(12,LVQ4,LVQ8)"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
+    """The primary distance is the projected query's against the decoded projected row, the
+    secondary the query's against the decoded full row (odd d': the kernels' tails)."""
+    x, q = data
+    c = make_codec(spec, D)
+    c.fit(x)
+    codes, aux = c.encode(x[:50])
+    qs = c.prepare(q)
+    w1 = c.code_width - D
+    zhat = c.mean_p + aux[:, :1] + aux[:, 1:2] * _unpack(codes[:, :w1], c.primary_bits, c.d_out)
+    xhat = c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w1:].astype(np.float32)
+    for kind, v, ref in ((c.dist(metric), q @ c.projection, zhat),
+                         (c.rerank_dist(metric), q, xhat)):
+        got = np.zeros((len(q), 50), np.float32)
+        for a in range(len(q)):
+            _row_distances(kind, qs[a], codes, aux, got[a])
+        want = ((ref[None] - v[:, None]) ** 2).sum(-1) if metric == "l2" else -(v @ ref.T)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_leanvec_f16_secondary_is_the_exact_half_distance(metric):
     """Re-ranking on LeanVec(.., F16) scores each row as its float16 value does."""
