@@ -3,10 +3,11 @@
 waits for it.
 
 Kernels compile per codec kind on first use (``kernels.dispatch``), so a warm-up names what it
-covers: index specs and metrics. Each spec is exercised twice: as built in memory (writable
-arrays) and as a sealed segment serves it, loaded back from its files as read-only memory
-maps (another array type to Numba, so another compilation). ``warm_database`` searches every
-field of every open collection, which compiles exactly the variants its segments need.
+covers: index specs and metrics. Each spec is exercised twice: as built in memory and as a
+sealed segment serves it, loaded back from its files as read-only memory maps. Kernels get
+read-only rows either way (``vectors.readonly``), so the second half loads what the first
+compiled (it checks that nothing else differs). ``warm_database`` searches every field of
+every open collection.
 """
 
 from __future__ import annotations
