@@ -230,10 +230,7 @@ class LVQCodec(Codec):
         if self.int8_queries:
             return self._prepare_int8(q)
         qs = np.empty((q.shape[0], d + 3), np.float32)
-        qs[:, :d] = q
-        qs[:, d] = q @ self.mean
-        qs[:, d + 1] = q.sum(axis=1)
-        qs[:, d + 2] = _sq_norms(q)
+        kq.lvq_prepare(np.ascontiguousarray(q, np.float32), self.mean, qs)
         return qs
 
     @staticmethod
@@ -241,18 +238,16 @@ class LVQCodec(Codec):
         """(q8, 1/s): q8 = rint(s q) with s = 127 / max|q| per query (1 for a zero query), so
         ``q8 / s`` is the query the codes' dot product sees (``kernels/quantized.py``,
         ``lvq8_i8_ip``; the other terms use q itself)."""
-        peak = np.abs(q).max(axis=1)  # (dim >= 1: check_dim)
-        scale = (127.0 / np.where(peak > 0, peak, 127.0)).astype(np.float32)
-        return np.rint(q * scale[:, None]).astype(np.int8), (1.0 / scale).astype(np.float32)
+        q = np.ascontiguousarray(q, np.float32)
+        q8 = np.empty(q.shape, np.int8)
+        inv = np.empty(q.shape[0], np.float32)
+        kq.int8_quantize(q, q8, inv)
+        return q8, inv
 
     def _prepare_int8(self, q):
         """[q8 (d bytes in ceil(d/4) slots), <q, mean>, sum(q), ||q||^2, 1/s]."""
-        d, w = self.dim, (self.dim + 3) // 4
-        qs = np.zeros((q.shape[0], w + 4), np.float32)
-        qs.view(np.int8)[:, :d], qs[:, w + 3] = self.int8_query(q)
-        qs[:, w] = q @ self.mean
-        qs[:, w + 1] = q.sum(axis=1)
-        qs[:, w + 2] = _sq_norms(q)
+        qs = np.zeros((q.shape[0], (self.dim + 3) // 4 + 4), np.float32)
+        kq.lvq8_prepare_int8(np.ascontiguousarray(q, np.float32), self.mean, qs, qs.view(np.int8))
         return qs
 
     def dist(self, kernel_metric):

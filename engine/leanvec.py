@@ -135,10 +135,7 @@ class LeanVecCodec(Codec):
             qs[:, o + 2 * d] = _sq_norms(q)
             return qs
         qs, o = self._prepare_reduced(q, d + 7)
-        qs[:, o : o + d] = q
-        qs[:, o + d] = q @ self.mean
-        qs[:, o + d + 1] = q.sum(axis=1)
-        qs[:, o + d + 2] = _sq_norms(q)
+        kq.lvq_prepare(np.ascontiguousarray(q, np.float32), self.mean, qs[:, o : o + d + 3])
         return qs
 
     def _prepare_reduced(self, q, rest: int) -> tuple[np.ndarray, int]:
@@ -146,11 +143,8 @@ class LeanVecCodec(Codec):
         returns them and where the full query's part starts."""
         dp = self.d_out
         qs = np.zeros((q.shape[0], dp + rest), np.float32)
-        z = q @ self.projection
-        qs[:, :dp] = z
-        qs[:, dp] = z @ self.mean_p
-        qs[:, dp + 1] = z.sum(axis=1)
-        qs[:, dp + 2] = _sq_norms(np.ascontiguousarray(z))
+        z = np.ascontiguousarray(q @ self.projection, np.float32)
+        kq.lvq_prepare(z, self.mean_p, qs[:, : dp + 3])  # the LVQ layout over z
         qs[:, -1] = dp
         return qs, dp + 3
 

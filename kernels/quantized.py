@@ -295,6 +295,67 @@ def lvq_encode(X, mean, b1: int, b2: int, codes, aux) -> None:
 
 
 @njit(**JIT)
+def lvq_prepare(Q, mean, out) -> None:
+    """LVQ's prepared queries [q (d), <q, mean>, sum(q), ||q||^2] into ``out`` (nq, d + 3):
+    one pass a query (a 384-d query 5.5 us in NumPy's four calls, most of a small search)."""
+    d = Q.shape[1]
+    for r in range(Q.shape[0]):
+        dot = np.float32(0.0)
+        total = np.float32(0.0)
+        sq = np.float32(0.0)
+        for j in range(d):
+            v = Q[r, j]
+            out[r, j] = v
+            dot += v * mean[j]
+            total += v
+            sq += v * v
+        out[r, d] = dot
+        out[r, d + 1] = total
+        out[r, d + 2] = sq
+
+
+@njit(**INLINE)
+def _int8_row(q, q8) -> np.float32:
+    """q8 = rint(s q) with s = 127 / max|q| (1 for a zero query); returns 1/s."""
+    peak = np.float32(0.0)
+    for j in range(q.shape[0]):
+        peak = max(peak, abs(q[j]))
+    scale = np.float32(127.0) / peak if peak > 0 else np.float32(1.0)
+    for j in range(q.shape[0]):
+        q8[j] = np.int8(np.rint(q[j] * scale))
+    return np.float32(1.0) / scale
+
+
+@njit(**JIT)
+def int8_quantize(Q, q8, inv) -> None:
+    """Each query row's int8 form (``_int8_row``) into ``q8`` and its 1/s into ``inv``."""
+    for r in range(Q.shape[0]):
+        inv[r] = _int8_row(Q[r], q8[r])
+
+
+@njit(**JIT)
+def lvq8_prepare_int8(Q, mean, out, out8) -> None:
+    """LVQ-8's int8 prepared queries (layout above ``_lvq8_i8_ip``) into ``out`` (nq, w + 4),
+    w = ceil(d / 4), zeroed, and ``out8``, the same memory as int8: 14.5 us a 384-d query in
+    NumPy, most of a small search."""
+    d = Q.shape[1]
+    w = (d + 3) >> 2
+    for r in range(Q.shape[0]):
+        out[r, w + 3] = _int8_row(Q[r], out8[r, :d])
+        dot = np.float32(0.0)
+        total = np.float32(0.0)
+        sq = np.float32(0.0)
+        for j in range(d):
+            v = Q[r, j]
+            dot += v * mean[j]
+            total += v
+            sq += v * v
+        out[r, w] = dot
+        out[r, w + 1] = total
+        out[r, w + 2] = sq
+
+
+@njit(**JIT)
 def sq8_encode(X, lo, inv_step, codes) -> None:
     for i in range(X.shape[0]):
         for j in range(X.shape[1]):
