@@ -300,18 +300,23 @@ def lvq_prepare(Q, mean, out) -> None:
     one pass a query (a 384-d query 5.5 us in NumPy's four calls, most of a small search)."""
     d = Q.shape[1]
     for r in range(Q.shape[0]):
-        dot = np.float32(0.0)
-        total = np.float32(0.0)
-        sq = np.float32(0.0)
         for j in range(d):
-            v = Q[r, j]
-            out[r, j] = v
-            dot += v * mean[j]
-            total += v
-            sq += v * v
-        out[r, d] = dot
-        out[r, d + 1] = total
-        out[r, d + 2] = sq
+            out[r, j] = Q[r, j]
+        out[r, d], out[r, d + 1], out[r, d + 2] = _query_terms(Q[r], mean)
+
+
+@njit(**INLINE)
+def _query_terms(q, mean) -> tuple[np.float32, np.float32, np.float32]:
+    """(<q, mean>, sum(q), ||q||^2): the scalar terms of every LVQ distance."""
+    dot = np.float32(0.0)
+    total = np.float32(0.0)
+    sq = np.float32(0.0)
+    for j in range(q.shape[0]):
+        v = q[j]
+        dot += v * mean[j]
+        total += v
+        sq += v * v
+    return dot, total, sq
 
 
 @njit(**INLINE)
@@ -342,17 +347,7 @@ def lvq8_prepare_int8(Q, mean, out, out8) -> None:
     w = (d + 3) >> 2
     for r in range(Q.shape[0]):
         out[r, w + 3] = _int8_row(Q[r], out8[r, :d])
-        dot = np.float32(0.0)
-        total = np.float32(0.0)
-        sq = np.float32(0.0)
-        for j in range(d):
-            v = Q[r, j]
-            dot += v * mean[j]
-            total += v
-            sq += v * v
-        out[r, w] = dot
-        out[r, w + 1] = total
-        out[r, w + 2] = sq
+        out[r, w], out[r, w + 1], out[r, w + 2] = _query_terms(Q[r], mean)
 
 
 @njit(**JIT)
