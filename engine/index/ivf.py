@@ -432,9 +432,9 @@ class IVFIndex:
         return out_d, out_i
 
     def _scan_slots(self, q, slots, out_d, out_i) -> None:
-        for_kind(ki.scan_slots, self.codec.dist(self._kmetric))(self.codec.prepare(q), readonly(self._codes),
-                      readonly(self._aux), slots, readonly(self._slot_pos), out_d.shape[1], out_d,
-                      out_i)
+        codes, aux, _, slot_pos = self._lists()
+        for_kind(ki.scan_slots, self.codec.dist(self._kmetric))(
+            self.codec.prepare(q), codes, aux, slots, slot_pos, out_d.shape[1], out_d, out_i)
 
     def reconstruct(self, positions) -> np.ndarray:
         """Float32 vectors stored at row positions (normalised for cosine)."""
