@@ -112,8 +112,7 @@ class F16Codec(Codec):
     def prepare(self, q):
         d = self.dim
         qs = np.zeros((q.shape[0], 2 * d + 1), np.float32)
-        qs[:, :d] = q * kq.F16_SCALE
-        qs[:, 2 * d] = _sq_norms(q)
+        kq.f16_prepare(np.ascontiguousarray(q, np.float32), qs)
         return qs
 
     def dist(self, kernel_metric):
@@ -158,9 +157,7 @@ class SQ8Codec(Codec):
     def prepare(self, q):
         d = self.dim
         qs = np.empty((q.shape[0], d + 2), np.float32)
-        qs[:, :d] = q * self.step
-        qs[:, d] = q @ self.lo
-        qs[:, d + 1] = _sq_norms(q)
+        kq.sq8_prepare(np.ascontiguousarray(q, np.float32), self.lo, self.step, qs)
         return qs
 
     def dist(self, kernel_metric):

@@ -319,6 +319,33 @@ def _query_terms(q, mean) -> tuple[np.float32, np.float32, np.float32]:
     return dot, total, sq
 
 
+@njit(**JIT)
+def f16_prepare(Q, out) -> None:
+    """Float16 rows' prepared queries [q * F16_SCALE (d), scratch (d), ||q||^2] into ``out``
+    (nq, 2d + 1), zeroed (3.5 us a 384-d query in NumPy)."""
+    d = Q.shape[1]
+    for r in range(Q.shape[0]):
+        sq = np.float32(0.0)
+        for j in range(d):
+            v = Q[r, j]
+            out[r, j] = v * F16_SCALE
+            sq += v * v
+        out[r, 2 * d] = sq
+
+
+@njit(**JIT)
+def sq8_prepare(Q, lo, step, out) -> None:
+    """SQ8's prepared queries [q * step (d), <q, lo>, ||q||^2] into ``out`` (nq, d + 2)
+    (4.6 us a 384-d query in NumPy)."""
+    d = Q.shape[1]
+    for r in range(Q.shape[0]):
+        for j in range(d):
+            out[r, j] = Q[r, j] * step[j]
+        dot, _, sq = _query_terms(Q[r], lo)
+        out[r, d] = dot
+        out[r, d + 1] = sq
+
+
 @njit(**INLINE)
 def _int8_row(q, q8) -> np.float32:
     """q8 = rint(s q) with s = 127 / max|q| (1 for a zero query); returns 1/s."""
