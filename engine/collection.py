@@ -34,7 +34,15 @@ from .muvera import pool_tokens
 from .params import SearchParams
 from .payload import canonical_payload, split_key
 from .persist import load_arrays, read_metadata, save_arrays, write_metadata
-from .points import DEFAULT_FIELD, FieldBatch, Point, field_rows, pack_fields, unpack_fields
+from .points import (
+    DEFAULT_FIELD,
+    FieldBatch,
+    Point,
+    field_rows,
+    pack_fields,
+    require_points,
+    unpack_fields,
+)
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import FieldSpec, Segment, field_index
@@ -643,8 +651,8 @@ class Collection(CollectionSchema):
     def update_vectors(self, ids, vectors) -> int:
         """Replace some vector fields of existing points, keeping their other fields and
         payloads (Qdrant's update_vectors). ``vectors`` as in ``upsert``, one entry per id:
-        a matrix, or a dict by field name; unknown ids are skipped. Returns how many points
-        were updated."""
+        a matrix, or a dict by field name. Returns how many points were updated; an id that
+        names no point is a NotFound, and nothing is written."""
         self._check_writable()
         norm, new, _ = self._validate_points(ids, vectors, None)
         return self.update_validated(norm, new)
@@ -675,6 +683,9 @@ class Collection(CollectionSchema):
         self._check_writable()
         flt = parse_filter(filter) if filter is not None else None
         targets = self._targets(ids, flt)
+        if flt is None:
+            with self._lock:
+                require_points(targets, self._locator.__contains__)
         done = 0
         for start in range(0, len(targets), self._PAYLOAD_BATCH):
             with self._write_lock:

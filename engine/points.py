@@ -10,12 +10,13 @@ field ``name`` travels as the array ``name`` plus, when some points lack it, the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, NotFound
 from .tokens import TokenMatrices
 
 DEFAULT_FIELD = ""
@@ -49,6 +50,15 @@ def check_field_name(name: Any, what: str = "vectors") -> str:
         raise InvalidArgument(f"{what}: {name!r} is not a valid vector name "
                               f"(1-64 of A-Z a-z 0-9 _ . -)")
     return name
+
+
+def require_points(ids: list, exists: Callable[[Any], bool]) -> None:
+    """A write to points named by id changes existing points only (Qdrant answers 404 too):
+    NotFound naming the first missing ids, before anything is written."""
+    missing = [x for x in ids if not exists(x)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise NotFound(f"ids: no point with id {missing[0]!r}{more}; nothing was written")
 
 
 def upsert_columns(ids, vectors, payloads, points) -> tuple[Any, Any, Any]:

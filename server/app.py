@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     app = FastAPI(title="Quiver", version="0.1.0", lifespan=lifespan,
                   description="Vector similarity search with hybrid filtered queries.")
-    for exc_type in HANDLED:
+    for exc_type in (*HANDLED, Exception):  # Exception: a bug, answered 500 in the envelope
         app.add_exception_handler(exc_type, ctx.handle_error)
     # straight onto the app, not include_router: that adds one lazy entry to app.routes,
     # hiding the endpoints (the Gate takes its fast path's handler from there)

@@ -187,8 +187,9 @@ class ServerContext:
         if n > self.settings.max_batch:
             raise Limit(f"{field}: {n} items exceed the server's batch limit of {self.settings.max_batch}")
 
-    def error_for(self, exc: Exception) -> JSON | None:
-        """The JSON error answer for an exception a request may raise (None: a real bug)."""
+    def error_for(self, exc: Exception) -> JSON:
+        """The JSON error answer for any exception a request raises (an unexpected one, a
+        bug, is logged with its traceback and answered 500 in the same envelope)."""
         if isinstance(exc, NotFound):
             return error(404, "not_found", str(exc))
         if isinstance(exc, ReadOnly):
@@ -227,8 +228,10 @@ class ServerContext:
                 return error(507, "insufficient_storage", f"storage full: {exc}")
             log.warning("I/O error answering a request: %s", exc, exc_info=exc)
             return error(503, "io_error", f"I/O error: {exc}")
-        return None
+        log.error("unexpected error answering a request", exc_info=exc)
+        return error(500, "internal_error", f"internal error ({type(exc).__name__}: {exc}); "
+                                           f"the server log has the traceback")
 
-    async def handle_error(self, _request: Request, exc: Exception) -> JSON | None:
-        """The app's exception handler for the ``HANDLED`` types."""
+    async def handle_error(self, _request: Request, exc: Exception) -> JSON:
+        """The app's exception handler, for the ``HANDLED`` types and (a bug) any other."""
         return self.error_for(exc)

@@ -73,7 +73,7 @@ class Gate:
     (name, raw body, content type) and answer a Response: one handler, whichever way a
     request comes in."""
 
-    def __init__(self, app, settings: Settings, metrics: Metrics, error_for=None,
+    def __init__(self, app, settings: Settings, metrics: Metrics, error_for,
                  fast_routes: Iterable[tuple[str, str]] = ()):
         self.app = app
         self.settings = settings
@@ -84,24 +84,31 @@ class Gate:
         self.state = app.state
         self._keys = [k.encode() for k in settings.api_keys]
         self._read_only_keys = [k.encode() for k in settings.read_only_keys]
-        if settings.cors_origins:
-            from starlette.middleware.cors import CORSMiddleware
+        self._entry = self._handle
+        if settings.cors_origins:  # outermost: preflights need no key, and every answer
+            from starlette.middleware.cors import CORSMiddleware  # (fast, 4xx) gets the headers
 
-            self.app = CORSMiddleware(app, allow_origins=settings.cors_origins,
-                                      allow_methods=["*"], allow_headers=["*"])
+            self._entry = CORSMiddleware(self._handle, allow_origins=settings.cors_origins,
+                                         allow_methods=["*"], allow_headers=["*"])
 
     def openapi(self):
         return self.state  # pragma: no cover - for introspection only
 
     async def __call__(self, scope, receive, send):
+        await self._entry(scope, receive, send)
+
+    async def _handle(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status_holder = [500]
+        answered = False
 
         async def send_wrapper(message):
+            nonlocal answered
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                answered = True
             await send(message)
 
         headers = dict(scope["headers"])
@@ -144,7 +151,17 @@ class Gate:
                     return
             try:
                 await self.app(scope, receive_limited, send_wrapper)
-            finally:  # unhandled errors too: the app has answered 500 before re-raising
+            except Exception as exc:
+                # a bug: the app's handler has answered 500 and logged it before re-raising;
+                # raised on, the server would drop the connection under the client's next
+                # request
+                if not answered:
+                    response = self.error_for(exc)
+                    await send({"type": "http.response.start", "status": response.status_code,
+                                "headers": response.raw_headers})
+                    await send({"type": "http.response.body", "body": response.body})
+                    status_holder[0] = response.status_code
+            finally:
                 self._observe(scope, status_holder[0], started)
             return
         self._observe(scope, status_holder[0], started)
@@ -161,9 +178,7 @@ class Gate:
                     break
             response = await handler(name, b"".join(chunks), content_type)
         except Exception as exc:
-            response = self.error_for(exc) if self.error_for else None
-            if response is None:
-                raise
+            response = self.error_for(exc)
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})

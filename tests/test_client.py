@@ -45,6 +45,15 @@ DIM = 8
 UUIDS = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(5)]
 
 
+def raised(call) -> tuple[str, str] | None:
+    """The error a call raises, as (class name, message): compared like any other answer."""
+    try:
+        call()
+    except quiver.QuiverError as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
 def scenario(db, workdir) -> dict:
     """Everything a user does with a database, written once for ``quiver.connect(path)`` and
     ``quiver.Client(url)``; returns what it observed."""
@@ -136,10 +145,11 @@ def scenario(db, workdir) -> dict:
 
     g42 = {"must": [{"key": "g", "match": {"value": 42}}]}
     out["payload_updates"] = [
-        col.set_payload({"g": 42, "new": "x"}, ids=[5, 6, UUIDS[2], 99999]),
+        col.set_payload({"g": 42, "new": "x"}, ids=[5, 6, UUIDS[2]]),
+        raised(lambda: col.set_payload({"g": 0}, ids=[5, 99999])),  # nothing written
         col.overwrite_payload({"only": True}, ids=[8]),
         col.delete_payload(["tag", "nope"], filter={"must": [{"key": "g", "match": {"value": 3}}]}),
-        col.clear_payload(ids=[9]),
+        raised(lambda: col.clear_payload(ids=[9])),  # not there
         col.set_payload({"flag": 1}, filter=g42),
     ]
     out["after_payload"] = [

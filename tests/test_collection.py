@@ -773,7 +773,9 @@ def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(
                                       for i in range(250)])
     col.flush()  # two sealed segments and a tail
     before = {p.id: p.vector for p in col.get(list(range(250)), with_vectors=True)}
-    assert col.set_payload({"tag": "u", "new": [1, 2]}, ids=[3, 150, 240, 999]) == 3
+    with pytest.raises(quiver.NotFound, match="no point with id 999; nothing was written"):
+        col.set_payload({"tag": "lost"}, ids=[3, 999])
+    assert col.set_payload({"tag": "u", "new": [1, 2]}, ids=[3, 150, 240]) == 3
     assert col.overwrite_payload({"only": 1}, ids=[4]) == 1
     assert col.delete_payload(["meta.a", "tag"], filter={"must": [{"key": "i", "range": {"lt": 3}}]}) == 3
     assert col.clear_payload(ids=[5, 5]) == 1

@@ -561,7 +561,11 @@ def test_quiver_client_parity(server, tmp_path):
                                                    "b": {"dim": 3, "metric": "l2", "index": "Flat"}})
         col.upsert([1, 2, 3], {"a": [[1, 0], [2, 0], [3, 0]], "b": [[1, 1, 1], None, [3, 3, 3]]},
                    [{"p": 1}, {"p": 2}, {"p": 3}])
-        out = [col.update_vectors([2, 3, 9], {"b": [[2, 2, 2], None, [9, 9, 9]]}),
+        try:
+            col.update_vectors([2, 9], {"b": [[7, 7, 7], [9, 9, 9]]})
+        except quiver.NotFound as exc:  # the embedded and the remote one alike
+            missing = str(exc)
+        out = [missing, col.update_vectors([2, 3], {"b": [[2, 2, 2], None]}),
                col.delete_vectors(["b"], filter={"must": [{"has_id": [1]}]})]
         out.append([(p.id, p.payload, p.vector) for p in col.get([1, 2, 3], with_vectors=True)])
         db.update_aliases([("create", "par-al", "par")])
@@ -575,7 +579,8 @@ def test_quiver_client_parity(server, tmp_path):
         embedded = scenario(db)
     with quiver.Client(server.url, api_key=KEY) as remote:
         assert scenario(remote) == embedded
-    assert embedded[:2] == [2, 1] and embedded[2][1] == (2, {"p": 2}, {"a": [2.0, 0.0], "b": [2.0] * 3})
+    assert embedded[0] == "ids: no point with id 9; nothing was written"
+    assert embedded[1:3] == [2, 1] and embedded[3][1] == (2, {"p": 2}, {"a": [2.0, 0.0], "b": [2.0] * 3})
 
 
 def test_aliases_persist_embedded(tmp_path):

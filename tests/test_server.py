@@ -419,7 +419,9 @@ def test_auth(secure):
     # payload updates by ids or filter (their first calls compile kernels in the server: on a
     # cold cache with another test process compiling too, that can outlast httpx's 5 s)
     assert result(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload", headers=rw,
-                             json={"payload": {"a": [1]}, "points": [1, 7]}))["updated"] == 1
+                             json={"payload": {"a": [1]}, "points": [1]}))["updated"] == 1
+    assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload", headers=rw,
+                            json={"payload": {"b": 1}, "points": [1, 7]}), 404, "no point with id 7")
     assert result(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points", headers=rw,
                              json={"ids": [1]}))[0]["payload"] == {"a": [1]}
     assert_error(httpx.post(timeout=SLOW, url=f"{url}/collections/auth/points/payload", headers=rw,

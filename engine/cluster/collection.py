@@ -33,7 +33,7 @@ from ..hits import SearchArrays
 from ..params import SearchParams
 from ..payload import canonical_payload
 from ..persist import write_metadata
-from ..points import Point, upsert_columns
+from ..points import Point, require_points, upsert_columns
 from ..projection import payload_paths, payload_projection
 from ..validation import check_k, check_threshold
 from .routing import shard_of
@@ -100,9 +100,15 @@ class ShardedCollection(CollectionSchema):
             parse_filter(filter)
             return sum(self._write_all(method, *args, filter=filter))
         norm = list(dict.fromkeys(normalize_ids(ids)))
+        if method != "delete":  # before any shard writes (each checks its own share too)
+            self._require_points(norm)
         pending = [self.shards[s].submit(method, args, {"ids": [norm[j] for j in rows.tolist()]})
                    for s, rows in self._by_shard(norm).items()]
         return sum(self._results(pending))
+
+    def _require_points(self, ids: list) -> None:
+        found = {p.id for p in self.get(ids, with_payload=False)}
+        require_points(ids, found.__contains__)
 
     # --- writes ----------------------------------------------------------------------
 
@@ -125,6 +131,7 @@ class ShardedCollection(CollectionSchema):
     def update_vectors(self, ids, vectors) -> int:
         self._check_open()
         norm, new, _ = self._validate_points(ids, vectors, None)
+        self._require_points(norm)
         pending = [self.shards[s].submit("update_validated", (
             [norm[j] for j in rows.tolist()], _subset_fields(new, rows, len(norm))))
             for s, rows in self._by_shard(norm).items()]

@@ -20,8 +20,10 @@ import orjson
 from ...engine.collection import Collection
 from ...engine.errors import InvalidArgument, NotFound
 from ...engine.filters import normalize_id
+from ...engine.mmr import mmr_order
 from ...engine.params import SearchParams
 from ...engine.points import Point
+from ...engine.tokens import is_one_query
 from . import schemas as q
 
 RRF_K = 60
@@ -133,6 +135,9 @@ class Planner:
         if req.query is None:
             raise InvalidArgument("query: required (a vector, a point id, {\"nearest\": ...}, "
                                   "{\"recommend\": ...} or a fusion of prefetch searches)")
+        if isinstance(req.query, q.NearestQuery) and req.query.mmr is not None:
+            return Query(None, {}, req.limit, req.offset, is_l2, names,
+                         self._mmr(req, k, threshold))
         vector, exclude = self._vector(req.query, req.using)
         args = {"k": k, "filter": both(req.filter, exclude),
                 "params": engine_params(req.params, k), "with_payload": req.with_payload,
@@ -171,6 +176,8 @@ class Planner:
         if node.query is None:
             raise InvalidArgument("query: required with prefetch (a vector to re-score the "
                                   "prefetched points with, or a fusion)")
+        if isinstance(node.query, q.NearestQuery) and node.query.mmr is not None:
+            raise InvalidArgument("query.mmr: supported on a query without prefetch only")
         vector, exclude = self._vector(node.query, node.using)
         if subs:  # re-score what the prefetches found, with this query's vector
             ids = list(dict.fromkeys(h.id for p in subs for h in self._sub(p, flt)))
@@ -181,6 +188,34 @@ class Planner:
                                params=engine_params(node.params, k), using=node.using,
                                score_threshold=threshold, with_payload=with_payload,
                                with_vectors=with_vectors)
+
+    def _mmr(self, req: q.QueryRequest, k: int, threshold: float | None) -> list[Point]:
+        """The top ``k`` by maximal marginal relevance (engine/mmr.py) among the
+        ``candidates_limit`` nearest; scores stay the similarity to the query, and
+        ``score_threshold`` bounds the candidates (as Qdrant does both)."""
+        mmr = req.query.mmr
+        f = self.col.vector_field(req.using)
+        if f.kind == "multi":
+            raise InvalidArgument("query.mmr: not for multi-vector fields")
+        n = max(mmr.candidates_limit or k, k)
+        self.check_k(n, "query.mmr.candidates_limit")
+        vector, exclude = self._vector(req.query, req.using)
+        found = self.col.search(vector, k=n, filter=both(req.filter, exclude),
+                                params=engine_params(req.params, n), using=req.using,
+                                score_threshold=threshold, with_payload=req.with_payload,
+                                with_vectors=True)
+        if not found:
+            return []
+        name = req.using or ""
+        pool = np.asarray([h.vector[name] if isinstance(h.vector, dict) else h.vector
+                           for h in found], np.float32)
+        diversity = 0.5 if mmr.diversity is None else mmr.diversity
+        picks = [found[j] for j in mmr_order(np.asarray(vector, np.float32), pool, k,
+                                             diversity, f.metric)]
+        if not req.with_vector:
+            for h in picks:
+                h.vector = None
+        return picks
 
     def _sub(self, p: q.Prefetch, outer: dict | None) -> list[Point]:
         self.check_k(p.limit, "prefetch.limit")
@@ -294,6 +329,18 @@ class Planner:
         return out
 
 
+def _check_one_matrix(vector: Any, i: int) -> None:
+    """A multi-vector field's query is searched as a batch of one: it must be one token
+    matrix (a flat vector would read as a one-token query and answer a flat hit list)."""
+    try:
+        one = is_one_query(vector)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"searches[{i}]: {exc}") from None
+    if not one:
+        raise InvalidArgument(f"searches[{i}]: vector: a multi-vector query is one token "
+                              f"matrix (tokens x dim), not a list of them")
+
+
 def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
                    ) -> tuple[list[list[Point]], list]:
     """Hits (and, for entries with ``explain``, plans) for a batch, in order. Entries asking
@@ -304,9 +351,15 @@ def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
     args = [{**query.args, "explain": e} for query, e in zip(queries, explain, strict=True)]
     groups: dict[bytes, list[int]] = {}
     for i, (query, a) in enumerate(zip(queries, args, strict=True)):
-        try:  # a wrong length or field: let the engine word the error for this entry alone
-            alone = len(query.vector) != col.vector_field(a["using"]).dim
-        except (InvalidArgument, TypeError):
+        try:
+            f = col.vector_field(a["using"])
+        except InvalidArgument:  # the engine names the fields, for this entry alone
+            f = None
+        if f is not None and f.kind == "multi":
+            _check_one_matrix(query.vector, i)
+        try:  # a wrong length: let the engine word the error for this entry alone
+            alone = f is None or f.kind == "multi" or len(query.vector) != f.dim
+        except TypeError:
             alone = True
         key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
         groups.setdefault(key, []).append(i)

@@ -4,12 +4,13 @@ setting Quiver would silently drop is never mistaken for one it applied."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -18,9 +19,11 @@ from pydantic import (
 )
 
 PointId = StrictInt | StrictStr
-Tokens = list[list[float]]
+Number = Annotated[float, Strict()]
+"""A vector element: a JSON number (integers too), never ``true`` or ``"1"`` made one."""
+Tokens = list[list[Number]]
 """A multi-vector field's value: one token vector per row."""
-VectorValue = list[float] | Tokens
+VectorValue = list[Number] | Tokens
 Distance = Literal["Cosine", "Dot", "Euclid", "Manhattan"]
 PayloadSelector = bool | list[str] | dict[Literal["include", "exclude"], list[str]]
 VectorSelector = bool | list[str]
@@ -148,13 +151,22 @@ class QueryParams(_Strict):
     candidates: StrictInt | None = Field(None, ge=1)
 
 
-Example = list[float] | Tokens | PointId
+Example = list[Number] | Tokens | PointId
 """A vector (a token matrix for a multi-vector field), or the id of a stored point whose
 vector stands for it."""
 
 
+class Mmr(_Strict):
+    """Maximal marginal relevance over the ``candidates_limit`` nearest (default: the limit)."""
+
+    diversity: float | None = Field(None, ge=0, le=1, description="0: relevance only (the "
+                                    "default 0.5 balances); 1: difference from the picks only.")
+    candidates_limit: int | None = Field(None, ge=0)
+
+
 class NearestQuery(_Strict):
     nearest: Example
+    mmr: Mmr | None = None
 
 
 class RecommendInput(_Strict):
@@ -244,7 +256,7 @@ class UpsertBatch(_Strict):
     """The columnar form of an upsert: ``vectors`` a matrix, or matrices by field name."""
 
     ids: list[PointId]
-    vectors: list[list[float]] | dict[str, list[VectorValue]]
+    vectors: list[list[Number]] | dict[str, list[VectorValue]]
     payloads: list[dict[str, Any] | None] | None = None
 
 

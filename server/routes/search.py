@@ -71,6 +71,9 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         col = database().get_collection(name)
         if request.headers.get("content-type", "").startswith(s.NPY):
+            if col.vector_field(using).kind == "multi":  # its rows would read as one query
+                raise InvalidArgument(f"body: a {s.NPY} batch holds one dense query a row; search "
+                                      f"multi-vector field {using!r} with JSON token matrices")
             queries = _load_npy(await request.body())
             check_batch(queries.shape[0], "queries")
             check_k(limit, "limit")
