@@ -12,6 +12,7 @@ from ..engine.errors import InvalidArgument
 from ..engine.index import index as make_index
 from ..engine.index.registry import parse_index_spec
 from ..engine.metric import Metric
+from .timing import batch_qps, single_query_times
 
 
 class Engine:
@@ -20,6 +21,8 @@ class Engine:
     engine: str = "?"
     index: str = "?"
     param: str | None = None
+    learn: np.ndarray | None = None
+    """The dataset's learn queries, set by the runner (query-aware codecs train on them)."""
 
     def __init__(self, dim: int, metric: str):
         self.dim = dim
@@ -48,6 +51,14 @@ class Engine:
             return [{}]
         return [{self.param: v} for v in grid[self.param]]
 
+    def batch_qps(self, queries: np.ndarray, k: int, params: dict, reps: int) -> float:
+        """Queries per second of one batch call (best of ``reps``)."""
+        return batch_qps(lambda batch: self.search(batch, k, **params), queries, reps)
+
+    def latency_ms(self, queries: np.ndarray, k: int, params: dict) -> np.ndarray:
+        """Milliseconds per query, one query a call."""
+        return single_query_times(lambda q: self.search(q, k, **params), queries, reps=1)
+
     def close(self) -> None:
         """Drop the index so the next engine has the memory."""
 
@@ -73,8 +84,6 @@ class QuiverEngine(Engine):
 
     engine = "quiver"
 
-    learn: np.ndarray | None = None
-    """Set by the runner from the dataset; used only by specs ending in ``@learn``."""
 
     def __init__(self, spec: str, dim: int, metric: str, **options):
         super().__init__(dim, metric)

@@ -13,6 +13,7 @@ import importlib
 import numpy as np
 
 from .engines import Engine, normalized, pad_ids
+from .isolated import IsolatedEngine
 
 HNSW_M = 16
 EF_CONSTRUCTION = 200
@@ -163,6 +164,119 @@ class SvsVamana(Engine):
 
     def close(self) -> None:
         self.idx = None
+
+
+def _is_intel() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read(65536)
+    except OSError:
+        return False
+
+
+class _SvsCompressed(SvsVamana):
+    """SVS Vamana over its own compressed codes, built from a loader over a float32 file (its
+    Python API takes compressed datasets only that way). Run it through ``IsolatedEngine``:
+    on a non-Intel CPU SVS ends the process. ``memory`` counts the codes at SVS's 32-byte
+    alignment plus the graph; SVS reports no footprint."""
+
+    ALIGN = 32
+    CONSTANTS = 8  # an LVQ vector's scale and bias (float16), with its padding
+
+    def __init__(self, dim: int, metric: str, r: int = 32):
+        super().__init__(dim, metric, r, 32)
+
+    def _loader(self, source, data: np.ndarray):
+        raise NotImplementedError
+
+    def build(self, x: np.ndarray) -> None:
+        import tempfile
+        from pathlib import Path
+
+        data = normalized(x) if self.metric == "cosine" else np.ascontiguousarray(x, np.float32)
+        self.n = data.shape[0]
+        l2 = self.metric == "l2"
+        params = self.svs.VamanaBuildParameters(alpha=1.2 if l2 else 0.95,
+                                                graph_max_degree=self.r, window_size=64)
+        dist = self.svs.DistanceType.L2 if l2 else self.svs.DistanceType.MIP
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "data.fvecs")
+            self.svs.write_vecs(data, path)
+            source = self.svs.VectorDataLoader(path, self.svs.DataType.float32, dims=self.dim)
+            self.idx = self.svs.Vamana.build(params, self._loader(source, data), dist,
+                                             num_threads=max(self.threads, 2))
+        self.idx.num_threads = self.threads
+
+    def _codes(self, dims: int, bits: int) -> int:
+        return -(-(dims * bits // 8 + self.CONSTANTS) // self.ALIGN) * self.ALIGN
+
+    def memory(self) -> int:
+        return int(self.n * (self._vector_bytes() + 4 * self.r))
+
+    def _vector_bytes(self) -> int:
+        raise NotImplementedError
+
+
+class SvsLVQ(_SvsCompressed):
+    """SVS Vamana LVQ-B1 (one level) or LVQ-B1xB2 (a residual for re-ranking), degree R."""
+
+    def __init__(self, dim: int, metric: str, primary: int = 8, residual: int = 0,
+                 r: int = 32):
+        super().__init__(dim, metric, r)
+        self.primary, self.residual = int(primary), int(residual)
+        codec = f"LVQ{self.primary}" + (f"x{self.residual}" if self.residual else "")
+        self.index = f"Vamana(R={self.r},{codec})"
+
+    def _loader(self, source, data: np.ndarray):
+        return self.svs.LVQLoader(source, self.primary, self.residual, padding=self.ALIGN)
+
+    def _vector_bytes(self) -> int:
+        extra = self._codes(self.dim, self.residual) if self.residual else 0
+        return self._codes(self.dim, self.primary) + extra
+
+
+class SvsLeanVec(_SvsCompressed):
+    """SVS LeanVec(d', LVQ8, LVQ8): traversal on LVQ8 codes of the projected vectors,
+    re-ranking on LVQ8 codes of the full ones. ID: SVS's PCA projection; OOD (``ood``): the
+    query-aware matrices of ``svs.compute_leanvec_matrices`` from the dataset's learn
+    queries."""
+
+    def __init__(self, dim: int, metric: str, dims: int = 160, r: int = 32, ood: bool = False):
+        super().__init__(dim, metric, r)
+        self.dims, self.ood = int(dims), bool(ood)
+        self.index = f"Vamana(R={self.r},LeanVec{'-OOD' if ood else ''}({self.dims},LVQ8,LVQ8))"
+
+    def _loader(self, source, data: np.ndarray):
+        kind = self.svs.LeanVecKind.lvq8
+        if not self.ood:
+            return self.svs.LeanVecLoader(source, self.dims, kind, kind, alignment=self.ALIGN)
+        if self.learn is None:
+            raise ValueError(f"{self.index}: the dataset has no learn queries")
+        sample = data[np.random.default_rng(0).permutation(self.n)[:100_000]]
+        learn = normalized(self.learn) if self.metric == "cosine" else self.learn
+        data_m, query_m = self.svs.compute_leanvec_matrices(
+            sample, np.ascontiguousarray(learn, np.float32), self.dims)
+        return self.svs.LeanVecLoader(source, self.dims, kind, kind, data_matrix=data_m,
+                                      query_matrix=query_m, alignment=self.ALIGN)
+
+    def _vector_bytes(self) -> int:
+        return self._codes(self.dims, 8) + self._codes(self.dim, 8)
+
+
+class SvsLeanVecOOD(SvsLeanVec):
+    def __init__(self, dim: int, metric: str, dims: int = 160, r: int = 32):
+        super().__init__(dim, metric, dims, r, ood=True)
+
+
+def _isolated(cls: type[_SvsCompressed]):
+    """The peer's factory: checked here (an unknown CPU would end the child), run there."""
+    def make(dim: int, metric: str, *args: int) -> Engine:
+        _require("svs", "scalable-vs")
+        if not _is_intel():
+            raise PeerUnavailableError(f"{cls.__name__}: SVS LVQ/LeanVec run only on Intel "
+                                       f"CPUs (they end the process on others)")
+        return IsolatedEngine(cls, dim, metric, *args)
+    return make
 
 
 def default_nlist(n: int) -> int:
@@ -393,6 +507,9 @@ PEERS: dict[str, type[Engine]] = {
     "hnswlib": Hnswlib,
     "usearch": USearch,
     "svs": SvsVamana,
+    "svs-lvq": _isolated(SvsLVQ),
+    "svs-leanvec": _isolated(SvsLeanVec),
+    "svs-leanvec-ood": _isolated(SvsLeanVecOOD),
 }
 
 
@@ -401,7 +518,9 @@ def make_peer(spec: str, dim: int, metric: str) -> Engine:
     faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine[:nlist[:m[:k_factor]]],
     faiss-ivfpqfs-refine[:nlist[:m[:k_factor]]] (4-bit fast scan),
     faiss-opq-ivfpq-refine[:nlist[:m[:k_factor]]], hnswlib[:M],
-    usearch[:M], svs[:R[:16|32]] (Vamana float16/32).
+    usearch[:M], svs[:R[:16|32]] (Vamana float16/32), and, on Intel CPUs only, each in its
+    own process: svs-lvq[:B1[:B2[:R]]] (LVQ8 default, B2 a residual), svs-leanvec[:d[:R]] and
+    svs-leanvec-ood[:d[:R]] (LeanVec(d, LVQ8, LVQ8), d 160 default).
     Raises PeerUnavailableError for unknown names or missing packages."""
     name, *args = spec.strip().lower().split(":")
     cls = PEERS.get(name)

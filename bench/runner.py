@@ -41,7 +41,7 @@ from .engines import Engine, QuiverEngine
 from .metrics import at_target, recall_at_k
 from .peers import PeerUnavailableError, make_peer
 from .report import format_params
-from .timing import Latency, batch_qps, max_threads, rotated, single_query_times, thread_limit, timed
+from .timing import Latency, max_threads, rotated, thread_limit, timed
 
 DEFAULT_EFS = (16, 32, 64, 128, 256)
 DEFAULT_NPROBES = (1, 4, 16, 64)
@@ -214,15 +214,14 @@ def _calibrate(b: _Built, ds: Dataset, cfg: BenchConfig, log: Log,
 
 
 def _time_point(b: _Built, p: _Point, kind: str, ds: Dataset, cfg: BenchConfig) -> None:
-    search = _searcher(b.eng, cfg.k, p.params)
     if kind == "latency":
         with thread_limit(cfg.latency_threads, b.eng.set_threads):
-            ms = single_query_times(search, ds.test[: cfg.latency_queries], reps=1)
+            ms = b.eng.latency_ms(ds.test[: cfg.latency_queries], cfg.k, p.params)
         p.lat_ms = ms if p.lat_ms is None else np.minimum(p.lat_ms, ms)
         p.p50_rounds.append(float(np.percentile(ms, 50)))
     else:
         with thread_limit(kind, b.eng.set_threads):
-            p.qps[kind].append(batch_qps(search, ds.test, cfg.reps))
+            p.qps[kind].append(b.eng.batch_qps(ds.test, cfg.k, p.params, cfg.reps))
 
 
 def _rows(b: _Built) -> list[Row]:
@@ -324,7 +323,9 @@ def _engines(cfg: BenchConfig, ds: Dataset, skipped: list[dict], log: Log) -> It
         yield eng
     for name in cfg.peers:
         try:
-            yield make_peer(name, ds.dim, ds.metric)
+            eng = make_peer(name, ds.dim, ds.metric)
+            eng.learn = ds.learn
+            yield eng
         except PeerUnavailableError as exc:
             log(f"skipping peer {name}: {exc}")
             skipped.append({"name": name, "reason": str(exc)})
