@@ -22,6 +22,7 @@ import orjson
 
 from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
 from ..engine.frame import encode_batch
+from ..engine.groups import Group
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.params import SearchParams
@@ -455,6 +456,30 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         return _arrays(ans).to_points()
     return (yield from _json_batch(path, vector, q, k, filter, params, with_payload, with_vectors,
                                    nonfinite, thr, using))
+
+
+def search_groups(name: str, vector: Any, group_by: str, limit: int, group_size: int,
+                  filter: Any, params: Any, with_payload: Any, with_vectors: bool,
+                  score_threshold: float | None, using: str | None, multi: bool) -> Op:
+    """One query's hits in groups by a payload key (``Collection.search_groups``)."""
+    payload_projection(with_payload)
+    thr = None if score_threshold is None else check_threshold(score_threshold)
+    params = SearchParams.parse(params).to_dict() or None
+    if multi:
+        single, query, nonfinite = _token_queries(vector)
+    else:
+        q = as_float_array(vector)
+        single = q is None or q.ndim == 1
+        query = q.tolist() if q is not None else vector
+        nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
+    if not single:
+        raise InvalidArgument("vector: search_groups takes one query, not a batch")
+    body = {"vector": query, "group_by": group_by, "limit": limit, "group_size": group_size,
+            "filter": filter, "params": params, "using": using, "with_payload": with_payload,
+            "with_vector": with_vectors, "score_threshold": thr}
+    res = yield json_req("POST", f"/collections/{seg(name)}/points/search/groups", body,
+                         nonfinite=nonfinite)
+    return [Group(g["id"], points_from(g["hits"])) for g in res["result"]["groups"]]
 
 
 def search_arrays(name: str, queries: Any, k: int, filter: Any, params: Any,

@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from ..engine.errors import QuiverError
+from ..engine.groups import Group
 from ..engine.hits import SearchArrays
 from ..engine.metric import Metric
 from ..engine.points import Point
@@ -390,6 +391,17 @@ class RemoteCollection(_RemoteBase):
                                              with_vectors, explain, score_threshold, using,
                                              self._is_multi(using)))
 
+    def search_groups(self, vector, group_by: str, limit: int = 10, group_size: int = 3,
+                      filter: dict | None = None, params: dict | None = None,
+                      with_payload: bool | list | dict = False, with_vectors: bool = False,
+                      score_threshold: float | None = None,
+                      using: str | None = None) -> list[Group]:
+        """The best ``limit`` groups by the payload key ``group_by``, ``group_size`` hits
+        each; see ``Collection.search_groups``."""
+        return self.client._drive(ops.search_groups(
+            self.name, vector, group_by, limit, group_size, filter, params, with_payload,
+            with_vectors, score_threshold, using, self._is_multi(using)))
+
     def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                       params: dict | None = None,
                       score_threshold: float | None = None,
@@ -492,6 +504,15 @@ class AsyncRemoteCollection(_RemoteBase):
                                                    with_payload, with_vectors, explain,
                                                    score_threshold, using,
                                                    self._is_multi(using)))
+
+    async def search_groups(self, vector, group_by: str, limit: int = 10, group_size: int = 3,
+                            filter: dict | None = None, params: dict | None = None,
+                            with_payload: bool | list | dict = False,
+                            with_vectors: bool = False, score_threshold: float | None = None,
+                            using: str | None = None) -> list[Group]:
+        return await self.client._drive(ops.search_groups(
+            self.name, vector, group_by, limit, group_size, filter, params, with_payload,
+            with_vectors, score_threshold, using, self._is_multi(using)))
 
     async def search_arrays(self, queries, k: int = 10, filter: dict | None = None,
                             params: dict | None = None,

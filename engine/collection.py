@@ -26,6 +26,7 @@ from .device import DeviceUnavailable, device_name, parse_device
 from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
 from .filters import Filter, normalize_id, parse_filter
 from .frame import decode_batch, encode_batch
+from .groups import Group, search_groups
 from .hits import SearchArrays
 from .index.registry import index as make_index
 from .index.registry import parse_index_spec
@@ -247,6 +248,10 @@ def _ndim(x: Any, field: str) -> int:
             from None
 
 
+MAX_GROUP_HITS = 10_000
+"""The most points an embedded ``search_groups`` searches (the server uses its ``max_k``)."""
+
+
 class CollectionSchema:
     """A collection's fields and the checks on what is written to and searched in them:
     shared by the embedded ``Collection`` and the sharded one (``engine/cluster``), so both
@@ -371,6 +376,25 @@ class CollectionSchema:
         if self.fields[self._field(using)].kind != "multi":
             return _ndim(vector, "vector") == 1
         return is_one_query(vector)
+
+    def search_groups(self, vector, group_by: str, limit: int = 10, group_size: int = 3,
+                      filter: dict | None = None, params: SearchParams | dict | None = None,
+                      with_payload: bool | list | dict = False, with_vectors: bool = False,
+                      score_threshold: float | None = None, using: str | None = None,
+                      max_hits: int = MAX_GROUP_HITS) -> list[Group]:
+        """The best ``limit`` groups of points sharing a value under the payload key
+        ``group_by`` (a document id on its chunks, say), each with its best ``group_size``
+        hits, for one query; groups ordered by their best hit (engine/groups.py). At most
+        ``max_hits`` points are searched for them."""
+        if not self._single_query(vector, using):
+            raise InvalidArgument("vector: search_groups takes one query, not a batch")
+
+        def search(**kw):
+            return self.search(vector, params=params, score_threshold=score_threshold,
+                               using=using, **kw)
+
+        return search_groups(search, group_by, limit, group_size, max_hits, with_payload,
+                             with_vectors, filter)
 
 
 def write_manifest(directory: Path, checkpoint_seq: int, next_segment: int,

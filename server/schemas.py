@@ -207,6 +207,23 @@ class SearchRequest(_Strict):
         None, description="Drop hits scoring worse: below it for ip/cosine, above it for l2.")
 
 
+class SearchGroupsRequest(_Strict):
+    """Qdrant's legacy ``search/groups``: a search whose hits come in groups by the payload
+    key ``group_by`` (``limit`` groups of ``group_size``)."""
+
+    vector: VectorValue | NamedVector
+    group_by: str = Field(min_length=1, max_length=256)
+    group_size: int = Field(3, ge=1)
+    limit: int = Field(10, ge=1, description="The number of groups.")
+    filter: dict[str, Any] | None = None
+    params: QueryParams | None = None
+    using: str | None = Field(None, max_length=64)
+    with_payload: PayloadSelector = False
+    with_vector: VectorSelector = False
+    score_threshold: float | None = None
+    with_lookup: Any = Field(None, description="Not supported.")
+
+
 class SearchBatch(_Strict):
     searches: list[SearchRequest]
 

@@ -110,6 +110,9 @@ def scenario(db, workdir) -> dict:
                      l2.search_arrays(x[:4] + 0.01, 3, params={"ef": 32}),  # uint64 ids
                      l2.search_arrays(np.zeros((0, DIM), np.float32), 3)]
     out["arrays_points"] = out["arrays"][0].to_points()
+    out["groups"] = [col.search_groups(q, "tag", limit=2, group_size=3, with_payload=["g"]),
+                     col.search_groups(q, "g", 3, 2, filter=flt, params={"exact": True}),
+                     l2.search_groups(x[3], "nothing", 2, 2)]
     out["projection"] = [col.search(q, 5, with_payload=["g", "tag", "missing"]),
                          col.search(Q[:3], 3, with_payload={"exclude": ["v", "even"]}),
                          col.get([5, 7, UUIDS[2]], with_payload={"include": ["tag"]}),
@@ -248,6 +251,9 @@ def assert_same(a, b, path="out"):
             assert a.vector is b.vector, (path, a, b)
         else:
             np.testing.assert_allclose(a.vector, b.vector, rtol=0, atol=1e-6, err_msg=path)
+    elif isinstance(a, quiver.Group):
+        assert isinstance(b, quiver.Group) and a.id == b.id, (path, a, b)
+        assert_same(a.hits, b.hits, f"{path}.hits")
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), (path, a, b)
         for k in a:

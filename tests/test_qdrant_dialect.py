@@ -313,6 +313,30 @@ def test_query(client, http, docs):
                                    search_params=exact).points
     assert [h.id for h in rescored] == [ext[i] for i in cosine_top(x, x[1], 3, set(a))[0]]
 
+    # groups by a payload key, as qdrant-client asks for them
+    groups = client.query_points_groups("docs", group_by="color", query=q.tolist(), limit=2,
+                                        group_size=2, search_params=exact,
+                                        with_payload=["n"]).groups
+    order = cosine_top(x, q, N)[0]
+    now = {p.id: p.payload for p in client.retrieve("docs", ids=list(ext.values()),
+                                                    with_payload=True)}  # 30-33 edited
+    order = [i for i in order if "color" in now[ext[i]]]
+    want_groups: dict = {}
+    for i in order:
+        g = now[ext[i]]["color"]
+        if g in want_groups or len(want_groups) < 2:
+            want_groups.setdefault(g, [])
+            if len(want_groups[g]) < 2:
+                want_groups[g].append(ext[i])
+    assert [(g.id, [h.id for h in g.hits]) for g in groups] == list(want_groups.items())
+    assert groups[0].hits[0].payload == {"n": order[0]}
+    legacy_groups = http.post("/collections/docs/points/search/groups", json={
+        "vector": q.tolist(), "group_by": "color", "limit": 3, "group_size": 1,
+        "params": {"exact": True}}).json()["result"]["groups"]
+    third = next(ext[i] for i in order if now[ext[i]]["color"] not in want_groups)
+    assert [g["hits"][0]["id"] for g in legacy_groups] == [
+        *(ids[0] for ids in want_groups.values()), third]
+
     # legacy search: Qdrant's answer shape (ScoredPoint with a version)
     legacy = http.post("/collections/docs/points/search", json={
         "vector": q.tolist(), "limit": 3, "offset": 1, "params": {"exact": True}}).json()

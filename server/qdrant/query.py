@@ -329,6 +329,32 @@ class Planner:
         return out
 
 
+def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
+                  euclid: bool = True) -> dict[str, Any]:
+    """``{"groups": [{"id": value, "hits": [ScoredPoint, ...]}, ...]}`` for a groups query
+    (engine/groups.py); ``euclid=False`` leaves Euclid distances squared (legacy search)."""
+    if req.with_lookup is not None:
+        raise InvalidArgument("with_lookup: not supported (read the group ids' points with "
+                              "POST /points)")
+    if req.prefetch is not None or isinstance(req.query, (q.FusionQuery, q.RrfQuery)) or (
+            isinstance(req.query, q.NearestQuery) and req.query.mmr is not None):
+        raise InvalidArgument("query: groups take a vector, a point id, nearest or recommend; "
+                              "not prefetch, fusion or mmr")
+    planner.check_k(req.limit * req.group_size, "limit * group_size")
+    base = planner.query(q.QueryRequest.model_construct(
+        query=req.query, using=req.using, filter=req.filter, params=req.params,
+        score_threshold=req.score_threshold, limit=req.group_size, offset=0,
+        with_vector=req.with_vector, with_payload=req.with_payload, prefetch=None))
+    a = base.args
+    thr = a["score_threshold"] if euclid or not base.euclid else req.score_threshold
+    groups = planner.col.search_groups(
+        base.vector, req.group_by, req.limit, req.group_size, filter=a["filter"],
+        params=a["params"], with_payload=req.with_payload, with_vectors=bool(req.with_vector),
+        score_threshold=thr, using=req.using, max_hits=max_hits)
+    answer = Query(None, {}, req.group_size, 0, base.euclid and euclid, base.vector_names)
+    return {"groups": [{"id": g.id, "hits": answer.answer(g.hits)} for g in groups]}
+
+
 def _check_one_matrix(vector: Any, i: int) -> None:
     """A multi-vector field's query is searched as a batch of one: it must be one token
     matrix (a flat vector would read as a one-token query and answer a flat hit list)."""

@@ -219,6 +219,17 @@ class QueryRequest(Prefetch):
     with_payload: PayloadSelector = False
 
 
+class QueryGroupsRequest(Prefetch):
+    """``POST /points/query/groups``: the best ``limit`` groups of points sharing a value of
+    the payload key ``group_by``, ``group_size`` hits each (a plain query: no prefetch)."""
+
+    group_by: str = Field(min_length=1, max_length=256)
+    group_size: int = Field(3, ge=1)
+    with_vector: VectorSelector = False
+    with_payload: PayloadSelector = False
+    with_lookup: Any = Field(None, description="Not supported.")
+
+
 class RecommendRequest(RecommendInput):
     """Legacy ``POST /points/recommend``: the examples and a search around them."""
 

@@ -56,6 +56,19 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         found = await run(answers, name, body.searches)
         return ok([{"points": points} for points in found], t)
 
+    @app.post("/collections/{name}/points/query/groups", tags=TAGS,
+              openapi_extra=body_doc(q.QueryGroupsRequest))
+    async def query_groups(name: str, request: Request):
+        """The best ``limit`` groups of points sharing a value of the payload key
+        ``group_by``, each with its best ``group_size`` hits: ``{"groups": [{"id", "hits"}]}``."""
+        t = time.perf_counter()
+        body = await parse(request, q.QueryGroupsRequest)
+        return ok(await run(groups, name, body, True), t)
+
+    def groups(name: str, body: q.QueryGroupsRequest, euclid: bool) -> dict:
+        col = database().get_collection(name)
+        return qq.search_groups(qq.Planner(col, check_k), body, ctx.settings.max_k, euclid)
+
     @app.post("/collections/{name}/points/recommend", tags=TAGS,
               openapi_extra=body_doc(q.RecommendRequest))
     async def recommend(name: str, request: Request):

@@ -17,7 +17,8 @@ from ...engine.params import SearchParams
 from .. import schemas as s
 from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
 from ..qdrant.query import Planner, Query, search_grouped
-from ..qdrant.schemas import NamedVector
+from ..qdrant.query import search_groups as qq_search_groups
+from ..qdrant.schemas import NamedVector, QueryGroupsRequest
 
 TAGS = ["search"]
 SEARCH = ("POST", "/collections/{name}/points/search")
@@ -30,15 +31,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     def _legacy(col: Collection, req: s.SearchRequest) -> Query:
         """A legacy search body as a ``Query`` (scores as the engine gives them: Euclid
         distances stay squared, as Quiver's clients expect)."""
-        vector, using = req.vector, req.using
-        if isinstance(vector, NamedVector):
-            if using is not None and using != vector.name:
-                raise InvalidArgument(f"using: {using!r} disagrees with vector.name "
-                                      f"{vector.name!r}; give one")
-            vector, using = vector.vector, vector.name
-        if vector and isinstance(vector[0], list) and col.vector_field(using).kind != "multi":
-            raise InvalidArgument("vector: expected one vector (a list of numbers); a matrix "
-                                  "of token vectors is for multi-vector fields")
+        vector, using = _vector_and_field(col, req.vector, req.using)
         return Planner(col, check_k).legacy(req, using, vector)
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
@@ -54,6 +47,26 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             hits, plan = await run(col.search, query.vector, explain=True, **query.args)
             return ok(query.answer(hits), t, plan=plan)
         return ok(query.answer(await run(col.search, query.vector, **query.args)), t)
+
+    @app.post("/collections/{name}/points/search/groups", tags=TAGS,
+              openapi_extra=body_doc(s.SearchGroupsRequest))
+    async def search_groups(name: str, request: Request):
+        """The best ``limit`` groups of points sharing a value of the payload key
+        ``group_by``, each with its best ``group_size`` hits: ``{"groups": [{"id", "hits"}]}``
+        (Euclid distances squared, as in a legacy search)."""
+        t = time.perf_counter()
+        req = await parse(request, s.SearchGroupsRequest)
+        return ok(await run(_groups, name, req), t)
+
+    def _groups(name: str, req: s.SearchGroupsRequest) -> dict:
+        col = database().get_collection(name)
+        vector, using = _vector_and_field(col, req.vector, req.using)
+        body = QueryGroupsRequest.model_construct(
+            query=vector, using=using, filter=req.filter, params=req.params,
+            score_threshold=req.score_threshold, limit=req.limit, group_by=req.group_by,
+            group_size=req.group_size, with_vector=req.with_vector,
+            with_payload=req.with_payload, with_lookup=req.with_lookup, prefetch=None)
+        return qq_search_groups(Planner(col, check_k), body, ctx.settings.max_k, euclid=False)
 
     @app.post("/collections/{name}/points/search/batch", tags=TAGS,
               openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
@@ -108,6 +121,20 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         res = [query.answer(h) for query, h in zip(queries, hits, strict=True)]
         return ok(res, t, plans=plans) if any(explain) else ok(res, t)
 
+
+
+def _vector_and_field(col: Collection, vector, using: str | None) -> tuple[list, str | None]:
+    """A legacy body's ``vector`` (maybe ``{"name", "vector"}``) and ``using`` as one query
+    vector and the field it searches."""
+    if isinstance(vector, NamedVector):
+        if using is not None and using != vector.name:
+            raise InvalidArgument(f"using: {using!r} disagrees with vector.name "
+                                  f"{vector.name!r}; give one")
+        vector, using = vector.vector, vector.name
+    if vector and isinstance(vector[0], list) and col.vector_field(using).kind != "multi":
+        raise InvalidArgument("vector: expected one vector (a list of numbers); a matrix "
+                              "of token vectors is for multi-vector fields")
+    return vector, using
 
 
 def _accepts_npz(request: Request) -> bool:
