@@ -26,7 +26,7 @@ from ..engine.groups import Group
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
 from ..engine.params import SearchParams
-from ..engine.payload import canonical_payload
+from ..engine.payload import canonical_payload, object_path
 from ..engine.points import Point, field_rows, pack_fields, upsert_columns
 from ..engine.projection import payload_paths, payload_projection
 from ..engine.tokens import as_token_matrices, is_one_query
@@ -313,12 +313,15 @@ def delete(name: str, ids: Any, filter: Any) -> Op:
 
 
 def update_payload(name: str, method: str, ids: Any, filter: Any, payload: Any = None,
-                   keys: Any = None) -> Op:
-    """set / overwrite / delete (keys) / clear, by ids or filter; checked as the embedded
-    API checks them, so errors read the same."""
+                   keys: Any = None, key: str | None = None) -> Op:
+    """set (into the object at ``key``) / overwrite / delete (keys) / clear, by ids or
+    filter; checked as the embedded API checks them, so errors read the same."""
     body: dict[str, Any] = {}
     if method in ("set", "overwrite"):
         body["payload"] = canonical_payload(payload, "payload")
+    if key is not None:
+        object_path(key)
+        body["key"] = key
     if method == "delete":
         if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
             raise InvalidArgument(f"keys: expected a list of payload keys, got {keys!r:.60}")

@@ -354,9 +354,12 @@ class RemoteCollection(_RemoteBase):
     def count(self, filter: dict | None = None) -> int:
         return self.client._drive(ops.count(self.name, filter))
 
-    def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
-        """Merge ``payload`` into the selected points' payloads; see ``Collection``."""
-        return self.client._drive(ops.update_payload(self.name, "set", ids, filter, payload))
+    def set_payload(self, payload: dict, ids=None, filter: dict | None = None,
+                    key: str | None = None) -> int:
+        """Merge ``payload`` into the selected points' payloads (or the object at ``key``);
+        see ``Collection``."""
+        return self.client._drive(ops.update_payload(self.name, "set", ids, filter, payload,
+                                                     key=key))
 
     def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
         return self.client._drive(ops.update_payload(self.name, "overwrite", ids, filter,
@@ -467,9 +470,10 @@ class AsyncRemoteCollection(_RemoteBase):
     async def count(self, filter: dict | None = None) -> int:
         return await self.client._drive(ops.count(self.name, filter))
 
-    async def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+    async def set_payload(self, payload: dict, ids=None, filter: dict | None = None,
+                          key: str | None = None) -> int:
         return await self.client._drive(ops.update_payload(self.name, "set", ids, filter,
-                                                           payload))
+                                                           payload, key=key))
 
     async def overwrite_payload(self, payload: dict, ids=None,
                                 filter: dict | None = None) -> int:

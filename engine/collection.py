@@ -33,7 +33,7 @@ from .index.registry import parse_index_spec
 from .metric import Metric
 from .muvera import pool_tokens
 from .params import SearchParams
-from .payload import canonical_payload, split_key
+from .payload import canonical_payload, merge_at, object_path, split_key
 from .persist import load_arrays, read_metadata, save_arrays, write_metadata
 from .points import (
     DEFAULT_FIELD,
@@ -646,11 +646,16 @@ class Collection(CollectionSchema):
 
     # payload updates ---------------------------------------------------------------------
 
-    def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+    def set_payload(self, payload: dict, ids=None, filter: dict | None = None,
+                    key: str | None = None) -> int:
         """Merge ``payload``'s keys into the payloads of the points given by ``ids`` or
-        ``filter`` (vectors unchanged); returns how many points were updated."""
+        ``filter`` (vectors unchanged), or with ``key`` (``"meta.author"``) into the nested
+        object there (created where missing); returns how many points were updated."""
         new = canonical_payload(payload, "payload")
-        return self._rewrite(ids, filter, lambda old: {**old, **new})
+        if key is None:
+            return self._rewrite(ids, filter, lambda old: {**old, **new})
+        path = object_path(key)
+        return self._rewrite(ids, filter, lambda old: merge_at(old, path, new))
 
     def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
         """Replace the payloads of the points given by ``ids`` or ``filter`` with ``payload``."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
+from ..kernels import vnni
 from .codecs import Codec, _sq_norms, register_codec
 from .errors import InvalidArgument
 from .spec import SpecPart
@@ -138,17 +139,29 @@ class LeanVecCodec(Codec):
         kq.lvq_prepare(np.ascontiguousarray(q, np.float32), self.mean, qs[:, o : o + d + 3])
         return qs
 
+    @property
+    def int8_queries(self) -> bool:
+        """An LVQ-8 primary on a VNNI CPU scores the projected query as int8, as single-level
+        LVQ-8 does (``LVQCodec.int8_queries``): the traversal's distance in d'/64 instructions."""
+        return vnni.USE_VNNI and self.primary_bits == 8 and self.d_out >= 4
+
     def _prepare_reduced(self, q, rest: int) -> tuple[np.ndarray, int]:
         """Prepared rows of d' + ``rest`` floats with the projected part filled (and d' last);
         returns them and where the full query's part starts."""
         dp = self.d_out
         qs = np.zeros((q.shape[0], dp + rest), np.float32)
         z = np.ascontiguousarray(q @ self.projection, np.float32)
-        kq.lvq_prepare(z, self.mean_p, qs[:, : dp + 3])  # the LVQ layout over z
+        if self.int8_queries:  # the layout above kernels/quantized.py's leanvec_i8_primary_ip
+            kq.lvq8_prepare_int8(z, self.mean_p, qs[:, : (dp + 3) // 4 + 4],
+                                 qs.view(np.int8)[:, :dp])
+        else:
+            kq.lvq_prepare(z, self.mean_p, qs[:, : dp + 3])  # the LVQ layout over z
         qs[:, -1] = dp
         return qs, dp + 3
 
     def dist(self, kernel_metric):
+        if self.int8_queries:
+            return kk.LEANVEC_I8_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_I8_PRIMARY_IP
         table = kk.LEANVEC_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_PRIMARY_IP
         return table[self.primary_bits]
 

@@ -111,6 +111,29 @@ def split_key(key: str) -> tuple[str, ...]:
     return parts
 
 
+def object_path(key: Any, name: str = "key") -> tuple[str, ...]:
+    """The path of a nested object a write goes into (``"meta.author"``): no ``[]`` steps,
+    which would name many objects."""
+    if not isinstance(key, str):
+        raise InvalidArgument(f"{name}: expected a payload key, got {type(key).__name__}")
+    if "[]" in key:
+        raise InvalidArgument(f"{name}: {key!r}: a path into list elements ('[]') is not "
+                              f"supported here; name one nested object ('meta.author')")
+    try:
+        return split_key(key)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{name}: {exc}") from None
+
+
+def merge_at(payload: dict, path: tuple[str, ...], new: dict) -> dict:
+    """``payload`` with ``new``'s keys merged into the object at ``path`` (created where
+    missing, replacing a value there that is not an object); the rest is shared."""
+    if not path:
+        return {**payload, **new}
+    child = payload.get(path[0])
+    return {**payload, path[0]: merge_at(child if isinstance(child, dict) else {}, path[1:], new)}
+
+
 def raw_values(payload: dict, path: tuple[str, ...]) -> list:
     """Values the path reaches, descending through dicts and the dict elements of lists."""
     nodes: list = [payload]

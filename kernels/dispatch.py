@@ -29,6 +29,8 @@ from .quantized import (
     f16_l2,
     leanvec_f16_secondary_ip,
     leanvec_f16_secondary_l2,
+    leanvec_i8_primary_ip,
+    leanvec_i8_primary_l2,
     leanvec_primary_ip,
     leanvec_primary_l2,
     leanvec_secondary_ip,
@@ -86,7 +88,7 @@ def _constant_kind(context, builder, ty, pyval):
     return context.get_dummy_value()
 
 
-KINDS = tuple(CodecKind(v) for v in range(32))
+KINDS = tuple(CodecKind(v) for v in range(34))
 F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
 LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
 LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
@@ -101,6 +103,8 @@ LEANVEC_F16_SECONDARY_L2 = {4: KINDS[28], 8: KINDS[29]}
 """The full distance of LeanVec with a float16 secondary (``LeanVec(d',LVQ*,F16)``)."""
 LVQ8_I8_IP, LVQ8_I8_L2 = KINDS[30:32]
 """LVQ-8 against an int8 query by VNNI (``kernels/vnni.py``), where the CPU has it."""
+LEANVEC_I8_PRIMARY_IP, LEANVEC_I8_PRIMARY_L2 = KINDS[32:34]
+"""LeanVec's LVQ-8 primary against an int8 projected query by VNNI, likewise."""
 
 
 def _arm(value: int):
@@ -117,7 +121,7 @@ def _arm(value: int):
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
     if value >= 30:
-        fn = (lvq8_i8_ip, lvq8_i8_l2)[value - 30]
+        fn = (lvq8_i8_ip, lvq8_i8_l2, leanvec_i8_primary_ip, leanvec_i8_primary_l2)[value - 30]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i)
     fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip, leanvec_secondary_l2,
           leanvec_f16_secondary_ip, leanvec_f16_secondary_l2)[(value - 18) // 2]
@@ -154,8 +158,8 @@ def _traversal_bytes(kind, qs, codes):
         shift = 0 if v < 8 else 1
         return lambda kind, qs, codes: min((qs.shape[0] - 3) >> shift,
                                            codes.shape[1] * codes.itemsize)
-    if 18 <= v < 22:  # LeanVec's primary: d' (the prepared query's last value) codes first
-        shift = 1 if v % 2 == 0 else 0
+    if 18 <= v < 22 or v >= 32:  # LeanVec's primary: d' (the query's last value) codes first
+        shift = 1 if v < 22 and v % 2 == 0 else 0
         return lambda kind, qs, codes: min(np.int64(qs[qs.shape[0] - 1]) >> shift,
                                            codes.shape[1] * codes.itemsize)
     return lambda kind, qs, codes: codes.shape[1] * codes.itemsize

@@ -172,6 +172,30 @@ def leanvec_primary_l2(qs, codes, aux, i, bits: int):
             + aux[i, 2])
 
 
+# LeanVec with an int8 query on VNNI hosts (LVQ-8 primary): the primary part of the prepared
+# query keeps its d' + 3 slots, now [z8 (d' bytes in w = ceil(d'/4) slots), <z, mean_p>,
+# sum(z), ||z||^2, 1/s, unused], so the full query's part, and the secondary kernels, stay put.
+
+
+@njit(**INLINE)
+def _leanvec_i8_primary_ip(qs, codes, aux, i):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    w = (dp + 3) >> 2
+    dot = np.float32(dot_u8s8(codes[i], qs, dp))
+    return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
+
+
+@njit(**INLINE)
+def leanvec_i8_primary_ip(qs, codes, aux, i):
+    return -_leanvec_i8_primary_ip(qs, codes, aux, i)
+
+
+@njit(**INLINE)
+def leanvec_i8_primary_l2(qs, codes, aux, i):
+    w = (np.int64(qs[qs.shape[0] - 1]) + 3) >> 2
+    return qs[w + 2] - np.float32(2.0) * _leanvec_i8_primary_ip(qs, codes, aux, i) + aux[i, 2]
+
+
 @njit(**INLINE)
 def _leanvec_secondary_ip(qs, codes, aux, i, bits: int):
     dp = np.int64(qs[qs.shape[0] - 1])

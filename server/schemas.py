@@ -128,9 +128,11 @@ class PointsSelector(_Strict):
 
 class SetPayload(PointsSelector):
     """``payload`` for the points given by ``points`` (ids) or ``filter``: merged into their
-    payloads (POST) or replacing them (PUT)."""
+    payloads (POST; with ``key``, into the nested object there) or replacing them (PUT)."""
 
     payload: dict[str, Any]
+    key: str | None = Field(None, max_length=1024,
+                            description="POST only: merge into the nested object at this path.")
 
 
 class DeletePayload(PointsSelector):

@@ -61,8 +61,14 @@ def selected(col: Collection, op: str, body: s.PointsSelector, check_batch: Chec
         raise InvalidArgument("body: pass exactly one of 'points' (ids) or 'filter'")
     if body.points is not None:
         check_batch(len(body.points), "points")
+    extra = {}
+    if getattr(body, "key", None) is not None:
+        if op != "set_payload":
+            raise InvalidArgument("key: only set_payload (POST /points/payload) writes into a "
+                                  "nested object; overwrite_payload replaces whole payloads")
+        extra["key"] = body.key
     n = getattr(col, method)(*(getattr(body, f) for f in fields), ids=body.points,
-                             filter=body.filter)
+                             filter=body.filter, **extra)
     return {counted: n}
 
 

@@ -154,6 +154,8 @@ def scenario(db, workdir) -> dict:
         col.delete_payload(["tag", "nope"], filter={"must": [{"key": "g", "match": {"value": 3}}]}),
         raised(lambda: col.clear_payload(ids=[9])),  # not there
         col.set_payload({"flag": 1}, filter=g42),
+        col.set_payload({"deep": 1}, ids=[6], key="nest.ed"),
+        raised(lambda: col.set_payload({"deep": 1}, ids=[6], key="a[].b")),
     ]
     out["after_payload"] = [
         col.get([5, 6, 8, 9, UUIDS[2], 13], with_vectors=True), col.count(g42),

@@ -780,6 +780,10 @@ def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(
     assert col.delete_payload(["meta.a", "tag"], filter={"must": [{"key": "i", "range": {"lt": 3}}]}) == 3
     assert col.clear_payload(ids=[5, 5]) == 1
     assert col.set_payload({"x": 1}, filter={"must": [{"key": "i", "range": {"gte": 1000}}]}) == 0
+    # into a nested object (Qdrant's set_payload key): merged there, created where missing
+    assert col.set_payload({"c": 3, "a": 9}, ids=[10], key="meta") == 1
+    assert col.set_payload({"z": True}, ids=[11, 12], key="meta.deep.er") == 2
+    assert col.set_payload({"w": 0}, ids=[13], key="tag") == 1  # "t" is no object: replaced
 
     def check(c):
         got = {p.id: p for p in c.get(list(range(250)), with_vectors=True)}
@@ -788,6 +792,9 @@ def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(
         assert got[4].payload == {"only": 1} and got[5].payload == {}
         assert got[0].payload == {"i": 0, "meta": {"b": 2}}
         assert got[7].payload == {"i": 7, "tag": "t", "meta": {"a": 1, "b": 2}}
+        assert got[10].payload["meta"] == {"a": 9, "b": 2, "c": 3}
+        assert got[11].payload["meta"] == {"a": 1, "b": 2, "deep": {"er": {"z": True}}}
+        assert got[13].payload["tag"] == {"w": 0}
         for i in range(250):  # vectors bit for bit (cosine: stored normalised once)
             assert got[i].vector == before[i], i
         assert c.count({"must": [{"key": "tag", "match": {"value": "u"}}]}) == 3
@@ -805,6 +812,9 @@ def test_payload_updates_keep_vectors_survive_restart_and_reach_sealed_segments(
         col.set_payload({"a": float("inf")}, ids=[7])
     with pytest.raises(quiver.InvalidArgument, match="keys"):
         col.delete_payload("tag", ids=[7])
+    for bad in ("a[].b", "", "a..b", 3):
+        with pytest.raises(quiver.InvalidArgument, match="key"):
+            col.set_payload({"a": 1}, ids=[7], key=bad)
     assert col.get([7])[0].payload["tag"] == "t"  # nothing written by the failures
 
 

@@ -151,3 +151,17 @@ def test_mmr_picks_a_diverse_top_k_with_query_scores(app_client):
     r = app_client.post("/collections/flat/points/query", json={
         "query": {"nearest": [1, 0, 0, 0], "mmr": {"diversity": 2}}})
     assert r.status_code == 422, r.text
+
+
+def test_set_payload_key_writes_into_a_nested_object(app_client):
+    r = app_client.post("/collections/flat/points/payload?wait=true",
+                        json={"payload": {"x": 1}, "points": [5], "key": "meta.inner"})
+    assert r.status_code == 200, r.text
+    got = app_client.post("/collections/flat/points", json={"ids": [5], "with_payload": True})
+    assert got.json()["result"][0]["payload"] == {"i": 5, "meta": {"inner": {"x": 1}}}
+    r = app_client.put("/collections/flat/points/payload",
+                       json={"payload": {"x": 1}, "points": [5], "key": "meta"})
+    error_of(r, 400, "key", "only set_payload")
+    r = app_client.post("/collections/flat/points/payload",
+                        json={"payload": {"x": 1}, "points": [5], "key": "a[].b"})
+    error_of(r, 400, "key", "list elements")

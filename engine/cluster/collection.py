@@ -31,7 +31,7 @@ from ..errors import InvalidArgument, ShardUnavailable
 from ..filters import normalize_id, parse_filter
 from ..hits import SearchArrays
 from ..params import SearchParams
-from ..payload import canonical_payload
+from ..payload import canonical_payload, object_path
 from ..persist import write_metadata
 from ..points import Point, require_points, upsert_columns
 from ..projection import payload_paths, payload_projection
@@ -90,7 +90,7 @@ class ShardedCollection(CollectionSchema):
         self._check_open()
         return self._results([s.submit(method, args, kwargs) for s in self.shards])
 
-    def _targeted(self, method: str, ids, filter: dict | None, *args: Any) -> int:
+    def _targeted(self, method: str, ids, filter: dict | None, *args: Any, **kw: Any) -> int:
         """A write to the points given by ``ids`` (each shard gets its own) or ``filter``
         (every shard): the sum of the shards' counts."""
         self._check_open()
@@ -98,11 +98,12 @@ class ShardedCollection(CollectionSchema):
             raise InvalidArgument(f"{method}: pass exactly one of ids or filter")
         if filter is not None:
             parse_filter(filter)
-            return sum(self._write_all(method, *args, filter=filter))
+            return sum(self._write_all(method, *args, filter=filter, **kw))
         norm = list(dict.fromkeys(normalize_ids(ids)))
         if method != "delete":  # before any shard writes (each checks its own share too)
             self._require_points(norm)
-        pending = [self.shards[s].submit(method, args, {"ids": [norm[j] for j in rows.tolist()]})
+        pending = [self.shards[s].submit(method, args, {"ids": [norm[j] for j in rows.tolist()],
+                                                        **kw})
                    for s, rows in self._by_shard(norm).items()]
         return sum(self._results(pending))
 
@@ -140,9 +141,13 @@ class ShardedCollection(CollectionSchema):
     def delete(self, ids=None, filter: dict | None = None) -> int:
         return self._targeted("delete", ids, filter)
 
-    def set_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
+    def set_payload(self, payload: dict, ids=None, filter: dict | None = None,
+                    key: str | None = None) -> int:
         canonical_payload(payload, "payload")
-        return self._targeted("set_payload", ids, filter, payload)
+        if key is None:
+            return self._targeted("set_payload", ids, filter, payload)
+        object_path(key)
+        return self._targeted("set_payload", ids, filter, payload, key=key)
 
     def overwrite_payload(self, payload: dict, ids=None, filter: dict | None = None) -> int:
         canonical_payload(payload, "payload")
