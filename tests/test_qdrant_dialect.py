@@ -522,13 +522,22 @@ def test_auth_and_error_envelope(server):
     assert not math.isnan(resp.json()["time"])
 
 
-def test_snapshots(client, server, docs):
+def test_snapshots(client, http, server, docs):
     snap = client.create_snapshot("docs")
     assert snap.size > 0 and snap.creation_time
     assert [x.name for x in client.list_snapshots("docs")] == [snap.name]
     path = server.data / "snapshots" / "docs" / snap.name
     assert client.recover_snapshot("docs-copy", location=path.resolve().as_uri())
     assert client.count("docs-copy").count == client.count("docs").count
+    # Qdrant's form upload (curl -F snapshot=@file), streamed to disk
+    r = http.post("/collections/docs-up/snapshots/upload?priority=snapshot",
+                  files={"snapshot": (snap.name, path.read_bytes(), "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    assert client.count("docs-up").count == client.count("docs").count
+    client.delete_collection("docs-up")
+    r = http.post("/collections/docs-up/snapshots/upload", files={"note": (None, b"no file")})
+    assert r.status_code == 400 and "no 'snapshot' file" in r.json()["status"]["error"], r.text
+    assert not client.collection_exists("docs-up")
     with raises(400, "location"):
         client.recover_snapshot("docs-2", location="file:///etc/passwd")
     assert client.delete_snapshot("docs", snap.name)

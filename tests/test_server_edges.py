@@ -165,3 +165,24 @@ def test_set_payload_key_writes_into_a_nested_object(app_client):
     r = app_client.post("/collections/flat/points/payload",
                         json={"payload": {"x": 1}, "points": [5], "key": "a[].b"})
     error_of(r, 400, "key", "list elements")
+
+
+def test_with_vector_names_must_be_fields(app_client):
+    for path, body in (("/collections/flat/points/query", {"query": [1, 0, 0, 0]}),
+                       ("/collections/flat/points", {"ids": [1]}),
+                       ("/collections/flat/points/scroll", {})):
+        error_of(app_client.post(path, json={**body, "with_vector": ["zzz"]}), 400,
+                 "with_vector", "'zzz'", "one unnamed vector")
+    r = app_client.post("/collections/mv/points", json={"ids": [1], "with_vector": ["other"]})
+    error_of(r, 400, "no vector field 'other'", "'colbert'")
+    r = app_client.post("/collections/mv/points", json={"ids": [1], "with_vector": ["colbert"]})
+    assert r.status_code == 200 and set(r.json()["result"][0]["vector"]) == {"colbert"}
+
+
+def test_cluster_and_telemetry_answer_as_qdrant(app_client):
+    r = app_client.get("/cluster")
+    assert r.status_code == 200 and r.json()["result"] == {"status": "disabled"}
+    r = app_client.get("/telemetry")
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert res["app"]["name"] == "quiver" and res["collections"]["number_of_collections"] == 2

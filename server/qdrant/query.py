@@ -59,6 +59,20 @@ def select_vector(vector: Any, names: list[str] | None) -> Any:
     return {n: v for n, v in vector.items() if n in names}
 
 
+def check_vector_names(col: Collection, with_vector: Any) -> None:
+    """``with_vector`` as a list names vector fields of ``col`` (InvalidArgument otherwise:
+    a misspelt name would quietly return no vector)."""
+    if not isinstance(with_vector, list):
+        return
+    named = [n for n in col.fields if n]
+    for n in with_vector:
+        if n not in named:
+            raise InvalidArgument(
+                f"with_vector: no vector field {n!r}; named fields: "
+                f"{', '.join(map(repr, named))}" if named else
+                f"with_vector: {n!r}: this collection has one unnamed vector; pass true or false")
+
+
 def select_vectors(points: list[Point], with_vector: bool | list[str]) -> list[Point]:
     """``points`` (read with their vectors when ``with_vector`` is a list of field names)
     keeping only those fields."""
@@ -127,6 +141,7 @@ class Planner:
         threshold = req.score_threshold
         if is_l2 and threshold is not None:  # a distance bound: the engine compares squares
             threshold = math.copysign(threshold * threshold, threshold)
+        check_vector_names(self.col, req.with_vector)
         names = req.with_vector if isinstance(req.with_vector, list) else None
         k = req.limit + req.offset
         if req.prefetch is not None or fusion:

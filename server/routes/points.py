@@ -13,7 +13,7 @@ from ...engine.points import unpack_fields
 from .. import schemas as s
 from .. import writes
 from ..context import JSON, ServerContext, body_doc, ok, parse
-from ..qdrant.query import select_vectors
+from ..qdrant.query import check_vector_names, select_vectors
 
 TAGS = ["points"]
 
@@ -45,8 +45,9 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         body = await parse(request, s.GetPoints)
         check_batch(len(body.ids), "ids")
-        pts = await run(database().get_collection(name).get, body.ids, body.with_payload,
-                        bool(body.with_vector))
+        col = database().get_collection(name)
+        check_vector_names(col, body.with_vector)
+        pts = await run(col.get, body.ids, body.with_payload, bool(body.with_vector))
         return ok(select_vectors(pts, body.with_vector), t)
 
     @app.post("/collections/{name}/points/delete", tags=TAGS, openapi_extra=body_doc(s.PointsSelector))
@@ -112,8 +113,10 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         t = time.perf_counter()
         body = await parse(request, s.ScrollRequest)
         check_k(body.limit, "limit")
-        pts, nxt = await run(database().get_collection(name).scroll, body.filter, body.limit,
-                             body.offset, body.with_payload, bool(body.with_vector))
+        col = database().get_collection(name)
+        check_vector_names(col, body.with_vector)
+        pts, nxt = await run(col.scroll, body.filter, body.limit, body.offset, body.with_payload,
+                             bool(body.with_vector))
         return ok({"points": select_vectors(pts, body.with_vector), "next_page_offset": nxt}, t)
 
     @app.post("/collections/{name}/points/count", tags=TAGS, openapi_extra=body_doc(s.CountRequest))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 
 from ...engine.errors import QuiverError
-from ..context import ServerContext, error
+from ..context import ServerContext, error, ok
 
 TAGS = ["service"]
 QDRANT_API = "1.20.0"
@@ -25,6 +26,22 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         own version."""
         return {"title": "quiver - vector search engine", "version": QDRANT_API,
                 "quiver_version": app.version}
+
+    @app.get("/cluster", tags=TAGS)
+    async def cluster():
+        """Qdrant's cluster status: ``disabled``, as for a Qdrant without its Raft cluster
+        (Quiver shards collections over Ray actors instead: ``GET /collections/{name}``)."""
+        t = time.perf_counter()
+        return ok({"status": "disabled"}, t)
+
+    @app.get("/telemetry", tags=TAGS)
+    async def telemetry():
+        """Qdrant's telemetry, in brief: the app and how many collections there are (nothing
+        leaves the machine; the metrics are at ``/metrics``)."""
+        t = time.perf_counter()
+        names = await ctx.run(lambda: ctx.database().list_collections())
+        return ok({"app": {"name": "quiver", "version": app.version, "qdrant_api": QDRANT_API},
+                   "collections": {"number_of_collections": len(names)}}, t)
 
     @app.get("/healthz", tags=TAGS)
     async def healthz():

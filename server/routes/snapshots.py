@@ -95,9 +95,12 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     @app.post("/collections/{name}/snapshots/upload", tags=TAGS,
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "snapshot": {"type": "string", "format": "binary"}}}}}}})
     async def restore_snapshot(name: str, request: Request):
-        """Create collection ``name`` from an uploaded snapshot archive."""
+        """Create collection ``name`` from an uploaded snapshot archive: the raw tar, or
+        Qdrant's form upload (the file in field ``snapshot``)."""
         t = time.perf_counter()
         db_ = database()
         if name in db_.list_collections():  # before receiving a possibly large body
@@ -107,10 +110,68 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as f:
-                async for chunk in request.stream():
-                    f.write(chunk)
+                ctype = request.headers.get("content-type", "")
+                if ctype.startswith("multipart/form-data"):  # Qdrant's form: field "snapshot"
+                    await _receive_form_file(request, ctype, f)
+                else:
+                    async for chunk in request.stream():
+                        f.write(chunk)
             col = await run(db_.restore_snapshot, tmp, name)
         finally:
             tmp.unlink(missing_ok=True)
         return ok(col.info(), t)
 
+
+
+async def _receive_form_file(request: Request, content_type: str, out) -> None:
+    """The ``snapshot`` field (or the only file) of a multipart body, streamed into ``out``
+    as it arrives: a snapshot may be larger than memory."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise InvalidArgument("content-type: multipart/form-data without a boundary")
+    part: dict = {"headers": {}, "field": b"", "value": b"", "target": False, "files": 0}
+    found = {"snapshot": 0, "any": 0}
+
+    def on_header_field(data, start, end):
+        part["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        part["value"] += data[start:end]
+
+    def on_header_end():
+        part["headers"][part["field"].lower()] = part["value"]
+        part["field"] = part["value"] = b""
+
+    def on_headers_finished():
+        _, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        is_file = b"filename" in opts
+        part["target"] = opts.get(b"name") == b"snapshot" or (is_file and not found["snapshot"]
+                                                             and not found["any"])
+        if part["target"]:
+            found["snapshot" if opts.get(b"name") == b"snapshot" else "any"] += 1
+            if found["snapshot"] + found["any"] > 1:
+                raise InvalidArgument("body: more than one snapshot file in the form")
+
+    def on_part_data(data, start, end):
+        if part["target"]:
+            out.write(data[start:end])
+
+    def on_part_begin():
+        part["headers"], part["target"] = {}, False
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data})
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # the parser's own errors: a malformed form
+        raise InvalidArgument(f"body: unreadable multipart form ({exc})") from None
+    if not (found["snapshot"] or found["any"]):
+        raise InvalidArgument("body: the form has no 'snapshot' file field")
