@@ -35,8 +35,11 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                    help="Quiver index spec, repeatable (default Flat); SPEC@learn trains the codec "
                         "with the dataset's learn queries (LeanVec-OOD)")
     p.add_argument("--peers", type=_name_list, default=None,
-                   help="comma list: faiss, faiss-hnsw[:M], faiss-ivf[:nlist], "
-                        "faiss-ivfpq[:nlist[:m]], hnswlib[:M], usearch[:M]")
+                   help="comma list: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], "
+                        "faiss-ivf[:nlist], faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine, "
+                        "faiss-ivfpqfs-refine, faiss-opq-ivfpq-refine, hnswlib[:M], usearch[:M], "
+                        "svs[:R[:16|32]]; on Intel CPUs svs-lvq[:B1[:B2[:R]]], "
+                        "svs-leanvec[:d[:R]], svs-leanvec-ood[:d[:R]] (each in its own process)")
     p.add_argument("--ef", type=int_list, help="ef values for HNSW sweeps (16,32,64,128,256)")
     p.add_argument("--nprobe", type=int_list, help="nprobe values for IVF sweeps (1,4,16,64)")
     p.add_argument("--k", type=int, default=10)
