@@ -5,8 +5,10 @@ segment into a ``Bitset`` of allowed positions.
 one holds (when non-empty), must_not = none holds. Conditions: ``{"key": k, "match": {"value":
 v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|"gte"|"lt"|
 "lte": number or ISO-8601 string}}``, ``{"key": k, "match": {"text": s}}`` (a string value
-containing s), ``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}``
-and nested filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
+containing s), ``{"key": k, "values_count": {"gt"|...: n}}``, ``{"key": k, "geo_radius" |
+"geo_bounding_box" | "geo_polygon": ...}`` (payload geo points ``{"lon", "lat"}``; ``geo``),
+``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and nested
+filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
 (at least m of them hold). Field semantics (dotted paths, arrays match if
 any element does, strict JSON types) are described in ``payload``.
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from .bitset import Bitset
 from .errors import InvalidArgument
+from .geo import GeoBox, GeoPolygon, GeoRadius, geo_point, parse_geo
 from .payload import (
     INT64_MAX,
     INT64_MIN,
@@ -40,8 +43,8 @@ from .payload import (
 _CLAUSES = ("must", "should", "must_not")
 _KEYS = (*_CLAUSES, "min_should")
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
-_UNSUPPORTED = {"geo_bounding_box", "geo_radius", "geo_polygon", "values_count", "nested",
-                "phrase", "text_any"}
+_GEO = ("geo_radius", "geo_bounding_box", "geo_polygon")
+_UNSUPPORTED = {"nested", "phrase", "text_any"}
 
 
 # ---------------------------------------------------------------- tree
@@ -100,6 +103,25 @@ class Range:
 
 
 @dataclass(frozen=True, slots=True)
+class ValuesCount:
+    """How many values the key holds (an array's elements, nulls left out; 1 for a scalar,
+    0 when absent) lies within the bounds (None = absent)."""
+    key: str
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+    def test(self, counts: np.ndarray) -> np.ndarray:
+        ok = np.ones(np.shape(counts), bool)
+        for bound, holds in ((self.gt, np.greater), (self.gte, np.greater_equal),
+                             (self.lt, np.less), (self.lte, np.less_equal)):
+            if bound is not None:
+                ok &= holds(counts, bound)
+        return ok
+
+
+@dataclass(frozen=True, slots=True)
 class HasId:
     ids: frozenset[int | str]
     ints: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -127,7 +149,7 @@ class IsNull:
 
 
 Condition = (Filter | Match | MatchText | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
-             | MinShould)
+             | MinShould | ValuesCount | GeoRadius | GeoBox | GeoPolygon)
 IdLookup = Callable[["HasId"], np.ndarray]
 """Positions, in one segment, of the points a ``has_id`` condition lists (ids the segment
 does not hold are left out); see ``id_lookup_from_ids``."""
@@ -223,13 +245,18 @@ def _condition(c: Any, path: str) -> Condition:
         ops = sorted(keys - {"key"})
         if len(ops) != 1:
             what = "nothing" if not ops else ", ".join(ops)
-            raise InvalidArgument(f"{path}: a field condition needs exactly one of match, range; "
+            raise InvalidArgument(f"{path}: a field condition needs exactly one of match, range, "
+                                  f"values_count, geo_radius, geo_bounding_box, geo_polygon; "
                                   f"got {what}")
         op = ops[0]
         if op == "match":
             return _match(c[op], key, f"{path}.match")
         if op == "range":
             return _range(c[op], key, f"{path}.range")
+        if op in _GEO:
+            return parse_geo(op, c[op], key, f"{path}.{op}")
+        if op == "values_count":
+            return _values_count(c[op], key, f"{path}.values_count")
         if op in _UNSUPPORTED:
             raise InvalidArgument(f"{path}.{op}: not supported")
         raise InvalidArgument(f"{path}: unknown condition key {op!r}")
@@ -293,6 +320,15 @@ def _match(m: Any, key: str, path: str) -> Condition:
     if op in _UNSUPPORTED:
         raise InvalidArgument(f"{path}.{op}: not supported")
     raise InvalidArgument(f"{path}: unknown operator {op!r}")
+
+
+def _values_count(r: Any, key: str, path: str) -> ValuesCount:
+    if not isinstance(r, dict) or not r or not set(r) <= set(_RANGE_OPS):
+        raise InvalidArgument(f"{path}: expected an object of gt, gte, lt, lte, got {r!r:.60}")
+    for op, v in r.items():
+        if _as_int(v) is None or isinstance(v, bool):
+            raise InvalidArgument(f"{path}.{op}: expected an integer, got {_tname(v)}")
+    return ValuesCount(key, **{op: int(v) for op, v in r.items()})
 
 
 def _range(r: Any, key: str, path: str) -> Range:
@@ -413,6 +449,11 @@ def _ref(c: Condition, p: dict, pid) -> bool:
             return any(type(e) is str and (t := parse_datetime(e)) is not None
                        and _in_range(t, c) for e in elements(p, path))
         return any(type(e) in (int, float) and _in_range(e, c) for e in elements(p, path))
+    if isinstance(c, ValuesCount):
+        return bool(c.test(np.array(sum(1 for _ in elements(p, path)))))
+    if isinstance(c, (GeoRadius, GeoBox, GeoPolygon)):
+        pts = [g for e in elements(p, path) if (g := geo_point(e)) is not None]
+        return bool(pts) and bool(c.test(*np.array(pts, np.float64).T).any())
     raise TypeError(f"not a filter condition: {c!r}")
 
 
@@ -527,6 +568,12 @@ class _Compiler:
             return self.mask(np.concatenate(parts))
         if isinstance(c, Range):
             return self.mask(self._range(c))
+        if isinstance(c, ValuesCount):
+            present = store.column(c.key).present()
+            return c.test(np.bincount(present[present < self.n], minlength=self.n))
+        if isinstance(c, (GeoRadius, GeoBox, GeoPolygon)):
+            pos, lonlat = store.column(c.key).typed("geo")
+            return self.mask(pos[c.test(lonlat[:, 0], lonlat[:, 1])])
         raise TypeError(f"not a filter condition: {c!r}")
 
     def _eq(self, key: str, value) -> np.ndarray:

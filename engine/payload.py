@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from .errors import CorruptData, InvalidArgument
+from .geo import geo_point
 from .persist import load_arrays, save_arrays
 
 INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime")
@@ -188,12 +189,13 @@ class Column:
         self.n = 0
         self._np: dict[str, tuple[np.ndarray, np.ndarray]] = {
             t: (_EMPTY_I, np.zeros(0, _COL_DTYPES.get(t, np.float64))) for t in self._TYPES}
+        self._np["geo"] = (_EMPTY_I, np.zeros((0, 2)))  # the "other" elements that are geo points
         self._dt: tuple[dict, np.ndarray, np.ndarray] | None = None
 
     def extend(self, payloads: Iterable[dict]) -> None:
         """Add the next payloads (positions n, n+1, ...). Callers serialise extensions."""
-        pos: dict[str, list[int]] = {t: [] for t in self._TYPES}
-        val: dict[str, list] = {t: [] for t in _COL_DTYPES}
+        pos: dict[str, list[int]] = {t: [] for t in (*self._TYPES, "geo")}
+        val: dict[str, list] = {t: [] for t in (*_COL_DTYPES, "geo")}
         i = self.n
         for p in payloads:
             for v in raw_values(p, self.path):
@@ -207,6 +209,9 @@ class Column:
                     pos[t].append(i)
                     if t != "other":
                         val[t].append(e)
+                    elif (g := geo_point(e)) is not None:
+                        pos["geo"].append(i)
+                        val["geo"].append(g)
             i += 1
         out = {}
         for t, (old_p, old_v) in self._np.items():
@@ -214,7 +219,9 @@ class Column:
                 out[t] = (old_p, old_v)
                 continue
             v = old_v
-            if t in val:
+            if t == "geo":
+                v = np.concatenate([old_v, np.asarray(val[t], np.float64).reshape(-1, 2)])
+            elif t in val:
                 v = np.empty(len(val[t]), _COL_DTYPES[t])
                 v[:] = val[t]
                 v = np.concatenate([old_v, v])
@@ -224,7 +231,8 @@ class Column:
 
     def typed(self, t: str) -> tuple[np.ndarray, np.ndarray]:
         """(positions int64, values) of the elements of type t ('str' values are an object
-        array, 'int' int64, 'float' float64, 'bool' bool; 'other'/'null' values are empty)."""
+        array, 'int' int64, 'float' float64, 'bool' bool, 'geo' (m, 2) float64 of lon, lat for
+        the objects that are geo points; 'other'/'null' values are empty)."""
         return self._np[t]
 
     def datetimes(self) -> tuple[np.ndarray, np.ndarray]:

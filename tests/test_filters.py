@@ -76,9 +76,20 @@ def test_parse_tree():
     ({"must": [{"key": "a..b", "match": {"value": 1}}]}, "filter.must[0].key 'a..b'"),
     ({"must": [{"key": "a"}]}, "filter.must[0]: a field condition needs exactly one of match, range"),
     ({"must": [{"key": "a", "match": {"value": 1}, "range": {"gt": 1}}]},
-     "filter.must[0]: a field condition needs exactly one of match, range; got match, range"),
+     "filter.must[0]: a field condition needs exactly one of match, range, values_count, "
+     "geo_radius, geo_bounding_box, geo_polygon; got match, range"),
     ({"must": [{"key": "a", "color": 1}]}, "filter.must[0]: unknown condition key 'color'"),
-    ({"must": [{"key": "a", "geo_radius": {}}]}, "filter.must[0].geo_radius: not supported"),
+    ({"must": [{"key": "a", "geo_radius": {}}]}, 'filter.must[0].geo_radius: expected {"center"'),
+    ({"must": [{"key": "a", "geo_radius": {"center": {"lon": 0, "lat": 91}, "radius": 1}}]},
+     "filter.must[0].geo_radius.center.lat: 91 is outside [-90, 90]"),
+    ({"must": [{"key": "a", "geo_bounding_box": {"top_left": {"lon": 0, "lat": 0},
+                                                 "bottom_right": {"lon": 1, "lat": 5}}}]},
+     "filter.must[0].geo_bounding_box: top_left.lat (0.0) is south of bottom_right.lat"),
+    ({"must": [{"key": "a", "geo_polygon": {"exterior": {"points": [{"lon": 0, "lat": 0}]}}}]},
+     "filter.must[0].geo_polygon.exterior.points: a ring needs at least 3 distinct points"),
+    ({"must": [{"key": "a", "values_count": {"gt": 1.5}}]},
+     "filter.must[0].values_count.gt: expected an integer, got float"),
+    ({"must": [{"key": "a", "nested": {}}]}, "filter.must[0].nested: not supported"),
     ({"must": [{"hasid": [1]}]}, "filter.must[0]: unknown condition key 'hasid'"),
     ({"must": [{"has_id": 1}]}, "filter.must[0].has_id: expected a list of ids, got int"),
     ({"must": [{"has_id": [1, -2]}]}, "filter.must[0].has_id[1]: id -2 is not an unsigned"),
@@ -187,7 +198,10 @@ floats = st.sampled_from([-1.5, 0.0, 2.0, 2.5])
 scalar = st.sampled_from(STRS) | ints | floats | st.booleans() | st.none()
 leaf_value = scalar | st.lists(scalar | st.lists(scalar, max_size=2), max_size=3)
 inner = st.dictionaries(st.sampled_from(["d", "e"]), leaf_value, min_size=1, max_size=2)
-value = leaf_value | inner | st.lists(inner | scalar, max_size=3)
+geo = st.builds(lambda lon, lat: {"lon": lon, "lat": lat},
+                st.sampled_from([-179.5, -10.0, 0.0, 5.0, 179.5]),
+                st.sampled_from([-45.0, 0.0, 5.0, 60.0]))
+value = leaf_value | inner | geo | st.lists(inner | scalar | geo, max_size=3)
 payloads_st = st.lists(st.dictionaries(st.sampled_from(PAYLOAD_KEYS), value, min_size=2,
                                        max_size=4), min_size=5, max_size=16)
 
@@ -234,6 +248,20 @@ def filters_for(payloads: list[dict]):
             max_size=4)),
         st.builds(lambda k: {"is_empty": {"key": k}}, key),
         st.builds(lambda k: {"is_null": {"key": k}}, key),
+        st.builds(lambda k, r: {"key": k, "values_count": r}, key,
+                  st.dictionaries(ops, st.integers(0, 3), min_size=1, max_size=2)),
+        st.builds(lambda k, c, r: {"key": k, "geo_radius": {"center": c, "radius": r}}, key,
+                  geo, st.sampled_from([0.0, 1e5, 2e6, 2e7])),
+        st.builds(lambda k, b: {"key": k, "geo_bounding_box": {
+            "top_left": {"lon": b[0], "lat": b[1]}, "bottom_right": {"lon": b[2], "lat": b[3]}}},
+            key, st.sampled_from([(-20, 20, 20, -20), (170, 70, -170, -50), (0, 10, 10, 0)])),
+        st.builds(lambda k, holes: {"key": k, "geo_polygon": {
+            "exterior": {"points": [{"lon": -20, "lat": -50}, {"lon": 30, "lat": -50},
+                                    {"lon": 30, "lat": 70}, {"lon": -20, "lat": 70},
+                                    {"lon": -20, "lat": -50}]},
+            "interiors": [{"points": [{"lon": -1, "lat": -1}, {"lon": 6, "lat": -1},
+                                      {"lon": 6, "lat": 6}]}] if holes else []}},
+            key, st.booleans()),
     )
 
     def clauses(cond):
@@ -348,3 +376,34 @@ def test_has_id_lists_are_sorted_deduplicated_and_find_every_row_of_an_id():
     assert sorted(lookup(parse_filter({"must": [{"has_id": [5, U1, 6]}]}).must[0]).tolist()) == [0, 2, 3]
     assert lookup(parse_filter({"must": [{"has_id": []}]}).must[0]).tolist() == []
     assert id_lookup_from_ids([])(c).tolist() == []
+
+
+BERLIN, PARIS, TOKYO = {"lon": 13.405, "lat": 52.52}, {"lon": 2.3522, "lat": 48.8566}, \
+    {"lon": 139.69, "lat": 35.69}
+GEO_PAYLOADS = [{"at": BERLIN}, {"at": [TOKYO, PARIS]}, {"at": TOKYO}, {"at": "Berlin"},
+                {"at": {"lon": 179.9, "lat": 0.0}}, {}, {"at": [1, 2, None, 3]}]
+
+
+@pytest.mark.parametrize("cond, expected", [
+    ({"geo_radius": {"center": BERLIN, "radius": 900_000}}, [0, 1]),  # Paris is 878 km away
+    ({"geo_radius": {"center": BERLIN, "radius": 870_000}}, [0]),
+    ({"geo_bounding_box": {"top_left": {"lon": 0, "lat": 60},
+                           "bottom_right": {"lon": 20, "lat": 40}}}, [0, 1]),
+    ({"geo_bounding_box": {"top_left": {"lon": 170, "lat": 10},  # across the antimeridian
+                           "bottom_right": {"lon": -170, "lat": -10}}}, [4]),
+    ({"geo_polygon": {"exterior": {"points": [{"lon": 0, "lat": 40}, {"lon": 20, "lat": 40},
+                                              {"lon": 20, "lat": 60}, {"lon": 0, "lat": 60}]},
+                      "interiors": [{"points": [{"lon": 10, "lat": 50}, {"lon": 15, "lat": 50},
+                                                {"lon": 15, "lat": 55}, {"lon": 10, "lat": 55},
+                                                {"lon": 10, "lat": 50}]}]}}, [1]),  # a hole: Berlin
+    ({"values_count": {"gte": 2}}, [1, 6]),
+    ({"values_count": {"lt": 1}}, [5]),
+    ({"values_count": {"gt": 2, "lte": 3}}, [6]),  # null is no value
+])
+def test_geo_and_values_count(cond, expected):
+    store = PayloadStore()
+    store.extend(GEO_PAYLOADS)
+    f = {"must": [{"key": "at", **cond}]}
+    assert [i for i, p in enumerate(GEO_PAYLOADS) if matches(f, p)] == expected
+    assert np.flatnonzero(compile(f, store).to_mask()).tolist() == expected
+    assert 0.0 <= estimate_selectivity(f, store) <= 1.0

@@ -634,3 +634,28 @@ def test_aliases_persist_embedded(tmp_path):
         assert db.get_collection("al").name == "a"
         db.drop_collection("a")
         assert db.aliases() == {}
+
+
+def test_geo_and_values_count_filters(client):
+    """qdrant-client's geo and values_count conditions, as its models serialise them."""
+    client.create_collection("geo", vectors_config=m.VectorParams(size=2, distance=m.Distance.DOT))
+    cities = [("berlin", 13.405, 52.52), ("paris", 2.3522, 48.8566), ("tokyo", 139.69, 35.69)]
+    client.upsert("geo", points=[m.PointStruct(id=i, vector=[1.0, float(i)], payload={
+        "name": n, "at": {"lon": lon, "lat": lat}, "tags": ["t"] * i})
+        for i, (n, lon, lat) in enumerate(cities)])
+    near = m.Filter(must=[m.FieldCondition(key="at", geo_radius=m.GeoRadius(
+        center=m.GeoPoint(lon=13.405, lat=52.52), radius=900_000.0))])
+    box = m.Filter(must=[m.FieldCondition(key="at", geo_bounding_box=m.GeoBoundingBox(
+        top_left=m.GeoPoint(lon=100, lat=60), bottom_right=m.GeoPoint(lon=150, lat=0)))])
+    poly = m.Filter(must=[m.FieldCondition(key="at", geo_polygon=m.GeoPolygon(
+        exterior=m.GeoLineString(points=[m.GeoPoint(lon=0, lat=40), m.GeoPoint(lon=10, lat=40),
+                                         m.GeoPoint(lon=10, lat=60), m.GeoPoint(lon=0, lat=60),
+                                         m.GeoPoint(lon=0, lat=40)])))])
+    many = m.Filter(must=[m.FieldCondition(key="tags", values_count=m.ValuesCount(gte=1))])
+    assert sorted(p.id for p in client.scroll("geo", scroll_filter=near)[0]) == [0, 1]
+    assert [p.id for p in client.scroll("geo", scroll_filter=box)[0]] == [2]
+    assert [p.id for p in client.scroll("geo", scroll_filter=poly)[0]] == [1]
+    assert client.count("geo", count_filter=many).count == 2
+    hits = client.query_points("geo", query=[1.0, 0.0], query_filter=near, limit=5).points
+    assert sorted(h.id for h in hits) == [0, 1]
+    client.delete_collection("geo")
