@@ -7,6 +7,7 @@ v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|
 "lte": number or ISO-8601 string}}``, ``{"key": k, "match": {"text": s}}`` (a string value
 containing s), ``{"key": k, "values_count": {"gt"|...: n}}``, ``{"key": k, "geo_radius" |
 "geo_bounding_box" | "geo_polygon": ...}`` (payload geo points ``{"lon", "lat"}``; ``geo``),
+``{"nested": {"key": k, "filter": f}}`` (one element of the array at k passes f),
 ``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and nested
 filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
 (at least m of them hold). Field semantics (dotted paths, arrays match if
@@ -44,7 +45,7 @@ _CLAUSES = ("must", "should", "must_not")
 _KEYS = (*_CLAUSES, "min_should")
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 _GEO = ("geo_radius", "geo_bounding_box", "geo_polygon")
-_UNSUPPORTED = {"nested", "phrase", "text_any"}
+_UNSUPPORTED = {"phrase", "text_any"}
 
 
 # ---------------------------------------------------------------- tree
@@ -122,6 +123,14 @@ class ValuesCount:
 
 
 @dataclass(frozen=True, slots=True)
+class Nested:
+    """Some object in the array at ``key`` passes ``filter`` on its own: its keys are relative
+    to that object, and all its conditions hold for the same element (Qdrant's nested)."""
+    key: str
+    filter: Filter
+
+
+@dataclass(frozen=True, slots=True)
 class HasId:
     ids: frozenset[int | str]
     ints: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -149,7 +158,7 @@ class IsNull:
 
 
 Condition = (Filter | Match | MatchText | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
-             | MinShould | ValuesCount | GeoRadius | GeoBox | GeoPolygon)
+             | MinShould | ValuesCount | GeoRadius | GeoBox | GeoPolygon | Nested)
 IdLookup = Callable[["HasId"], np.ndarray]
 """Positions, in one segment, of the points a ``has_id`` condition lists (ids the segment
 does not hold are left out); see ``id_lookup_from_ids``."""
@@ -275,9 +284,28 @@ def _condition(c: Any, path: str) -> Condition:
             raise InvalidArgument(f"{path}.{op}: expected {{\"key\": <field>}}")
         key = _key(v, f"{path}.{op}")
         return IsEmpty(key) if op == "is_empty" else IsNull(key)
+    if op == "nested":
+        if not isinstance(v, dict) or set(v) != {"key", "filter"}:
+            raise InvalidArgument(f'{path}.nested: expected {{"key": <array field>, "filter": '
+                                  f'{{...}}}}')
+        inner = parse_filter(v["filter"], f"{path}.nested.filter")
+        if _mentions_ids(inner):
+            raise InvalidArgument(f"{path}.nested.filter: has_id names points, not array "
+                                  f"elements; put it beside the nested condition")
+        return Nested(_key(v, f"{path}.nested"), inner)
     if op in _UNSUPPORTED:
         raise InvalidArgument(f"{path}.{op}: not supported")
     raise InvalidArgument(f"{path}: unknown condition key {op!r}")
+
+
+def _mentions_ids(c: Condition) -> bool:
+    if isinstance(c, HasId):
+        return True
+    if isinstance(c, Filter):
+        return any(map(_mentions_ids, (*c.must, *c.should, *c.must_not)))
+    if isinstance(c, MinShould):
+        return any(map(_mentions_ids, c.conditions))
+    return False
 
 
 def _match_scalar(v: Any, path: str, allow_bool: bool) -> str | int | bool:
@@ -430,6 +458,8 @@ def _ref(c: Condition, p: dict, pid) -> bool:
     if isinstance(c, MinShould):
         return sum(_ref(x, p, pid) for x in c.conditions) >= c.min_count
     path = split_key(c.key)
+    if isinstance(c, Nested):
+        return any(isinstance(e, dict) and _ref(c.filter, e, None) for e in elements(p, path))
     if isinstance(c, IsNull):
         return any(v is None for v in raw_values(p, path))
     if isinstance(c, IsEmpty):
@@ -568,6 +598,11 @@ class _Compiler:
             return self.mask(np.concatenate(parts))
         if isinstance(c, Range):
             return self.mask(self._range(c))
+        if isinstance(c, Nested):  # per payload, over the points holding objects there
+            pos = np.unique(store.column(c.key).typed("other")[0])
+            pos = pos[pos < self.n]
+            hit = np.fromiter((_ref(c, store.get(int(i)), None) for i in pos), bool, len(pos))
+            return self.mask(pos[hit])
         if isinstance(c, ValuesCount):
             present = store.column(c.key).present()
             return c.test(np.bincount(present[present < self.n], minlength=self.n))

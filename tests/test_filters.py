@@ -89,7 +89,11 @@ def test_parse_tree():
      "filter.must[0].geo_polygon.exterior.points: a ring needs at least 3 distinct points"),
     ({"must": [{"key": "a", "values_count": {"gt": 1.5}}]},
      "filter.must[0].values_count.gt: expected an integer, got float"),
-    ({"must": [{"key": "a", "nested": {}}]}, "filter.must[0].nested: not supported"),
+    ({"must": [{"nested": {"key": "a"}}]}, 'filter.must[0].nested: expected {"key"'),
+    ({"must": [{"nested": {"key": "a", "filter": {"must": [{"has_id": [1]}]}}}]},
+     "filter.must[0].nested.filter: has_id names points"),
+    ({"must": [{"nested": {"key": "a", "filter": {"must": [{"key": "b"}]}}}]},
+     "filter.must[0].nested.filter.must[0]: a field condition needs"),
     ({"must": [{"hasid": [1]}]}, "filter.must[0]: unknown condition key 'hasid'"),
     ({"must": [{"has_id": 1}]}, "filter.must[0].has_id: expected a list of ids, got int"),
     ({"must": [{"has_id": [1, -2]}]}, "filter.must[0].has_id[1]: id -2 is not an unsigned"),
@@ -248,6 +252,10 @@ def filters_for(payloads: list[dict]):
             max_size=4)),
         st.builds(lambda k: {"is_empty": {"key": k}}, key),
         st.builds(lambda k: {"is_null": {"key": k}}, key),
+        st.builds(lambda k, v, r: {"nested": {"key": k, "filter": {"must": [
+            {"key": "d", "match": {"value": v}}], "must_not": [{"key": "e", "range": r}]}}},
+            st.sampled_from(["c", "tags", "a"]), match_scalar,
+            st.dictionaries(ops, st.integers(-3, 3), min_size=1, max_size=1)),
         st.builds(lambda k, r: {"key": k, "values_count": r}, key,
                   st.dictionaries(ops, st.integers(0, 3), min_size=1, max_size=2)),
         st.builds(lambda k, c, r: {"key": k, "geo_radius": {"center": c, "radius": r}}, key,
@@ -407,3 +415,22 @@ def test_geo_and_values_count(cond, expected):
     assert [i for i, p in enumerate(GEO_PAYLOADS) if matches(f, p)] == expected
     assert np.flatnonzero(compile(f, store).to_mask()).tolist() == expected
     assert 0.0 <= estimate_selectivity(f, store) <= 1.0
+
+
+DIETS = [{"diet": [{"food": "meat", "likes": True}, {"food": "veg", "likes": False}]},
+         {"diet": [{"food": "meat", "likes": False}]}, {"diet": {"food": "meat", "likes": False}},
+         {"diet": ["meat"]}, {}]
+
+
+def test_nested_conditions_hold_for_one_element():
+    """A flat filter over diet[] may match two elements; nested needs one that passes all."""
+    inner = {"must": [{"key": "food", "match": {"value": "meat"}},
+                      {"key": "likes", "match": {"value": False}}]}
+    flat = {"must": [{"key": "diet[].food", "match": {"value": "meat"}},
+                     {"key": "diet[].likes", "match": {"value": False}}]}
+    nested = {"must": [{"nested": {"key": "diet", "filter": inner}}]}
+    store = PayloadStore()
+    store.extend(DIETS)
+    for f, want in ((flat, [0, 1, 2]), (nested, [1, 2])):
+        assert [i for i, p in enumerate(DIETS) if matches(f, p)] == want
+        assert np.flatnonzero(compile(f, store).to_mask()).tolist() == want

@@ -636,12 +636,14 @@ def test_aliases_persist_embedded(tmp_path):
         assert db.aliases() == {}
 
 
-def test_geo_and_values_count_filters(client):
-    """qdrant-client's geo and values_count conditions, as its models serialise them."""
+def test_geo_values_count_and_nested_filters(client):
+    """qdrant-client's geo, values_count and nested conditions, as its models serialise
+    them."""
     client.create_collection("geo", vectors_config=m.VectorParams(size=2, distance=m.Distance.DOT))
     cities = [("berlin", 13.405, 52.52), ("paris", 2.3522, 48.8566), ("tokyo", 139.69, 35.69)]
     client.upsert("geo", points=[m.PointStruct(id=i, vector=[1.0, float(i)], payload={
-        "name": n, "at": {"lon": lon, "lat": lat}, "tags": ["t"] * i})
+        "name": n, "at": {"lon": lon, "lat": lat}, "tags": ["t"] * i,
+        "diet": [{"food": "meat", "likes": i == 0}, {"food": "veg", "likes": i != 0}]})
         for i, (n, lon, lat) in enumerate(cities)])
     near = m.Filter(must=[m.FieldCondition(key="at", geo_radius=m.GeoRadius(
         center=m.GeoPoint(lon=13.405, lat=52.52), radius=900_000.0))])
@@ -656,6 +658,10 @@ def test_geo_and_values_count_filters(client):
     assert [p.id for p in client.scroll("geo", scroll_filter=box)[0]] == [2]
     assert [p.id for p in client.scroll("geo", scroll_filter=poly)[0]] == [1]
     assert client.count("geo", count_filter=many).count == 2
+    meat_lovers = m.Filter(must=[m.NestedCondition(nested=m.Nested(key="diet", filter=m.Filter(
+        must=[m.FieldCondition(key="food", match=m.MatchValue(value="meat")),
+              m.FieldCondition(key="likes", match=m.MatchValue(value=True))])))])
+    assert [p.id for p in client.scroll("geo", scroll_filter=meat_lovers)[0]] == [0]
     hits = client.query_points("geo", query=[1.0, 0.0], query_filter=near, limit=5).points
     assert sorted(h.id for h in hits) == [0, 1]
     client.delete_collection("geo")
