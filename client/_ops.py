@@ -25,6 +25,7 @@ from ..engine.frame import encode_batch
 from ..engine.groups import Group
 from ..engine.hits import NPZ, SearchArrays
 from ..engine.metric import Metric
+from ..engine.ordering import parse_order_by
 from ..engine.params import SearchParams
 from ..engine.payload import canonical_payload, object_path
 from ..engine.points import Point, field_rows, pack_fields, upsert_columns
@@ -397,12 +398,21 @@ def count(name: str, filter: Any) -> Op:
 
 
 def scroll(name: str, filter: Any, limit: int, cursor: Any, with_payload: Any,
-           with_vectors: bool) -> Op:
+           with_vectors: bool, order_by: Any = None) -> Op:
     body = {"filter": filter, "limit": check_k(limit), "offset": id_list(cursor),
             "with_payload": with_payload, "with_vector": with_vectors}
     payload_projection(with_payload)
+    if order_by is not None:
+        parse_order_by(order_by)
+        if cursor is not None:  # as the embedded scroll says it
+            raise InvalidArgument("cursor: a scroll with order_by continues from "
+                                  "order_by.start_from (the last value seen), not a cursor")
+        body["order_by"] = order_by
     res = (yield json_req("POST", f"/collections/{seg(name)}/points/scroll", body))["result"]
-    return points_from(res["points"]), res["next_page_offset"]
+    points = res["points"]
+    if order_by is not None:  # the order value is the embedded scroll's score
+        points = [{**p, "score": p.get("order_value")} for p in points]
+    return points_from(points), res["next_page_offset"]
 
 
 def _int(x: Any) -> Any:

@@ -381,9 +381,10 @@ class RemoteCollection(_RemoteBase):
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True,
-               with_vectors: bool = False) -> tuple[list[Point], Any]:
+               with_vectors: bool = False,
+               order_by: str | dict | None = None) -> tuple[list[Point], Any]:
         return self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
-                                             with_vectors))
+                                             with_vectors, order_by))
 
     def search(self, vector, k: int = 10, filter: dict | None = None, params: dict | None = None,
                with_payload: bool | list | dict = False, with_vectors: bool = False, explain: bool = False,
@@ -496,9 +497,10 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                      with_payload: bool | list | dict = True,
-                     with_vectors: bool = False) -> tuple[list[Point], Any]:
+                     with_vectors: bool = False,
+                     order_by: str | dict | None = None) -> tuple[list[Point], Any]:
         return await self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
-                                                   with_vectors))
+                                                   with_vectors, order_by))
 
     async def search(self, vector, k: int = 10, filter: dict | None = None,
                      params: dict | None = None, with_payload: bool | list | dict = False,

@@ -32,6 +32,7 @@ from .index.registry import index as make_index
 from .index.registry import parse_index_spec
 from .metric import Metric
 from .muvera import pool_tokens
+from .ordering import OrderBy, has_numbers, order_values, parse_order_by
 from .params import SearchParams
 from .payload import canonical_payload, merge_at, object_path, split_key
 from .persist import load_arrays, read_metadata, save_arrays, write_metadata
@@ -903,19 +904,53 @@ class Collection(CollectionSchema):
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True,
-               with_vectors: bool = False) -> tuple[list[Point], Any]:
+               with_vectors: bool = False, order_by: str | dict | None = None
+               ) -> tuple[list[Point], Any]:
         """Points matching ``filter`` in id order (integers first, then UUIDs), ``limit`` per
-        page; pass the returned cursor to get the next page (None when done)."""
+        page; pass the returned cursor to get the next page (None when done).
+
+        ``order_by`` (a payload key, or ``{"key", "direction", "start_from"}``): in the
+        order of that value instead (engine/ordering.py), each point's ``score`` its value;
+        no cursor then: the next page starts from the last value."""
         self._check_open()
         limit = check_k(limit)
         payload_projection(with_payload)  # bad input fails before the work
         flt = parse_filter(filter) if filter is not None else None
+        if order_by is not None:
+            return self._scroll_ordered(flt, limit, cursor, with_payload, with_vectors,
+                                        parse_order_by(order_by))
         ids = sorted((p.id for p in self._matching(flt)), key=_id_order)
         if cursor is not None:
             start = _id_order(normalize_id(cursor, "cursor"))
             ids = [i for i in ids if _id_order(i) >= start]
         page, rest = ids[:limit], ids[limit:]
         return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
+
+    def _scroll_ordered(self, flt: Filter | None, limit: int, cursor, with_payload,
+                        with_vectors: bool, order: OrderBy) -> tuple[list[Point], None]:
+        if cursor is not None:
+            raise InvalidArgument("cursor: a scroll with order_by continues from "
+                                  "order_by.start_from (the last value seen), not a cursor")
+        with self._lock:
+            segs = list(self._segments)
+        numbers = not order.datetimes and any(has_numbers(s.payloads, order.key) for s in segs)
+        rows: list[tuple[float, Any]] = []
+        for seg in segs:
+            n = seg.n
+            allowed = seg.allowed(flt, n)
+            pos = np.arange(n) if allowed is None else allowed.positions()
+            at, vals = order_values(seg.payloads, pos, order, numbers)
+            rows.extend(zip(vals.tolist(), (seg.ext_ids[p] for p in at.tolist()), strict=True))
+        sign = -1.0 if order.desc else 1.0
+        rows.sort(key=lambda r: (sign * r[0], _id_order(r[1])))
+        rows = rows[:limit]
+        got = {p.id: p for p in self.get([i for _, i in rows], with_payload, with_vectors)}
+        points = []
+        for v, i in rows:
+            if i in got:  # a point deleted meanwhile is gone
+                got[i].score = v
+                points.append(got[i])
+        return points, None
 
     def search(self, vector, k: int = 10, filter: dict | None = None,
                params: SearchParams | dict | None = None,

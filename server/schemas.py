@@ -236,14 +236,10 @@ class ScrollRequest(_Strict):
     offset: PointId | None = Field(None, description="Cursor: the next_page_offset of a previous page.")
     with_payload: PayloadSelector = True
     with_vector: VectorSelector = False
-    order_by: Any = Field(None, description="Not supported: pages come in id order.")
-
-    @model_validator(mode="after")
-    def _no_order(self) -> ScrollRequest:
-        if self.order_by is not None:
-            raise ValueError("order_by: not supported; scroll returns points in id order "
-                             "(integers, then UUIDs)")
-        return self
+    order_by: str | dict[str, Any] | None = Field(
+        None, description='A payload key, or {"key", "direction": "asc"|"desc", "start_from"}: '
+                          "points in the order of that value (numbers or datetimes), each with "
+                          "its order_value; the next page starts from the last value.")
 
 
 class CountRequest(_Strict):

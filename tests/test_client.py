@@ -113,6 +113,9 @@ def scenario(db, workdir) -> dict:
     out["groups"] = [col.search_groups(q, "tag", limit=2, group_size=3, with_payload=["g"]),
                      col.search_groups(q, "g", 3, 2, filter=flt, params={"exact": True}),
                      l2.search_groups(x[3], "nothing", 2, 2)]
+    out["ordered"] = [col.scroll(limit=5, order_by="v", with_payload=["v"]),
+                      col.scroll(filter=flt, limit=3, order_by={"key": "v", "direction": "desc",
+                                                                "start_from": 20})]
     out["projection"] = [col.search(q, 5, with_payload=["g", "tag", "missing"]),
                          col.search(Q[:3], 3, with_payload={"exclude": ["v", "even"]}),
                          col.get([5, 7, UUIDS[2]], with_payload={"include": ["tag"]}),

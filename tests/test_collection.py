@@ -829,3 +829,43 @@ def test_payload_update_by_filter_skips_points_that_stopped_matching(tmp_path, m
     assert col.overwrite_payload({"x": 1}, filter={"must": [{"key": "tag", "match": {"value": "a"}}]}) == 2
     assert [p.payload for p in col.get([1, 2, 3])] == [{"x": 1}, {"tag": "b"}, {"x": 1}]
     db.close()
+
+
+def test_scroll_in_the_order_of_a_payload_value(tmp_path):
+    """order_by: by each point's smallest value (largest, descending), ties by id, across
+    sealed segments and the tail, paged by start_from; points without a value left out."""
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("o", 4, segment_size=8)
+    rng = np.random.default_rng(0)
+    prices = [5, 3.5, [9, 1], 3.5, None, "7", 2, 8, [4, 6], 0, 12, 3]
+    payloads = [{"price": p, "at": f"2024-01-{i + 1:02d}T00:00:00Z"} if p is not None else
+                {"at": "nope"} for i, p in enumerate(prices)]
+    col.upsert(list(range(12)), rng.standard_normal((12, 4)).astype(np.float32), payloads)
+    col.flush()  # one sealed segment of 8 and a tail
+    col.delete([10])
+
+    def ids(**kw):
+        pts, nxt = col.scroll(with_payload=False, **kw)
+        assert nxt is None
+        return [(p.id, p.score) for p in pts]
+
+    assert ids(order_by="price", limit=5) == [(9, 0.0), (2, 1.0), (6, 2.0), (11, 3.0), (1, 3.5)]
+    assert ids(order_by={"key": "price", "start_from": 3.5}, limit=3) == [(1, 3.5), (3, 3.5),
+                                                                         (8, 4.0)]
+    assert ids(order_by={"key": "price", "direction": "desc"}, limit=3) == [(2, 9.0), (7, 8.0),
+                                                                            (8, 6.0)]
+    assert ids(order_by={"key": "price", "direction": "desc", "start_from": 3.5},
+               filter={"must_not": [{"has_id": [1]}]}, limit=2) == [(3, 3.5), (11, 3.0)]
+    # datetimes where the key holds no number ("at": ISO strings, one not a date)
+    got = ids(order_by={"key": "at", "direction": "desc"}, limit=2)
+    assert [i for i, _ in got] == [11, 9]
+    got = ids(order_by={"key": "at", "start_from": "2024-01-05T00:00:00Z"}, limit=2)
+    assert [i for i, _ in got] == [5, 6]
+    for bad, field in (({"key": "price", "direction": "up"}, "order_by.direction"),
+                       ({"key": "price", "start_from": "soon"}, "order_by.start_from"),
+                       ({"field": "price"}, "order_by"), (7, "order_by")):
+        with pytest.raises(quiver.InvalidArgument, match=field):
+            col.scroll(order_by=bad)
+    with pytest.raises(quiver.InvalidArgument, match="cursor"):
+        col.scroll(order_by="price", cursor=3)
+    db.close()

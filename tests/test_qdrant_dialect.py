@@ -169,7 +169,7 @@ def docs(client, data):
     return x, payloads
 
 
-def test_points(client, docs):
+def test_points(client, http, docs):
     x, payloads = docs
     assert client.count("docs", exact=True).count == N
     got = client.retrieve("docs", ids=[3, UUIDS[1], 999], with_payload=True, with_vectors=True)
@@ -190,8 +190,16 @@ def test_points(client, docs):
     red, _ = client.scroll("docs", scroll_filter=m.Filter(must=[m.FieldCondition(
         key="color", match=m.MatchValue(value="red"))]), limit=100)
     assert [p.id for p in red] == [i for i in range(36) if i % 3 == 0] + [UUIDS[0], UUIDS[3]]
-    with raises(422, "order_by"):
-        client.scroll("docs", order_by="n")
+    ext = {i: UUIDS[i - 36] if i >= 36 else i for i in range(N)}
+    ordered, nxt = client.scroll("docs", order_by="n", limit=4, with_payload=["n"])
+    assert [p.id for p in ordered] == [ext[i] for i in range(4)] and nxt is None
+    assert [p.order_value for p in ordered] == [0, 1, 2, 3]
+    down, _ = client.scroll("docs", order_by=m.OrderBy(key="n", direction=m.Direction.DESC,
+                                                       start_from=10), limit=3)
+    assert [p.id for p in down] == [10, 9, 8]
+    r = http.post("/collections/docs/points/scroll", json={"order_by": {"key": "n",
+                                                                      "direction": "up"}})
+    assert r.status_code == 400 and "order_by.direction" in r.json()["status"]["error"]
 
     # payload edits, by ids and by filter (on points 30-33, which the query filters leave out)
     client.set_payload("docs", payload={"extra": 1}, points=[30, 31])

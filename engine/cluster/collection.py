@@ -30,6 +30,7 @@ from ..collection import (
 from ..errors import InvalidArgument, ShardUnavailable
 from ..filters import normalize_id, parse_filter
 from ..hits import SearchArrays
+from ..ordering import parse_order_by
 from ..params import SearchParams
 from ..payload import canonical_payload, object_path
 from ..persist import write_metadata
@@ -231,14 +232,27 @@ class ShardedCollection(CollectionSchema):
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True, with_vectors: bool = False,
-               *, allow_partial: bool = False) -> tuple[list[Point], Any]:
+               order_by: str | dict | None = None, *, allow_partial: bool = False
+               ) -> tuple[list[Point], Any]:
         """As ``Collection.scroll``: each shard's first ``limit`` from the cursor, merged in
-        id order."""
+        id order (or in ``order_by``'s, by each shard's order values)."""
         self._check_open()
         limit = check_k(limit)
         payload_projection(with_payload)
         if filter is not None:
             parse_filter(filter)
+        if order_by is not None:
+            order = parse_order_by(order_by)
+            if cursor is not None:
+                raise InvalidArgument("cursor: a scroll with order_by continues from "
+                                      "order_by.start_from (the last value seen), not a cursor")
+            found, missing = self._gather(
+                {i: s.read("scroll", filter, limit, None, with_payload, with_vectors, order_by)
+                 for i, s in enumerate(self.shards)}, allow_partial)
+            sign = -1.0 if order.desc else 1.0
+            merged = sorted((p for page, _ in found.values() for p in page),
+                            key=lambda p: (sign * p.score, _id_order(p.id)))
+            return self._flag(merged[:limit], missing), None
         if cursor is not None:
             cursor = normalize_id(cursor, "cursor")
         found, missing = self._gather(

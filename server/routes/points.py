@@ -116,8 +116,12 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         col = database().get_collection(name)
         check_vector_names(col, body.with_vector)
         pts, nxt = await run(col.scroll, body.filter, body.limit, body.offset, body.with_payload,
-                             bool(body.with_vector))
-        return ok({"points": select_vectors(pts, body.with_vector), "next_page_offset": nxt}, t)
+                             bool(body.with_vector), body.order_by)
+        pts = select_vectors(pts, body.with_vector)
+        if body.order_by is not None:  # Qdrant's Record carries the value it was ordered by
+            pts = [{"id": p.id, "payload": p.payload, "vector": p.vector, "order_value": p.score}
+                   for p in pts]
+        return ok({"points": pts, "next_page_offset": nxt}, t)
 
     @app.post("/collections/{name}/points/count", tags=TAGS, openapi_extra=body_doc(s.CountRequest))
     async def count(name: str, request: Request):
