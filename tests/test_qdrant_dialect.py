@@ -293,6 +293,28 @@ def test_query(client, http, docs):
         "positive": [3], "limit": 2, "params": {"exact": True}}).json()["result"]
     assert [m.ScoredPoint(**h).id for h in legacy] == [ext[i] for i in cosine_top(
         x, x[3], 2, set(range(N)) - {3})[0]]
+    # best_score and sum_scores: every point scored against every example (N < 64: all of
+    # them are candidates, so the answer is exact)
+    x5 = x[5] / np.linalg.norm(x[5])
+    sp, sn = xs @ np.stack([xs[3], x5]).T, xs @ xs[[7]].T
+    sig = lambda v: 0.5 * (v / (1 + np.abs(v)) + 1)  # noqa: E731
+    for strategy, want_s in (("best_score", np.where(sp.max(1) > sn.max(1), sig(sp.max(1)),
+                                                     -sig(sn.max(1)))),
+                             ("sum_scores", sp.sum(1) - sn.sum(1))):
+        rec = m.RecommendQuery(recommend=m.RecommendInput(positive=[3, x[5].tolist()],
+                                                          negative=[7], strategy=strategy))
+        hits = client.query_points("docs", query=rec, limit=5, with_payload=["n"]).points
+        order = sorted(others, key=lambda i: -want_s[i])[:5]
+        assert [h.id for h in hits] == [ext[i] for i in order], strategy
+        np.testing.assert_allclose([h.score for h in hits], want_s[order], rtol=1e-5, atol=1e-6)
+        assert hits[0].payload == {"n": order[0]}
+    only_neg = m.RecommendQuery(recommend=m.RecommendInput(negative=[7], strategy="best_score"))
+    far = client.query_points("docs", query=only_neg, limit=3).points
+    assert [h.id for h in far] == [ext[i] for i in sorted(set(range(N)) - {7},
+                                                         key=lambda i: sn[i, 0])[:3]]
+    r = http.post("/collections/docs/points/query", json={"prefetch": {"query": {"recommend": {
+        "positive": [3], "strategy": "sum_scores"}}}, "query": {"fusion": "rrf"}})
+    assert r.status_code == 400 and "not inside prefetch" in r.json()["status"]["error"]
     tokens = [[0.0] * x.shape[1]] * x.shape[1]  # a token matrix as long as a vector: no vector
     bad = http.post("/collections/docs/points/recommend", json={"positive": [tokens], "limit": 2})
     assert bad.status_code == 400 and "recommend.positive[0]" in bad.json()["status"]["error"]

@@ -3,7 +3,7 @@ as ``Collection.search`` calls, and their hits as Qdrant's ``ScoredPoint``s.
 
 What Qdrant does that the engine leaves to its caller lives here: ``offset`` (search
 ``offset + limit``, drop the first), examples given as point ids (their stored vectors, the
-points themselves left out of the answer), ``recommend`` (the average-vector strategy),
+points themselves left out of the answer), ``recommend`` (average_vector, best_score, sum_scores),
 ``prefetch`` with fusion (RRF, DBSF) or re-scoring of the prefetched points, Euclid scores
 (Qdrant answers the distance, the engine its square) and ``with_vector`` naming fields.
 """
@@ -25,6 +25,7 @@ from ...engine.params import SearchParams
 from ...engine.points import Point
 from ...engine.tokens import is_one_query
 from . import schemas as q
+from .recommend import example_scores
 
 RRF_K = 60
 """RRF's rank constant when the query does not give one: score = sum of 1 / (k + rank)."""
@@ -153,6 +154,9 @@ class Planner:
         if isinstance(req.query, q.NearestQuery) and req.query.mmr is not None:
             return Query(None, {}, req.limit, req.offset, is_l2, names,
                          self._mmr(req, k, threshold))
+        if _scored_recommend(req.query):  # its scores are its own, not distances
+            return Query(None, {}, req.limit, req.offset, False, names,
+                         self._recommend_scored(req, k, req.score_threshold))
         vector, exclude = self._vector(req.query, req.using)
         args = {"k": k, "filter": both(req.filter, exclude),
                 "params": engine_params(req.params, k), "with_payload": req.with_payload,
@@ -295,10 +299,20 @@ class Planner:
     def _recommend(self, rec: q.RecommendInput, using: str | None) -> tuple[Any, dict | None]:
         """Qdrant's average-vector strategy: avg(positive) + (avg(positive) - avg(negative))."""
         if rec.strategy not in (None, "average_vector"):
-            raise InvalidArgument(f"recommend.strategy: {rec.strategy!r} is not supported; "
-                                  f"use average_vector")
+            raise InvalidArgument(f"recommend.strategy: {rec.strategy} scores whole queries; "
+                                  f"not inside prefetch (use average_vector there)")
         if not rec.positive:
             raise InvalidArgument("recommend.positive: give at least one example")
+        pos, neg, exclude = self._examples(rec, using)
+        vec = pos.mean(axis=0)
+        if len(neg):
+            vec = vec + (vec - neg.mean(axis=0))
+        return vec.astype(np.float32).tolist(), exclude
+
+    def _examples(self, rec: q.RecommendInput, using: str | None
+                  ) -> tuple[np.ndarray, np.ndarray, dict | None]:
+        """The positive and negative examples as float64 rows, prepared as stored vectors are
+        (unit length for cosine), and a filter leaving out the examples given by id."""
         if self.col.vector_field(using).kind == "multi":
             raise InvalidArgument("recommend: not for multi-vector fields (an average of token "
                                   "matrices is not one); query by a point id instead")
@@ -306,25 +320,57 @@ class Planner:
                if not isinstance(x, list)]
         stored = dict(zip(ids, self._stored(ids, using, "recommend"), strict=True)) if ids else {}
         dim = self.col.vector_field(using).dim
-
         cosine = self.col.vector_field(using).metric == "cosine"
 
-        def mean(examples: list, where: str) -> np.ndarray:
-            rows = []
+        def rows(examples: list, where: str) -> np.ndarray:
+            out = []
             for i, x in enumerate(examples):
                 if not isinstance(x, list):
-                    rows.append(stored[normalize_id(x)])
+                    out.append(stored[normalize_id(x)])
                     continue
                 if len(x) != dim or not all(isinstance(v, (int, float)) and math.isfinite(v)
                                             for v in x):  # (a token matrix is a list too)
                     raise InvalidArgument(f"recommend.{where}[{i}]: expected {dim} finite numbers")
-                v = np.asarray(x, np.float64)  # prepared as stored vectors are
-                rows.append(v / (np.linalg.norm(v) or 1.0) if cosine else v)
-            return np.mean(np.asarray(rows, np.float64), axis=0)
+                v = np.asarray(x, np.float64)
+                out.append(v / (np.linalg.norm(v) or 1.0) if cosine else v)
+            return np.asarray(out, np.float64).reshape(len(out), dim)
 
-        pos = mean(rec.positive, "positive")
-        vec = pos + (pos - mean(rec.negative, "negative")) if rec.negative else pos
-        return vec.astype(np.float32).tolist(), ({"must_not": [{"has_id": ids}]} if ids else None)
+        return (rows(rec.positive, "positive"), rows(rec.negative, "negative"),
+                {"must_not": [{"has_id": ids}]} if ids else None)
+
+    def _recommend_scored(self, req: q.QueryRequest, k: int, threshold: float | None
+                          ) -> list[Point]:
+        """Qdrant's ``best_score`` and ``sum_scores``: every candidate scored against every
+        example (server/qdrant/recommend.py). Candidates: the nearest to each positive, and to
+        the examples' linear combination where the metric makes it one."""
+        rec = req.query.recommend
+        if not rec.positive and not rec.negative:
+            raise InvalidArgument("recommend: give at least one positive or negative example")
+        f = self.col.vector_field(req.using)
+        pos, neg, exclude = self._examples(rec, req.using)
+        n = max(4 * k, 64)
+        self.check_k(n, "recommend candidates (4 x limit)")
+        flt = both(req.filter, exclude)
+        probes = list(pos)
+        if f.metric != "l2":  # sum of inner products = inner product with the sum
+            probes.append(pos.sum(axis=0) - neg.sum(axis=0))
+        elif not len(pos):
+            raise InvalidArgument("recommend: with Euclid distances, best_score and sum_scores "
+                                  "need a positive example")
+        found = self.col.search(np.asarray(probes, np.float32), k=n, filter=flt,
+                                params=engine_params(req.params, n), using=req.using)
+        ids = list(dict.fromkeys(h.id for hits in found for h in hits))
+        if not ids:
+            return []
+        pts = self.col.get(ids, with_payload=False, with_vectors=True)
+        name = req.using or ""
+        x = np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector for p in pts],
+                       np.float64)
+        scores = example_scores(x, pos, neg, f.metric, rec.strategy)
+        order = np.argsort(-scores, kind="stable")
+        hits = [Point(pts[j].id, float(scores[j])) for j in order.tolist()
+                if threshold is None or scores[j] >= threshold][:k]
+        return self._fill(hits, req.with_payload, bool(req.with_vector))
 
     def _stored(self, ids: list, using: str | None, where: str) -> list[list[float]]:
         """The stored vectors of points given by id, in the field searched."""
@@ -344,6 +390,11 @@ class Planner:
         return out
 
 
+def _scored_recommend(query: Any) -> bool:
+    return isinstance(query, q.RecommendQuery) and query.recommend.strategy in ("best_score",
+                                                                                "sum_scores")
+
+
 def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
                   euclid: bool = True) -> dict[str, Any]:
     """``{"groups": [{"id": value, "hits": [ScoredPoint, ...]}, ...]}`` for a groups query
@@ -352,9 +403,11 @@ def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
         raise InvalidArgument("with_lookup: not supported (read the group ids' points with "
                               "POST /points)")
     if req.prefetch is not None or isinstance(req.query, (q.FusionQuery, q.RrfQuery)) or (
-            isinstance(req.query, q.NearestQuery) and req.query.mmr is not None):
-        raise InvalidArgument("query: groups take a vector, a point id, nearest or recommend; "
-                              "not prefetch, fusion or mmr")
+            isinstance(req.query, q.NearestQuery) and req.query.mmr is not None) or \
+            _scored_recommend(req.query):
+        raise InvalidArgument("query: groups take a vector, a point id, nearest or recommend "
+                              "(average_vector); not prefetch, fusion, mmr, best_score or "
+                              "sum_scores")
     planner.check_k(req.limit * req.group_size, "limit * group_size")
     base = planner.query(q.QueryRequest.model_construct(
         query=req.query, using=req.using, filter=req.filter, params=req.params,

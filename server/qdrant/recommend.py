@@ -1,0 +1,40 @@
+"""Qdrant's recommendation scores for the strategies that compare each candidate with every
+example instead of searching around one averaged vector.
+
+A similarity is the metric's score with higher meaning closer: the inner product (cosine:
+of unit vectors), or minus the Euclid distance.
+- ``best_score``: a candidate closer to some positive than to every negative scores
+  sigmoid(its best positive similarity), in (0, 1); any other scores -sigmoid(its best
+  negative similarity), below 0. So points on the positive side come first, nearest
+  first, and the rest follow, the farthest from every negative first.
+- ``sum_scores``: the sum of the similarities to the positives minus the sum of those to
+  the negatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...engine.mmr import similarity_rows
+
+
+def similarities(x: np.ndarray, examples: np.ndarray, metric: str) -> np.ndarray:
+    """(candidates, examples) similarities, float64 (``engine.mmr.similarity_rows``)."""
+    return np.stack([similarity_rows(x, e, metric) for e in examples], axis=1) if len(
+        examples) else np.zeros((len(x), 0))
+
+
+def fast_sigmoid(s: np.ndarray) -> np.ndarray:
+    """Monotone onto (0, 1), cheap, and defined for any similarity scale."""
+    return 0.5 * (s / (1.0 + np.abs(s)) + 1.0)
+
+
+def example_scores(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, metric: str,
+                   strategy: str) -> np.ndarray:
+    """Each candidate row's score under ``strategy`` (module docstring)."""
+    sp, sn = similarities(x, pos, metric), similarities(x, neg, metric)
+    if strategy == "sum_scores":
+        return sp.sum(1) - sn.sum(1)
+    best_p = sp.max(1) if sp.shape[1] else np.full(len(x), -1e300)  # none: always below
+    best_n = sn.max(1) if sn.shape[1] else np.full(len(x), -1e300)
+    return np.where(best_p > best_n, fast_sigmoid(best_p), -fast_sigmoid(best_n))
