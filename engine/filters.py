@@ -8,10 +8,11 @@ v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|
 containing s), ``{"key": k, "values_count": {"gt"|...: n}}``, ``{"key": k, "geo_radius" |
 "geo_bounding_box" | "geo_polygon": ...}`` (payload geo points ``{"lon", "lat"}``; ``geo``),
 ``{"nested": {"key": k, "filter": f}}`` (one element of the array at k passes f),
-``{"has_id": [...]}``, ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and nested
-filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
-(at least m of them hold). Field semantics (dotted paths, arrays match if
-any element does, strict JSON types) are described in ``payload``.
+``{"has_id": [...]}``, ``{"has_vector": name}`` (answered by the segment),
+``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and nested filters; beside the
+clauses, ``"min_should": {"conditions": [...], "min_count": m}`` (at least m of them hold).
+Field semantics (dotted paths, arrays match if any element does, strict JSON types) are
+described in ``payload``.
 
 Three evaluators share one meaning: ``compile`` (vectorised, uses payload indexes),
 ``estimate_selectivity`` (cheap: index counts, else a sample) and ``matches`` (plain Python,
@@ -131,6 +132,13 @@ class Nested:
 
 
 @dataclass(frozen=True, slots=True)
+class HasVector:
+    """The point has a vector in field ``name`` ("" the unnamed one): a segment answers it,
+    not the payload (``compile``'s ``vector_lookup``)."""
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class HasId:
     ids: frozenset[int | str]
     ints: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -158,7 +166,9 @@ class IsNull:
 
 
 Condition = (Filter | Match | MatchText | MatchAny | MatchExcept | Range | HasId | IsEmpty | IsNull
-             | MinShould | ValuesCount | GeoRadius | GeoBox | GeoPolygon | Nested)
+             | MinShould | ValuesCount | GeoRadius | GeoBox | GeoPolygon | Nested | HasVector)
+VectorLookup = Callable[[str], np.ndarray]
+"""Positions, in one segment, of the rows that have a vector in the named field."""
 IdLookup = Callable[["HasId"], np.ndarray]
 """Positions, in one segment, of the points a ``has_id`` condition lists (ids the segment
 does not hold are left out); see ``id_lookup_from_ids``."""
@@ -284,6 +294,11 @@ def _condition(c: Any, path: str) -> Condition:
             raise InvalidArgument(f"{path}.{op}: expected {{\"key\": <field>}}")
         key = _key(v, f"{path}.{op}")
         return IsEmpty(key) if op == "is_empty" else IsNull(key)
+    if op == "has_vector":
+        if not isinstance(v, str) or len(v) > 64:
+            raise InvalidArgument(f"{path}.has_vector: expected a vector field name, got "
+                                  f"{_tname(v)}")
+        return HasVector(v)
     if op == "nested":
         if not isinstance(v, dict) or set(v) != {"key", "filter"}:
             raise InvalidArgument(f'{path}.nested: expected {{"key": <array field>, "filter": '
@@ -457,6 +472,8 @@ def _ref(c: Condition, p: dict, pid) -> bool:
         return pid in c.ids
     if isinstance(c, MinShould):
         return sum(_ref(x, p, pid) for x in c.conditions) >= c.min_count
+    if isinstance(c, HasVector):
+        raise InvalidArgument("has_vector: answered by a segment's vectors, not by a payload")
     path = split_key(c.key)
     if isinstance(c, Nested):
         return any(isinstance(e, dict) and _ref(c.filter, e, None) for e in elements(p, path))
@@ -537,8 +554,10 @@ def id_lookup_from_ids(ext_ids: Sequence[int | str] | np.ndarray) -> IdLookup:
 
 
 class _Compiler:
-    def __init__(self, store: PayloadStore, n: int, id_lookup: IdLookup | None):
+    def __init__(self, store: PayloadStore, n: int, id_lookup: IdLookup | None,
+                 vector_lookup: VectorLookup | None = None):
         self.store, self.n, self.id_lookup = store, n, id_lookup
+        self.vector_lookup = vector_lookup
 
     def mask(self, positions: np.ndarray) -> np.ndarray:
         m = np.zeros(self.n, bool)
@@ -569,6 +588,10 @@ class _Compiler:
             if self.id_lookup is None:
                 raise InvalidArgument("has_id: no id lookup was given for this segment")
             return self.mask(np.asarray(self.id_lookup(c), np.int64))
+        if isinstance(c, HasVector):
+            if self.vector_lookup is None:
+                raise InvalidArgument("has_vector: no vector lookup was given for this segment")
+            return self.mask(np.asarray(self.vector_lookup(c.name), np.int64))
         store = self.store
         if isinstance(c, IsEmpty):
             return ~self.mask(store.column(c.key).present())
@@ -659,7 +682,8 @@ class _Compiler:
 
 
 def compile(flt: Filter | dict | None, store: PayloadStore, n: int | None = None, *,
-            id_lookup: IdLookup | None = None) -> Bitset:
+            id_lookup: IdLookup | None = None,
+            vector_lookup: VectorLookup | None = None) -> Bitset:
     """The positions in [0, n) of ``store`` that pass ``flt`` (n defaults to ``len(store)``).
 
     Deletions are not our business: AND the result with the segment's live bitmap."""
@@ -667,7 +691,7 @@ def compile(flt: Filter | dict | None, store: PayloadStore, n: int | None = None
     n = len(store) if n is None else int(n)
     if not 0 <= n <= len(store):
         raise InvalidArgument(f"n: {n} is outside [0, {len(store)}] (the store's size)")
-    return Bitset.from_mask(_Compiler(store, n, id_lookup).filter(f))
+    return Bitset.from_mask(_Compiler(store, n, id_lookup, vector_lookup).filter(f))
 
 
 compile_filter = compile
@@ -677,8 +701,9 @@ compile_filter = compile
 
 class _Estimator:
     def __init__(self, store: PayloadStore, n: int, id_lookup: IdLookup | None,
-                 sample_size: int, seed: int):
+                 sample_size: int, seed: int, vector_lookup: VectorLookup | None = None):
         self.store, self.n, self.id_lookup = store, n, id_lookup
+        self.vector_lookup = vector_lookup
         self.sample_size, self.seed = sample_size, seed
 
     def sampled(self, c: Condition) -> float:
@@ -691,6 +716,8 @@ class _Estimator:
         if isinstance(c, HasId):
             k = len(c.ids) if self.id_lookup is None else len(self.id_lookup(c))
             return k / self.n
+        if isinstance(c, HasVector):  # never sampled: a payload cannot answer it
+            return 1.0 if self.vector_lookup is None else len(self.vector_lookup(c.name)) / self.n
         if isinstance(c, Match):
             kind = ("keyword" if type(c.value) is str else
                     "bool" if type(c.value) is bool else "integer")
@@ -741,7 +768,7 @@ class _Estimator:
 
 def estimate_selectivity(flt: Filter | dict | None, store: PayloadStore, n: int | None = None,
                          *, id_lookup: IdLookup | None = None, sample_size: int = 256,
-                         seed: int = 0) -> float:
+                         seed: int = 0, vector_lookup: VectorLookup | None = None) -> float:
     """Estimated fraction of [0, n) that passes ``flt``, without compiling it.
 
     Indexed conditions and has_id use exact counts (upper bounds for multi-valued fields);
@@ -751,5 +778,5 @@ def estimate_selectivity(flt: Filter | dict | None, store: PayloadStore, n: int 
     n = len(store) if n is None else int(n)
     if n <= 0:
         return 0.0
-    est = _Estimator(store, min(n, len(store)), id_lookup, sample_size, seed)
+    est = _Estimator(store, min(n, len(store)), id_lookup, sample_size, seed, vector_lookup)
     return float(min(1.0, max(0.0, est.estimate(f))))

@@ -240,13 +240,23 @@ class Segment:
             if self.n_deleted == 0:
                 return None
             return Bitset(_mask_tail(~live_words, n), n)
-        bits = compile_filter(flt, self.payloads, n, id_lookup=self.id_lookup())
+        bits = compile_filter(flt, self.payloads, n, id_lookup=self.id_lookup(),
+                              vector_lookup=self.rows_with)
         return Bitset(bits.words & ~live_words, n)
+
+    def rows_with(self, name: str) -> np.ndarray:
+        """Rows that have a vector in field ``name`` (a filter's ``has_vector``)."""
+        if name not in self.fields:
+            known = ", ".join(repr(f) for f in self.fields if f) or "none (one unnamed vector)"
+            raise InvalidArgument(f"has_vector: no vector field {name!r}; named fields: {known}")
+        rows = np.arange(self.n, dtype=np.int64)
+        return rows[self.fields[name].positions_of(rows) >= 0]
 
     def estimate(self, flt: Filter | None) -> float:
         if flt is None:
             return 1.0
-        return estimate_selectivity(flt, self.payloads, self.n, id_lookup=self.id_lookup())
+        return estimate_selectivity(flt, self.payloads, self.n, id_lookup=self.id_lookup(),
+                                    vector_lookup=self.rows_with)
 
     def search(self, q: np.ndarray, k: int, flt: Filter | None, params: SearchParams,
                field: str = DEFAULT_FIELD):

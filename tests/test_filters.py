@@ -434,3 +434,18 @@ def test_nested_conditions_hold_for_one_element():
     for f, want in ((flat, [0, 1, 2]), (nested, [1, 2])):
         assert [i for i, p in enumerate(DIETS) if matches(f, p)] == want
         assert np.flatnonzero(compile(f, store).to_mask()).tolist() == want
+
+
+def test_has_vector_is_answered_by_the_segment():
+    store = PayloadStore()
+    store.extend([{}, {}, {}, {}])
+    f = {"should": [{"has_vector": "img"}, {"has_id": [0]}]}
+    bits = compile(f, store, id_lookup=id_lookup_from_ids([0, 1, 2, 3]),
+                   vector_lookup=lambda name: np.array([2, 3]) if name == "img" else np.array([]))
+    assert np.flatnonzero(bits.to_mask()).tolist() == [0, 2, 3]
+    assert estimate_selectivity({"must": [{"has_vector": "img"}]}, store,
+                                vector_lookup=lambda name: np.array([2, 3])) == 0.5
+    with pytest.raises(InvalidArgument, match="no vector lookup"):
+        compile({"must": [{"has_vector": "img"}]}, store)
+    with pytest.raises(InvalidArgument, match="has_vector: expected a vector field name"):
+        parse_filter({"must": [{"has_vector": 3}]})

@@ -435,6 +435,13 @@ def test_named_vectors_euclid_and_deletes(client, http):
     assert got[3].payload == {"i": 3}
     near = client.query_points("media", query=im[3].tolist(), using="image", limit=10).points
     assert {h.id for h in near} == {3, 4, 6}
+    has = lambda name: m.Filter(must=[m.HasVectorCondition(has_vector=name)])  # noqa: E731
+    assert sorted(p.id for p in client.scroll("media", scroll_filter=has("image"))[0]) == [3, 4, 6]
+    assert client.count("media", count_filter=has("text")).count == 6
+    assert client.count("media", count_filter=m.Filter(must_not=[
+        m.HasVectorCondition(has_vector="image")])).count == 3
+    with raises(400, "has_vector: no vector field", "nope"):
+        client.count("media", count_filter=has("nope"))
     with raises(400, "dimension"):
         client.update_vectors("media", points=[m.PointVectors(id=3, vector={"image": [1.0]})])
 
