@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from ..engine.errors import InvalidArgument
 from ..engine.params import SearchParams
 from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector, VectorValue
 
@@ -247,7 +248,10 @@ class CountRequest(_Strict):
     exact: bool = Field(True, description="Accepted for Qdrant: Quiver's counts are always exact.")
 
 
-PayloadType = Literal["keyword", "integer", "float", "bool", "datetime"]
+PayloadType = Literal["keyword", "integer", "float", "bool", "datetime", "uuid", "geo", "text"]
+"""Qdrant's payload index types: ``uuid`` is indexed as a keyword; ``geo`` needs none here
+(geo filters scan the points' coordinates); ``text`` is refused (``match.text`` is a
+substring test, not a token one)."""
 
 
 class PayloadFieldSchema(_Strict):
@@ -263,8 +267,13 @@ class PayloadIndexRequest(_Strict):
     field_schema: PayloadType | PayloadFieldSchema
 
     @property
-    def field_type(self) -> str:
-        return self.field_schema if isinstance(self.field_schema, str) else self.field_schema.type
+    def field_type(self) -> str | None:
+        """The engine's index type (None: nothing to build), or InvalidArgument."""
+        t = self.field_schema if isinstance(self.field_schema, str) else self.field_schema.type
+        if t == "text":
+            raise InvalidArgument("field_schema: text (full-text) indexes are not supported; "
+                                  "match.text tests substrings without one")
+        return {"uuid": "keyword", "geo": None}.get(t, t)
 
 
 def update_result(wait: bool, **counts: int) -> dict[str, Any]:

@@ -691,6 +691,12 @@ def test_geo_values_count_and_nested_filters(client):
                                          m.GeoPoint(lon=10, lat=60), m.GeoPoint(lon=0, lat=60),
                                          m.GeoPoint(lon=0, lat=40)])))])
     many = m.Filter(must=[m.FieldCondition(key="tags", values_count=m.ValuesCount(gte=1))])
+    # Qdrant apps declare these first: geo needs no index here, uuid is a keyword one
+    client.create_payload_index("geo", "at", field_schema=m.PayloadSchemaType.GEO)
+    client.create_payload_index("geo", "name", field_schema=m.PayloadSchemaType.UUID)
+    assert client.get_collection("geo").payload_schema["name"].points == 3
+    with raises(400, "text (full-text) indexes are not supported"):
+        client.create_payload_index("geo", "name", field_schema=m.PayloadSchemaType.TEXT)
     assert sorted(p.id for p in client.scroll("geo", scroll_filter=near)[0]) == [0, 1]
     assert [p.id for p in client.scroll("geo", scroll_filter=box)[0]] == [2]
     assert [p.id for p in client.scroll("geo", scroll_filter=poly)[0]] == [1]
