@@ -818,17 +818,25 @@ class Collection(CollectionSchema):
         return n
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
-        """Index a payload field (keyword, integer, float, bool, datetime) in every segment."""
+        """Index a payload field (keyword, integer, float, bool, datetime) in every segment.
+        Qdrant's ``uuid`` is a keyword index; ``geo`` is accepted and builds nothing (geo
+        filters scan the points' coordinates); ``text`` (full-text) is refused."""
         self._check_writable()
         if not isinstance(field_name, str) or not field_name:
             raise InvalidArgument("field: expected a non-empty string")
-        if field_type not in PAYLOAD_INDEX_TYPES:
+        if field_type == "text":
+            raise InvalidArgument("type: text (full-text) indexes are not supported; "
+                                  "match.text tests substrings without one")
+        field_type = {"uuid": "keyword"}.get(field_type, field_type)
+        if field_type not in (*PAYLOAD_INDEX_TYPES, "geo"):
             raise InvalidArgument(
-                f"type: {field_type!r} is not one of {', '.join(PAYLOAD_INDEX_TYPES)}")
+                f"type: {field_type!r} is not one of {', '.join(PAYLOAD_INDEX_TYPES)}, uuid, geo")
         try:  # everything that can reject it, before anything is persisted
             split_key(field_name)
         except InvalidArgument as exc:
             raise InvalidArgument(f"field_name: {exc}") from None
+        if field_type == "geo":
+            return
         with self._write_lock, self._lock:
             for seg in self._segments:
                 seg.payloads.create_index(field_name, field_type)

@@ -37,6 +37,7 @@ from .payload import (
     INT64_MIN,
     PayloadStore,
     elements,
+    key_path,
     parse_datetime,
     raw_values,
     split_key,
@@ -248,10 +249,7 @@ def _key(c: dict, path: str) -> str:
     k = c.get("key")
     if not isinstance(k, str):
         raise InvalidArgument(f"{path}.key: expected a string, got {_tname(k)}")
-    try:
-        split_key(k)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{path}.{exc}") from None
+    key_path(k, path)
     return k
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgument
-from .payload import PayloadStore, parse_datetime, split_key
+from .payload import PayloadStore, key_path, parse_datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +38,7 @@ def parse_order_by(v: Any) -> OrderBy:
         raise InvalidArgument('order_by: expected a payload key or {"key", "direction", '
                               f'"start_from"}}, got {v!r:.80}')
     key = v["key"]
-    if not isinstance(key, str):
-        raise InvalidArgument(f"order_by.key: expected a string, got {type(key).__name__}")
-    try:
-        split_key(key)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"order_by.{exc}") from None
+    key_path(key, "order_by")
     direction = v.get("direction") or "asc"
     if direction not in ("asc", "desc"):
         raise InvalidArgument(f"order_by.direction: 'asc' or 'desc', got {direction!r:.40}")

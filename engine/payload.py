@@ -112,18 +112,25 @@ def split_key(key: str) -> tuple[str, ...]:
     return parts
 
 
-def object_path(key: Any, name: str = "key") -> tuple[str, ...]:
-    """The path of a nested object a write goes into (``"meta.author"``): no ``[]`` steps,
-    which would name many objects."""
+def key_path(key: Any, where: str = "") -> tuple[str, ...]:
+    """``split_key`` of a caller's ``key`` field, its errors naming the field's place
+    (``where``: ``"filter.must[0]"`` gives ``filter.must[0].key ...``)."""
+    at = f"{where}." if where else ""
     if not isinstance(key, str):
-        raise InvalidArgument(f"{name}: expected a payload key, got {type(key).__name__}")
-    if "[]" in key:
-        raise InvalidArgument(f"{name}: {key!r}: a path into list elements ('[]') is not "
-                              f"supported here; name one nested object ('meta.author')")
+        raise InvalidArgument(f"{at}key: expected a string, got {type(key).__name__}")
     try:
         return split_key(key)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"{name}: {exc}") from None
+        raise InvalidArgument(f"{at}{exc}") from None
+
+
+def object_path(key: Any) -> tuple[str, ...]:
+    """The path of the nested object a write goes into (``"meta.author"``): no ``[]`` steps,
+    which would name many objects."""
+    if isinstance(key, str) and "[]" in key:
+        raise InvalidArgument(f"key: {key!r}: a path into list elements ('[]') is not "
+                              f"supported here; name one nested object ('meta.author')")
+    return key_path(key)
 
 
 def merge_at(payload: dict, path: tuple[str, ...], new: dict) -> dict:

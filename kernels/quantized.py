@@ -138,9 +138,15 @@ def two_level_l2(qs, codes, aux, i, b1: int, b2: int):
 
 @njit(**INLINE)
 def _lvq8_i8_ip(qs, codes, aux, i):
-    w = qs.shape[0] - 4
-    dot = np.float32(dot_u8s8(codes[i], qs, codes.shape[1]))  # q8: qs's first bytes
-    return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
+    return _i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], qs.shape[0] - 4, codes.shape[1])
+
+
+@njit(**INLINE)
+def _i8_ip(qs, row, bias, step, w: int, nbytes: int):
+    """<q, x_hat> for the LVQ-8 codes at the start of ``row``, against the int8 query in the
+    first bytes of ``qs`` with its terms [<q, mean>, sum(q), ||q||^2, 1/s] at slot w."""
+    dot = np.float32(dot_u8s8(row, qs, nbytes))
+    return qs[w] + bias * qs[w + 1] + step * dot * qs[w + 3]
 
 
 @njit(**INLINE)
@@ -180,9 +186,7 @@ def leanvec_primary_l2(qs, codes, aux, i, bits: int):
 @njit(**INLINE)
 def _leanvec_i8_primary_ip(qs, codes, aux, i):
     dp = np.int64(qs[qs.shape[0] - 1])
-    w = (dp + 3) >> 2
-    dot = np.float32(dot_u8s8(codes[i], qs, dp))
-    return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
+    return _i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], (dp + 3) >> 2, dp)
 
 
 @njit(**INLINE)

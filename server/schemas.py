@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from ..engine.errors import InvalidArgument
 from ..engine.params import SearchParams
 from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector, VectorValue
 
@@ -249,9 +248,8 @@ class CountRequest(_Strict):
 
 
 PayloadType = Literal["keyword", "integer", "float", "bool", "datetime", "uuid", "geo", "text"]
-"""Qdrant's payload index types: ``uuid`` is indexed as a keyword; ``geo`` needs none here
-(geo filters scan the points' coordinates); ``text`` is refused (``match.text`` is a
-substring test, not a token one)."""
+"""Qdrant's payload index types (``Collection.create_payload_index`` says what uuid, geo
+and text become)."""
 
 
 class PayloadFieldSchema(_Strict):
@@ -267,13 +265,8 @@ class PayloadIndexRequest(_Strict):
     field_schema: PayloadType | PayloadFieldSchema
 
     @property
-    def field_type(self) -> str | None:
-        """The engine's index type (None: nothing to build), or InvalidArgument."""
-        t = self.field_schema if isinstance(self.field_schema, str) else self.field_schema.type
-        if t == "text":
-            raise InvalidArgument("field_schema: text (full-text) indexes are not supported; "
-                                  "match.text tests substrings without one")
-        return {"uuid": "keyword", "geo": None}.get(t, t)
+    def field_type(self) -> str:
+        return self.field_schema if isinstance(self.field_schema, str) else self.field_schema.type
 
 
 def update_result(wait: bool, **counts: int) -> dict[str, Any]:

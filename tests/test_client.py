@@ -186,7 +186,7 @@ def scenario(db, workdir) -> dict:
         lambda: col.delete(),
         lambda: col.count({"must": 5}),
         lambda: col.scroll(limit=0),
-        lambda: col.create_payload_index("x", "geo"),
+        lambda: col.create_payload_index("x", "text"),
         lambda: col.delete_payload_index("nope"),
         lambda: db.get_collection("missing"),
         lambda: db.drop_collection("missing"),
@@ -376,7 +376,7 @@ def test_http_errors_map_to_engine_exceptions(client, secure):
         col.search([1, 2, 3])
     assert e.value.status_code == 400
     with pytest.raises(quiver.InvalidArgument, match="field_schema") as e:
-        col.create_payload_index("x", "geo")
+        col.create_payload_index("x", "hex")
     assert e.value.status_code == 422 and e.value.details
 
     url = secure.url

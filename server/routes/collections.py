@@ -113,9 +113,8 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     async def create_index(name: str, request: Request, wait: bool = False):
         t = time.perf_counter()
         body = await parse(request, s.PayloadIndexRequest)
-        col = database().get_collection(name)
-        if body.field_type is not None:  # a geo "index": its filters scan, and need none
-            await run(col.create_payload_index, body.field_name, body.field_type)
+        await run(database().get_collection(name).create_payload_index, body.field_name,
+                  body.field_type)
         return ok(s.update_result(wait), t)
 
     @app.delete("/collections/{name}/index/{field_name}", tags=TAGS)
