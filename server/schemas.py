@@ -12,7 +12,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..engine.params import SearchParams
-from .qdrant.schemas import NamedVector, QueryParams, UpsertBatch, VectorSelector, VectorValue
+from .qdrant.schemas import (
+    NamedVector,
+    QueryParams,
+    UpsertBatch,
+    VectorSelector,
+    VectorValue,
+    WithLookup,
+)
 
 __all__ = ["SearchParams"]  # the engine's own type: one definition of the knobs
 
@@ -223,7 +230,7 @@ class SearchGroupsRequest(_Strict):
     with_payload: PayloadSelector = False
     with_vector: VectorSelector = False
     score_threshold: float | None = None
-    with_lookup: Any = Field(None, description="Not supported.")
+    with_lookup: str | WithLookup | None = None
 
 
 class SearchBatch(_Strict):

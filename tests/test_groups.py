@@ -131,8 +131,8 @@ def test_rest_query_groups_and_search_groups(rest):
 
 
 @pytest.mark.parametrize("body, status, words", [
-    ({"query": [0, 1], "group_by": "doc", "with_lookup": {"collection": "x"}}, 400,
-     ["with_lookup", "not supported"]),
+    ({"query": [0, 1], "group_by": "doc", "with_lookup": {"collection": "x"}}, 404, ["x"]),
+    ({"query": [0, 1], "group_by": "doc", "with_lookup": {"name": "x"}}, 422, ["with_lookup"]),
     ({"prefetch": {"query": [0, 1]}, "query": {"fusion": "rrf"}, "group_by": "doc"}, 400,
      ["prefetch"]),
     ({"query": [0, 1]}, 422, ["group_by"]),
@@ -143,3 +143,23 @@ def test_rest_groups_refuse_bad_requests(rest, body, status, words):
     assert r.status_code == status, r.text
     msg = r.json()["status"]["error"].lower()
     assert all(w in msg for w in words), msg
+
+
+def test_rest_groups_look_up_their_documents(rest):
+    r = rest.put("/collections/docs", json={"vectors": {"size": 2, "distance": "Dot"}})
+    assert r.status_code == 200, r.text
+    r = rest.put("/collections/docs/points?wait=true", json={"points": [
+        {"id": d, "vector": [1.0, 0.0], "payload": {"title": f"doc {d}"}} for d in (2, 3)]})
+    assert r.status_code == 200, r.text
+    body = {"group_by": "doc", "group_size": 1, "limit": 3}
+    r = rest.post("/collections/ip/points/query/groups", json={
+        "query": [0.0, 1.0], **body, "with_lookup": "docs"})
+    assert r.status_code == 200, r.text
+    got = [(g["id"], g["lookup"]) for g in r.json()["result"]["groups"]]
+    assert got == [(3, {"id": 3, "payload": {"title": "doc 3"}, "vector": None}),
+                   (2, {"id": 2, "payload": {"title": "doc 2"}, "vector": None}), (1, None)]
+    r = rest.post("/collections/ip/points/search/groups", json={
+        "vector": [0.0, 1.0], **body,
+        "with_lookup": {"collection": "docs", "with_payload": False, "with_vectors": True}})
+    assert r.json()["result"]["groups"][0]["lookup"] == {"id": 3, "payload": None,
+                                                         "vector": [1.0, 0.0]}

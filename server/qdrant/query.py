@@ -10,7 +10,9 @@ points themselves left out of the answer), ``recommend`` (average_vector, best_s
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,12 +398,11 @@ def _scored_recommend(query: Any) -> bool:
 
 
 def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
-                  euclid: bool = True) -> dict[str, Any]:
+                  collection: Callable[[str], Collection], euclid: bool = True
+                  ) -> dict[str, Any]:
     """``{"groups": [{"id": value, "hits": [ScoredPoint, ...]}, ...]}`` for a groups query
-    (engine/groups.py); ``euclid=False`` leaves Euclid distances squared (legacy search)."""
-    if req.with_lookup is not None:
-        raise InvalidArgument("with_lookup: not supported (read the group ids' points with "
-                              "POST /points)")
+    (engine/groups.py), each with its ``lookup`` when asked (``collection`` opens the one
+    named); ``euclid=False`` leaves Euclid distances squared (legacy search)."""
     if req.prefetch is not None or isinstance(req.query, (q.FusionQuery, q.RrfQuery)) or (
             isinstance(req.query, q.NearestQuery) and req.query.mmr is not None) or \
             _scored_recommend(req.query):
@@ -420,7 +421,29 @@ def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
         params=a["params"], with_payload=req.with_payload, with_vectors=bool(req.with_vector),
         score_threshold=thr, using=req.using, max_hits=max_hits)
     answer = Query(None, {}, req.group_size, 0, base.euclid and euclid, base.vector_names)
-    return {"groups": [{"id": g.id, "hits": answer.answer(g.hits)} for g in groups]}
+    out = [{"id": g.id, "hits": answer.answer(g.hits)} for g in groups]
+    if req.with_lookup is not None:
+        _look_up(req.with_lookup, out, collection)
+    return {"groups": out}
+
+
+def _look_up(spec: str | q.WithLookup, groups: list[dict], collection) -> None:
+    """Each group's ``lookup``: the point whose id is the group's value (None if there is no
+    such point, or the value is no point id)."""
+    spec = q.WithLookup(collection=spec) if isinstance(spec, str) else spec
+    other = collection(spec.collection)
+    check_vector_names(other, spec.with_vectors)
+    ids: dict[Any, Any] = {}
+    for g in groups:
+        with contextlib.suppress(InvalidArgument):  # a keyword that is no UUID: no lookup
+            ids[g["id"]] = normalize_id(g["id"])
+    found = {p.id: p for p in other.get(list(dict.fromkeys(ids.values())), spec.with_payload,
+                                        bool(spec.with_vectors))}
+    names = spec.with_vectors if isinstance(spec.with_vectors, list) else None
+    for g in groups:
+        p = found.get(ids.get(g["id"]))
+        g["lookup"] = None if p is None else {"id": p.id, "payload": p.payload,
+                                              "vector": select_vector(p.vector, names)}
 
 
 def _check_one_matrix(vector: Any, i: int) -> None:

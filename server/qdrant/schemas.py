@@ -219,6 +219,15 @@ class QueryRequest(Prefetch):
     with_payload: PayloadSelector = False
 
 
+class WithLookup(_Strict):
+    """A groups answer's ``lookup``: the point of collection ``collection`` whose id is the
+    group's value (documents for groups of their chunks)."""
+
+    collection: str = Field(min_length=1, max_length=256)
+    with_payload: PayloadSelector = True
+    with_vectors: VectorSelector = False
+
+
 class QueryGroupsRequest(Prefetch):
     """``POST /points/query/groups``: the best ``limit`` groups of points sharing a value of
     the payload key ``group_by``, ``group_size`` hits each (a plain query: no prefetch)."""
@@ -227,7 +236,9 @@ class QueryGroupsRequest(Prefetch):
     group_size: int = Field(3, ge=1)
     with_vector: VectorSelector = False
     with_payload: PayloadSelector = False
-    with_lookup: Any = Field(None, description="Not supported.")
+    with_lookup: str | WithLookup | None = Field(
+        None, description="A collection name (or {collection, with_payload, with_vectors}): "
+                          "each group gets that collection's point with the group's id.")
 
 
 class RecommendRequest(RecommendInput):

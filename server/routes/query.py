@@ -67,7 +67,8 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     def groups(name: str, body: q.QueryGroupsRequest, euclid: bool) -> dict:
         col = database().get_collection(name)
-        return qq.search_groups(qq.Planner(col, check_k), body, ctx.settings.max_k, euclid)
+        return qq.search_groups(qq.Planner(col, check_k), body, ctx.settings.max_k,
+                                database().get_collection, euclid)
 
     @app.post("/collections/{name}/points/recommend", tags=TAGS,
               openapi_extra=body_doc(q.RecommendRequest))

@@ -66,7 +66,8 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             score_threshold=req.score_threshold, limit=req.limit, group_by=req.group_by,
             group_size=req.group_size, with_vector=req.with_vector,
             with_payload=req.with_payload, with_lookup=req.with_lookup, prefetch=None)
-        return qq_search_groups(Planner(col, check_k), body, ctx.settings.max_k, euclid=False)
+        return qq_search_groups(Planner(col, check_k), body, ctx.settings.max_k,
+                                database().get_collection, euclid=False)
 
     @app.post("/collections/{name}/points/search/batch", tags=TAGS,
               openapi_extra={**body_doc(s.SearchBatch, s.NPY), "responses": {"200": {
