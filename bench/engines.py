@@ -6,6 +6,8 @@ so a new index spec or a new peer needs no change to the runner.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..engine.errors import InvalidArgument
@@ -50,6 +52,12 @@ class Engine:
         if self.param is None or not grid.get(self.param):
             return [{}]
         return [{self.param: v} for v in grid[self.param]]
+
+    def timed_build(self, x: np.ndarray) -> float:
+        """``build``, in seconds (an engine in another process times it there)."""
+        t = time.perf_counter()
+        self.build(x)
+        return time.perf_counter() - t
 
     def batch_qps(self, queries: np.ndarray, k: int, params: dict, reps: int) -> float:
         """Queries per second of one batch call (best of ``reps``)."""

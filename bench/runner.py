@@ -41,7 +41,7 @@ from .engines import Engine, QuiverEngine
 from .metrics import at_target, recall_at_k
 from .peers import PeerUnavailableError, make_peer
 from .report import format_params
-from .timing import Latency, max_threads, rotated, thread_limit, timed
+from .timing import Latency, max_threads, rotated, thread_limit
 
 DEFAULT_EFS = (16, 32, 64, 128, 256)
 DEFAULT_NPROBES = (1, 4, 16, 64)
@@ -187,7 +187,7 @@ def _build(eng: Engine, label: str, ds: Dataset, cfg: BenchConfig, log: Log) -> 
     build_threads = 1 if cfg.threads == "1" else "all"
     with thread_limit(build_threads, eng.set_threads):
         eng.warmup(ds.train, ds.test)
-        _, build_s = timed(lambda: eng.build(ds.train))
+        build_s = eng.timed_build(ds.train)
     bpv = eng.memory() / max(1, ds.n)
     log(f"{label}: built in {build_s:.2f} s, {bpv:.1f} bytes/vector")
     return _Built(eng, label, build_s, bpv)

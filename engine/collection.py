@@ -32,7 +32,7 @@ from .index.registry import index as make_index
 from .index.registry import parse_index_spec
 from .metric import Metric
 from .muvera import pool_tokens
-from .ordering import OrderBy, has_numbers, order_values, parse_order_by
+from .ordering import OrderBy, order_values, parse_order_by, resolve, value_kinds
 from .params import SearchParams
 from .payload import canonical_payload, merge_at, object_path, split_key
 from .persist import load_arrays, read_metadata, save_arrays, write_metadata
@@ -819,7 +819,7 @@ class Collection(CollectionSchema):
 
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         """Index a payload field (keyword, integer, float, bool, datetime) in every segment.
-        Qdrant's ``uuid`` is a keyword index; ``geo`` is accepted and builds nothing (geo
+        Qdrant's ``uuid`` is a keyword index; ``geo`` is declared and builds nothing (geo
         filters scan the points' coordinates); ``text`` (full-text) is refused."""
         self._check_writable()
         if not isinstance(field_name, str) or not field_name:
@@ -835,8 +835,6 @@ class Collection(CollectionSchema):
             split_key(field_name)
         except InvalidArgument as exc:
             raise InvalidArgument(f"field_name: {exc}") from None
-        if field_type == "geo":
-            return
         with self._write_lock, self._lock:
             for seg in self._segments:
                 seg.payloads.create_index(field_name, field_type)
@@ -934,6 +932,13 @@ class Collection(CollectionSchema):
         page, rest = ids[:limit], ids[limit:]
         return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
 
+    def order_kinds(self, key: str) -> set[str]:
+        """What the payload key holds to order by (``engine.ordering.value_kinds``): a
+        sharded collection asks each shard, so all order alike."""
+        with self._lock:
+            segs = list(self._segments)
+        return set().union(*(value_kinds(s.payloads, key) for s in segs))
+
     def _scroll_ordered(self, flt: Filter | None, limit: int, cursor, with_payload,
                         with_vectors: bool, order: OrderBy) -> tuple[list[Point], None]:
         if cursor is not None:
@@ -941,13 +946,13 @@ class Collection(CollectionSchema):
                                   "order_by.start_from (the last value seen), not a cursor")
         with self._lock:
             segs = list(self._segments)
-        numbers = not order.datetimes and any(has_numbers(s.payloads, order.key) for s in segs)
+        order = resolve(order, set().union(*(value_kinds(s.payloads, order.key) for s in segs)))
         rows: list[tuple[float, Any]] = []
         for seg in segs:
             n = seg.n
             allowed = seg.allowed(flt, n)
             pos = np.arange(n) if allowed is None else allowed.positions()
-            at, vals = order_values(seg.payloads, pos, order, numbers)
+            at, vals = order_values(seg.payloads, pos, order)
             rows.extend(zip(vals.tolist(), (seg.ext_ids[p] for p in at.tolist()), strict=True))
         sign = -1.0 if order.desc else 1.0
         rows.sort(key=lambda r: (sign * r[0], _id_order(r[1])))

@@ -107,8 +107,8 @@ class Range:
 
 @dataclass(frozen=True, slots=True)
 class ValuesCount:
-    """How many values the key holds (an array's elements, nulls left out; 1 for a scalar,
-    0 when absent) lies within the bounds (None = absent)."""
+    """How many values the key holds (an array's elements, its nulls too, as Qdrant counts
+    them; 1 for a non-null scalar, 0 when absent or null) lies within the bounds."""
     key: str
     gt: int | None = None
     gte: int | None = None
@@ -302,22 +302,24 @@ def _condition(c: Any, path: str) -> Condition:
             raise InvalidArgument(f'{path}.nested: expected {{"key": <array field>, "filter": '
                                   f'{{...}}}}')
         inner = parse_filter(v["filter"], f"{path}.nested.filter")
-        if _mentions_ids(inner):
-            raise InvalidArgument(f"{path}.nested.filter: has_id names points, not array "
-                                  f"elements; put it beside the nested condition")
+        if _mentions_points(inner):
+            raise InvalidArgument(f"{path}.nested.filter: has_id and has_vector are about "
+                                  f"points, not array elements; put them beside the nested "
+                                  f"condition")
         return Nested(_key(v, f"{path}.nested"), inner)
     if op in _UNSUPPORTED:
         raise InvalidArgument(f"{path}.{op}: not supported")
     raise InvalidArgument(f"{path}: unknown condition key {op!r}")
 
 
-def _mentions_ids(c: Condition) -> bool:
-    if isinstance(c, HasId):
+def _mentions_points(c: Condition) -> bool:
+    """Whether ``c`` holds a condition on points themselves (has_id, has_vector)."""
+    if isinstance(c, (HasId, HasVector)):
         return True
     if isinstance(c, Filter):
-        return any(map(_mentions_ids, (*c.must, *c.should, *c.must_not)))
+        return any(map(_mentions_points, (*c.must, *c.should, *c.must_not)))
     if isinstance(c, MinShould):
-        return any(map(_mentions_ids, c.conditions))
+        return any(map(_mentions_points, c.conditions))
     return False
 
 
@@ -367,8 +369,11 @@ def _values_count(r: Any, key: str, path: str) -> ValuesCount:
     if not isinstance(r, dict) or not r or not set(r) <= set(_RANGE_OPS):
         raise InvalidArgument(f"{path}: expected an object of gt, gte, lt, lte, got {r!r:.60}")
     for op, v in r.items():
-        if _as_int(v) is None or isinstance(v, bool):
+        i = None if isinstance(v, bool) else _as_int(v)
+        if i is None:
             raise InvalidArgument(f"{path}.{op}: expected an integer, got {_tname(v)}")
+        if not INT64_MIN <= i <= INT64_MAX:
+            raise InvalidArgument(f"{path}.{op}: integer {i} does not fit in 64 bits (signed)")
     return ValuesCount(key, **{op: int(v) for op, v in r.items()})
 
 
@@ -495,7 +500,9 @@ def _ref(c: Condition, p: dict, pid) -> bool:
                        and _in_range(t, c) for e in elements(p, path))
         return any(type(e) in (int, float) and _in_range(e, c) for e in elements(p, path))
     if isinstance(c, ValuesCount):
-        return bool(c.test(np.array(sum(1 for _ in elements(p, path)))))
+        n = sum(len(v) if isinstance(v, list) else int(v is not None)
+                for v in raw_values(p, path))
+        return bool(c.test(np.array(n)))
     if isinstance(c, (GeoRadius, GeoBox, GeoPolygon)):
         pts = [g for e in elements(p, path) if (g := geo_point(e)) is not None]
         return bool(pts) and bool(c.test(*np.array(pts, np.float64).T).any())
@@ -625,8 +632,8 @@ class _Compiler:
             hit = np.fromiter((_ref(c, store.get(int(i)), None) for i in pos), bool, len(pos))
             return self.mask(pos[hit])
         if isinstance(c, ValuesCount):
-            present = store.column(c.key).present()
-            return c.test(np.bincount(present[present < self.n], minlength=self.n))
+            held = store.column(c.key).counted()
+            return c.test(np.bincount(held[held < self.n], minlength=self.n))
         if isinstance(c, (GeoRadius, GeoBox, GeoPolygon)):
             pos, lonlat = store.column(c.key).typed("geo")
             return self.mask(pos[c.test(lonlat[:, 0], lonlat[:, 1])])
@@ -750,6 +757,8 @@ class _Estimator:
     def has_indexed(self, c: Condition) -> bool:
         if isinstance(c, Filter):
             return any(self.has_indexed(x) for x in (*c.must, *c.should, *c.must_not))
+        if isinstance(c, MinShould):
+            return any(map(self.has_indexed, c.conditions))
         return self.indexed(c) is not None
 
     def estimate(self, c: Condition) -> float:
@@ -760,6 +769,13 @@ class _Estimator:
             if c.should:
                 p *= 1.0 - math.prod(1.0 - self.estimate(x) for x in c.should)
             return p * math.prod(1.0 - self.estimate(x) for x in c.must_not)
+        if isinstance(c, MinShould) and self.has_indexed(c):  # independent: P(>= m of them)
+            dist = [1.0]  # dist[j]: P(exactly j hold so far)
+            for x in c.conditions:
+                p = self.estimate(x)
+                dist = [(dist[j] if j < len(dist) else 0.0) * (1 - p)
+                        + (dist[j - 1] * p if j else 0.0) for j in range(len(dist) + 1)]
+            return float(sum(dist[c.min_count:]))
         v = self.indexed(c)
         return min(1.0, v) if v is not None else self.sampled(c)
 

@@ -19,32 +19,43 @@ EARTH_RADIUS_M = 6_371_008.8
 """The mean Earth radius (IUGG), as the haversine distance of Qdrant's geo crate uses."""
 
 
+def finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None (not a number, a bool, inf, nan, or an integer too
+    large for a float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def geo_point(v: Any) -> tuple[float, float] | None:
-    """(lon, lat) if ``v`` is a payload geo point (an object with numeric lon and lat), else
-    None; values outside the globe are no point."""
-    if not isinstance(v, dict) or len(v) != 2:
+    """(lon, lat) if ``v`` is a payload geo point (an object with numeric lon and lat; other
+    keys beside them are allowed, as Qdrant allows them), else None; values outside the
+    globe are no point."""
+    if not isinstance(v, dict):
         return None
-    lon, lat = v.get("lon"), v.get("lat")
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lon, lat)):
+    lon, lat = finite(v.get("lon")), finite(v.get("lat"))
+    if lon is None or lat is None or not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
         return None
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        return None
-    return float(lon), float(lat)
+    return lon, lat
 
 
 def parse_point(v: Any, path: str) -> tuple[float, float]:
     """A filter's point ``{"lon", "lat"}``; InvalidArgument naming ``path`` otherwise."""
     if not isinstance(v, dict) or set(v) != {"lon", "lat"}:
         raise InvalidArgument(f'{path}: expected {{"lon": ..., "lat": ...}}, got {v!r:.80}')
-    for k in ("lon", "lat"):
-        x = v[k]
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise InvalidArgument(f"{path}.{k}: expected a number, got {x!r:.40}")
-    if not -180.0 <= v["lon"] <= 180.0:
+    lon, lat = finite(v["lon"]), finite(v["lat"])
+    for k, x in (("lon", lon), ("lat", lat)):
+        if x is None:
+            raise InvalidArgument(f"{path}.{k}: expected a number, got {v[k]!r:.40}")
+    if not -180.0 <= lon <= 180.0:
         raise InvalidArgument(f"{path}.lon: {v['lon']} is outside [-180, 180]")
-    if not -90.0 <= v["lat"] <= 90.0:
+    if not -90.0 <= lat <= 90.0:
         raise InvalidArgument(f"{path}.lat: {v['lat']} is outside [-90, 90]")
-    return float(v["lon"]), float(v["lat"])
+    return lon, lat
 
 
 def haversine_m(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> np.ndarray:
@@ -132,11 +143,10 @@ def parse_geo(op: str, v: Any, key: str, path: str) -> GeoRadius | GeoBox | GeoP
             raise InvalidArgument(f'{path}: expected {{"center": {{"lon", "lat"}}, "radius": '
                                   f'metres}}')
         lon, lat = parse_point(v["center"], f"{path}.center")
-        r = v["radius"]
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0 \
-                or not math.isfinite(r):
-            raise InvalidArgument(f"{path}.radius: expected metres >= 0, got {r!r:.40}")
-        return GeoRadius(key, lon, lat, float(r))
+        r = finite(v["radius"])
+        if r is None or r < 0:
+            raise InvalidArgument(f"{path}.radius: expected metres >= 0, got {v['radius']!r:.40}")
+        return GeoRadius(key, lon, lat, r)
     if op == "geo_bounding_box":
         if set(v) != {"top_left", "bottom_right"}:
             raise InvalidArgument(f'{path}: expected {{"top_left": {{"lon", "lat"}}, '

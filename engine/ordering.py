@@ -1,36 +1,43 @@
 """Scrolling in the order of a payload value (Qdrant's ``order_by``): newest first by a
 timestamp, cheapest first by a price.
 
-A point is ordered by its smallest value of the key (its largest, descending), numbers or,
-where the collection holds no number there, ISO-8601 datetimes; points without one are left
-out. Ties go by id. Pages continue from ``start_from`` (the last page's last value), as in
-Qdrant, not from a cursor.
+A point is ordered by its smallest value of the key (its largest, descending): integers
+(exactly), numbers (as floats, once any value is a float) or, where the collection holds no
+number there, ISO-8601 datetimes; points without one are left out. Ties go by id. Pages
+continue from ``start_from`` (the last page's last value), as in Qdrant, not a cursor.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import InvalidArgument
-from .payload import PayloadStore, key_path, parse_datetime
+from .payload import INT64_MAX, INT64_MIN, PayloadStore, key_path, parse_datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OrderBy:
     key: str
     desc: bool = False
-    start: float | None = None
-    """The first value a page may hold (numbers, or UTC microseconds for datetimes)."""
-    datetimes: bool = False
-    """``start`` came as a datetime: order by datetimes."""
+    start: int | float | None = None
+    """The first value a page may hold (a number, or UTC microseconds for a datetime)."""
+    kind: str | None = None
+    """What is ordered: "int" (exact int64), "float", "datetime"; None until ``resolve``
+    looks at the data (a datetime ``start_from`` fixes it)."""
+
+
+KINDS = ("int", "float", "datetime")
 
 
 def parse_order_by(v: Any) -> OrderBy:
-    """``"key"`` or ``{"key", "direction": "asc" | "desc", "start_from": number | datetime}``."""
+    """``"key"`` or ``{"key", "direction": "asc" | "desc", "start_from": number | datetime}``
+    (an ``OrderBy`` passes through)."""
+    if isinstance(v, OrderBy):
+        return v
     if isinstance(v, str):
         v = {"key": v}
     if not isinstance(v, dict) or "key" not in v or not set(v) <= {"key", "direction",
@@ -42,38 +49,59 @@ def parse_order_by(v: Any) -> OrderBy:
     direction = v.get("direction") or "asc"
     if direction not in ("asc", "desc"):
         raise InvalidArgument(f"order_by.direction: 'asc' or 'desc', got {direction!r:.40}")
-    start, datetimes = v.get("start_from"), False
+    start, kind = v.get("start_from"), None
     if isinstance(start, str):
-        us = parse_datetime(start)
-        if us is None:
-            raise InvalidArgument(f"order_by.start_from: {start!r:.60} is no ISO-8601 datetime")
-        start, datetimes = float(us), True
+        start = parse_datetime(start)
+        if start is None:
+            raise InvalidArgument(f"order_by.start_from: {v['start_from']!r:.60} is no "
+                                  f"ISO-8601 datetime")
+        kind = "datetime"
     elif start is not None:
-        if isinstance(start, bool) or not isinstance(start, (int, float)) \
-                or not math.isfinite(start):
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or (
+                isinstance(start, float) and not math.isfinite(start)):
             raise InvalidArgument(f"order_by.start_from: expected a number or a datetime, got "
                                   f"{start!r:.40}")
-        start = float(start)
-    return OrderBy(key, direction == "desc", start, datetimes)
+        if isinstance(start, int) and not INT64_MIN <= start <= INT64_MAX:
+            raise InvalidArgument(f"order_by.start_from: integer {start} does not fit in 64 "
+                                  f"bits (signed)")
+    return OrderBy(key, direction == "desc", start, kind)
 
 
-def has_numbers(store: PayloadStore, key: str) -> bool:
+def value_kinds(store: PayloadStore, key: str) -> set[str]:
+    """Which of ``KINDS`` the key holds in ``store`` ("datetime": strings that parse)."""
     col = store.column(key)
-    return bool(len(col.typed("int")[0]) or len(col.typed("float")[0]))
+    found = {k for k, t in (("int", "int"), ("float", "float")) if len(col.typed(t)[0])}
+    if len(col.datetimes()[0]):
+        found.add("datetime")
+    return found
 
 
-def order_values(store: PayloadStore, allowed: np.ndarray, order: OrderBy, numbers: bool
+def resolve(order: OrderBy, kinds: set[str]) -> OrderBy:
+    """``order`` with its kind fixed from what the collection holds (``value_kinds`` of all
+    its segments or shards): numbers before datetimes; floats make it float."""
+    if order.kind is not None:
+        return order
+    if "float" in kinds or isinstance(order.start, float):
+        kind = "float"
+    elif "int" in kinds:
+        kind = "int"
+    else:
+        kind = "datetime"
+    return replace(order, kind=kind)
+
+
+def order_values(store: PayloadStore, allowed: np.ndarray, order: OrderBy
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, values) of the ``allowed`` positions (sorted) that hold a value to order
-    by: each position's smallest (ascending) or largest (descending), within ``start``."""
+    """(positions, values) of the ``allowed`` positions that hold a value to order by: each
+    position's smallest (ascending) or largest (descending), within ``start``; int64 values
+    for "int" and "datetime" (exact), float64 for "float". ``order`` is resolved."""
     col = store.column(order.key)
-    if numbers:
+    if order.kind == "float":
         parts = [col.typed("int"), col.typed("float")]
         pos = np.concatenate([p for p, _ in parts])
         val = np.concatenate([v.astype(np.float64) for _, v in parts])
     else:
-        pos, val = col.datetimes()
-        val = val.astype(np.float64)
+        pos, val = col.typed("int") if order.kind == "int" else col.datetimes()
     keep = np.isin(pos, allowed)
     if order.start is not None:
         keep &= (val <= order.start) if order.desc else (val >= order.start)

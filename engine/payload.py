@@ -197,11 +197,12 @@ class Column:
         self._np: dict[str, tuple[np.ndarray, np.ndarray]] = {
             t: (_EMPTY_I, np.zeros(0, _COL_DTYPES.get(t, np.float64))) for t in self._TYPES}
         self._np["geo"] = (_EMPTY_I, np.zeros((0, 2)))  # the "other" elements that are geo points
+        self._np["list_null"] = (_EMPTY_I, np.zeros(0))  # nulls inside arrays (values_count)
         self._dt: tuple[dict, np.ndarray, np.ndarray] | None = None
 
     def extend(self, payloads: Iterable[dict]) -> None:
         """Add the next payloads (positions n, n+1, ...). Callers serialise extensions."""
-        pos: dict[str, list[int]] = {t: [] for t in (*self._TYPES, "geo")}
+        pos: dict[str, list[int]] = {t: [] for t in (*self._TYPES, "geo", "list_null")}
         val: dict[str, list] = {t: [] for t in (*_COL_DTYPES, "geo")}
         i = self.n
         for p in payloads:
@@ -212,6 +213,7 @@ class Column:
                 for e in (v if isinstance(v, list) else (v,)):
                     t = _TYPE_NAME.get(type(e), "other")
                     if t == "null":
+                        pos["list_null"].append(i)
                         continue
                     pos[t].append(i)
                     if t != "other":
@@ -256,6 +258,11 @@ class Column:
         """Positions with at least one non-null element (not ``is_empty``); may repeat."""
         snap = self._np
         return np.concatenate([snap[t][0] for t in ("str", "int", "float", "bool", "other")])
+
+    def counted(self) -> np.ndarray:
+        """A position once per value it holds (``values_count``: an array's elements, its
+        nulls too, or 1 for a non-null scalar)."""
+        return np.concatenate([self.present(), self._np["list_null"][0]])
 
 
 _COL_DTYPES = {"str": object, "int": np.int64, "float": np.float64, "bool": np.bool_}
@@ -453,8 +460,12 @@ class PayloadStore:
 
     # ---- indexes
 
-    def create_index(self, key: str, kind: str) -> FieldIndex:
-        """Declare (and build) an index of ``kind`` on field ``key``."""
+    def create_index(self, key: str, kind: str) -> FieldIndex | None:
+        """Declare (and build) an index of ``kind`` on field ``key``; ``geo`` is declared
+        only (geo filters scan the column's points, ``Column.typed("geo")``)."""
+        if kind == "geo":
+            split_key(key)
+            return None
         if kind not in INDEX_KINDS:
             raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
         split_key(key)

@@ -84,6 +84,11 @@ def test_results_equal_an_embedded_collection(db):
                 break
         pages.append(seen)
     assert pages[0] == pages[1] and len(pages[0]) == 300
+    for order in ({"key": "i", "direction": "desc"}, {"key": "i", "start_from": 100}):
+        a, b = (col.scroll(filter=EVEN, limit=20, order_by=order, with_payload=False)
+                for col in (sharded, embedded))
+        assert [(p.id, p.score) for p in a[0]] == [(p.id, p.score) for p in b[0]]
+        assert a[1] is b[1] is None
     asked = [ids[5], 3, 999_999, 1]
     assert [p.id for p in sharded.get(asked)] == [p.id for p in embedded.get(asked)]
     # writes by filter reach every shard

@@ -91,7 +91,13 @@ def test_parse_tree():
      "filter.must[0].values_count.gt: expected an integer, got float"),
     ({"must": [{"nested": {"key": "a"}}]}, 'filter.must[0].nested: expected {"key"'),
     ({"must": [{"nested": {"key": "a", "filter": {"must": [{"has_id": [1]}]}}}]},
-     "filter.must[0].nested.filter: has_id names points"),
+     "filter.must[0].nested.filter: has_id and has_vector are about points"),
+    ({"must": [{"nested": {"key": "a", "filter": {"should": [{"has_vector": "v"}]}}}]},
+     "filter.must[0].nested.filter: has_id and has_vector are about points"),
+    ({"must": [{"key": "a", "geo_radius": {"center": {"lon": 0, "lat": 0}, "radius": 10**400}}]},
+     "filter.must[0].geo_radius.radius: expected metres >= 0"),
+    ({"must": [{"key": "a", "values_count": {"gt": -10**30}}]},
+     "filter.must[0].values_count.gt: integer"),
     ({"must": [{"nested": {"key": "a", "filter": {"must": [{"key": "b"}]}}}]},
      "filter.must[0].nested.filter.must[0]: a field condition needs"),
     ({"must": [{"hasid": [1]}]}, "filter.must[0]: unknown condition key 'hasid'"),
@@ -389,7 +395,8 @@ def test_has_id_lists_are_sorted_deduplicated_and_find_every_row_of_an_id():
 BERLIN, PARIS, TOKYO = {"lon": 13.405, "lat": 52.52}, {"lon": 2.3522, "lat": 48.8566}, \
     {"lon": 139.69, "lat": 35.69}
 GEO_PAYLOADS = [{"at": BERLIN}, {"at": [TOKYO, PARIS]}, {"at": TOKYO}, {"at": "Berlin"},
-                {"at": {"lon": 179.9, "lat": 0.0}}, {}, {"at": [1, 2, None, 3]}]
+                {"at": {"lon": 179.9, "lat": 0.0}}, {}, {"at": [1, 2, None, 3]},
+                {"at": {**TOKYO, "name": "Tokyo"}}]
 
 
 @pytest.mark.parametrize("cond, expected", [
@@ -406,7 +413,8 @@ GEO_PAYLOADS = [{"at": BERLIN}, {"at": [TOKYO, PARIS]}, {"at": TOKYO}, {"at": "B
                                                 {"lon": 10, "lat": 50}]}]}}, [1]),  # a hole: Berlin
     ({"values_count": {"gte": 2}}, [1, 6]),
     ({"values_count": {"lt": 1}}, [5]),
-    ({"values_count": {"gt": 2, "lte": 3}}, [6]),  # null is no value
+    ({"values_count": {"gt": 3, "lte": 4}}, [6]),  # a null in an array counts, as in Qdrant
+    ({"geo_radius": {"center": TOKYO, "radius": 1_000}}, [1, 2, 7]),  # other keys beside
 ])
 def test_geo_and_values_count(cond, expected):
     store = PayloadStore()
@@ -447,5 +455,9 @@ def test_has_vector_is_answered_by_the_segment():
                                 vector_lookup=lambda name: np.array([2, 3])) == 0.5
     with pytest.raises(InvalidArgument, match="no vector lookup"):
         compile({"must": [{"has_vector": "img"}]}, store)
+    half = estimate_selectivity({"min_should": {"conditions": [  # never sampled: estimated
+        {"has_vector": "img"}, {"is_empty": {"key": "a"}}], "min_count": 2}}, store,
+        vector_lookup=lambda name: np.array([2, 3]))
+    assert half == pytest.approx(0.5)
     with pytest.raises(InvalidArgument, match="has_vector: expected a vector field name"):
         parse_filter({"must": [{"has_vector": 3}]})

@@ -163,3 +163,18 @@ def test_rest_groups_look_up_their_documents(rest):
         "with_lookup": {"collection": "docs", "with_payload": False, "with_vectors": True}})
     assert r.json()["result"]["groups"][0]["lookup"] == {"id": 3, "payload": None,
                                                          "vector": [1.0, 0.0]}
+
+
+def test_rest_recommend_sum_scores_with_euclid_sums_squared_distances(rest):
+    """Qdrant's Euclid similarity for recommendation is minus the squared distance: summed
+    over two positives, (1.5, 1.32) beats (0.01, 0), which minus the distance would not."""
+    r = rest.put("/collections/reco", json={"vectors": {"size": 2, "distance": "Euclid"}})
+    assert r.status_code == 200, r.text
+    r = rest.put("/collections/reco/points?wait=true", json={"points": [
+        {"id": 1, "vector": [0.01, 0.0]}, {"id": 2, "vector": [1.5, 1.3229]}]})
+    assert r.status_code == 200, r.text
+    r = rest.post("/collections/reco/points/query", json={"query": {"recommend": {
+        "positive": [[0.0, 0.0], [3.0, 0.0]], "strategy": "sum_scores"}}, "limit": 2})
+    hits = r.json()["result"]["points"]
+    assert [h["id"] for h in hits] == [2, 1], hits
+    assert hits[0]["score"] == pytest.approx(-(1.5**2 + 1.3229**2) - (1.5**2 + 1.3229**2), rel=1e-4)

@@ -312,6 +312,15 @@ def test_query(client, http, docs):
     far = client.query_points("docs", query=only_neg, limit=3).points
     assert [h.id for h in far] == [ext[i] for i in sorted(set(range(N)) - {7},
                                                          key=lambda i: sn[i, 0])[:3]]
+    # a number too large for a float, or for 64 bits: a 400, never a 500 (orjson, geo)
+    for cond, status in (({"values_count": {"gt": -10**30}}, 400), ({"range": {"gt": -10**30}}, 400),
+                         ({"geo_radius": {"center": {"lon": 10**400, "lat": 0}, "radius": 1}}, 400)):
+        r = http.post("/collections/docs/points/query", json={
+            "query": q.tolist(), "filter": {"must": [{"key": "n", **cond}]}})
+        assert r.status_code == status, (cond, r.status_code, r.text)
+    r = http.post("/collections/docs/points/scroll", json={"order_by": {
+        "key": "n", "start_from": 10**400}})
+    assert r.status_code == 400 and "64 bits" in r.json()["status"]["error"], r.text
     r = http.post("/collections/docs/points/query", json={"prefetch": {"query": {"recommend": {
         "positive": [3], "strategy": "sum_scores"}}}, "query": {"fusion": "rrf"}})
     assert r.status_code == 400 and "not inside prefetch" in r.json()["status"]["error"]
@@ -574,6 +583,13 @@ def test_snapshots(client, http, server, docs):
     client.delete_collection("docs-up")
     r = http.post("/collections/docs-up/snapshots/upload", files={"note": (None, b"no file")})
     assert r.status_code == 400 and "no 'snapshot' file" in r.json()["status"]["error"], r.text
+    r = http.post("/collections/docs-up/snapshots/upload", files=[  # another file first
+        ("readme", ("a.txt", b"not a snapshot")), ("snapshot", (snap.name, path.read_bytes()))])
+    assert r.status_code == 200, r.text
+    client.delete_collection("docs-up")
+    r = http.post("/collections/docs-up/snapshots/upload", files=[
+        ("a", ("a.tar", path.read_bytes())), ("b", ("b.tar", path.read_bytes()))])
+    assert r.status_code == 400 and "several files" in r.json()["status"]["error"], r.text
     assert not client.collection_exists("docs-up")
     with raises(400, "location"):
         client.recover_snapshot("docs-2", location="file:///etc/passwd")
@@ -694,7 +710,10 @@ def test_geo_values_count_and_nested_filters(client):
     # Qdrant apps declare these first: geo needs no index here, uuid is a keyword one
     client.create_payload_index("geo", "at", field_schema=m.PayloadSchemaType.GEO)
     client.create_payload_index("geo", "name", field_schema=m.PayloadSchemaType.UUID)
-    assert client.get_collection("geo").payload_schema["name"].points == 3
+    schema = client.get_collection("geo").payload_schema
+    assert schema["name"].points == 3 and schema["at"].data_type == m.PayloadSchemaType.GEO
+    client.delete_payload_index("geo", "at")
+    assert "at" not in client.get_collection("geo").payload_schema
     with raises(400, "full-text", "not supported"):
         client.create_payload_index("geo", "name", field_schema=m.PayloadSchemaType.TEXT)
     assert sorted(p.id for p in client.scroll("geo", scroll_filter=near)[0]) == [0, 1]

@@ -30,7 +30,7 @@ from ..collection import (
 from ..errors import InvalidArgument, ShardUnavailable
 from ..filters import normalize_id, parse_filter
 from ..hits import SearchArrays
-from ..ordering import parse_order_by
+from ..ordering import parse_order_by, resolve
 from ..params import SearchParams
 from ..payload import canonical_payload, object_path
 from ..persist import write_metadata
@@ -246,8 +246,11 @@ class ShardedCollection(CollectionSchema):
             if cursor is not None:
                 raise InvalidArgument("cursor: a scroll with order_by continues from "
                                       "order_by.start_from (the last value seen), not a cursor")
+            kinds, _ = self._gather({i: s.read("order_kinds", order.key)
+                                     for i, s in enumerate(self.shards)}, allow_partial)
+            order = resolve(order, set().union(*kinds.values()))  # one kind on every shard
             found, missing = self._gather(
-                {i: s.read("scroll", filter, limit, None, with_payload, with_vectors, order_by)
+                {i: s.read("scroll", filter, limit, None, with_payload, with_vectors, order)
                  for i, s in enumerate(self.shards)}, allow_partial)
             sign = -1.0 if order.desc else 1.0
             merged = sorted((p for page, _ in found.values() for p in page),

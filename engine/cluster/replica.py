@@ -31,7 +31,8 @@ ORDER_WAIT_S = 10.0
 """How long a write waits for the writes numbered before it (they are in flight from the
 same driver) before the replica reports a gap and the driver repairs it."""
 
-READS = frozenset({"search", "search_arrays", "get", "count", "scroll", "info", "wait_indexed"})
+READS = frozenset({"search", "search_arrays", "get", "count", "scroll", "order_kinds", "info",
+                   "wait_indexed"})
 WRITES = frozenset({"upsert_validated", "update_validated", "delete", "set_payload",
                     "overwrite_payload", "delete_payload", "clear_payload", "delete_vectors",
                     "create_payload_index", "delete_payload_index", "train_queries", "noop"})

@@ -478,7 +478,13 @@ def search_grouped(col: Collection, queries: list[Query], explain: list[bool]
             alone = f is None or f.kind == "multi" or len(query.vector) != f.dim
         except TypeError:
             alone = True
-        key = str(i).encode() if alone else orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+        if not alone:
+            try:
+                key = orjson.dumps(a, option=orjson.OPT_SORT_KEYS)
+            except TypeError:  # say an integer past 64 bits: the engine words it, alone
+                alone = True
+        if alone:
+            key = str(i).encode()
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(queries)
     plans: list = [None] * len(queries)

@@ -1,8 +1,8 @@
 """Qdrant's recommendation scores for the strategies that compare each candidate with every
 example instead of searching around one averaged vector.
 
-A similarity is the metric's score with higher meaning closer: the inner product (cosine:
-of unit vectors), or minus the Euclid distance.
+A similarity is higher for closer points, as Qdrant's recommendation scores take it: the
+inner product (cosine: of unit vectors), or minus the squared Euclid distance.
 - ``best_score``: a candidate closer to some positive than to every negative scores
   sigmoid(its best positive similarity), in (0, 1); any other scores -sigmoid(its best
   negative similarity), below 0. So points on the positive side come first, nearest
@@ -19,9 +19,12 @@ from ...engine.mmr import similarity_rows
 
 
 def similarities(x: np.ndarray, examples: np.ndarray, metric: str) -> np.ndarray:
-    """(candidates, examples) similarities, float64 (``engine.mmr.similarity_rows``)."""
-    return np.stack([similarity_rows(x, e, metric) for e in examples], axis=1) if len(
-        examples) else np.zeros((len(x), 0))
+    """(candidates, examples) similarities, float64 (``engine.mmr.similarity_rows``; l2
+    squared back, as Qdrant sums and compares squared distances here)."""
+    if not len(examples):
+        return np.zeros((len(x), 0))
+    s = np.stack([similarity_rows(x, e, metric) for e in examples], axis=1)
+    return -(s * s) if metric == "l2" else s
 
 
 def fast_sigmoid(s: np.ndarray) -> np.ndarray:

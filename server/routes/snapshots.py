@@ -124,15 +124,15 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
 
 async def _receive_form_file(request: Request, content_type: str, out) -> None:
-    """The ``snapshot`` field (or the only file) of a multipart body, streamed into ``out``
-    as it arrives: a snapshot may be larger than memory."""
+    """The ``snapshot`` field (or, with none, the form's only file) of a multipart body,
+    streamed into ``out`` as it arrives: a snapshot may be larger than memory."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     boundary = parse_options_header(content_type)[1].get(b"boundary")
     if not boundary:
         raise InvalidArgument("content-type: multipart/form-data without a boundary")
-    part: dict = {"headers": {}, "field": b"", "value": b"", "target": False, "files": 0}
-    found = {"snapshot": 0, "any": 0}
+    part: dict = {"headers": {}, "field": b"", "value": b"", "target": False}
+    seen = {"snapshot": 0, "files": 0}
 
     def on_header_field(data, start, end):
         part["field"] += data[start:end]
@@ -146,13 +146,16 @@ async def _receive_form_file(request: Request, content_type: str, out) -> None:
 
     def on_headers_finished():
         _, opts = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        is_file = b"filename" in opts
-        part["target"] = opts.get(b"name") == b"snapshot" or (is_file and not found["snapshot"]
-                                                             and not found["any"])
-        if part["target"]:
-            found["snapshot" if opts.get(b"name") == b"snapshot" else "any"] += 1
-            if found["snapshot"] + found["any"] > 1:
-                raise InvalidArgument("body: more than one snapshot file in the form")
+        if opts.get(b"name") == b"snapshot":
+            seen["snapshot"] += 1
+            if seen["snapshot"] > 1:
+                raise InvalidArgument("body: more than one 'snapshot' field in the form")
+            out.seek(0)  # a file written as the fallback is not the snapshot
+            out.truncate()
+            part["target"] = True
+        elif b"filename" in opts:
+            seen["files"] += 1  # the fallback: the first file, while no field is "snapshot"
+            part["target"] = not seen["snapshot"] and seen["files"] == 1
 
     def on_part_data(data, start, end):
         if part["target"]:
@@ -173,5 +176,9 @@ async def _receive_form_file(request: Request, content_type: str, out) -> None:
         raise
     except Exception as exc:  # the parser's own errors: a malformed form
         raise InvalidArgument(f"body: unreadable multipart form ({exc})") from None
-    if not (found["snapshot"] or found["any"]):
-        raise InvalidArgument("body: the form has no 'snapshot' file field")
+    if not seen["snapshot"]:
+        if not seen["files"]:
+            raise InvalidArgument("body: the form has no 'snapshot' file field")
+        if seen["files"] > 1:
+            raise InvalidArgument("body: the form has several files and none is named "
+                                  "'snapshot'; name the snapshot's field 'snapshot'")
