@@ -820,17 +820,15 @@ class Collection(CollectionSchema):
     def create_payload_index(self, field_name: str, field_type: str) -> None:
         """Index a payload field (keyword, integer, float, bool, datetime) in every segment.
         Qdrant's ``uuid`` is a keyword index; ``geo`` is declared and builds nothing (geo
-        filters scan the points' coordinates); ``text`` (full-text) is refused."""
+        filters scan the points' coordinates); ``text`` is a full-text index of lower-cased
+        words, and ``match.text`` on its field then asks for every word (not a substring)."""
         self._check_writable()
         if not isinstance(field_name, str) or not field_name:
             raise InvalidArgument("field: expected a non-empty string")
-        if field_type == "text":
-            raise InvalidArgument("type: text (full-text) indexes are not supported; "
-                                  "match.text tests substrings without one")
         field_type = {"uuid": "keyword"}.get(field_type, field_type)
-        if field_type not in (*PAYLOAD_INDEX_TYPES, "geo"):
-            raise InvalidArgument(
-                f"type: {field_type!r} is not one of {', '.join(PAYLOAD_INDEX_TYPES)}, uuid, geo")
+        if field_type not in (*PAYLOAD_INDEX_TYPES, "geo", "text"):
+            raise InvalidArgument(f"type: {field_type!r} is not one of "
+                                  f"{', '.join(PAYLOAD_INDEX_TYPES)}, uuid, geo, text")
         try:  # everything that can reject it, before anything is persisted
             split_key(field_name)
         except InvalidArgument as exc:

@@ -5,22 +5,24 @@ segment into a ``Bitset`` of allowed positions.
 one holds (when non-empty), must_not = none holds. Conditions: ``{"key": k, "match": {"value":
 v}}`` / ``{"any": [...]}`` / ``{"except": [...]}``, ``{"key": k, "range": {"gt"|"gte"|"lt"|
 "lte": number or ISO-8601 string}}``, ``{"key": k, "match": {"text": s}}`` (a string value
-containing s), ``{"key": k, "values_count": {"gt"|...: n}}``, ``{"key": k, "geo_radius" |
-"geo_bounding_box" | "geo_polygon": ...}`` (payload geo points ``{"lon", "lat"}``; ``geo``),
-``{"nested": {"key": k, "filter": f}}`` (one element of the array at k passes f),
-``{"has_id": [...]}``, ``{"has_vector": name}`` (answered by the segment),
-``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and nested filters; beside the
-clauses, ``"min_should": {"conditions": [...], "min_count": m}`` (at least m of them hold).
-Field semantics (dotted paths, arrays match if any element does, strict JSON types) are
-described in ``payload``.
+containing s; with a full-text index on k, every word of s), ``{"key": k, "values_count":
+{"gt"|...: n}}``, ``{"key": k, "geo_radius" | "geo_bounding_box" | "geo_polygon": ...}``
+(payload geo points ``{"lon", "lat"}``; ``geo``), ``{"nested": {"key": k, "filter": f}}``
+(one element of the array at k passes f), ``{"has_id": [...]}``, ``{"has_vector": name}``
+(answered by the segment), ``{"is_empty": {"key": k}}``, ``{"is_null": {"key": k}}`` and
+nested filters; beside the clauses, ``"min_should": {"conditions": [...], "min_count": m}``
+(at least m of them hold). Field semantics (dotted paths, arrays match if any element
+does, strict JSON types) are described in ``payload``.
 
-Three evaluators share one meaning: ``compile`` (vectorised, uses payload indexes),
+Three evaluators share one meaning (a full-text index alone changes ``match.text``, so the
+reference below knows only its substring meaning): ``compile`` (vectorised, uses payload indexes),
 ``estimate_selectivity`` (cheap: index counts, else a sample) and ``matches`` (plain Python,
 one payload at a time: the reference the tests hold the other two to).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,12 +37,14 @@ from .geo import GeoBox, GeoPolygon, GeoRadius, geo_point, parse_geo
 from .payload import (
     INT64_MAX,
     INT64_MIN,
+    TEXT,
     PayloadStore,
     elements,
     key_path,
     parse_datetime,
     raw_values,
     split_key,
+    words,
 )
 
 _CLAUSES = ("must", "should", "must_not")
@@ -610,6 +614,11 @@ class _Compiler:
         if isinstance(c, Match):
             return self.mask(self._eq(c.key, c.value))
         if isinstance(c, MatchText):
+            idx = store.index(c.key, TEXT)
+            if idx is not None:  # a full-text index: points holding every word of the text
+                found = [idx.eq(w) for w in dict.fromkeys(words(c.text))]
+                hit = functools.reduce(np.intersect1d, found) if found else np.zeros(0, np.int64)
+                return self.mask(hit)
             pos, vals = store.column(c.key).typed("str")
             hit = np.fromiter((c.text in v for v in vals.tolist()), bool, len(vals))
             return self.mask(pos[hit])
@@ -728,6 +737,12 @@ class _Estimator:
                     "bool" if type(c.value) is bool else "integer")
             idx = s.index(c.key, kind)
             return None if idx is None else idx.count_eq(c.value) / self.n
+        if isinstance(c, MatchText):
+            idx = s.index(c.key, TEXT)
+            if idx is None:
+                return None
+            counts = [idx.count_eq(w) for w in words(c.text)]
+            return min(counts) / self.n if counts else 0.0
         if isinstance(c, MatchAny):
             total = 0
             for vals, kind in ((c.strs, "keyword"), (c.ints, "integer")):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -32,6 +33,16 @@ from .geo import geo_point
 from .persist import load_arrays, save_arrays
 
 INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime")
+TEXT = "text"
+"""The full-text index kind: it changes what ``match.text`` means on its field (every word
+of the text, not a substring), so the kinds above, which only speed filters up, leave it out."""
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """A full-text index's tokens: lower-cased runs of letters and digits (Qdrant's "word"
+    tokenizer, lowercase)."""
+    return _WORD.findall(text.lower())
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -290,11 +301,17 @@ class FieldIndex:
     @classmethod
     def build(cls, key: str, kind: str, col: Column) -> FieldIndex:
         strings = None
-        if kind == "keyword":
+        if kind in ("keyword", TEXT):
             p, v = col.typed("str")
-            strings = sorted(set(v.tolist()))
+            if kind == TEXT:  # one (word, position) pair per word of each string
+                toks = [words(x) for x in v.tolist()]
+                p = np.repeat(p, [len(t) for t in toks])
+                v = [w for t in toks for w in t]
+            else:
+                v = v.tolist()
+            strings = sorted(set(v))
             code = {s: i for i, s in enumerate(strings)}
-            vals = np.fromiter((code[s] for s in v.tolist()), np.int64, len(v))
+            vals = np.fromiter((code[s] for s in v), np.int64, len(v))
         elif kind == "integer":
             p, vals = col.typed("int")
         elif kind == "bool":
@@ -362,7 +379,7 @@ class FieldIndex:
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> FieldIndex:
         p = meta["prefix"]
         strings = None
-        if meta["kind"] == "keyword":
+        if meta["kind"] in ("keyword", TEXT):
             strings = orjson.loads(np.asarray(arrays[f"{p}_strings"]).tobytes())
         return cls(meta["key"], meta["kind"], arrays[f"{p}_vals"], arrays[f"{p}_pos"],
                    int(meta["n"]), strings)
@@ -466,7 +483,7 @@ class PayloadStore:
         if kind == "geo":
             split_key(key)
             return None
-        if kind not in INDEX_KINDS:
+        if kind not in (*INDEX_KINDS, TEXT):
             raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
         split_key(key)
         with self._lock:

@@ -186,7 +186,7 @@ def scenario(db, workdir) -> dict:
         lambda: col.delete(),
         lambda: col.count({"must": 5}),
         lambda: col.scroll(limit=0),
-        lambda: col.create_payload_index("x", "text"),
+        lambda: col.create_payload_index("x", "hex"),
         lambda: col.delete_payload_index("nope"),
         lambda: db.get_collection("missing"),
         lambda: db.drop_collection("missing"),

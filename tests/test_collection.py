@@ -670,7 +670,7 @@ BAD_CALLS = [
     ("delete ids and filter", lambda c: c.delete(ids=[1], filter=GOOD_FILTER), "exactly one"),
     ("get bad id", lambda c: c.get([1, "nope"]), r"ids\[1\]"),
     ("scroll bad cursor", lambda c: c.scroll(cursor=-3), "cursor"),
-    ("payload index type", lambda c: c.create_payload_index("k2", "text"), "full-text"),
+    ("payload index type", lambda c: c.create_payload_index("k2", "hex"), "'hex'"),
 ] + [(f"search filter {m}", lambda c, f=f: c.search(V2[0], k=3, filter=f), m)
      for f, m in BAD_FILTERS] + [
     ("count filter", lambda c: c.count(BAD_FILTERS[0][0]), "gtx"),

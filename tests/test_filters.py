@@ -23,6 +23,8 @@ from quiver.engine.filters import (
 )
 from quiver.engine.payload import INDEX_KINDS, PayloadStore, parse_datetime
 
+import quiver
+
 U1 = str(uuid.UUID(int=1))
 
 
@@ -461,3 +463,27 @@ def test_has_vector_is_answered_by_the_segment():
     assert half == pytest.approx(0.5)
     with pytest.raises(InvalidArgument, match="has_vector: expected a vector field name"):
         parse_filter({"must": [{"has_vector": 3}]})
+
+
+def test_a_full_text_index_makes_match_text_ask_for_every_word(tmp_path):
+    texts = [{"t": "The quick brown fox"}, {"t": ["quick thinking", "a brown study"]},
+             {"t": "quickly browning"}, {"t": 7}, {}]
+    store = PayloadStore()
+    store.extend(texts)
+    f = {"must": [{"key": "t", "match": {"text": "Brown QUICK"}}]}
+    assert np.flatnonzero(compile(f, store).to_mask()).tolist() == []  # substring: none
+    store.create_index("t", "text")
+    assert np.flatnonzero(compile(f, store).to_mask()).tolist() == [0, 1]
+    assert estimate_selectivity(f, store) == pytest.approx(2 / 5)
+    sub = {"must": [{"key": "t", "match": {"text": "quick"}}]}
+    assert np.flatnonzero(compile(sub, store).to_mask()).tolist() == [0, 1]  # not "quickly"
+    # it persists with the segment, and a collection re-opens it
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("t", 2, segment_size=4)
+    col.upsert(list(range(5)), np.eye(2, dtype=np.float32)[[0, 1, 0, 1, 0]], texts)
+    col.create_payload_index("t", "text")
+    col.flush()
+    db.close()
+    col = quiver.connect(tmp_path).get_collection("t")
+    assert sorted(p.id for p in col.scroll(filter=f)[0]) == [0, 1]
+    assert col.info()["payload_indexes"] == {"t": "text"}

@@ -714,8 +714,16 @@ def test_geo_values_count_and_nested_filters(client):
     assert schema["name"].points == 3 and schema["at"].data_type == m.PayloadSchemaType.GEO
     client.delete_payload_index("geo", "at")
     assert "at" not in client.get_collection("geo").payload_schema
-    with raises(400, "full-text", "not supported"):
-        client.create_payload_index("geo", "name", field_schema=m.PayloadSchemaType.TEXT)
+    # a full-text index: match.text then asks for every word, in any order and case
+    spelled = m.Filter(must=[m.FieldCondition(key="motto", match=m.MatchText(text="City Old"))])
+    client.set_payload("geo", payload={"motto": "An old city, a new city"}, points=[0, 1])
+    client.set_payload("geo", payload={"motto": "the old town"}, points=[2])
+    assert client.count("geo", count_filter=spelled).count == 0  # a substring, without it
+    client.create_payload_index("geo", "motto", field_schema=m.TextIndexParams(
+        type=m.TextIndexType.TEXT, tokenizer=m.TokenizerType.WORD, lowercase=True))
+    assert sorted(p.id for p in client.scroll("geo", scroll_filter=spelled)[0]) == [0, 1]
+    assert client.get_collection("geo").payload_schema["motto"].data_type == \
+        m.PayloadSchemaType.TEXT
     assert sorted(p.id for p in client.scroll("geo", scroll_filter=near)[0]) == [0, 1]
     assert [p.id for p in client.scroll("geo", scroll_filter=box)[0]] == [2]
     assert [p.id for p in client.scroll("geo", scroll_filter=poly)[0]] == [1]

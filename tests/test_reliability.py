@@ -228,7 +228,7 @@ def test_rejected_config_changes_leave_nothing_on_disk(tmp_path):
     bad = [
         lambda: col.create_payload_index("a..b", "keyword"),
         lambda: col.create_payload_index("", "keyword"),
-        lambda: col.create_payload_index("x", "text"),
+        lambda: col.create_payload_index("x", "hex"),
         lambda: col.delete_payload_index("nope"),
         lambda: db.create_collection("n1", dim=3, index="HNSW16,PQ4"),
         lambda: db.create_collection("n2", dim=0),

@@ -225,8 +225,6 @@ def test_payload_index_create_delete(http):
     result(http.delete("/collections/pidx/index/color"))
     assert result(http.get("/collections/pidx"))["payload_indexes"] == {"n": "integer"}
     assert_error(http.delete("/collections/pidx/index/color"), 404, "color")
-    assert_error(http.put("/collections/pidx/index", json={"field_name": "x", "field_schema": "text"}),
-                 400, "full-text")
     assert_error(http.put("/collections/pidx/index", json={"field_name": "x", "field_schema": "hex"}),
                  422, "field_schema")
 
