@@ -6,15 +6,13 @@ so a new index spec or a new peer needs no change to the runner.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ..engine.errors import InvalidArgument
 from ..engine.index import index as make_index
 from ..engine.index.registry import parse_index_spec
 from ..engine.metric import Metric
-from .timing import batch_qps, single_query_times
+from .timing import batch_qps, single_query_times, timed
 
 
 class Engine:
@@ -55,9 +53,7 @@ class Engine:
 
     def timed_build(self, x: np.ndarray) -> float:
         """``build``, in seconds (an engine in another process times it there)."""
-        t = time.perf_counter()
-        self.build(x)
-        return time.perf_counter() - t
+        return timed(lambda: self.build(x))[1]
 
     def batch_qps(self, queries: np.ndarray, k: int, params: dict, reps: int) -> float:
         """Queries per second of one batch call (best of ``reps``)."""
@@ -91,7 +87,6 @@ class QuiverEngine(Engine):
     """Any ``quiver.index`` spec; HNSW and CAGRA specs sweep ``ef``, IVF specs ``nprobe``."""
 
     engine = "quiver"
-
 
     def __init__(self, spec: str, dim: int, metric: str, **options):
         super().__init__(dim, metric)

@@ -140,13 +140,18 @@ class SvsVamana(Engine):
         if self.idx is not None:
             self.idx.num_threads = n
 
-    def build(self, x: np.ndarray) -> None:
+    def _build_args(self, x: np.ndarray):
+        """(float32 rows, build parameters, distance): the settings every SVS build shares."""
         l2 = self.metric == "l2"
         params = self.svs.VamanaBuildParameters(alpha=1.2 if l2 else 0.95,
                                                 graph_max_degree=self.r, window_size=64)
         dist = self.svs.DistanceType.L2 if l2 else self.svs.DistanceType.MIP
         data = normalized(x) if self.metric == "cosine" else np.ascontiguousarray(x, np.float32)
         self.n = data.shape[0]
+        return data, params, dist
+
+    def build(self, x: np.ndarray) -> None:
+        data, params, dist = self._build_args(x)
         self.idx = self.svs.Vamana.build(params, data.astype(self.dtype), dist,
                                          num_threads=max(self.threads, 2))
         self.idx.num_threads = self.threads
@@ -193,12 +198,7 @@ class _SvsCompressed(SvsVamana):
         import tempfile
         from pathlib import Path
 
-        data = normalized(x) if self.metric == "cosine" else np.ascontiguousarray(x, np.float32)
-        self.n = data.shape[0]
-        l2 = self.metric == "l2"
-        params = self.svs.VamanaBuildParameters(alpha=1.2 if l2 else 0.95,
-                                                graph_max_degree=self.r, window_size=64)
-        dist = self.svs.DistanceType.L2 if l2 else self.svs.DistanceType.MIP
+        data, params, dist = self._build_args(x)
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "data.fvecs")
             self.svs.write_vecs(data, path)

@@ -942,9 +942,9 @@ class Collection(CollectionSchema):
         if cursor is not None:
             raise InvalidArgument("cursor: a scroll with order_by continues from "
                                   "order_by.start_from (the last value seen), not a cursor")
+        order = resolve(order, self.order_kinds(order.key))
         with self._lock:
             segs = list(self._segments)
-        order = resolve(order, set().union(*(value_kinds(s.payloads, order.key) for s in segs)))
         rows: list[tuple[float, Any]] = []
         for seg in segs:
             n = seg.n
@@ -952,7 +952,7 @@ class Collection(CollectionSchema):
             pos = np.arange(n) if allowed is None else allowed.positions()
             at, vals = order_values(seg.payloads, pos, order)
             rows.extend(zip(vals.tolist(), (seg.ext_ids[p] for p in at.tolist()), strict=True))
-        sign = -1.0 if order.desc else 1.0
+        sign = -1 if order.desc else 1  # an int: int64 values stay exact in the key
         rows.sort(key=lambda r: (sign * r[0], _id_order(r[1])))
         rows = rows[:limit]
         got = {p.id: p for p in self.get([i for _, i in rows], with_payload, with_vectors)}

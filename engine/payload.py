@@ -37,12 +37,6 @@ TEXT = "text"
 """The full-text index kind: it changes what ``match.text`` means on its field (every word
 of the text, not a substring), so the kinds above, which only speed filters up, leave it out."""
 _WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    """A full-text index's tokens: lower-cased runs of letters and digits (Qdrant's "word"
-    tokenizer, lowercase)."""
-    return _WORD.findall(text.lower())
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US = timedelta(microseconds=1)
@@ -121,6 +115,12 @@ def split_key(key: str) -> tuple[str, ...]:
     if not key or any(not p for p in parts):
         raise InvalidArgument(f"key {key!r}: expected a dotted path like 'meta.author'")
     return parts
+
+
+def words(text: str) -> list[str]:
+    """A full-text index's tokens: lower-cased runs of letters and digits (Qdrant's "word"
+    tokenizer, lowercase)."""
+    return _WORD.findall(text.lower())
 
 
 def key_path(key: Any, where: str = "") -> tuple[str, ...]:
@@ -484,7 +484,8 @@ class PayloadStore:
             split_key(key)
             return None
         if kind not in (*INDEX_KINDS, TEXT):
-            raise InvalidArgument(f"index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+            raise InvalidArgument(f"index kind {kind!r}: expected one of "
+                                  f"{', '.join((*INDEX_KINDS, TEXT, 'geo'))}")
         split_key(key)
         with self._lock:
             self._indexes.setdefault((key, kind), None)

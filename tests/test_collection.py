@@ -872,8 +872,8 @@ def test_scroll_in_the_order_of_a_payload_value(tmp_path):
         col.scroll(order_by={"key": "price", "start_from": 10**400})
     # integers order exactly, past float precision, and come back as integers
     col.upsert([20, 21], rng.standard_normal((2, 4)).astype(np.float32),
-               [{"big": 2**53 + 1}, {"big": 2**53}])
+               [{"big": 2**53}, {"big": 2**53 + 1}])  # a float key would tie them: id order
     pts, _ = col.scroll(order_by={"key": "big", "direction": "desc"}, with_payload=False)
-    assert [(p.id, p.score) for p in pts] == [(20, 2**53 + 1), (21, 2**53)]
+    assert [(p.id, p.score) for p in pts] == [(21, 2**53 + 1), (20, 2**53)]
     assert type(pts[0].score) is int
     db.close()

@@ -252,7 +252,7 @@ class ShardedCollection(CollectionSchema):
             found, missing = self._gather(
                 {i: s.read("scroll", filter, limit, None, with_payload, with_vectors, order)
                  for i, s in enumerate(self.shards)}, allow_partial)
-            sign = -1.0 if order.desc else 1.0
+            sign = -1 if order.desc else 1  # an int: int64 values stay exact in the key
             merged = sorted((p for page, _ in found.values() for p in page),
                             key=lambda p: (sign * p.score, _id_order(p.id)))
             return self._flag(merged[:limit], missing), None
