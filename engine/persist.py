@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,10 @@ def read_manifest(directory: str | os.PathLike, kind: str | None) -> dict[str, A
 
 
 def load_arrays(directory: str | os.PathLike, kind: str, mmap: bool = True,
-                verify: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Validate and open what ``save_arrays`` wrote; arrays are read-only memory maps if mmap."""
+                verify: bool = True, resident: Collection[str] = (),
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Validate and open what ``save_arrays`` wrote; arrays are read-only memory maps if mmap,
+    except those named in ``resident``, read into (64-byte aligned) memory as with mmap off."""
     d = Path(directory)
     manifest = read_manifest(d, kind)
     arrays = {}
@@ -164,8 +167,8 @@ def load_arrays(directory: str | os.PathLike, kind: str, mmap: bool = True,
         if verify and file_crc32(path) != info["crc32"]:
             raise CorruptData(f"{path}: checksum mismatch (file damaged)")
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False) if mmap else \
-                load_npy_aligned(path)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False) if mmap and \
+                name not in resident else load_npy_aligned(path)
         except (ValueError, OSError) as exc:
             raise CorruptData(f"{path}: unreadable array ({exc})") from None
         if arr.dtype.str != info["dtype"] or list(arr.shape) != info["shape"]:

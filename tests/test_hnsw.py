@@ -649,7 +649,11 @@ def test_save_load_round_trip(small_data, tmp_path, codec):
     loaded = HNSWIndex.load(tmp_path / "h")
     assert isinstance(loaded, HNSWIndex)
     assert (loaded.codec.name, loaded.m, loaded.metric, len(loaded)) == (codec, 8, idx.metric, len(idx))
-    assert isinstance(loaded._nbr0, np.memmap)
+    # what a traversal reads is in memory; a lossy codec's float32 originals stay mapped
+    assert not isinstance(loaded._nbr0, np.memmap) and loaded._nbr0.ctypes.data % 64 == 0
+    rows = loaded._codes.view()[0]
+    assert not isinstance(rows.base, np.memmap) and rows.ctypes.data % 64 == 0
+    assert isinstance(loaded._float.view()[0].base, np.memmap) == (codec != "f32")
     # loaded back, a lossy codec's float32 originals stay on disk (memory-mapped, unread)
     assert loaded.memory_usage() == {**idx.memory_usage(), "rerank_vectors": 0}
     first = _searches(idx, q, ids)
