@@ -155,8 +155,15 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
                 prefetch_stored_row(codes, aux, v, ahead)
                 fresh[nf] = v
                 nf += 1
+        best = -1
+        best_d = cand_d[0] if csize > 0 else np.float32(np.inf)
         for j in range(nf):
             fresh_d[j] = codec_distance(kind, qs, codes, aux, fresh[j])
+            if fresh_d[j] < best_d:
+                best_d = fresh_d[j]
+                best = j
+        if best >= 0 and level == 0:  # the next node expanded, unless the results reject it
+            prefetch_row(nbr0, fresh[best], NEIGHBOURS_PREFETCH_BYTES)
         ndist += nf
         for j in range(nf):
             d = fresh_d[j]
