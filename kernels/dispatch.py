@@ -165,6 +165,25 @@ def _traversal_bytes(kind, qs, codes):
     return lambda kind, qs, codes: codes.shape[1] * codes.itemsize
 
 
+def rerank_span(kind: CodecKind, qs: np.ndarray, codes: np.ndarray) -> tuple[int, int]:
+    """(start, stop): the bytes of a row that only a codec's re-ranking level reads (a
+    two-level LVQ row's residual, a LeanVec row's secondary), after ``traversal_bytes``;
+    empty (start == stop) for a single-level codec. Only callable from jitted code."""
+    raise TypeError("rerank_span is a kernel helper: call it from jitted code")
+
+
+@overload(rerank_span, jit_options=JIT)
+def _rerank_span(kind, qs, codes):
+    if not isinstance(kind, CodecKindType):
+        raise TypeError(f"rerank_span: kind must be a CodecKind, got {kind}")
+    v = kind.value
+    if 6 <= v < 10 or 18 <= v < 22 or v >= 32:
+        return lambda kind, qs, codes: (traversal_bytes(kind, qs, codes),
+                                        codes.shape[1] * codes.itemsize)
+    return lambda kind, qs, codes: (codes.shape[1] * codes.itemsize,
+                                    codes.shape[1] * codes.itemsize)
+
+
 # --- per-kind Python entry points --------------------------------------------------------------
 
 
@@ -176,19 +195,28 @@ def _entry_template(kind, key):
     return entry
 
 
-_ENTRIES: dict[tuple[object, int], object] = {}
+def _entry_template2(kind, second, key):
+    def entry(*args):
+        key  # noqa: B018 -- as in _entry_template
+        return KERNEL(kind, second, *args)  # noqa: F821 -- bound per kernel in ``for_kind``
+
+    return entry
+
+
+_ENTRIES: dict[tuple[object, ...], object] = {}
 _LOCK = threading.Lock()
 
 
-def for_kind(kernel, kind: CodecKind):
-    """``kernel`` (a jitted function whose first argument is a kind) with ``kind`` bound, as
-    a jitted entry point compiled on its first call and cached on disk.
+def for_kind(kernel, kind: CodecKind, second: CodecKind | None = None):
+    """``kernel`` (a jitted function whose first argument is a kind, or first two with
+    ``second``) with the kinds bound, as a jitted entry point compiled on its first call and
+    cached on disk.
 
     Calling ``kernel(kind, ...)`` from Python works too, but Numba types a CodecKind argument
     in Python (microseconds per call); the entry takes the kind as a compile-time constant.
     Its cache key names the kernel and a hash of the kernel's source file, so an edited kernel
     never reuses a stale entry."""
-    key = (kernel, kind.value)
+    key = (kernel, kind.value) if second is None else (kernel, kind.value, second.value)
     fn = _ENTRIES.get(key)
     if fn is not None:
         return fn
@@ -197,7 +225,9 @@ def for_kind(kernel, kind: CodecKind):
         if fn is None:
             py = kernel.py_func
             source = hashlib.sha1(Path(inspect.getfile(py)).read_bytes()).hexdigest()[:16]
-            template = _entry_template(kind, f"{py.__module__}.{py.__qualname__}@{source}")
+            name = f"{py.__module__}.{py.__qualname__}@{source}"
+            template = (_entry_template(kind, name) if second is None
+                        else _entry_template2(kind, second, name))
             bound = pytypes.FunctionType(template.__code__, {"KERNEL": kernel, "__name__": __name__},
                                          py.__name__, None, template.__closure__)
             fn = _ENTRIES[key] = njit(**JIT)(bound)

@@ -79,6 +79,13 @@ def prefetch_row_l2(arr: np.ndarray, row: int, nbytes: int) -> None:
         _prefetch_byte_l2(arr, row, off)
 
 
+@njit(**INLINE)
+def prefetch_span_l2(arr: np.ndarray, row: int, start: int, stop: int) -> None:
+    """``prefetch_row_l2`` of bytes [start, stop) of ``arr[row]`` (start line-aligned)."""
+    for off in range(start & ~(_LINE - 1), stop, _LINE):
+        _prefetch_byte_l2(arr, row, off)
+
+
 SIDE_BYTES = 64
 """How much of a row's side values a stored-row prefetch asks for: one line (LVQ's bias, step
 and norm are 12-24 bytes; float32 rows have none)."""

@@ -335,3 +335,30 @@ def test_leanvec_f16_secondary_is_the_exact_half_distance(metric):
                                                       out_d, out_i, 0, 1)
     np.testing.assert_array_equal(out_i, np.argsort(want, axis=1)[:, :5])
     np.testing.assert_allclose(out_d, np.sort(want, axis=1)[:, :5], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("spec", ["HNSW8,LVQ4x8", "HNSW8,LeanVec(12,LVQ8,LVQ8)",
+                                  "HNSW8,LeanVec(12,LVQ4,F16)"])
+def test_fused_rerank_equals_rescoring_the_traversal_results(spec):
+    """A two-level codec's search re-scores each query's ef traversal results within the
+    traversal kernel (pipelined one query behind): the same top-k as re-scoring those
+    results afterwards, for a batch, a single query and queries out of a filter's budget."""
+    from quiver.engine.bitset import Bitset
+    from quiver.engine.index.hnsw import rerank_candidates
+    from quiver.engine.params import SearchParams
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1500, D)).astype(np.float32)
+    q = rng.standard_normal((37, D)).astype(np.float32)
+    idx = quiver.index(spec, D, "l2", ef_construction=48)
+    idx.add(x)
+    second = idx.codec.rerank_dist(idx._kmetric)
+    codes, aux = idx._codes.view()
+    for bits in (None, Bitset.from_positions(np.arange(0, 1500, 3), 1500)):
+        for batch in (q, q[:1]):
+            _, cand, _ = idx.search_positions(batch, 24, bits, SearchParams(ef=24, rerank=False))
+            want_d, want_i = rerank_candidates(second, idx.codec.prepare(batch), codes, aux,
+                                               cand, 5)
+            got_d, got_i, _ = idx.search_positions(batch, 5, bits, SearchParams(ef=24))
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_allclose(got_d, want_d, rtol=1e-6)

@@ -341,7 +341,6 @@ class HNSWIndex:
         second = self.codec.rerank_dist(self._kmetric)  # a two-level codec's accurate level
         if params.rerank is False or exact_rerank:
             second = None
-        rerank = exact_rerank or second is not None
         words, n_ok, use_ok = self._live_words(bits)
         filtered = bits is not None if filtered is None else filtered
         if plan is None:
@@ -350,7 +349,7 @@ class HNSWIndex:
         if plan.strategy == "exact" or self._entry < 0:
             dist, pos = self._exact(q, k, words if use_ok else None, n)
         else:
-            r = ef if rerank else k
+            r = ef if exact_rerank else k
             out_d = np.empty((nq, r), np.float32)
             out_i = np.full((nq, r), -1, np.int64)  # a query out of budget writes nothing
             counts = np.zeros(nq, np.int64)
@@ -363,14 +362,15 @@ class HNSWIndex:
             graph = (readonly(self._nbr0), readonly(self._upper), readonly(self._uidx),
                      self._entry, self._max_level, ef)
             kind = self.codec.dist(self._kmetric)
-            search = for_kind(kh.search_chunk, kind)
+            if second is not None:  # re-scored on both levels of the codes, in the traversal
+                search = for_kind(kh.search_rerank_chunk, kind, second)
+            else:
+                search = for_kind(kh.search_chunk, kind)
             precompile.wait_for(self._kmetric, self.codec.name, kind)
             tags[:nchunks] = run_chunks(
                 lambda c, n: search(qs, codes, aux, *graph, visited[c], tags[c], words, use_ok,
                                     two_hop, budget, out_d, out_i, counts, c, n), nchunks)
-            if second is not None:  # re-score the candidates on both levels of the codes
-                dist, pos = rerank_candidates(second, qs, codes, aux, out_i, k)
-            elif rerank:
+            if exact_rerank:
                 X, faux = self._float.view()
                 dist, pos = rerank_candidates(self._float.codec.dist(self._kmetric), q, X, faux,
                                               out_i, k)
