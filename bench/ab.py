@@ -64,6 +64,8 @@ class ABConfig:
     target: float = 0.95
     k: int = 10
     threads: int = 1
+    saved: bool = False
+    """Search each index saved and loaded back by its own build, as a sealed segment is."""
 
     def validate(self) -> None:
         if self.k <= 0 or self.rounds <= 0 or self.reps <= 0 or self.threads <= 0:
@@ -180,15 +182,24 @@ def head_description(repo: Path) -> dict:
 class BuildEngine(QuiverEngine):
     """QuiverEngine whose indexes come from a given build's factory (base or head)."""
 
-    def __init__(self, label: str, factory: Callable, spec: str, dim: int, metric: str):
+    def __init__(self, label: str, factory: Callable, spec: str, dim: int, metric: str,
+                 saved: bool = False):
         super().__init__(spec, dim, metric)
         self.label = label
         self.factory = factory
+        self.saved = saved
 
     def build(self, x: np.ndarray) -> None:
         self.idx = self.factory(self.index, self.dim, self.metric, **self.options)
         self.idx.train(x)
         self.idx.add(x)
+        if self.saved:  # that build's own save and load (``registry.load_index``)
+            import tempfile
+
+            load = importlib.import_module(self.factory.__module__).load_index
+            self._files = tempfile.TemporaryDirectory(prefix=f"quiver-ab-{self.label}-")
+            self.idx.save(self._files.name)
+            self.idx = load(self._files.name)
 
     def memory(self) -> int | None:
         try:
@@ -222,8 +233,8 @@ def run_ab(cfg: ABConfig, log: Callable[[str], None] = log_stderr) -> dict:
     log(f"base {base['sha'][:12]} ({base['subject']}) from {base['worktree']}")
     log(f"head {head['sha'][:12]}{' + uncommitted engine/kernels changes' if head['dirty'] else ''}")
 
-    engines = [BuildEngine("base", factory, cfg.spec, ds.dim, ds.metric),
-               BuildEngine("head", head_index, cfg.spec, ds.dim, ds.metric)]
+    engines = [BuildEngine("base", factory, cfg.spec, ds.dim, ds.metric, cfg.saved),
+               BuildEngine("head", head_index, cfg.spec, ds.dim, ds.metric, cfg.saved)]
     efs = sorted(set(cfg.efs))
     builds: dict[str, dict] = {}
     recall: dict[str, dict[int, float]] = {e.label: {} for e in engines}
@@ -309,7 +320,9 @@ def markdown(report: dict) -> str:
            "rounds (base/head order alternating). Paired median: the median over rounds of "
            "head/base measured back to back.", "",
            f"Build: base {fmt(builds['base']['build_s'], 2)} s, head "
-           f"{fmt(builds['head']['build_s'], 2)} s (sequential, one each).", "",
+           f"{fmt(builds['head']['build_s'], 2)} s (sequential, one each)"
+           + ("; each index saved and loaded back by its own build before the searches."
+              if cfg.get("saved") else "."), "",
            md_table(["ef", f"recall@{k} base", f"recall@{k} head", "QPS base", "QPS head",
                      "head/base", "paired median"], rows),
            f"QPS at recall@{k} = {cfg['target']}:", "",
@@ -361,6 +374,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, default=0.95, help="recall for the QPS figure")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="Numba/BLAS threads (default 1)")
+    p.add_argument("--saved", action="store_true", help="search each index saved and loaded "
+                   "back by its own build (as a collection's sealed segments are)")
     p.add_argument("--out", help="output folder (default bench/results/ab-<dataset>-<spec>)")
 
 
@@ -369,7 +384,7 @@ def run_cli(args: argparse.Namespace) -> int:
     ensure_passive_omp()
     cfg = ABConfig(base=args.base, spec=args.spec, data=args.data, limit=args.limit,
                    queries=args.queries, efs=args.efs, rounds=args.rounds, reps=args.reps,
-                   target=args.target, k=args.k, threads=args.threads)
+                   target=args.target, k=args.k, threads=args.threads, saved=args.saved)
     try:
         report = run_ab(cfg)
     except (FileNotFoundError, ValueError, ImportError) as exc:

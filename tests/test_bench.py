@@ -420,3 +420,22 @@ def test_bad_rounds_are_rejected():
 def test_quiver_engine_sweeps_the_index_behind_opq():
     assert QuiverEngine("OPQ4,IVF16,PQ4x8", 8, "l2").param == "nprobe"
     assert QuiverEngine("NOPE", 8, "l2").param is None
+
+
+def test_ab_build_engine_can_search_an_index_saved_and_loaded_back():
+    """``quiver.bench.ab --saved``: each build saves its index and loads it back with its
+    own ``load_index``, so an A/B can measure what a sealed segment searches."""
+    from pathlib import Path
+
+    from quiver.bench.ab import BuildEngine
+    from quiver.engine.index import index as head_index
+
+    x = np.random.default_rng(2).standard_normal((300, 16)).astype(np.float32)
+    eng = BuildEngine("head", head_index, "HNSW8,LVQ8", 16, "l2", saved=True)
+    eng.build(x)
+    files = Path(eng._files.name)
+    assert (files / "manifest.json").exists()
+    assert isinstance(eng.idx._float.view()[0], np.memmap)  # loaded back: originals mapped
+    assert eng.search(x[:3], 1)[:, 0].tolist() == [0, 1, 2]
+    eng.close()
+    assert not files.exists()
