@@ -431,10 +431,10 @@ class HNSWIndex:
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> HNSWIndex:
         """``mmap``: memory-map what a search does not read (a lossy codec's float32
-        originals); the graph and the rows a traversal scores are read into memory either way.
-        Served from the page cache those cost 7-11% of the queries/s (HNSW32 LVQ8 and
-        LeanVec on WordNet): its pages are mapped 4 KiB at a time, where an array read in
-        gets 2 MiB pages (NumPy asks for them), and a traversal's random rows miss the TLB."""
+        originals); the graph and the rows a traversal scores are read into memory either way,
+        where NumPy asks for 2 MiB pages. Served from the page cache, files an earlier process
+        wrote ran at 0.90-0.94x (HNSW32 LVQ8 and LeanVec on WordNet; mapped 4 KiB at a time,
+        a traversal's random rows miss the TLB), files just written as fast as memory."""
         files = read_manifest(directory, cls.kind)["files"]
         hot = ("nbr0", "upper", "uidx", "codes", "aux") if "codes" in files else \
             ("nbr0", "upper", "uidx", "vectors", "aux")
