@@ -4,9 +4,9 @@ waits for it.
 
 Kernels compile per codec kind on first use (``kernels.dispatch``), so a warm-up names what it
 covers: index specs and metrics. Each spec is exercised twice: as built in memory and as a
-sealed segment serves it, loaded back from its files as read-only memory maps. Kernels get
-read-only rows either way (``vectors.readonly``), so the second half loads what the first
-compiled (it checks that nothing else differs). ``warm_database`` searches every field of
+sealed segment serves it, loaded back from its files (memory-mapped where a search does not
+read them). Kernels get read-only rows either way (``vectors.readonly``), so the second half
+loads what the first compiled (it checks that nothing else differs). ``warm_database`` searches every field of
 every open collection.
 """
 
