@@ -93,7 +93,11 @@ def test_cli_bench_collection(tiny, tmp_path, capsys):
     rep = json.loads((out / "results.json").read_text())
     ing, rs = rep["ingest"], rep["restart"]
     assert ing["vectors"] == 1200 and ing["ingest_rate"] > 0
-    assert ing["indexed_points"] == 1000  # two sealed segments, 200 left appendable
+    # a segment seals once it holds 500 points: two sealed and 200 left appendable, unless the
+    # optimizer froze one late (a slow first compile) and it holds more
+    sealed = [s["points"] for s in ing["segments"] if s["sealed"]]
+    assert ing["indexed_points"] == sum(sealed) >= 1000 and min(sealed) >= 500
+    assert sum(s["points"] for s in ing["segments"] if not s["sealed"]) == 1200 - sum(sealed)
     assert ing["standalone_build_s"] > 0 and ing["indexed_total_vs_standalone"] > 0
     assert rs["points"] == 1200 and rs["open_s"] > 0
     families = {r["family"] for r in rep["results"]}
