@@ -913,3 +913,19 @@ def test_lossy_codecs_loaded_back_keep_no_float32_resident(tmp_path, codec):
         np.testing.assert_array_equal(i0, i1)
         np.testing.assert_array_equal(s0, s1)
         assert np.isfinite(s1).all()
+
+
+def test_visited_tags_wrap_around_within_and_across_calls():
+    """Visited tags are bytes, cleared every 255 searches: a batch of 600 queries on one
+    thread (two wraps inside one kernel call) answers as the same queries one call each
+    (wraps across calls), and as a fresh index object would."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((800, 12)).astype(np.float32)
+    q = rng.standard_normal((600, 12)).astype(np.float32)
+    idx = build(x, "l2", m=8, efc=48)
+    with num_threads(1):
+        batch = idx.search(q, 5, ef=24)
+        single = [idx.search(q[i : i + 1], 5, ef=24) for i in range(len(q))]
+    np.testing.assert_array_equal(batch[1], np.concatenate([s[1] for s in single]))
+    np.testing.assert_array_equal(batch[0], np.concatenate([s[0] for s in single]))
+    assert 0 < int(idx._tls.tags[0]) <= 255

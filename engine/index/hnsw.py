@@ -201,14 +201,10 @@ class HNSWIndex:
         n = self._nbr0.shape[0]
         vis = getattr(self._tls, "visited", None)
         if vis is None or vis.shape[0] < rows or vis.shape[1] < n:
-            vis = np.zeros((rows, n), np.int32)
+            vis = np.zeros((rows, n), np.uint8)
             self._tls.visited = vis
             self._tls.tags = np.zeros(rows, np.int64)
-        tags = self._tls.tags
-        if tags.max() > 2**31 - 2**20:
-            vis[:] = 0
-            tags[:] = 0
-        return vis[:rows], tags[:rows]
+        return vis[:rows], self._tls.tags[:rows]
 
     def _insert(self, start: int, stop: int) -> None:
         X, aux = self._float.view()
