@@ -87,9 +87,10 @@ def _min_pop(hd, hi, size):
 @njit(**INLINE)
 def _next_tag(visited, tag) -> int:
     """The generation tag of the next search over ``visited``: bytes, cleared every 255
-    searches. A quarter of int32 tags' footprint (117 KB for WordNet's 117k nodes, against
-    468 KB of the 2 MB L2 a traversal's rows share) measured 1.02-1.04x the queries/s of
-    HNSW32 LVQ8 and LeanVec(192) (saved indexes, interleaved, scratch A/B)."""
+    searches, a quarter of int32 tags' memory (117 KB a thread for WordNet's 117k nodes,
+    against 468 KB of the 2 MB L2 a traversal's rows share). Queries/s: 1.02-1.04x on the OOD
+    queries (HNSW32 LVQ8 and LeanVec(192), saved indexes, a scratch A/B), 0.97-1.00x on the
+    in-distribution ones (``python -m quiver.bench.ab --base 8fd56fd --spec HNSW32,LVQ8``)."""
     if tag >= 255:
         visited[:] = 0
         return 1
