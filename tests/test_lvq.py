@@ -362,3 +362,16 @@ def test_fused_rerank_equals_rescoring_the_traversal_results(spec):
             got_d, got_i, _ = idx.search_positions(batch, 5, bits, SearchParams(ef=24))
             np.testing.assert_array_equal(got_i, want_i)
             np.testing.assert_allclose(got_d, want_d, rtol=1e-6)
+    # a plain traversal through a filter passing a third runs out of its budget for about half
+    # the queries: those (-1 from the kernel) get an exact scan, the others in the same
+    # pipeline keep their re-ranked results
+    from quiver.engine.planner import Plan
+
+    third = Bitset.from_positions(np.arange(0, 1500, 3), 1500)
+    plain = Plan("traversal", 500, 1500)
+    _, cand, _ = idx.search_positions(q, 24, third, SearchParams(ef=24, rerank=False), plain)
+    want_d, want_i = rerank_candidates(second, idx.codec.prepare(q), codes, aux, cand, 5)
+    got_d, got_i, info = idx.search_positions(q, 5, third, SearchParams(ef=24), plain)
+    assert 0 < info["fallback_exact"] < len(q)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-6)
