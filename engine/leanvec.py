@@ -141,9 +141,10 @@ class LeanVecCodec(Codec):
 
     @property
     def int8_queries(self) -> bool:
-        """An LVQ-8 primary on a VNNI CPU scores the projected query as int8, as single-level
-        LVQ-8 does (``LVQCodec.int8_queries``): the traversal's distance in d'/64 instructions."""
-        return vnni.USE_VNNI and self.primary_bits == 8 and self.d_out >= 4
+        """On a VNNI CPU the primary scores the projected query as int8, as single-level
+        LVQ-8 does (``LVQCodec.int8_queries``): the traversal's distance in d'/64
+        instructions, for an LVQ-4 primary as for an LVQ-8 one (``vnni.dot_u4s8``)."""
+        return vnni.USE_VNNI and self.d_out >= 4
 
     def _prepare_reduced(self, q, rest: int) -> tuple[np.ndarray, int]:
         """Prepared rows of d' + ``rest`` floats with the projected part filled (and d' last);
@@ -161,6 +162,9 @@ class LeanVecCodec(Codec):
 
     def dist(self, kernel_metric):
         if self.int8_queries:
+            if self.primary_bits == 4:
+                return kk.LEANVEC_I4_PRIMARY_L2 if kernel_metric == "l2" else \
+                    kk.LEANVEC_I4_PRIMARY_IP
             return kk.LEANVEC_I8_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_I8_PRIMARY_IP
         table = kk.LEANVEC_PRIMARY_L2 if kernel_metric == "l2" else kk.LEANVEC_PRIMARY_IP
         return table[self.primary_bits]

@@ -29,6 +29,8 @@ from .quantized import (
     f16_l2,
     leanvec_f16_secondary_ip,
     leanvec_f16_secondary_l2,
+    leanvec_i4_primary_ip,
+    leanvec_i4_primary_l2,
     leanvec_i8_primary_ip,
     leanvec_i8_primary_l2,
     leanvec_primary_ip,
@@ -88,7 +90,7 @@ def _constant_kind(context, builder, ty, pyval):
     return context.get_dummy_value()
 
 
-KINDS = tuple(CodecKind(v) for v in range(34))
+KINDS = tuple(CodecKind(v) for v in range(36))
 F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
 LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
 LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
@@ -105,6 +107,8 @@ LVQ8_I8_IP, LVQ8_I8_L2 = KINDS[30:32]
 """LVQ-8 against an int8 query by VNNI (``kernels/vnni.py``), where the CPU has it."""
 LEANVEC_I8_PRIMARY_IP, LEANVEC_I8_PRIMARY_L2 = KINDS[32:34]
 """LeanVec's LVQ-8 primary against an int8 projected query by VNNI, likewise."""
+LEANVEC_I4_PRIMARY_IP, LEANVEC_I4_PRIMARY_L2 = KINDS[34:36]
+"""LeanVec's LVQ-4 primary against the int8 projected query (``vnni.dot_u4s8``)."""
 
 
 def _arm(value: int):
@@ -121,7 +125,8 @@ def _arm(value: int):
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
     if value >= 30:
-        fn = (lvq8_i8_ip, lvq8_i8_l2, leanvec_i8_primary_ip, leanvec_i8_primary_l2)[value - 30]
+        fn = (lvq8_i8_ip, lvq8_i8_l2, leanvec_i8_primary_ip, leanvec_i8_primary_l2,
+              leanvec_i4_primary_ip, leanvec_i4_primary_l2)[value - 30]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i)
     fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip, leanvec_secondary_l2,
           leanvec_f16_secondary_ip, leanvec_f16_secondary_l2)[(value - 18) // 2]
@@ -159,7 +164,7 @@ def _traversal_bytes(kind, qs, codes):
         return lambda kind, qs, codes: min((qs.shape[0] - 3) >> shift,
                                            codes.shape[1] * codes.itemsize)
     if 18 <= v < 22 or v >= 32:  # LeanVec's primary: d' (the query's last value) codes first
-        shift = 1 if v < 22 and v % 2 == 0 else 0
+        shift = 1 if (v < 22 and v % 2 == 0) or v >= 34 else 0
         return lambda kind, qs, codes: min(np.int64(qs[qs.shape[0] - 1]) >> shift,
                                            codes.shape[1] * codes.itemsize)
     return lambda kind, qs, codes: codes.shape[1] * codes.itemsize

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import INLINE, JIT
-from .vnni import dot_u8s8
+from .vnni import dot_u4s8, dot_u8s8
 
 F16_SCALE = np.float32(2.0**56)
 """Prepared f16 queries are ``q * F16_SCALE``. Half bits shifted into a float32 exponent read
@@ -198,6 +198,29 @@ def leanvec_i8_primary_ip(qs, codes, aux, i):
 def leanvec_i8_primary_l2(qs, codes, aux, i):
     w = (np.int64(qs[qs.shape[0] - 1]) + 3) >> 2
     return qs[w + 2] - np.float32(2.0) * _leanvec_i8_primary_ip(qs, codes, aux, i) + aux[i, 2]
+
+
+# LeanVec's LVQ-4 primary against the same int8 projected query: the packed nibbles split
+# in registers, each half of the query one ``vpdpbusd`` operand (``vnni.dot_u4s8``).
+
+
+@njit(**INLINE)
+def _leanvec_i4_primary_ip(qs, codes, aux, i):
+    dp = np.int64(qs[qs.shape[0] - 1])
+    w = (dp + 3) >> 2
+    dot = np.float32(dot_u4s8(codes[i], qs, dp >> 1))
+    return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
+
+
+@njit(**INLINE)
+def leanvec_i4_primary_ip(qs, codes, aux, i):
+    return -_leanvec_i4_primary_ip(qs, codes, aux, i)
+
+
+@njit(**INLINE)
+def leanvec_i4_primary_l2(qs, codes, aux, i):
+    w = (np.int64(qs[qs.shape[0] - 1]) + 3) >> 2
+    return qs[w + 2] - np.float32(2.0) * _leanvec_i4_primary_ip(qs, codes, aux, i) + aux[i, 2]
 
 
 @njit(**INLINE)

@@ -111,3 +111,73 @@ def dot_u8s8(typingctx, codes, query, nbytes):
         return builder.sext(builder.call(red, [total]), ir.IntType(64))
 
     return sig, codegen
+
+
+
+@intrinsic
+def dot_u4s8(typingctx, codes, query, half):
+    """sum_j lo(codes[j]) * query[j] + hi(codes[j]) * query[half + j] over the first ``half``
+    bytes of ``codes``: packed 4-bit codes (byte j holds dimension j in its low nibble and
+    half + j in its high one, LVQ-4's layout) against signed bytes, as int64. The nibbles
+    are split in registers (``and``, ``lshr``), so each half of the query is one contiguous
+    ``vpdpbusd`` operand: a 64-byte block of codes is two instructions; the rest of a block
+    by masked loads, which read no byte past either half."""
+    if not (isinstance(codes, types.Array) and isinstance(query, types.Array)
+            and codes.ndim == 1 and query.ndim == 1 and codes.layout == "C"
+            and query.layout == "C"):
+        return None
+    sig = types.int64(codes, query, half)
+
+    def codegen(context, builder, signature, args):
+        cty, qty, hty = signature.args
+        c = context.make_array(cty)(context, builder, args[0])
+        q = context.make_array(qty)(context, builder, args[1])
+        h = context.cast(builder, args[2], hty, types.intp)
+        intp = context.get_value_type(types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        cp = builder.bitcast(c.data, i8p)
+        qp = builder.bitcast(q.data, i8p)
+        qhp = builder.gep(qp, [h])
+        low = ir.Constant(_V16, [0x0F0F0F0F] * 16)
+        four = ir.Constant(_V16, [4] * 16)
+        acc0 = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
+        acc1 = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
+
+        def both(v, a, b):  # the low nibbles against a, the high ones against b
+            lo = builder.and_(v, low)
+            hi = builder.and_(builder.lshr(v, four), low)
+            builder.store(_vpdpbusd(builder, builder.load(acc0), lo, a), acc0)
+            builder.store(_vpdpbusd(builder, builder.load(acc1), hi, b), acc1)
+
+        def load(ptr, off):
+            return builder.load(builder.bitcast(builder.gep(ptr, [off]), _V16.as_pointer()), align=1)
+
+        blocks = builder.udiv(h, ir.Constant(intp, BLOCK))
+        with cgutils.for_range(builder, blocks) as loop:
+            off = builder.mul(loop.index, ir.Constant(intp, BLOCK))
+            both(load(cp, off), load(qp, off), load(qhp, off))
+        rest = builder.urem(h, ir.Constant(intp, BLOCK))
+        with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(intp, 0))):
+            off = builder.mul(blocks, ir.Constant(intp, BLOCK))
+            i64 = ir.IntType(64)
+            wide = builder.zext(rest, i64) if intp.width < 64 else rest
+            bits = builder.sub(builder.shl(ir.Constant(i64, 1), wide), ir.Constant(i64, 1))
+            mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
+            v64 = ir.VectorType(ir.IntType(8), 64)
+            masked = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v64, [v64.as_pointer(), ir.IntType(32), mask.type,
+                                                      v64]), "llvm.masked.load.v64i8.p0v64i8")
+
+            def tail(ptr):
+                p = builder.bitcast(builder.gep(ptr, [off]), v64.as_pointer())
+                got = builder.call(masked, [p, ir.Constant(ir.IntType(32), 1), mask,
+                                            ir.Constant(v64, None)])
+                return builder.bitcast(got, _V16)
+
+            both(tail(cp), tail(qp), tail(qhp))
+        total = builder.add(builder.load(acc0), builder.load(acc1))
+        red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_V16]),
+                                             "llvm.vector.reduce.add.v16i32")
+        return builder.sext(builder.call(red, [total]), ir.IntType(64))
+
+    return sig, codegen

@@ -309,7 +309,8 @@ def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
         want = ((ref[None] - v[:, None]) ** 2).sum(-1) if metric == "l2" else -(v @ ref.T)
         if ref is zhat and c.int8_queries:  # a VNNI host scores the projected query as int8
             primary = SimpleNamespace(mean=c.mean_p, int8_query=LVQCodec.int8_query)
-            want = lvq8_int8_distances(primary, v, codes[:, :w1], aux[:, :3], metric)
+            want = lvq8_int8_distances(primary, v, _unpack(codes[:, :w1], c.primary_bits,
+                                                           c.d_out), aux[:, :3], metric)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
