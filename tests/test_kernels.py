@@ -19,7 +19,7 @@ from quiver.kernels import topk as kt
 from quiver.kernels import vnni
 from quiver.kernels.dispatch import codec_distance, traversal_bytes
 from quiver.kernels.prefetch import prefetch_row, prefetch_row_l2
-from quiver.kernels.vnni import dot_u8s8
+from quiver.kernels.vnni import dot_u4s8, dot_u8s8
 
 from quiver import Bitset
 
@@ -464,6 +464,25 @@ def test_vnni_dot_is_the_integer_dot_product(d):
         c, q = codes.astype(np.uint8), query.astype(np.int8)
         assert _dot_u8s8(c, q, d) == int(c.astype(np.int64) @ q.astype(np.int64))
         assert _dot_u8s8(c, q, d // 2) == int(c[: d // 2].astype(np.int64) @ q[: d // 2])
+
+
+@njit
+def _dot_u4s8(codes, query, half):
+    return dot_u4s8(codes, query, half)
+
+
+@pytest.mark.skipif(not vnni.HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("h", [1, 5, 63, 64, 65, 96, 128, 192, 500])
+def test_vnni_packed_4bit_dot_is_the_integer_dot_product(h):
+    """LVQ-4's layout (byte j: dimension j low, h + j high) against 2h signed bytes: whole
+    blocks and a masked tail, all nibble values, both halves of the query read apart."""
+    rng = np.random.default_rng(h)
+    for codes, query in ((rng.integers(0, 256, h), rng.integers(-127, 128, 2 * h)),
+                         (np.full(h, 255), np.full(2 * h, -127)), (np.full(h, 0x0F), np.full(2 * h, 127))):
+        c, q = codes.astype(np.uint8), query.astype(np.int8)
+        lo, hi = (c & 15).astype(np.int64), (c >> 4).astype(np.int64)
+        want = int(lo @ q[:h].astype(np.int64) + hi @ q[h:].astype(np.int64))
+        assert _dot_u4s8(c, q, h) == want
 
 
 def test_int8_queries_span_the_int8_range():
