@@ -152,7 +152,7 @@ class LeanVecCodec(Codec):
         dp = self.d_out
         qs = np.zeros((q.shape[0], dp + rest), np.float32)
         z = np.ascontiguousarray(q @ self.projection, np.float32)
-        if self.int8_queries:  # the layout above kernels/quantized.py's leanvec_i8_primary_ip
+        if self.int8_queries:  # the layout above kernels/quantized.py's leanvec_int8_primary_ip
             kq.lvq8_prepare_int8(z, self.mean_p, qs[:, : (dp + 3) // 4 + 4],
                                  qs.view(np.int8)[:, :dp])
         else:

@@ -29,10 +29,8 @@ from .quantized import (
     f16_l2,
     leanvec_f16_secondary_ip,
     leanvec_f16_secondary_l2,
-    leanvec_i4_primary_ip,
-    leanvec_i4_primary_l2,
-    leanvec_i8_primary_ip,
-    leanvec_i8_primary_l2,
+    leanvec_int8_primary_ip,
+    leanvec_int8_primary_l2,
     leanvec_primary_ip,
     leanvec_primary_l2,
     leanvec_secondary_ip,
@@ -124,9 +122,12 @@ def _arm(value: int):
         fn = two_level_ip if value < 14 else two_level_l2
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
+    if value >= 32:  # LeanVec's primary against an int8 query: LVQ-8 (32, 33), LVQ-4 (34, 35)
+        fn, bits = (leanvec_int8_primary_ip, leanvec_int8_primary_l2)[value % 2], \
+            8 if value < 34 else 4
+        return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
     if value >= 30:
-        fn = (lvq8_i8_ip, lvq8_i8_l2, leanvec_i8_primary_ip, leanvec_i8_primary_l2,
-              leanvec_i4_primary_ip, leanvec_i4_primary_l2)[value - 30]
+        fn = (lvq8_i8_ip, lvq8_i8_l2)[value - 30]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i)
     fn = (leanvec_primary_ip, leanvec_primary_l2, leanvec_secondary_ip, leanvec_secondary_l2,
           leanvec_f16_secondary_ip, leanvec_f16_secondary_l2)[(value - 18) // 2]

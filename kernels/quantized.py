@@ -178,49 +178,33 @@ def leanvec_primary_l2(qs, codes, aux, i, bits: int):
             + aux[i, 2])
 
 
-# LeanVec with an int8 query on VNNI hosts (LVQ-8 primary): the primary part of the prepared
-# query keeps its d' + 3 slots, now [z8 (d' bytes in w = ceil(d'/4) slots), <z, mean_p>,
-# sum(z), ||z||^2, 1/s, unused], so the full query's part, and the secondary kernels, stay put.
+# LeanVec with an int8 query on VNNI hosts: the primary part of the prepared query keeps its
+# d' + 3 slots, now [z8 (d' bytes in w = ceil(d'/4) slots), <z, mean_p>, sum(z), ||z||^2, 1/s,
+# unused], so the full query's part, and the secondary kernels, stay put. An LVQ-8 primary
+# is one ``vpdpbusd`` a 64-byte block; an LVQ-4 one splits its nibbles in registers, each
+# half of the query one operand (``vnni.dot_u4s8``).
 
 
 @njit(**INLINE)
-def _leanvec_i8_primary_ip(qs, codes, aux, i):
-    dp = np.int64(qs[qs.shape[0] - 1])
-    return _i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], (dp + 3) >> 2, dp)
-
-
-@njit(**INLINE)
-def leanvec_i8_primary_ip(qs, codes, aux, i):
-    return -_leanvec_i8_primary_ip(qs, codes, aux, i)
-
-
-@njit(**INLINE)
-def leanvec_i8_primary_l2(qs, codes, aux, i):
-    w = (np.int64(qs[qs.shape[0] - 1]) + 3) >> 2
-    return qs[w + 2] - np.float32(2.0) * _leanvec_i8_primary_ip(qs, codes, aux, i) + aux[i, 2]
-
-
-# LeanVec's LVQ-4 primary against the same int8 projected query: the packed nibbles split
-# in registers, each half of the query one ``vpdpbusd`` operand (``vnni.dot_u4s8``).
-
-
-@njit(**INLINE)
-def _leanvec_i4_primary_ip(qs, codes, aux, i):
+def _leanvec_int8_primary_ip(qs, codes, aux, i, bits: int):
     dp = np.int64(qs[qs.shape[0] - 1])
     w = (dp + 3) >> 2
+    if bits == 8:
+        return _i8_ip(qs, codes[i], aux[i, 0], aux[i, 1], w, dp)
     dot = np.float32(dot_u4s8(codes[i], qs, dp >> 1))
     return qs[w] + aux[i, 0] * qs[w + 1] + aux[i, 1] * dot * qs[w + 3]
 
 
 @njit(**INLINE)
-def leanvec_i4_primary_ip(qs, codes, aux, i):
-    return -_leanvec_i4_primary_ip(qs, codes, aux, i)
+def leanvec_int8_primary_ip(qs, codes, aux, i, bits: int):
+    return -_leanvec_int8_primary_ip(qs, codes, aux, i, bits)
 
 
 @njit(**INLINE)
-def leanvec_i4_primary_l2(qs, codes, aux, i):
+def leanvec_int8_primary_l2(qs, codes, aux, i, bits: int):
     w = (np.int64(qs[qs.shape[0] - 1]) + 3) >> 2
-    return qs[w + 2] - np.float32(2.0) * _leanvec_i4_primary_ip(qs, codes, aux, i) + aux[i, 2]
+    return (qs[w + 2] - np.float32(2.0) * _leanvec_int8_primary_ip(qs, codes, aux, i, bits)
+            + aux[i, 2])
 
 
 @njit(**INLINE)

@@ -48,36 +48,76 @@ def _vpdpbusd(builder: ir.IRBuilder, acc, a, b):
     return builder.call(fn, [acc, a, b])
 
 
+def _byte_arrays(codes, query) -> bool:
+    """Whether both operands type as 1-D C-contiguous arrays (their bytes are what is read)."""
+    return (isinstance(codes, types.Array) and isinstance(query, types.Array)
+            and codes.ndim == 1 and query.ndim == 1 and codes.layout == "C"
+            and query.layout == "C")
+
+
+def _operands(context, builder, signature, args):
+    """(codes pointer, query pointer, count as intp, intp type) of an intrinsic's arguments."""
+    cty, qty, nty = signature.args
+    c = context.make_array(cty)(context, builder, args[0])
+    q = context.make_array(qty)(context, builder, args[1])
+    i8p = ir.IntType(8).as_pointer()
+    return (builder.bitcast(c.data, i8p), builder.bitcast(q.data, i8p),
+            context.cast(builder, args[2], nty, types.intp), context.get_value_type(types.intp))
+
+
+def _load(builder, ptr, off):
+    """The 64 bytes at ``ptr + off`` as <16 x i32>, unaligned."""
+    return builder.load(builder.bitcast(builder.gep(ptr, [off]), _V16.as_pointer()), align=1)
+
+
+def _masked_loader(builder, off, rest, intp):
+    """A loader of the ``rest`` (< 64) bytes at ``ptr + off`` as <16 x i32>, zeros after
+    them: a masked load, which reads no byte past them."""
+    i64 = ir.IntType(64)
+    wide = builder.zext(rest, i64) if intp.width < 64 else rest
+    bits = builder.sub(builder.shl(ir.Constant(i64, 1), wide), ir.Constant(i64, 1))
+    mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
+    v64 = ir.VectorType(ir.IntType(8), 64)
+    masked = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v64, [v64.as_pointer(), ir.IntType(32), mask.type, v64]),
+        "llvm.masked.load.v64i8.p0v64i8")
+
+    def tail(ptr):
+        p = builder.bitcast(builder.gep(ptr, [off]), v64.as_pointer())
+        got = builder.call(masked, [p, ir.Constant(ir.IntType(32), 1), mask,
+                                    ir.Constant(v64, None)])
+        return builder.bitcast(got, _V16)
+
+    return tail
+
+
+def _sum_lanes(builder, acc0, acc1):
+    """The int64 sum of the int32 lanes of two accumulators."""
+    total = builder.add(builder.load(acc0), builder.load(acc1))
+    red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_V16]),
+                                         "llvm.vector.reduce.add.v16i32")
+    return builder.sext(builder.call(red, [total]), ir.IntType(64))
+
+
 @intrinsic
 def dot_u8s8(typingctx, codes, query, nbytes):
     """sum_j codes[j] * query[j] over the first ``nbytes`` bytes of two 1-D C-contiguous
     arrays, read as unsigned (codes) and signed (query) bytes whatever their dtypes, as
     int64: 64-byte blocks on two accumulators (hiding the instruction's latency), then the
     rest by masked loads, which read no byte past ``nbytes``."""
-    if not (isinstance(codes, types.Array) and isinstance(query, types.Array)
-            and codes.ndim == 1 and query.ndim == 1 and codes.layout == "C"
-            and query.layout == "C"):
+    if not _byte_arrays(codes, query):
         return None
     sig = types.int64(codes, query, nbytes)
 
     def codegen(context, builder, signature, args):
-        cty, qty, nty = signature.args
-        c = context.make_array(cty)(context, builder, args[0])
-        q = context.make_array(qty)(context, builder, args[1])
-        n = context.cast(builder, args[2], nty, types.intp)
-        intp = context.get_value_type(types.intp)
-        i8p = ir.IntType(8).as_pointer()
-        cp = builder.bitcast(c.data, i8p)
-        qp = builder.bitcast(q.data, i8p)
+        cp, qp, n, intp = _operands(context, builder, signature, args)
         acc0 = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
         acc1 = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
 
-        def load(ptr, off):
-            return builder.load(builder.bitcast(builder.gep(ptr, [off]), _V16.as_pointer()), align=1)
-
         def block(index, acc):
             off = builder.mul(index, ir.Constant(intp, BLOCK))
-            builder.store(_vpdpbusd(builder, builder.load(acc), load(cp, off), load(qp, off)), acc)
+            builder.store(_vpdpbusd(builder, builder.load(acc), _load(builder, cp, off),
+                                    _load(builder, qp, off)), acc)
 
         blocks = builder.udiv(n, ir.Constant(intp, BLOCK))
         with cgutils.for_range(builder, builder.lshr(blocks, ir.Constant(intp, 1))) as loop:
@@ -88,30 +128,12 @@ def dot_u8s8(typingctx, codes, query, nbytes):
             block(builder.sub(blocks, ir.Constant(intp, 1)), acc0)
         rest = builder.urem(n, ir.Constant(intp, BLOCK))
         with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(intp, 0))):
-            off = builder.mul(blocks, ir.Constant(intp, BLOCK))
-            i64 = ir.IntType(64)
-            wide = builder.zext(rest, i64) if intp.width < 64 else rest
-            bits = builder.sub(builder.shl(ir.Constant(i64, 1), wide), ir.Constant(i64, 1))
-            mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
-            v64 = ir.VectorType(ir.IntType(8), 64)
-            masked = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v64, [v64.as_pointer(), ir.IntType(32), mask.type,
-                                                      v64]), "llvm.masked.load.v64i8.p0v64i8")
-
-            def tail(ptr):
-                p = builder.bitcast(builder.gep(ptr, [off]), v64.as_pointer())
-                got = builder.call(masked, [p, ir.Constant(ir.IntType(32), 1), mask,
-                                            ir.Constant(v64, None)])
-                return builder.bitcast(got, _V16)
-
+            tail = _masked_loader(builder, builder.mul(blocks, ir.Constant(intp, BLOCK)), rest,
+                                  intp)
             builder.store(_vpdpbusd(builder, builder.load(acc1), tail(cp), tail(qp)), acc1)
-        total = builder.add(builder.load(acc0), builder.load(acc1))
-        red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_V16]),
-                                             "llvm.vector.reduce.add.v16i32")
-        return builder.sext(builder.call(red, [total]), ir.IntType(64))
+        return _sum_lanes(builder, acc0, acc1)
 
     return sig, codegen
-
 
 
 @intrinsic
@@ -122,21 +144,12 @@ def dot_u4s8(typingctx, codes, query, half):
     are split in registers (``and``, ``lshr``), so each half of the query is one contiguous
     ``vpdpbusd`` operand: a 64-byte block of codes is two instructions; the rest of a block
     by masked loads, which read no byte past either half."""
-    if not (isinstance(codes, types.Array) and isinstance(query, types.Array)
-            and codes.ndim == 1 and query.ndim == 1 and codes.layout == "C"
-            and query.layout == "C"):
+    if not _byte_arrays(codes, query):
         return None
     sig = types.int64(codes, query, half)
 
     def codegen(context, builder, signature, args):
-        cty, qty, hty = signature.args
-        c = context.make_array(cty)(context, builder, args[0])
-        q = context.make_array(qty)(context, builder, args[1])
-        h = context.cast(builder, args[2], hty, types.intp)
-        intp = context.get_value_type(types.intp)
-        i8p = ir.IntType(8).as_pointer()
-        cp = builder.bitcast(c.data, i8p)
-        qp = builder.bitcast(q.data, i8p)
+        cp, qp, h, intp = _operands(context, builder, signature, args)
         qhp = builder.gep(qp, [h])
         low = ir.Constant(_V16, [0x0F0F0F0F] * 16)
         four = ir.Constant(_V16, [4] * 16)
@@ -149,35 +162,15 @@ def dot_u4s8(typingctx, codes, query, half):
             builder.store(_vpdpbusd(builder, builder.load(acc0), lo, a), acc0)
             builder.store(_vpdpbusd(builder, builder.load(acc1), hi, b), acc1)
 
-        def load(ptr, off):
-            return builder.load(builder.bitcast(builder.gep(ptr, [off]), _V16.as_pointer()), align=1)
-
         blocks = builder.udiv(h, ir.Constant(intp, BLOCK))
         with cgutils.for_range(builder, blocks) as loop:
             off = builder.mul(loop.index, ir.Constant(intp, BLOCK))
-            both(load(cp, off), load(qp, off), load(qhp, off))
+            both(_load(builder, cp, off), _load(builder, qp, off), _load(builder, qhp, off))
         rest = builder.urem(h, ir.Constant(intp, BLOCK))
         with builder.if_then(builder.icmp_unsigned("!=", rest, ir.Constant(intp, 0))):
-            off = builder.mul(blocks, ir.Constant(intp, BLOCK))
-            i64 = ir.IntType(64)
-            wide = builder.zext(rest, i64) if intp.width < 64 else rest
-            bits = builder.sub(builder.shl(ir.Constant(i64, 1), wide), ir.Constant(i64, 1))
-            mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
-            v64 = ir.VectorType(ir.IntType(8), 64)
-            masked = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v64, [v64.as_pointer(), ir.IntType(32), mask.type,
-                                                      v64]), "llvm.masked.load.v64i8.p0v64i8")
-
-            def tail(ptr):
-                p = builder.bitcast(builder.gep(ptr, [off]), v64.as_pointer())
-                got = builder.call(masked, [p, ir.Constant(ir.IntType(32), 1), mask,
-                                            ir.Constant(v64, None)])
-                return builder.bitcast(got, _V16)
-
+            tail = _masked_loader(builder, builder.mul(blocks, ir.Constant(intp, BLOCK)), rest,
+                                  intp)
             both(tail(cp), tail(qp), tail(qhp))
-        total = builder.add(builder.load(acc0), builder.load(acc1))
-        red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_V16]),
-                                             "llvm.vector.reduce.add.v16i32")
-        return builder.sext(builder.call(red, [total]), ir.IntType(64))
+        return _sum_lanes(builder, acc0, acc1)
 
     return sig, codegen
