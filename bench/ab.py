@@ -194,12 +194,7 @@ class BuildEngine(QuiverEngine):
         self.idx.train(x)
         self.idx.add(x)
         if self.saved:  # that build's own save and load (``registry.load_index``)
-            import tempfile
-
-            load = importlib.import_module(self.factory.__module__).load_index
-            self._files = tempfile.TemporaryDirectory(prefix=f"quiver-ab-{self.label}-")
-            self.idx.save(self._files.name)
-            self.idx = load(self._files.name)
+            self._serve_from_files(importlib.import_module(self.factory.__module__).load_index)
 
     def memory(self) -> int | None:
         try:

@@ -135,17 +135,19 @@ class QuiverEngine(Engine):
         if codec is not None and codec.lossy:
             self._serve_from_files()
 
-    def _serve_from_files(self) -> None:
+    def _serve_from_files(self, load=None) -> None:
         """Search a lossy index the way a collection's sealed segment is searched: saved and
-        memory-mapped back, so the float32 originals it never reads stay out of RAM (and out
-        of ``memory()``). The save counts in the build time, as it does for a segment."""
+        loaded back (by ``load``, default ``load_index``), so the float32 originals it never
+        reads stay out of RAM (and out of ``memory()``). The save counts in the build time,
+        as it does for a segment."""
         import tempfile
 
-        from ..engine.index import load_index
+        if load is None:
+            from ..engine.index import load_index as load
 
         self._files = tempfile.TemporaryDirectory(prefix="quiver-bench-")
         self.idx.save(self._files.name)
-        self.idx = load_index(self._files.name)
+        self.idx = load(self._files.name)
 
     def search(self, q: np.ndarray, k: int, **params) -> np.ndarray:
         _, ids = self.idx.search(q, k, **params)
