@@ -419,15 +419,17 @@ def pool_counts(offsets, factor):
 
 @njit(**JIT)
 def pool_tokens(T, offsets, factor, unit, out_offsets, out):
-    """Token pooling (Clavié et al., 2024): each document's tokens, window by window, are
-    merged greedily, the two clusters whose mean directions are most similar first, until
-    ceil(n / factor) remain; a cluster becomes its mean token (normalised to unit length if
-    ``unit``). ``out_offsets`` from ``pool_counts``; ``out`` (out_offsets[-1], dim)."""
+    """Token pooling (Clavie et al., 2024): each document's tokens, window by window, are
+    clustered agglomeratively by Ward's criterion, as the paper's ``ward`` linkage: the two
+    clusters whose merge least grows the within-cluster sum of squares (na nb / (na + nb)
+    ||mean_a - mean_b||^2) merge first, until ceil(n / factor) remain; a cluster becomes its
+    mean token (normalised to unit length if ``unit``). ``out_offsets`` from ``pool_counts``;
+    ``out`` (out_offsets[-1], dim)."""
     dim = T.shape[1]
     sums = np.empty((POOL_WINDOW, dim), np.float32)
     cnt = np.empty(POOL_WINDOW, np.float32)
     alive = np.empty(POOL_WINDOW, np.bool_)
-    sim = np.empty((POOL_WINDOW, POOL_WINDOW), np.float32)
+    cost = np.empty((POOL_WINDOW, POOL_WINDOW), np.float32)
     for i in range(offsets.shape[0] - 1):
         o = out_offsets[i]
         a = offsets[i]
@@ -441,15 +443,22 @@ def pool_tokens(T, offsets, factor, unit, out_offsets, out):
                     sums[r, j] = T[a + r, j]
             for r in range(w):
                 for c in range(r + 1, w):
-                    sim[r, c] = _cosine(sums[r], sums[c])
+                    cost[r, c] = _ward_cost(sums[r], cnt[r], sums[c], cnt[c])
             left = w
             while left > target:
-                best, br, bc = np.float32(-np.inf), -1, -1
+                best, br, bc = np.float32(np.inf), -1, -1
                 for r in range(w):
                     if alive[r]:
                         for c in range(r + 1, w):
-                            if alive[c] and sim[r, c] > best:
-                                best, br, bc = sim[r, c], r, c
+                            if alive[c] and cost[r, c] < best:
+                                best, br, bc = cost[r, c], r, c
+                if br < 0:  # no finite cost (values whose squares overflow): the first two merge
+                    br = 0
+                    while not alive[br]:
+                        br += 1
+                    bc = br + 1
+                    while not alive[bc]:
+                        bc += 1
                 for j in range(dim):
                     sums[br, j] += sums[bc, j]
                 cnt[br] += cnt[bc]
@@ -457,11 +466,11 @@ def pool_tokens(T, offsets, factor, unit, out_offsets, out):
                 left -= 1
                 for c in range(w):
                     if alive[c] and c != br:
-                        s = _cosine(sums[br], sums[c])
+                        s = _ward_cost(sums[br], cnt[br], sums[c], cnt[c])
                         if c > br:
-                            sim[br, c] = s
+                            cost[br, c] = s
                         else:
-                            sim[c, br] = s
+                            cost[c, br] = s
             for r in range(w):
                 if alive[r]:
                     norm = np.float32(0.0)
@@ -477,14 +486,13 @@ def pool_tokens(T, offsets, factor, unit, out_offsets, out):
 
 
 @njit(**INLINE)
-def _cosine(x, y) -> np.float32:
-    xy = np.float32(0.0)
-    xx = np.float32(0.0)
-    yy = np.float32(0.0)
-    for j in range(x.shape[0]):
-        xy += x[j] * y[j]
-        xx += x[j] * x[j]
-        yy += y[j] * y[j]
-    if xx == 0 or yy == 0:
-        return np.float32(0.0)
-    return xy / np.sqrt(xx * yy)
+def _ward_cost(sa, na, sb, nb) -> np.float32:
+    """Growth of the within-cluster sum of squares when clusters of sums ``sa``, ``sb`` and
+    sizes ``na``, ``nb`` merge: na nb / (na + nb) ||sa / na - sb / nb||^2."""
+    ia = np.float32(1.0) / na
+    ib = np.float32(1.0) / nb
+    s = np.float32(0.0)
+    for j in range(sa.shape[0]):
+        diff = sa[j] * ia - sb[j] * ib
+        s += diff * diff
+    return na * nb / (na + nb) * s
