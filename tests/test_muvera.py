@@ -249,6 +249,44 @@ def test_token_pooling_merges_similar_tokens():
         quiver.MultiVectorIndex(DIM, pool_factor=0)
 
 
+def _ward_pool(tokens: np.ndarray, keep: int) -> np.ndarray:
+    """NumPy oracle: agglomerative Ward clustering (the merge adding the least within-cluster
+    sum of squares first, ties to the first pair), cluster means normalised."""
+    clusters = [[i] for i in range(len(tokens))]
+    x = tokens.astype(np.float64)
+    while len(clusters) > keep:
+        best = None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                na, nb = len(clusters[a]), len(clusters[b])
+                gap = x[clusters[a]].mean(0) - x[clusters[b]].mean(0)
+                cost = na * nb / (na + nb) * float(gap @ gap)
+                if best is None or cost < best[0]:
+                    best = (cost, a, b)
+        _, a, b = best
+        clusters[a] += clusters.pop(b)
+    means = np.stack([x[c].mean(0) for c in clusters])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def test_token_pooling_is_wards_linkage():
+    """Each document's pooled tokens are the normalised means of Ward's clusters (the token
+    pooling paper's linkage), for pool factors 2 and 3."""
+    from quiver.engine.muvera import pool_tokens
+
+    rng = np.random.default_rng(11)
+    docs = token_sets(rng, 12, 2, 14)
+    tokens = np.concatenate(docs)
+    offsets = np.cumsum([0] + [len(d) for d in docs])
+    for factor in (2, 3):
+        out, out_off = pool_tokens(tokens, offsets, factor)
+        for i, d in enumerate(docs):
+            want = _ward_pool(d, -(-len(d) // factor))
+            got = out[out_off[i]:out_off[i + 1]]
+            order = lambda m: m[np.lexsort(m.T[::-1])]  # noqa: E731 -- clusters in any order
+            np.testing.assert_allclose(order(got), order(want), atol=1e-5)
+
+
 def test_too_few_token_hits_fall_back_to_exact(corpus):
     """A one-token query fetching one token finds one document: the search notices it has
     fewer than k and scores that query exactly, so k results still come back."""
