@@ -9,7 +9,9 @@ Prepared query layouts are documented on each codec in ``engine/codecs.py``.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from . import INLINE, JIT
 from .vnni import dot_u4s8, dot_u8s8
@@ -382,11 +384,34 @@ def sq8_prepare(Q, lo, step, out) -> None:
 
 
 @njit(**INLINE)
+def _abs_max(q) -> np.float32:
+    """max|q| as the largest of the bit patterns with the sign cleared (non-negative floats
+    order as their bits do): an integer max, which vectorises, where LLVM kept the float one
+    scalar (a 256-d query: 178 ns against about 20)."""
+    bits = q.view(np.int32)
+    top = np.int32(0)
+    for j in range(bits.shape[0]):
+        top = max(top, bits[j] & np.int32(0x7FFFFFFF))
+    return _float_of_bits(top)
+
+
+@intrinsic
+def _float_of_bits(typingctx, word):
+    """The float32 whose bits are the low 32 of the integer ``word``."""
+    if not isinstance(word, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if word.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(word), codegen
+
+
+@njit(**INLINE)
 def _int8_row(q, q8) -> np.float32:
     """q8 = rint(s q) with s = 127 / max|q| (1 for a zero query); returns 1/s."""
-    peak = np.float32(0.0)
-    for j in range(q.shape[0]):
-        peak = max(peak, abs(q[j]))
+    peak = _abs_max(q)
     scale = np.float32(127.0) / peak if peak > 0 else np.float32(1.0)
     for j in range(q.shape[0]):
         q8[j] = np.int8(np.rint(q[j] * scale))

@@ -471,6 +471,26 @@ def _dot_u4s8(codes, query, half):
     return dot_u4s8(codes, query, half)
 
 
+@pytest.mark.parametrize("d", [1, 3, 16, 257, 384])
+def test_int8_query_quantisation_matches_numpy(d):
+    """q8 = rint(127 q / max|q|) and 1/s per query (the integer max over the sign-cleared
+    bits is max|q|): the peak negative or positive, a zero query (s = 1), odd widths."""
+    from quiver.kernels.quantized import int8_quantize
+
+    rng = np.random.default_rng(d)
+    q = rng.standard_normal((6, d)).astype(np.float32)
+    q[0] = 0
+    q[1, d // 2] = -7.5  # the peak is negative
+    q[2] *= np.float32(1e-30)  # tiny, still normal
+    q8, inv = np.empty(q.shape, np.int8), np.empty(6, np.float32)
+    int8_quantize(q, q8, inv)
+    peak = np.abs(q).max(axis=1)
+    scale = np.where(peak > 0, np.float32(127) / np.where(peak > 0, peak, 1), 1).astype(np.float32)
+    np.testing.assert_array_equal(inv, np.float32(1) / scale)
+    np.testing.assert_array_equal(q8, np.rint(q * scale[:, None]).astype(np.int8))
+    assert q8[1, d // 2] == -127
+
+
 @pytest.mark.skipif(not vnni.HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
 @pytest.mark.parametrize("h", [1, 5, 63, 64, 65, 96, 128, 192, 500])
 def test_vnni_packed_4bit_dot_is_the_integer_dot_product(h):
