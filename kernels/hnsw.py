@@ -19,7 +19,7 @@ from . import INLINE, JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance, rerank_span, traversal_bytes
 from .prefetch import SIDE_BYTES, prefetch_row, prefetch_row_l2, prefetch_span_l2, prefetch_stored_row
-from .topk import heap_push, heap_sorted, sort_pairs
+from .topk import INSERT_K, heap_push, heap_sorted, pad_sorted, sort_pairs, sorted_insert
 
 PREFETCH_BYTES = 2048
 """How much of each unvisited neighbour's row a traversal prefetches (into L2) before scoring
@@ -288,9 +288,14 @@ def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, vi
     if rsize < 0:
         return -1
     k = out_d.shape[0]
+    size = 0
+    if k <= INSERT_K:
+        for j in range(rsize):
+            size = sorted_insert(out_d, out_i, size, res_d[j], res_i[j])
+        pad_sorted(out_d, out_i, size)
+        return size
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    size = 0
     for j in range(rsize):
         size = heap_push(hd, hi, size, res_d[j], res_i[j])
     heap_sorted(hd, hi, size, out_d, out_i)
@@ -318,9 +323,15 @@ def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
 def _rerank_into(second, qs, codes, aux, cands, count, out_d, out_i) -> int:
     """The best len(out_d) of ``cands[:count]`` by distance ``second``, ascending."""
     k = out_d.shape[0]
+    size = 0
+    if k <= INSERT_K:
+        for j in range(count):
+            size = sorted_insert(out_d, out_i, size,
+                                 codec_distance(second, qs, codes, aux, cands[j]), cands[j])
+        pad_sorted(out_d, out_i, size)
+        return size
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
-    size = 0
     for j in range(count):
         size = heap_push(hd, hi, size, codec_distance(second, qs, codes, aux, cands[j]),
                          cands[j])

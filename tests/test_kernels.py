@@ -153,6 +153,24 @@ def test_heap_push_keeps_k_smallest(values, k, seed):
         check_sorted_topk(out_d, out_i, d, ids, k)
 
 
+@given(values=distances, k=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_sorted_insert_keeps_the_k_smallest_by_distance_then_id(values, k, seed):
+    """A beam search's final top-k: exactly the k smallest (distance, id) pairs, ascending,
+    whatever the arrival order, padded with inf / -1 when fewer arrived."""
+    d = np.array(values, np.float32)
+    ids = np.random.default_rng(seed).integers(0, 20, len(d)).astype(np.int64)  # id ties too
+    out_d = np.empty(k, np.float32)
+    out_i = np.empty(k, np.int64)
+    size = 0
+    for dist, i in zip(d, ids, strict=True):
+        size = kt.sorted_insert(out_d, out_i, size, dist, i)
+    kt.pad_sorted(out_d, out_i, size)
+    want = sorted(zip(d.tolist(), ids.tolist(), strict=True))[:k]
+    assert size == len(want)
+    assert list(zip(out_d[:size].tolist(), out_i[:size].tolist(), strict=True)) == want
+    assert np.all(out_i[size:] == -1) and np.all(np.isinf(out_d[size:]))
+
+
 def test_heap_ties_come_out_by_id():
     hd = np.empty(4, np.float32)
     hi = np.empty(4, np.int64)
