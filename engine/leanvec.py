@@ -128,7 +128,8 @@ class LeanVecCodec(Codec):
 
     def prepare(self, q):
         """LVQ-8 secondary: [z (d'), <z, mean_p>, sum(z), ||z||^2, q (d), <q, mean>, sum(q),
-        ||q||^2, d']; float16: [z part, q * 2**56 (d), scratch (d), ||q||^2, d']."""
+        ||q||^2, d']; float16: [z part, q * 2**56 (d), scratch (d), ||q||^2, d']. On VNNI
+        hosts both parts hold int8 queries instead (``int8_queries``, ``int8_secondary``)."""
         d = self.dim
         if self.secondary == "f16":
             qs, o = self._prepare_reduced(q, 2 * d + 5)
@@ -136,7 +137,14 @@ class LeanVecCodec(Codec):
             qs[:, o + 2 * d] = _sq_norms(q)
             return qs
         qs, o = self._prepare_reduced(q, d + 7)
-        kq.lvq_prepare(np.ascontiguousarray(q, np.float32), self.mean, qs[:, o : o + d + 3])
+        q = np.ascontiguousarray(q, np.float32)
+        if self.int8_secondary:  # the layout above kernels/quantized.py's _leanvec_i8_secondary_ip
+            w = (d + 3) // 4
+            kq.lvq8_prepare_int8_split(q, self.mean, qs[:, o : o + w + 4],
+                                       qs[:, o : o + w].view(np.int8)[:, :d],
+                                       qs[:, o + w + 4 : o + 2 * w + 4].view(np.int8)[:, :d])
+        else:
+            kq.lvq_prepare(q, self.mean, qs[:, o : o + d + 3])
         return qs
 
     @property
@@ -145,6 +153,13 @@ class LeanVecCodec(Codec):
         LVQ-8 does (``LVQCodec.int8_queries``): the traversal's distance in d'/64
         instructions, for an LVQ-4 primary as for an LVQ-8 one (``vnni.dot_u4s8``)."""
         return vnni.USE_VNNI and self.d_out >= 4
+
+    @property
+    def int8_secondary(self) -> bool:
+        """On a VNNI CPU an LVQ-8 secondary re-ranks against the full query as two int8
+        vectors (the query and its rounding error: as exact as float32 for re-ranking), 12
+        ``vpdpbusd`` a 384-d row (``kernels/quantized.py``, ``_leanvec_i8_secondary_ip``)."""
+        return self.int8_queries and self.secondary == "lvq8" and self.dim >= 4
 
     def _prepare_reduced(self, q, rest: int) -> tuple[np.ndarray, int]:
         """Prepared rows of d' + ``rest`` floats with the projected part filled (and d' last);
@@ -173,6 +188,8 @@ class LeanVecCodec(Codec):
         l2 = kernel_metric == "l2"
         if self.secondary == "f16":
             table = kk.LEANVEC_F16_SECONDARY_L2 if l2 else kk.LEANVEC_F16_SECONDARY_IP
+        elif self.int8_secondary:
+            table = kk.LEANVEC_I8_SECONDARY_L2 if l2 else kk.LEANVEC_I8_SECONDARY_IP
         else:
             table = kk.LEANVEC_SECONDARY_L2 if l2 else kk.LEANVEC_SECONDARY_IP
         return table[self.primary_bits]
