@@ -19,7 +19,7 @@ from . import INLINE, JIT
 from .bitset import bitset_test
 from .dispatch import codec_distance, rerank_span, traversal_bytes
 from .prefetch import SIDE_BYTES, prefetch_row, prefetch_row_l2, prefetch_span_l2, prefetch_stored_row
-from .topk import INSERT_K, heap_push, heap_sorted, pad_sorted, sort_pairs, sorted_insert
+from .topk import RANK_SELECT_MAX, heap_push, heap_sorted, rank_select, sort_pairs
 
 PREFETCH_BYTES = 2048
 """How much of each unvisited neighbour's row a traversal prefetches (into L2) before scoring
@@ -288,12 +288,9 @@ def search_one(kind, qs, codes, aux, nbr0, upper, uidx, entry, max_level, ef, vi
     if rsize < 0:
         return -1
     k = out_d.shape[0]
+    if rsize <= RANK_SELECT_MAX:
+        return rank_select(res_d, res_i, rsize, out_d, out_i)
     size = 0
-    if k <= INSERT_K:
-        for j in range(rsize):
-            size = sorted_insert(out_d, out_i, size, res_d[j], res_i[j])
-        pad_sorted(out_d, out_i, size)
-        return size
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     for j in range(rsize):
@@ -320,16 +317,15 @@ def search_chunk(kind, QS, codes, aux, nbr0, upper, uidx, entry, max_level, ef, 
 
 
 @njit(**INLINE)
-def _rerank_into(second, qs, codes, aux, cands, count, out_d, out_i) -> int:
-    """The best len(out_d) of ``cands[:count]`` by distance ``second``, ascending."""
+def _rerank_into(second, qs, codes, aux, cands, count, scratch, out_d, out_i) -> int:
+    """The best len(out_d) of ``cands[:count]`` by distance ``second``, ascending;
+    ``scratch``: room for ``count`` distances."""
     k = out_d.shape[0]
-    size = 0
-    if k <= INSERT_K:
+    if count <= RANK_SELECT_MAX:
         for j in range(count):
-            size = sorted_insert(out_d, out_i, size,
-                                 codec_distance(second, qs, codes, aux, cands[j]), cands[j])
-        pad_sorted(out_d, out_i, size)
-        return size
+            scratch[j] = codec_distance(second, qs, codes, aux, cands[j])
+        return rank_select(scratch, cands, count, out_d, out_i)
+    size = 0
     hd = np.empty(k, np.float32)
     hi = np.empty(k, np.int64)
     for j in range(count):
@@ -356,6 +352,7 @@ def search_rerank_chunk(kind, second, QS, codes, aux, nbr0, upper, uidx, entry, 
     res_d = np.empty(ef, np.float32)
     res_i = np.empty(ef, np.int64)
     held = np.empty((2, ef), np.int64)  # the results of the query in flight, and the next's
+    scratch = np.empty(ef, np.float32)  # their re-ranking distances
     if first >= QS.shape[0]:
         return tag
     span0, span1 = rerank_span(kind, QS[first], codes)
@@ -372,7 +369,7 @@ def search_rerank_chunk(kind, second, QS, codes, aux, nbr0, upper, uidx, entry, 
             prefetch_span_l2(codes, res_i[j], span0, span1)
             prefetch_row_l2(aux, res_i[j], SIDE_BYTES)
         if prev >= 0:
-            counts[prev] = _rerank_into(second, QS[prev], codes, aux, held[1 - slot], prev_n,
+            counts[prev] = _rerank_into(second, QS[prev], codes, aux, held[1 - slot], prev_n, scratch,
                                         out_d[prev], out_i[prev])
         if rsize < 0:
             counts[q] = -1  # out of budget: nothing written
@@ -380,7 +377,7 @@ def search_rerank_chunk(kind, second, QS, codes, aux, nbr0, upper, uidx, entry, 
         else:
             prev, prev_n, slot = q, rsize, 1 - slot
     if prev >= 0:
-        counts[prev] = _rerank_into(second, QS[prev], codes, aux, held[1 - slot], prev_n,
+        counts[prev] = _rerank_into(second, QS[prev], codes, aux, held[1 - slot], prev_n, scratch,
                                     out_d[prev], out_i[prev])
     return tag
 

@@ -154,17 +154,15 @@ def test_heap_push_keeps_k_smallest(values, k, seed):
 
 
 @given(values=distances, k=st.integers(1, 40), seed=st.integers(0, 2**31))
-def test_sorted_insert_keeps_the_k_smallest_by_distance_then_id(values, k, seed):
+def test_rank_select_keeps_the_k_smallest_by_distance_then_id(values, k, seed):
     """A beam search's final top-k: exactly the k smallest (distance, id) pairs, ascending,
-    whatever the arrival order, padded with inf / -1 when fewer arrived."""
+    whatever the order of the candidates (distinct ids, tied distances), padded with inf /
+    -1 when fewer came."""
     d = np.array(values, np.float32)
-    ids = np.random.default_rng(seed).integers(0, 20, len(d)).astype(np.int64)  # id ties too
+    ids = np.random.default_rng(seed).permutation(3 * len(d) + 1)[: len(d)].astype(np.int64)
     out_d = np.empty(k, np.float32)
     out_i = np.empty(k, np.int64)
-    size = 0
-    for dist, i in zip(d, ids, strict=True):
-        size = kt.sorted_insert(out_d, out_i, size, dist, i)
-    kt.pad_sorted(out_d, out_i, size)
+    size = kt.rank_select(d, ids, len(d), out_d, out_i)
     want = sorted(zip(d.tolist(), ids.tolist(), strict=True))[:k]
     assert size == len(want)
     assert list(zip(out_d[:size].tolist(), out_i[:size].tolist(), strict=True)) == want
