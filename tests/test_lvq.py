@@ -11,6 +11,7 @@ import pytest
 from conftest import lvq8_int8_distances
 from numba import njit
 from quiver.engine.codecs import LVQCodec, make_codec
+from quiver.kernels import vnni
 from quiver.kernels.dispatch import codec_distance
 
 import quiver
@@ -312,6 +313,35 @@ def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
             want = lvq8_int8_distances(primary, v, _unpack(codes[:, :w1], c.primary_bits,
                                                            c.d_out), aux[:, :3], metric)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not vnni.USE_VNNI, reason="the CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("dim", [32, 61, 384])
+def test_leanvec_int8_secondary_is_as_exact_as_float(metric, dim):
+    """On VNNI hosts the LVQ-8 secondary scores the query as int8 plus its int8 rounding
+    error: the decoded rows' float distances to 2e-5 of their scale, where the int8 query
+    alone is off by about 1/254 of it."""
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((300, dim)).astype(np.float32)
+    q = rng.standard_normal((4, dim)).astype(np.float32)
+    c = make_codec("LeanVec(16,LVQ4,LVQ8)", dim)
+    c.fit(x)
+    assert c.int8_secondary
+    codes, aux = c.encode(x)
+    w1 = c.code_width - dim
+    xhat = (c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w1:].astype(np.float32)).astype(np.float64)
+    qd = q.astype(np.float64)
+    want = ((xhat[None] - qd[:, None]) ** 2).sum(-1) if metric == "l2" else -(qd @ xhat.T)
+    qs = c.prepare(q)
+    got = np.zeros(want.shape, np.float32)
+    for a in range(len(q)):
+        _row_distances(c.rerank_dist(metric), qs[a], codes, aux, got[a])
+    scale = np.abs(qd).max(1, keepdims=True) * np.abs(xhat - c.mean).sum(1)[None]
+    assert np.all(np.abs(got - want) <= 2e-5 * scale + 1e-4 * np.abs(want))
+    int8_only = SimpleNamespace(mean=c.mean, int8_query=LVQCodec.int8_query)
+    coarse = lvq8_int8_distances(int8_only, q, codes[:, w1:], aux[:, 3:], metric)
+    assert np.abs(coarse - want).max() > 10 * np.abs(got - want).max()
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
