@@ -244,7 +244,7 @@ class LVQCodec(Codec):
     def _prepare_int8(self, q):
         """[q8 (d bytes in ceil(d/4) slots), <q, mean>, sum(q), ||q||^2, 1/s]."""
         qs = np.zeros((q.shape[0], (self.dim + 3) // 4 + 4), np.float32)
-        kq.lvq8_prepare_int8(np.ascontiguousarray(q, np.float32), self.mean, qs, qs.view(np.int8))
+        kq.lvq8_prepare_int8(np.ascontiguousarray(q, np.float32), self.mean, qs, 0, False)
         return qs
 
     def dist(self, kernel_metric):

@@ -139,10 +139,7 @@ class LeanVecCodec(Codec):
         qs, o = self._prepare_reduced(q, d + 7)
         q = np.ascontiguousarray(q, np.float32)
         if self.int8_secondary:  # the layout above kernels/quantized.py's _leanvec_i8_secondary_ip
-            w = (d + 3) // 4
-            kq.lvq8_prepare_int8_split(q, self.mean, qs[:, o : o + w + 4],
-                                       qs[:, o : o + w].view(np.int8)[:, :d],
-                                       qs[:, o + w + 4 : o + 2 * w + 4].view(np.int8)[:, :d])
+            kq.lvq8_prepare_int8(q, self.mean, qs, o, True)
         else:
             kq.lvq_prepare(q, self.mean, qs[:, o : o + d + 3])
         return qs
@@ -168,8 +165,7 @@ class LeanVecCodec(Codec):
         qs = np.zeros((q.shape[0], dp + rest), np.float32)
         z = np.ascontiguousarray(q @ self.projection, np.float32)
         if self.int8_queries:  # the layout above kernels/quantized.py's leanvec_int8_primary_ip
-            kq.lvq8_prepare_int8(z, self.mean_p, qs[:, : (dp + 3) // 4 + 4],
-                                 qs.view(np.int8)[:, :dp])
+            kq.lvq8_prepare_int8(z, self.mean_p, qs, 0, False)
         else:
             kq.lvq_prepare(z, self.mean_p, qs[:, : dp + 3])  # the LVQ layout over z
         qs[:, -1] = dp

@@ -463,31 +463,27 @@ def int8_quantize(Q, q8, inv) -> None:
 
 
 @njit(**JIT)
-def lvq8_prepare_int8(Q, mean, out, out8) -> None:
-    """LVQ-8's int8 prepared queries (layout above ``_lvq8_i8_ip``) into ``out`` (nq, w + 4),
-    w = ceil(d / 4), zeroed, and ``out8``, the same memory as int8: 14.5 us a 384-d query in
-    NumPy, most of a small search."""
+def lvq8_prepare_int8(Q, mean, qs, at, split) -> None:
+    """LVQ-8's int8 prepared queries (layout above ``_lvq8_i8_ip``) into columns at.. of
+    ``qs`` (nq, C-contiguous float32, zeroed); ``split``: the rounding error as int8 after
+    them too (layout above ``_leanvec_i8_secondary_ip``). Rows are viewed whole, so every
+    loop runs over contiguous bytes (2-D slices kept them scalar: 0.68 against 0.3 us of
+    LeanVec's preparation); 14.5 us a 384-d query in NumPy, most of a small search."""
     d = Q.shape[1]
     w = (d + 3) >> 2
     for r in range(Q.shape[0]):
-        out[r, w + 3] = _int8_row(Q[r], out8[r, :d])
-        out[r, w], out[r, w + 1], out[r, w + 2] = _query_terms(Q[r], mean)
-
-
-@njit(**JIT)
-def lvq8_prepare_int8_split(Q, mean, out, hi8, lo8) -> None:
-    """``lvq8_prepare_int8`` into ``out`` and ``hi8``, plus the query's rounding error as
-    int8 into ``lo8``: rint(254 (s q - hi8)) (layout above ``_leanvec_i8_secondary_ip``)."""
-    d = Q.shape[1]
-    w = (d + 3) >> 2
-    for r in range(Q.shape[0]):
-        inv = _int8_row(Q[r], hi8[r])
-        out[r, w + 3] = inv
-        out[r, w], out[r, w + 1], out[r, w + 2] = _query_terms(Q[r], mean)
-        scale = np.float32(1.0) / inv
-        for j in range(d):
-            err = Q[r, j] * scale - np.float32(hi8[r, j])
-            lo8[r, j] = np.int8(np.rint(err * np.float32(254.0)))
+        row = qs[r]
+        q = Q[r]
+        hi8 = row[at : at + w].view(np.int8)[:d]
+        inv = _int8_row(q, hi8)
+        t = at + w
+        row[t + 3] = inv
+        row[t], row[t + 1], row[t + 2] = _query_terms(q, mean)
+        if split:
+            lo8 = row[t + 4 : t + 4 + w].view(np.int8)[:d]
+            scale = np.float32(1.0) / inv
+            for j in range(d):
+                lo8[j] = np.int8(np.rint((q[j] * scale - np.float32(hi8[j])) * np.float32(254.0)))
 
 
 @njit(**JIT)
