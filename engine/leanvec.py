@@ -66,6 +66,22 @@ def learn_projection(x: np.ndarray, d_out: int, queries: np.ndarray | None = Non
     return best[1], "ood", best[2]
 
 
+def int8_blocks(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(blocks, column sums, column steps): the projection ``p`` (d, d') as int8 per column
+    (step max|column| / 127), its rows padded to a multiple of 4 and its columns to one of
+    16, laid out as ``kernels/vnni.py``'s ``dot16_u8s8`` reads it: per block of 16 columns,
+    per 4 rows, 64 bytes (column-major within, the 4 rows' bytes of a column together)."""
+    d, dp = p.shape
+    k4, groups = -(-d // 4), -(-dp // 16)
+    peak = np.zeros(16 * groups, np.float32)
+    peak[:dp] = np.abs(p).max(axis=0)
+    step = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
+    p8 = np.zeros((4 * k4, 16 * groups), np.int8)
+    p8[:d, :dp] = np.rint(p / step[:dp]).astype(np.int8)
+    blocks = np.ascontiguousarray(p8.reshape(k4, 4, groups, 16).transpose(2, 0, 3, 1)).ravel()
+    return blocks, p8.sum(axis=0, dtype=np.int32), step
+
+
 class LeanVecCodec(Codec):
     """``LeanVec(d', LVQ4|LVQ8, LVQ8|F16)``: primary LVQ codes of ``P^T x`` (d' dims) first
     in each row, the secondary codes of ``x`` after them: LVQ-8 (a byte a dimension) or
@@ -93,6 +109,8 @@ class LeanVecCodec(Codec):
         self.mean: np.ndarray | None = None
         self.mean_p: np.ndarray | None = None
         self.kind = "id"
+        self._p8: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        """The projection as int8 blocks (``int8_blocks``), made on first use."""
 
     @property
     def code_width(self) -> int:
@@ -106,6 +124,7 @@ class LeanVecCodec(Codec):
     def fit(self, x: np.ndarray, queries: np.ndarray | None = None) -> None:
         x = np.ascontiguousarray(x, np.float32)
         self.projection, self.kind, _ = learn_projection(x, self.d_out, queries)
+        self._p8 = None
         self.mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
         self.mean_p = (x @ self.projection).mean(axis=0, dtype=np.float64).astype(np.float32)
 
@@ -163,13 +182,25 @@ class LeanVecCodec(Codec):
         returns them and where the full query's part starts."""
         dp = self.d_out
         qs = np.zeros((q.shape[0], dp + rest), np.float32)
-        z = np.ascontiguousarray(q @ self.projection, np.float32)
+        z = self._project(q)
         if self.int8_queries:  # the layout above kernels/quantized.py's leanvec_int8_primary_ip
             kq.lvq8_prepare_int8(z, self.mean_p, qs, 0, False)
         else:
             kq.lvq_prepare(z, self.mean_p, qs[:, : dp + 3])  # the LVQ layout over z
         qs[:, -1] = dp
         return qs, dp + 3
+
+    def _project(self, q: np.ndarray) -> np.ndarray:
+        """P^T q for each row: by ``kq.project_int8`` on VNNI hosts (the int8 projection is
+        made once, on first use), by BLAS elsewhere."""
+        if not self.int8_queries:
+            return np.ascontiguousarray(q @ self.projection, np.float32)
+        if self._p8 is None:
+            self._p8 = int8_blocks(self.projection)
+        blocks, colsum, step = self._p8
+        z = np.empty((q.shape[0], step.shape[0]), np.float32)
+        kq.project_int8(np.ascontiguousarray(q, np.float32), blocks, colsum, step, z)
+        return z if z.shape[1] == self.d_out else np.ascontiguousarray(z[:, : self.d_out])
 
     def dist(self, kernel_metric):
         if self.int8_queries:
@@ -196,6 +227,7 @@ class LeanVecCodec(Codec):
 
     def load_state(self, arrays):
         self.projection = np.array(arrays["projection"], np.float32, order="C")
+        self._p8 = None
         self.mean = np.array(arrays["mean"], np.float32)
         self.mean_p = np.array(arrays["mean_p"], np.float32)
         self.kind = "ood" if bool(np.asarray(arrays.get("ood", [False]))[0]) else "id"

@@ -14,7 +14,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import INLINE, JIT
-from .vnni import dot_u4s8, dot_u8s8
+from .vnni import dot16_u8s8, dot_u4s8, dot_u8s8
 
 F16_SCALE = np.float32(2.0**56)
 """Prepared f16 queries are ``q * F16_SCALE``. Half bits shifted into a float32 exponent read
@@ -484,6 +484,35 @@ def lvq8_prepare_int8(Q, mean, qs, at, split) -> None:
             scale = np.float32(1.0) / inv
             for j in range(d):
                 lo8[j] = np.int8(np.rint((q[j] * scale - np.float32(hi8[j])) * np.float32(254.0)))
+
+
+@njit(**JIT)
+def project_int8(Q, blocks, colsum, colstep, Z) -> None:
+    """Z = Q P on VNNI hosts, with Q as int8 (``_int8_row``) and P as int8 per column
+    (``engine/leanvec.py``, ``int8_blocks``): four queries at a time, their bytes offset by
+    128 to be unsigned, against P's 64-byte blocks of 4 rows x 16 columns
+    (``vnni.dot16_u8s8``), the offset's column sums taken back out. Its error, about 1e-3 of
+    a unit query's projection, is below the int8 rounding LeanVec's primary query gets
+    next."""
+    nq, d = Q.shape
+    k4 = (d + 3) >> 2
+    q8 = np.empty(d, np.int8)
+    u = np.full(16 * k4, 128, np.uint8)  # four queries' bytes, zero (128) past d
+    inv = np.ones(4, np.float32)
+    acc = np.empty(64, np.int32)
+    for r0 in range(0, nq, 4):
+        m = min(4, nq - r0)
+        for r in range(m):
+            inv[r] = _int8_row(Q[r0 + r], q8)
+            for j in range(d):
+                u[4 * k4 * r + j] = np.uint8(np.int32(q8[j]) + 128)
+        for g in range(Z.shape[1] >> 4):
+            dot16_u8s8(u, blocks, g * k4 * 64, k4, acc)
+            for r in range(m):
+                for c in range(16):
+                    col = 16 * g + c
+                    Z[r0 + r, col] = (np.float32(acc[16 * r + c] - 128 * colsum[col])
+                                      * inv[r] * colstep[col])
 
 
 @njit(**JIT)

@@ -508,6 +508,29 @@ def test_int8_query_quantisation_matches_numpy(d):
 
 
 @pytest.mark.skipif(not vnni.HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("k4", [1, 2, 3, 96])
+def test_vnni_dot16_is_four_exact_int8_matrix_vector_products(k4):
+    """Four unsigned queries against one 16-column block of a signed matrix, for each
+    column block: the integer products, the extremes of both operands included."""
+
+    @njit
+    def run(u, blocks, start, k4, out):
+        vnni.dot16_u8s8(u, blocks, start, k4, out)
+
+    rng = np.random.default_rng(k4)
+    u = rng.integers(0, 256, (4, 4 * k4)).astype(np.uint8)
+    u[0] = 255
+    m = rng.integers(-128, 128, (4 * k4, 32)).astype(np.int8)
+    m[:, 0] = -128
+    blocks = np.ascontiguousarray(m.reshape(k4, 4, 2, 16).transpose(2, 0, 3, 1)).ravel()
+    out = np.empty(64, np.int32)
+    for g in range(2):
+        run(u.ravel(), blocks, g * k4 * 64, k4, out)
+        want = u.astype(np.int64) @ m[:, 16 * g : 16 * g + 16].astype(np.int64)
+        np.testing.assert_array_equal(out.reshape(4, 16), want)
+
+
+@pytest.mark.skipif(not vnni.HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
 @pytest.mark.parametrize("h", [1, 5, 63, 64, 65, 96, 128, 192, 500])
 def test_vnni_packed_4bit_dot_is_the_integer_dot_product(h):
     """LVQ-4's layout (byte j: dimension j low, h + j high) against 2h signed bytes: whole

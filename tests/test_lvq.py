@@ -292,8 +292,9 @@ def test_query_samples_on_fields_that_do_not_learn_from_them(tmp_path):
                                   "LeanVec(12,LVQ4,LVQ8)"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
-    """The primary distance is the projected query's against the decoded projected row, the
-    secondary the query's against the decoded full row (odd d': the kernels' tails)."""
+    """The primary distance is the projected query's (as the codec projects it) against the
+    decoded projected row, the secondary the query's against the decoded full row (odd d':
+    the kernels' tails)."""
     x, q = data
     c = make_codec(spec, D)
     c.fit(x)
@@ -302,7 +303,7 @@ def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
     w1 = c.code_width - D
     zhat = c.mean_p + aux[:, :1] + aux[:, 1:2] * _unpack(codes[:, :w1], c.primary_bits, c.d_out)
     xhat = c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w1:].astype(np.float32)
-    for kind, v, ref in ((c.dist(metric), q @ c.projection, zhat),
+    for kind, v, ref in ((c.dist(metric), c._project(q), zhat),  # int8 on VNNI hosts
                          (c.rerank_dist(metric), q, xhat)):
         got = np.zeros((len(q), 50), np.float32)
         for a in range(len(q)):
@@ -313,6 +314,34 @@ def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
             want = lvq8_int8_distances(primary, v, _unpack(codes[:, :w1], c.primary_bits,
                                                            c.d_out), aux[:, :3], metric)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not vnni.USE_VNNI, reason="the CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize(("dim", "d_out", "nq"), [(32, 16, 4), (61, 13, 7), (384, 256, 9),
+                                                  (5, 3, 1)])
+def test_int8_projection_tracks_the_float_one(dim, d_out, nq):
+    """On VNNI hosts LeanVec projects int8 queries by an int8 matrix: within the two
+    roundings' bound of the float32 product, for padded rows and columns and a batch that is
+    not a multiple of four queries; the int8 blocks hold the rounded matrix exactly."""
+    from quiver.engine.leanvec import int8_blocks
+
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((200, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    c = make_codec(f"LeanVec({d_out},LVQ8,LVQ8)", dim)
+    c.fit(x)
+    p = c.projection
+    blocks, colsum, step = int8_blocks(p)
+    k4, groups = -(-dim // 4), -(-d_out // 16)
+    back = blocks.reshape(groups, k4, 16, 4).transpose(1, 3, 0, 2).reshape(4 * k4, 16 * groups)
+    np.testing.assert_array_equal(back[:dim, :d_out], np.rint(p / step[:d_out]))
+    assert np.array_equal(colsum, back.sum(axis=0, dtype=np.int32))
+    got = c._project(q)
+    want = q.astype(np.float64) @ p.astype(np.float64)
+    qstep = np.abs(q).max(axis=1, keepdims=True) / 127
+    bound = 0.5 * (qstep * np.abs(p).sum(axis=0) + step[:d_out] * np.abs(q).sum(axis=1,
+                                                                            keepdims=True))
+    assert got.shape == (nq, d_out) and np.all(np.abs(got - want) <= bound * 1.001 + 1e-6)
 
 
 @pytest.mark.skipif(not vnni.USE_VNNI, reason="the CPU has no AVX-512 VNNI")
