@@ -128,7 +128,7 @@ def _arm(value: int):
         fn = two_level_ip if value < 14 else two_level_l2
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
-    if value >= 36:  # LeanVec's LVQ-8 secondary against an int8 query
+    if value >= 36:  # LeanVec's LVQ-8 secondary against the query as two int8 vectors
         fn = leanvec_i8_secondary_ip if value < 38 else leanvec_i8_secondary_l2
         bits = 4 if value % 2 == 0 else 8
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
@@ -154,7 +154,7 @@ def codec_distance(kind: CodecKind, qs: np.ndarray, codes: np.ndarray, aux: np.n
 def _inline_vnni_arms(expr, caller_info, callee_info) -> bool:
     """Numba-inline ``codec_distance`` where the kind's arm is built on VNNI intrinsics
     (kinds 30+): LLVM left LeanVec's two-dot secondary a call, 18 against 10.6 ns a hot
-    384-d row, 1.02-1.03x LeanVec(256,LVQ4,LVQ8) queries/s in interleaved pairs. The loop
+    384-d row, 1.01-1.03x LeanVec(256,LVQ4,LVQ8) queries/s in interleaved pairs. The loop
     arms stay LLVM's to inline: Numba's IR inliner warns on their reductions
     (``NumbaIRAssumptionWarning``)."""
     kind = caller_info.typemap.get(expr.args[0].name)
