@@ -168,6 +168,12 @@ def _codec_distance(kind, qs, codes, aux, i):
     return _arm(kind.value)
 
 
+def _leanvec_primary(v: int) -> bool:
+    """Kind ``v`` is a LeanVec primary's distance (float or int8 query): its row starts with
+    the primary codes, the secondary after them."""
+    return 18 <= v < 22 or 32 <= v < 36
+
+
 def traversal_bytes(kind: CodecKind, qs: np.ndarray, codes: np.ndarray) -> int:
     """Bytes at the start of a row that distance ``kind`` reads: the primary codes of a
     two-level LVQ or LeanVec row (a traversal's prefetch need not load the re-ranking level),
@@ -184,7 +190,7 @@ def _traversal_bytes(kind, qs, codes):
         shift = 0 if v < 8 else 1
         return lambda kind, qs, codes: min((qs.shape[0] - 3) >> shift,
                                            codes.shape[1] * codes.itemsize)
-    if 18 <= v < 22 or 32 <= v < 36:  # LeanVec's primary: d' (the query's last value) codes first
+    if _leanvec_primary(v):  # d' (the query's last value) codes first
         shift = 1 if (v < 22 and v % 2 == 0) or v >= 34 else 0
         return lambda kind, qs, codes: min(np.int64(qs[qs.shape[0] - 1]) >> shift,
                                            codes.shape[1] * codes.itemsize)
@@ -203,7 +209,7 @@ def _rerank_span(kind, qs, codes):
     if not isinstance(kind, CodecKindType):
         raise TypeError(f"rerank_span: kind must be a CodecKind, got {kind}")
     v = kind.value
-    if 6 <= v < 10 or 18 <= v < 22 or 32 <= v < 36:
+    if 6 <= v < 10 or _leanvec_primary(v):
         return lambda kind, qs, codes: (traversal_bytes(kind, qs, codes),
                                         codes.shape[1] * codes.itemsize)
     return lambda kind, qs, codes: (codes.shape[1] * codes.itemsize,

@@ -434,8 +434,8 @@ def _abs_max(q) -> np.float32:
 
 @intrinsic
 def _float_of_bits(typingctx, word):
-    """The float32 whose bits are the low 32 of the integer ``word``."""
-    if not isinstance(word, types.Integer):
+    """The float32 whose bits are the low 32 of the integer ``word`` (32 bits or more)."""
+    if not isinstance(word, types.Integer) or word.bitwidth < 32:
         return None
 
     def codegen(context, builder, signature, args):
