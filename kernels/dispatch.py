@@ -24,6 +24,7 @@ from numba.extending import NativeValue, models, overload, register_model, typeo
 
 from . import JIT
 from .distance import f32_ip, f32_l2
+from .prefetch import SIDE_BYTES
 from .quantized import (
     f16_ip,
     f16_l2,
@@ -31,6 +32,8 @@ from .quantized import (
     leanvec_f16_secondary_l2,
     leanvec_i8_secondary_ip,
     leanvec_i8_secondary_l2,
+    leanvec_inline_primary_ip,
+    leanvec_inline_primary_l2,
     leanvec_int8_primary_ip,
     leanvec_int8_primary_l2,
     leanvec_primary_ip,
@@ -90,7 +93,7 @@ def _constant_kind(context, builder, ty, pyval):
     return context.get_dummy_value()
 
 
-KINDS = tuple(CodecKind(v) for v in range(40))
+KINDS = tuple(CodecKind(v) for v in range(44))
 F32_IP, F32_L2, F16_IP, F16_L2, SQ8_IP, SQ8_L2, LVQ8_IP, LVQ8_L2, LVQ4_IP, LVQ4_L2 = KINDS[:10]
 LVQ_2L_IP = {(4, 4): KINDS[10], (4, 8): KINDS[11], (8, 4): KINDS[12], (8, 8): KINDS[13]}
 LVQ_2L_L2 = {(4, 4): KINDS[14], (4, 8): KINDS[15], (8, 4): KINDS[16], (8, 8): KINDS[17]}
@@ -113,6 +116,10 @@ LEANVEC_I8_SECONDARY_IP = {4: KINDS[36], 8: KINDS[37]}
 LEANVEC_I8_SECONDARY_L2 = {4: KINDS[38], 8: KINDS[39]}
 """LeanVec's LVQ-8 secondary against the full query as two int8 vectors by VNNI (the query
 and its rounding error), by the primary's bits."""
+LEANVEC_INLINE_PRIMARY_IP = {4: KINDS[40], 8: KINDS[42]}
+LEANVEC_INLINE_PRIMARY_L2 = {4: KINDS[41], 8: KINDS[43]}
+"""LeanVec's int8 primary (as 32-35) on rows holding its bias and step inline
+(``LeanVecCodec.inline_terms``), by the primary's bits: the inner product reads no ``aux``."""
 
 
 def _arm(value: int):
@@ -128,6 +135,10 @@ def _arm(value: int):
         fn = two_level_ip if value < 14 else two_level_l2
         b1, b2 = ((4, 4), (4, 8), (8, 4), (8, 8))[(value - 10) % 4]
         return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, b1, b2)
+    if value >= 40:  # LeanVec's int8 primary with inline terms: LVQ-4 (40, 41), LVQ-8 (42, 43)
+        fn = (leanvec_inline_primary_ip, leanvec_inline_primary_l2)[value % 2]
+        bits = 4 if value < 42 else 8
+        return lambda kind, qs, codes, aux, i: fn(qs, codes, aux, i, bits)
     if value >= 36:  # LeanVec's LVQ-8 secondary against the query as two int8 vectors
         fn = leanvec_i8_secondary_ip if value < 38 else leanvec_i8_secondary_l2
         bits = 4 if value % 2 == 0 else 8
@@ -170,8 +181,8 @@ def _codec_distance(kind, qs, codes, aux, i):
 
 def _leanvec_primary(v: int) -> bool:
     """Kind ``v`` is a LeanVec primary's distance (float or int8 query): its row starts with
-    the primary codes, the secondary after them."""
-    return 18 <= v < 22 or 32 <= v < 36
+    the primary codes, the secondary last."""
+    return 18 <= v < 22 or 32 <= v < 36 or 40 <= v < 44
 
 
 def traversal_bytes(kind: CodecKind, qs: np.ndarray, codes: np.ndarray) -> int:
@@ -190,9 +201,10 @@ def _traversal_bytes(kind, qs, codes):
         shift = 0 if v < 8 else 1
         return lambda kind, qs, codes: min((qs.shape[0] - 3) >> shift,
                                            codes.shape[1] * codes.itemsize)
-    if _leanvec_primary(v):  # d' (the query's last value) codes first
-        shift = 1 if (v < 22 and v % 2 == 0) or v >= 34 else 0
-        return lambda kind, qs, codes: min(np.int64(qs[qs.shape[0] - 1]) >> shift,
+    if _leanvec_primary(v):  # d' (the query's last value) codes first, inline terms after
+        shift = 1 if (v < 22 and v % 2 == 0) or 34 <= v < 36 or 40 <= v < 42 else 0
+        terms = 8 if v >= 40 else 0
+        return lambda kind, qs, codes: min((np.int64(qs[qs.shape[0] - 1]) >> shift) + terms,
                                            codes.shape[1] * codes.itemsize)
     return lambda kind, qs, codes: codes.shape[1] * codes.itemsize
 
@@ -214,6 +226,21 @@ def _rerank_span(kind, qs, codes):
                                         codes.shape[1] * codes.itemsize)
     return lambda kind, qs, codes: (codes.shape[1] * codes.itemsize,
                                     codes.shape[1] * codes.itemsize)
+
+
+def side_bytes(kind: CodecKind) -> int:
+    """How much of a row's ``aux`` side values a traversal by distance ``kind`` prefetches
+    (``prefetch_stored_row``): none where the kind reads none (an inline LeanVec primary's
+    inner product), a line otherwise. Only callable from jitted code."""
+    raise TypeError("side_bytes is a kernel helper: call it from jitted code")
+
+
+@overload(side_bytes, jit_options=JIT)
+def _side_bytes(kind):
+    if not isinstance(kind, CodecKindType):
+        raise TypeError(f"side_bytes: kind must be a CodecKind, got {kind}")
+    side = 0 if kind.value in (40, 42) else SIDE_BYTES
+    return lambda kind: side
 
 
 # --- per-kind Python entry points --------------------------------------------------------------

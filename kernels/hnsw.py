@@ -17,7 +17,7 @@ from numba import njit
 
 from . import INLINE, JIT
 from .bitset import bitset_test
-from .dispatch import codec_distance, rerank_span, traversal_bytes
+from .dispatch import codec_distance, rerank_span, side_bytes, traversal_bytes
 from .prefetch import SIDE_BYTES, prefetch_row, prefetch_row_l2, prefetch_span_l2, prefetch_stored_row
 from .topk import RANK_SELECT_MAX, heap_push, heap_sorted, rank_select, sort_pairs
 
@@ -110,6 +110,7 @@ def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
     cur = ep
     cur_d = codec_distance(kind, qs, codes, aux, cur)
     ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
+    side = side_bytes(kind)
     for level in range(top_level, stop_level, -1):
         changed = True
         while changed:
@@ -118,7 +119,7 @@ def greedy_descent(kind, qs, codes, aux, nbr0, upper, uidx, ep, top_level, stop_
             for v in row:  # the rows load together, as the beam's do
                 if v < 0:
                     break
-                prefetch_stored_row(codes, aux, v, ahead)
+                prefetch_stored_row(codes, aux, v, ahead, side)
             for v in row:
                 if v < 0:
                     break
@@ -147,6 +148,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
     rsize = 0
     ndist = 1
     ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
+    side = side_bytes(kind)
     fresh = np.empty(nbr0.shape[1], np.int64)
     fresh_d = np.empty(nbr0.shape[1], np.float32)
     visited[ep] = tag
@@ -166,7 +168,7 @@ def search_layer(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, level, ef, v
                 break
             if visited[v] != tag:
                 visited[v] = tag
-                prefetch_stored_row(codes, aux, v, ahead)
+                prefetch_stored_row(codes, aux, v, ahead, side)
                 fresh[nf] = v
                 nf += 1
         best = -1
@@ -203,6 +205,7 @@ def search_layer_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, leve
     rsize = 0
     ndist = 1
     ahead = min(PREFETCH_BYTES, traversal_bytes(kind, qs, codes))
+    side = side_bytes(kind)
     fresh = np.empty(nbr0.shape[1] * nbr0.shape[1], np.int64)
     fresh_d = np.empty(fresh.shape[0], np.float32)
     visited[ep] = tag
@@ -217,7 +220,7 @@ def search_layer_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, leve
             prefetch_row(nbr0, cand_i[0], NEIGHBOURS_PREFETCH_BYTES)
         row = neighbors(nbr0, upper, uidx, c, level)
         nf = _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag,
-                             ok_words, ahead, fresh)
+                             ok_words, ahead, side, fresh)
         for j in range(nf):
             fresh_d[j] = codec_distance(kind, qs, codes, aux, fresh[j])
         ndist += nf
@@ -232,7 +235,7 @@ def search_layer_two_hop(kind, qs, codes, aux, nbr0, upper, uidx, ep, ep_d, leve
 
 @njit(**INLINE)
 def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_words, ahead,
-                    fresh) -> int:
+                    side, fresh) -> int:
     """A filtered two-hop expansion's nodes to score, in order, into ``fresh`` (their rows
     prefetched): each unvisited allowed neighbour, and in a rejected one's place its own
     unvisited allowed neighbours. Returns their count."""
@@ -244,7 +247,7 @@ def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_
             continue
         visited[v] = tag
         if bitset_test(ok_words, v):
-            prefetch_stored_row(codes, aux, v, ahead)
+            prefetch_stored_row(codes, aux, v, ahead, side)
             fresh[nf] = v
             nf += 1
             continue
@@ -254,7 +257,7 @@ def _gather_two_hop(codes, aux, nbr0, upper, uidx, row, level, visited, tag, ok_
             if visited[w] == tag or not bitset_test(ok_words, w):
                 continue
             visited[w] = tag
-            prefetch_stored_row(codes, aux, w, ahead)
+            prefetch_stored_row(codes, aux, w, ahead, side)
             fresh[nf] = w
             nf += 1
     return nf
@@ -495,13 +498,13 @@ def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
         size = 0
         for t in range(min(RERANK_AHEAD, cands.shape[0])):
             if cands[t] >= 0:
-                prefetch_stored_row(X, aux, cands[t], RERANK_PREFETCH_BYTES)
+                prefetch_stored_row(X, aux, cands[t], RERANK_PREFETCH_BYTES, SIDE_BYTES)
         for t in range(cands.shape[0]):
             c = cands[t]
             if c < 0:
                 break
             ahead = t + RERANK_AHEAD
             if ahead < cands.shape[0] and cands[ahead] >= 0:
-                prefetch_stored_row(X, aux, cands[ahead], RERANK_PREFETCH_BYTES)
+                prefetch_stored_row(X, aux, cands[ahead], RERANK_PREFETCH_BYTES, SIDE_BYTES)
             size = heap_push(hd, hi, size, codec_distance(kind, Q[q], X, aux, c), c)
         heap_sorted(hd, hi, size, out_d[q], out_i[q])

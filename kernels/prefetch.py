@@ -92,11 +92,13 @@ and norm are 12-24 bytes; float32 rows have none)."""
 
 
 @njit(**INLINE)
-def prefetch_stored_row(codes: np.ndarray, aux: np.ndarray, row: int, nbytes: int) -> None:
-    """``prefetch_row_l2`` of a stored row's codes (up to ``nbytes``) and of its side values:
-    those live in their own array (``aux``) and every distance reads them. Left to the
+def prefetch_stored_row(codes: np.ndarray, aux: np.ndarray, row: int, nbytes: int,
+                        side: int) -> None:
+    """``prefetch_row_l2`` of a stored row's codes (up to ``nbytes``) and of its side values
+    (up to ``side`` bytes, ``SIDE_BYTES`` where a distance reads them): those live in their
+    own array (``aux``) and nearly every distance reads them. Left to the
     distance, that line's miss held HNSW16,LVQ8 at 0.66x (``python -m quiver.bench.ab --base
     HEAD --spec HNSW16,LVQ8 --rounds 5 --efs 16,32,48,64``: 1.517x with it in the beam, 1.361x
     committed everywhere)."""
     prefetch_row_l2(codes, row, nbytes)
-    prefetch_row_l2(aux, row, SIDE_BYTES)
+    prefetch_row_l2(aux, row, side)

@@ -9,7 +9,7 @@ from numba import njit
 from . import JIT
 from .bitset import bitset_test
 from .chunks import chunk_count, run_chunks
-from .dispatch import codec_distance, for_kind
+from .dispatch import codec_distance, for_kind, side_bytes
 from .prefetch import prefetch_stored_row
 from .topk import heap_push, heap_sorted
 
@@ -42,9 +42,10 @@ def scan_topk_rows(kind, qs, codes, aux, rows, k, out_d, out_i) -> None:
     hi = np.empty(k, np.int64)
     size = 0
     m = rows.shape[0]
+    side = side_bytes(kind)
     for j in range(m):
         if j + ROWS_AHEAD < m:  # scattered rows: no hardware prefetcher follows them
-            prefetch_stored_row(codes, aux, rows[j + ROWS_AHEAD], ROW_BYTES)
+            prefetch_stored_row(codes, aux, rows[j + ROWS_AHEAD], ROW_BYTES, side)
         r = rows[j]
         size = heap_push(hd, hi, size, codec_distance(kind, qs, codes, aux, r), r)
     heap_sorted(hd, hi, size, out_d, out_i)

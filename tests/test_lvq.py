@@ -237,6 +237,54 @@ def test_leanvec_in_hnsw_save_load_and_specs(tmp_path, primary, secondary):
     assert loaded.memory_usage()["rerank_vectors"] == 0
 
 
+@pytest.mark.parametrize(("spec", "width", "inline"), [
+    ("LeanVec(240,LVQ4,LVQ8)", 512, True),  # 120 + 8 + 384
+    ("LeanVec(256,LVQ4,LVQ8)", 512, False),  # 128 + 384: no room in the primary's last line
+    ("LeanVec(192,LVQ4,LVQ8)", 512, True),  # 96 + 8, padded to 128, + 384
+    ("LeanVec(160,LVQ8,F16)", 960, True),  # 160 + 8, padded to 192, + 768
+])
+def test_leanvec_rows_are_whole_lines_with_the_primary_terms_inline(spec, width, inline):
+    """Layout 2: rows of whole 64-byte lines, the secondary last, and the primary's bias and
+    step as float32 right after its codes where their last line has room."""
+    x = np.random.default_rng(1).standard_normal((300, 384)).astype(np.float32)
+    c = make_codec(spec, 384)
+    c.fit(x)
+    codes, aux = c.encode(x[:20])
+    assert c.code_width == width == codes.shape[1] and c.inline_terms == inline
+    w1 = c.primary_width
+    if inline:
+        np.testing.assert_array_equal(codes[:, w1 : w1 + 8].copy().view("<f4"), aux[:, :2])
+    ref = make_codec(spec, 384)
+    ref.load_state({k: v for k, v in c.state().items() if k != "layout"})  # a layout-1 save
+    old, old_aux = ref.encode(x[:20])
+    assert ref.layout == 1 and old.shape[1] == w1 + c.secondary_width
+    np.testing.assert_array_equal(old[:, :w1], codes[:, :w1])
+    np.testing.assert_array_equal(old[:, w1:], codes[:, width - c.secondary_width :])
+    np.testing.assert_array_equal(old_aux, aux)
+
+
+def test_leanvec_index_saved_in_layout_1_loads_and_searches_alike(tmp_path, monkeypatch):
+    """An index written before layout 2 (no ``layout`` in its codec state) reads its rows as
+    they were written: the same results as an index of layout 2."""
+    from quiver.engine import leanvec
+
+    x, learn, held = _ood_data()
+    spec = "HNSW12,LeanVec(20,LVQ4,LVQ8)"
+    found = []
+    for layout in (1, 2):
+        with monkeypatch.context() as m:  # the version that wrote it
+            m.setattr(leanvec, "ROW_LAYOUT", layout)
+            idx = quiver.index(spec, 32, "ip", ef_construction=64)
+            idx.train(x, queries=learn)
+            idx.add(x)
+            idx.save(tmp_path / str(layout))
+        loaded = quiver.load_index(tmp_path / str(layout))
+        assert loaded.codec.layout == layout and loaded.codec.inline_terms == (layout == 2)
+        found.append(loaded.search(held[:40], 5, ef=64))
+    np.testing.assert_array_equal(found[0][1], found[1][1])
+    np.testing.assert_allclose(found[0][0], found[1][0], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(("spec", "match"), [
     ("HNSW16,LeanVec(64,LVQ8)", r"write LeanVec\(d', PRIMARY, SECONDARY\)"),
     ("HNSW16,LeanVec(64,SQ8,LVQ8)", r"primary codec is LVQ4 or LVQ8"),
@@ -300,9 +348,9 @@ def test_leanvec_distances_match_decoded_vectors(data, spec, metric):
     c.fit(x)
     codes, aux = c.encode(x[:50])
     qs = c.prepare(q)
-    w1 = c.code_width - D
+    w1, w2 = c.primary_width, c.code_width - c.secondary_width
     zhat = c.mean_p + aux[:, :1] + aux[:, 1:2] * _unpack(codes[:, :w1], c.primary_bits, c.d_out)
-    xhat = c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w1:].astype(np.float32)
+    xhat = c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w2:].astype(np.float32)
     for kind, v, ref in ((c.dist(metric), c._project(q), zhat),  # int8 on VNNI hosts
                          (c.rerank_dist(metric), q, xhat)):
         got = np.zeros((len(q), 50), np.float32)
@@ -358,8 +406,8 @@ def test_leanvec_int8_secondary_is_as_exact_as_float(metric, dim):
     c.fit(x)
     assert c.int8_secondary
     codes, aux = c.encode(x)
-    w1 = c.code_width - dim
-    xhat = (c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w1:].astype(np.float32)).astype(np.float64)
+    w2 = c.code_width - c.secondary_width
+    xhat = (c.mean + aux[:, 3:4] + aux[:, 4:5] * codes[:, w2:].astype(np.float32)).astype(np.float64)
     qd = q.astype(np.float64)
     want = ((xhat[None] - qd[:, None]) ** 2).sum(-1) if metric == "l2" else -(qd @ xhat.T)
     qs = c.prepare(q)
@@ -369,7 +417,7 @@ def test_leanvec_int8_secondary_is_as_exact_as_float(metric, dim):
     scale = np.abs(qd).max(1, keepdims=True) * np.abs(xhat - c.mean).sum(1)[None]
     assert np.all(np.abs(got - want) <= 2e-5 * scale + 1e-4 * np.abs(want))
     int8_only = SimpleNamespace(mean=c.mean, int8_query=LVQCodec.int8_query)
-    coarse = lvq8_int8_distances(int8_only, q, codes[:, w1:], aux[:, 3:], metric)
+    coarse = lvq8_int8_distances(int8_only, q, codes[:, w2:], aux[:, 3:], metric)
     assert np.abs(coarse - want).max() > 10 * np.abs(got - want).max()
 
 
@@ -385,7 +433,7 @@ def test_leanvec_f16_secondary_is_the_exact_half_distance(metric):
     codec = make_codec("LeanVec(8,LVQ8,F16)", 32)
     codec.fit(x)
     codes, aux = codec.encode(x)
-    assert codes.shape == (500, 8 + 64)
+    assert codes.shape == (500, 128)  # 8 + 8 inline terms + 64, in whole lines
     half = x.astype(np.float16).astype(np.float64)
     want = (((q[:, None].astype(np.float64) - half[None]) ** 2).sum(-1) if metric == "l2"
             else -(q.astype(np.float64) @ half.T))
