@@ -57,6 +57,11 @@ class Codec:
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
+    def resident_nbytes(self) -> int:
+        """Bytes the codec's own trained state holds in RAM for searching (a mean, codebooks,
+        a projection), apart from the rows: an index's ``memory_usage()["codec"]``."""
+        return sum(int(np.asarray(a).nbytes) for a in self.state().values() if a is not None)
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what ``state`` returned."""
 

@@ -260,6 +260,18 @@ class LeanVecCodec(Codec):
             table = kk.LEANVEC_SECONDARY_L2 if l2 else kk.LEANVEC_SECONDARY_IP
         return table[self.primary_bits]
 
+    def resident_nbytes(self) -> int:
+        """The projection and the two means, and on VNNI hosts the int8 projection
+        ``_project`` makes on first use (counted before it exists, so the figure does not
+        change with the first search)."""
+        if not self.trained:
+            return 0
+        total = sum(int(a.nbytes) for a in (self.projection, self.mean, self.mean_p))
+        if self.int8_queries:
+            k4, groups = -(-self.dim // 4), -(-self.d_out // 16)
+            total += 4 * k4 * 16 * groups + 2 * 4 * 16 * groups  # int8 blocks, sums, steps
+        return total
+
     def state(self):
         state = {"projection": self.projection, "mean": self.mean, "mean_p": self.mean_p,
                  "ood": np.array([self.kind == "ood"])}

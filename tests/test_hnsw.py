@@ -883,7 +883,10 @@ def test_memory_usage(data):
     for codec in CODECS:
         idx = build(x, "l2", codec, m=8, efc=32)
         use[codec] = idx.memory_usage()
-        assert set(use[codec]) == {"vectors", "rerank_vectors", "graph", "deleted", "ids", "id_map"}
+        trained = {"codec"} if idx.codec.state() else set()  # SQ8's grid, LVQ's mean
+        assert set(use[codec]) == {"vectors", "rerank_vectors", "graph", "deleted", "ids",
+                                   "id_map"} | trained
+        assert use[codec].get("codec", 0) == sum(a.nbytes for a in idx.codec.state().values())
     assert use["f32"]["vectors"] == 400 * d * 4 and use["f32"]["rerank_vectors"] == 0
     assert use["f16"]["vectors"] <= 0.55 * use["f32"]["vectors"]
     assert use["lvq8"]["vectors"] <= 0.3 * use["f32"]["vectors"]

@@ -100,8 +100,17 @@ def test_memory_usage_sums_to_the_resident_footprint():
     hnsw.add(x)
     u = hnsw.memory_usage()
     assert u["vectors"] == 2000 * (16 + 12)  # uint8 codes + 3 float32 terms per vector
+    assert u["codec"] == 16 * 4  # the codec's trained mean
     assert u["rerank_vectors"] == 2000 * 16 * 4  # the float32 copy kept for re-ranking counts
     assert u["graph"] >= 2000 * 16 * 4 and u["ids"] == 2000 * 8 and u["id_map"] == 0
+    lean = quiver.index("HNSW8,LeanVec(8,LVQ4,LVQ8)", 16)
+    lean.add(x)
+    state = 16 * 8 * 4 + 16 * 4 + 8 * 4  # the projection and the two means
+    if lean.codec.int8_queries:  # and the int8 projection: 4 row groups x 16 columns, sums, steps
+        state += 4 * 4 * 16 + 2 * 16 * 4
+    assert lean.memory_usage()["codec"] == state
+    lean.search(x[:2], 3)  # the int8 projection is made now, and was counted before
+    assert lean.memory_usage()["codec"] == state
     custom = quiver.index("HNSW8", 16)
     custom.add(x[:10], ids=np.arange(10) * 7)  # ids other than positions need a dictionary
     assert custom.memory_usage()["id_map"] > 0

@@ -53,6 +53,12 @@ class Index(Protocol):
     def __len__(self) -> int: ...
 
 
+def codec_usage(codec) -> dict[str, int]:
+    """A ``memory_usage`` entry for the codec's trained state, where it holds any."""
+    nbytes = codec.resident_nbytes()
+    return {"codec": nbytes} if nbytes else {}
+
+
 def resolve_allowed(allowed, idmap: IdMap, n: int) -> Bitset | None:
     """``allowed`` as a Bitset over row positions.
 

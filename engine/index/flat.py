@@ -19,7 +19,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore
-from .base import search_by_ids
+from .base import codec_usage, search_by_ids
 from .hnsw import rerank_candidates
 
 _BLAS_MIN_QUERIES = 16
@@ -241,12 +241,13 @@ class FlatIndex:
     # --- persistence -------------------------------------------------------------------
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind; the values sum to the whole footprint. A lossy codec's
+        """Resident bytes by kind; the values sum to the whole footprint (``codec``: a trained
+        codec's own state, where it holds any). A lossy codec's
         float32 originals count while they are in RAM (an index built here); loaded from
         disk they stay memory-mapped, read only by ``reconstruct`` and ``rerank``, and
         count 0."""
         usage = {"vectors": self._store.nbytes(), "ids": 8 * self._store.n,
-                 "id_map": self._idmap.nbytes()}
+                 "id_map": self._idmap.nbytes(), **codec_usage(self.codec)}
         if self._float is not None:
             on_disk = isinstance(self._float.view()[0], np.memmap)
             usage["rerank_vectors"] = 0 if on_disk else self._float.nbytes()

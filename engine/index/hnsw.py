@@ -24,7 +24,7 @@ from ..params import SearchParams
 from ..persist import load_arrays, read_manifest, save_arrays
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore, readonly
-from .base import live_words, mark_removed, search_by_ids
+from .base import codec_usage, live_words, mark_removed, search_by_ids
 
 _BATCH_SHARE = 0.02
 """A build batch holds at most this share of the nodes already in the graph (nodes of one
@@ -113,7 +113,8 @@ class HNSWIndex:
         return len(self)
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind; the values sum to the whole footprint. A lossy codec's
+        """Resident bytes by kind; the values sum to the whole footprint (``codec``: a trained
+        codec's own state, as a LeanVec projection, where it holds any). A lossy codec's
         float32 originals count while they are in RAM (an index built or added to here:
         adding links new nodes on them); loaded from disk they stay memory-mapped, read only
         by ``rerank=True``, and count as 0."""
@@ -122,7 +123,8 @@ class HNSWIndex:
         rerank = 0 if self._codes is self._float or on_disk else self._float.nbytes()
         return {"vectors": self._codes.nbytes(), "rerank_vectors": rerank,
                 "graph": n * 2 * self.m * 4 + self._n_upper * kh.MAX_UPPER * self.m * 4 + n * 8,
-                "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
+                "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes(),
+                **codec_usage(self.codec)}
 
     # --- build ----------------------------------------------------------------------
 

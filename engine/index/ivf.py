@@ -32,7 +32,7 @@ from ..persist import load_arrays, save_arrays
 from ..spec import parse_spec
 from ..validation import as_ids, as_vectors, check_dim, normalize_rows
 from ..vectors import VectorStore, readonly
-from .base import live_words, mark_removed, search_by_ids
+from .base import codec_usage, live_words, mark_removed, search_by_ids
 from .hnsw import rerank_candidates
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ class IVFIndex:
         return np.diff(self._offsets)
 
     def memory_usage(self) -> dict[str, int]:
-        """Resident bytes by kind; the values sum to the whole footprint. The float32 copy a
+        """Resident bytes by kind; the values sum to the whole footprint (``codec``: a trained
+        codec's own state, PQ codebooks included, where it holds any). The float32 copy a
         lossy row codec keeps for ``reconstruct`` counts while it is in RAM (an index built
         here); loaded from disk it stays memory-mapped, never read by a search, and counts 0."""
         n = self._n
@@ -176,7 +177,8 @@ class IVFIndex:
                     self._centroids.nbytes + self._centroids_t.nbytes + self._cnorms.nbytes),
                 "vectors": n * self.codec.bytes_per_vector(), "float_copy": copy,
                 "lists": int(self._offsets.nbytes) + 16 * n,
-                "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes()}
+                "deleted": 8 * ((n + 63) >> 6), "ids": 8 * n, "id_map": self._idmap.nbytes(),
+                **codec_usage(self.codec)}
 
     # --- build ----------------------------------------------------------------------
 

@@ -220,7 +220,6 @@ class IVFPQIndex(IVFIndex):
 
     def memory_usage(self) -> dict[str, int]:
         usage = super().memory_usage()
-        usage["codebooks"] = 0 if self.codec.codebooks is None else int(self.codec.codebooks.nbytes)
         usage["pq_tables"] = int(self._tabs.nbytes)
         usage["list_bases"] = (0 if self._bases is None or self._bases is self._centroids
                                else int(self._bases.nbytes))
