@@ -70,13 +70,25 @@ def learn_projection(x: np.ndarray, d_out: int, queries: np.ndarray | None = Non
     return best[1], "ood", best[2]
 
 
+def _block_grid(d: int, dp: int) -> tuple[int, int]:
+    """(row groups of 4, column groups of 16) of ``int8_blocks`` for a d x d' projection."""
+    return -(-d // 4), -(-dp // 16)
+
+
+def int8_blocks_nbytes(d: int, dp: int) -> int:
+    """What ``int8_blocks`` of a d x d' projection holds: the int8 blocks, the int32 column
+    sums and the float32 column steps."""
+    k4, groups = _block_grid(d, dp)
+    return 4 * k4 * 16 * groups + 2 * 4 * 16 * groups
+
+
 def int8_blocks(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(blocks, column sums, column steps): the projection ``p`` (d, d') as int8 per column
     (step max|column| / 127), its rows padded to a multiple of 4 and its columns to one of
     16, laid out as ``kernels/vnni.py``'s ``dot16_u8s8`` reads it: per block of 16 columns,
     per 4 rows, 64 bytes (column-major within, the 4 rows' bytes of a column together)."""
     d, dp = p.shape
-    k4, groups = -(-d // 4), -(-dp // 16)
+    k4, groups = _block_grid(d, dp)
     peak = np.zeros(16 * groups, np.float32)
     peak[:dp] = np.abs(p).max(axis=0)
     step = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
@@ -268,8 +280,7 @@ class LeanVecCodec(Codec):
             return 0
         total = sum(int(a.nbytes) for a in (self.projection, self.mean, self.mean_p))
         if self.int8_queries:
-            k4, groups = -(-self.dim // 4), -(-self.d_out // 16)
-            total += 4 * k4 * 16 * groups + 2 * 4 * 16 * groups  # int8 blocks, sums, steps
+            total += int8_blocks_nbytes(self.dim, self.d_out)
         return total
 
     def state(self):

@@ -111,6 +111,8 @@ def test_memory_usage_sums_to_the_resident_footprint():
     assert lean.memory_usage()["codec"] == state
     lean.search(x[:2], 3)  # the int8 projection is made now, and was counted before
     assert lean.memory_usage()["codec"] == state
+    if lean.codec.int8_queries:
+        assert state == 16 * 8 * 4 + 16 * 4 + 8 * 4 + sum(a.nbytes for a in lean.codec._p8)
     custom = quiver.index("HNSW8", 16)
     custom.add(x[:10], ids=np.arange(10) * 7)  # ids other than positions need a dictionary
     assert custom.memory_usage()["id_map"] > 0

@@ -261,6 +261,8 @@ def test_leanvec_rows_are_whole_lines_with_the_primary_terms_inline(spec, width,
     np.testing.assert_array_equal(old[:, :w1], codes[:, :w1])
     np.testing.assert_array_equal(old[:, w1:], codes[:, width - c.secondary_width :])
     np.testing.assert_array_equal(old_aux, aux)
+    with pytest.raises(quiver.InvalidArgument, match="row layout 3 is newer"):
+        ref.load_state({**c.state(), "layout": np.array([3])})
 
 
 def test_leanvec_index_saved_in_layout_1_loads_and_searches_alike(tmp_path, monkeypatch):
