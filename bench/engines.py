@@ -94,9 +94,13 @@ class QuiverEngine(Engine):
         spec, cuda, device = spec.partition("@cuda")
         if cuda:  # SPEC@cuda (@cuda:1): the faiss GPU index of that spec (engine.index.gpu)
             options = {**options, "device": "cuda" + device}
-        self.use_learn = spec.endswith("@learn")
-        """``SPEC@learn``: train the codec with the dataset's learn queries (LeanVec-OOD)."""
-        spec = spec.removesuffix("@learn")
+        # SPEC@learn: the codec trains with the dataset's learn queries (LeanVec-OOD);
+        # SPEC@links: the graph, once built, gets their edges (HNSWIndex.link_queries)
+        self.use_learn = self.link_learn = False
+        while spec.endswith(("@learn", "@links")):
+            self.use_learn |= spec.endswith("@learn")
+            self.link_learn |= spec.endswith("@links")
+            spec = spec[: -len("@learn")]
         self.spec = spec
         self.options = options
         try:  # the index type, after an OPQ<m> transform if any
@@ -131,6 +135,12 @@ class QuiverEngine(Engine):
         else:
             self.idx.train(x)
         self.idx.add(x)
+        if self.link_learn:
+            if self.learn is None:
+                raise ValueError(f"{self.index}: the dataset has no learn queries")
+            if not hasattr(self.idx, "link_queries"):
+                raise ValueError(f"{self.index}: @links needs a graph index (HNSW)")
+            self.idx.link_queries(self.learn)
         codec = getattr(self.idx, "codec", None)
         if codec is not None and codec.lossy:
             self._serve_from_files()

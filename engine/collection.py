@@ -574,9 +574,10 @@ class Collection(CollectionSchema):
             return None
 
     def train_queries(self, queries, using: str | None = None) -> int:
-        """Keep a sample of the queries a field will see (e.g. 10,000 logged ones): query-
-        aware codecs (``LeanVec``: the out-of-distribution projection) train on it when
-        segments seal. Replaces an earlier sample; returns how many were kept."""
+        """Keep a sample of the queries a field will see (e.g. 10,000 logged ones): when
+        segments seal, query-aware codecs (``LeanVec``: the out-of-distribution projection)
+        train on it and HNSW graphs get its edges (``HNSWIndex.link_queries``). Replaces an
+        earlier sample; returns how many were kept."""
         self._check_writable()
         name = self._field(using)
         if self.fields[name].kind == "multi":

@@ -300,6 +300,8 @@ class Segment:
                     index.train(_train_sample(x))
             if x.shape[0]:
                 index.add(x, np.arange(x.shape[0], dtype=np.int64))
+                if spec.queries is not None and hasattr(index, "link_queries"):
+                    index.link_queries(spec.queries)  # the sample's edges (HNSW)
             sub = "index" if name == DEFAULT_FIELD else f"index-{name}"
             index.save(path / sub)
             # served from its files: memory-mapped, and what a lossy codec never reads (the

@@ -488,6 +488,39 @@ def link_groups(kind, X, aux, nbr0, upper, uidx, level, targets, sources, starts
 
 
 @njit(**JIT)
+def link_query_hoods(nbr0, hoods) -> int:
+    """Query-guided edges: each row of ``hoods`` is a sample query's nearest nodes, nearest
+    first; its nearest node (the hub) and every other one are linked both ways, into free
+    base-level slots only (a full list keeps its pruned neighbours). Out-of-distribution
+    queries (short questions against passages) land in regions the data's own neighbour
+    lists link poorly; these edges give the beam a way through them (RoarGraph, Chen et
+    al. 2024, makes a graph of such neighbourhoods). Returns the edges added."""
+    added = 0
+    for h in range(hoods.shape[0]):
+        hub = hoods[h, 0]
+        if hub < 0:
+            continue
+        for j in range(1, hoods.shape[1]):
+            v = hoods[h, j]
+            if v < 0 or v == hub:
+                continue
+            added += _link_free(nbr0[hub], v) + _link_free(nbr0[v], hub)
+    return added
+
+
+@njit(**INLINE)
+def _link_free(row, v) -> int:
+    """Append ``v`` to a -1-terminated neighbour row where it is absent and a slot is free."""
+    for s in range(row.shape[0]):
+        if row[s] == v:
+            return 0
+        if row[s] < 0:
+            row[s] = v
+            return 1
+    return 0
+
+
+@njit(**JIT)
 def rerank_chunk(kind, Q, X, aux, cand_i, k, out_d, out_i, first, step):
     """Re-score the candidates of queries first, first + step, ... with an accurate distance
     and keep the best k of each."""

@@ -932,3 +932,98 @@ def test_visited_tags_wrap_around_within_and_across_calls():
     np.testing.assert_array_equal(batch[1], np.concatenate([s[1] for s in single]))
     np.testing.assert_array_equal(batch[0], np.concatenate([s[0] for s in single]))
     assert 0 < int(idx._tls.tags[0]) <= 255
+
+
+# --- query-guided edges -----------------------------------------------------------------
+
+
+def test_link_query_hoods_links_each_hub_both_ways_into_free_slots_only():
+    from quiver.kernels.hnsw import link_query_hoods
+
+    nbr0 = np.full((6, 3), -1, np.int32)
+    nbr0[0] = [1, 2, 3]  # full: keeps its pruned neighbours
+    nbr0[4, 0] = 5
+    hoods = np.array([[4, 5, 1, -1], [0, 4, 4, 0], [-1, 2, 3, 1]], np.int64)
+    added = link_query_hoods(nbr0, hoods)
+    # hood 0: 4-5 exists one way (5 -> 4 added), 4 -> 1 and 1 -> 4; hood 1: 0 is full, 4 -> 0
+    assert nbr0[4].tolist() == [5, 1, 0] and nbr0[5].tolist() == [4, -1, -1]
+    assert nbr0[1].tolist() == [4, -1, -1] and nbr0[0].tolist() == [1, 2, 3]
+    assert nbr0[2].tolist() == nbr0[3].tolist() == [-1, -1, -1]  # a hood without a hub
+    assert added == 4
+
+
+def _shifted_queries(x, n, seed):
+    """Queries off the data's distribution: each a data point's noisy copy pushed along one
+    shared direction, the way short questions sit apart from the passages they match."""
+    rng = np.random.default_rng(seed)
+    shift = rng.standard_normal(x.shape[1]).astype(np.float32)
+    base = x[rng.integers(0, len(x), n)]
+    return base + 0.3 * rng.standard_normal(base.shape).astype(np.float32) + 2.0 * shift
+
+
+def test_link_queries_adds_edges_keeps_results_exact_and_survives_save_load(tmp_path, data):
+    x = data[0]
+    idx = build(x, "l2", m=8)
+    before = (idx._nbr0[: len(idx)] >= 0).sum()
+    learn, held = _shifted_queries(x, 300, 1), _shifted_queries(x, 50, 2)
+    _, truth = brute(x, held, "l2", K)
+    plain = recall(idx.search(held, K, ef=EF)[1], truth)
+    added = idx.link_queries(learn)
+    assert added > 0 and (idx._nbr0[: len(idx)] >= 0).sum() == before + added
+    assert idx.link_queries(learn) < added  # the same sample again: most edges are there
+    _, ids = idx.search(held, K, exact=True)
+    assert recall(ids, truth) == 1.0
+    linked = recall(idx.search(held, K, ef=EF)[1], truth)
+    assert linked >= plain, (plain, linked)
+    idx.save(tmp_path / "i")
+    loaded = hnsw_module.HNSWIndex.load(tmp_path / "i")
+    np.testing.assert_array_equal(loaded._nbr0[: len(idx)], idx._nbr0[: len(idx)])
+    assert loaded.link_queries(held) >= 0  # a memory-mapped graph takes edges too
+
+
+def test_link_queries_bad_input():
+    idx = HNSWIndex(DIM, "l2")
+    assert idx.link_queries(np.zeros((3, DIM), np.float32)) == 0  # nothing to link yet
+    with pytest.raises(quiver.InvalidArgument, match="queries"):
+        idx.link_queries(np.zeros((3, DIM + 1), np.float32))
+    for k in (1, 0, 2.5, True, 1000):
+        with pytest.raises(quiver.InvalidArgument, match="k: "):
+            idx.link_queries(np.zeros((3, DIM), np.float32), k=k)
+
+
+def test_collection_query_sample_links_its_hnsw_segments(tmp_path, data):
+    x = data[0]
+    learn = _shifted_queries(x, 200, 1)
+    degrees = {}
+    for sampled in (False, True):
+        with quiver.connect(tmp_path / f"db{sampled}") as db:
+            col = db.create_collection("c", dim=DIM, metric="l2", index="HNSW8")
+            if sampled:
+                col.train_queries(learn)
+            col.upsert(list(range(len(x))), x)
+            col.flush()
+            (seg,) = [s for s in col._segments if s.sealed]
+            index = seg.fields[""].index
+            degrees[sampled] = int((index._nbr0[: len(index)] >= 0).sum())
+            assert col.search(x[7], 1, params={"exact": True})[0].id == 7
+    assert degrees[True] > degrees[False]
+
+
+@pytest.mark.slow
+def test_link_queries_raises_recall_on_out_of_distribution_queries():
+    """The shared OOD file: headword queries against WordNet definitions (a 30k subset)."""
+    h5py = pytest.importorskip("h5py")
+    ood = find_data_file("wordnet-minilm-384-ood.hdf5")
+    if ood is None or not REAL_DATA.exists():
+        pytest.skip("the shared WordNet files are not present")
+    with h5py.File(REAL_DATA, "r") as f:
+        x = np.asarray(f["train"][:30000], np.float32)
+    with h5py.File(ood, "r") as f:
+        learn = np.asarray(f["learn"][:5000], np.float32)
+        q = np.asarray(f["test"][:300], np.float32)
+    _, truth = brute(x, q, "cosine", K)
+    idx = build(x, "cosine", m=16, threads=numba.config.NUMBA_NUM_THREADS)
+    plain = recall(idx.search(q, K, ef=16)[1], truth)
+    idx.link_queries(learn)
+    linked = recall(idx.search(q, K, ef=16)[1], truth)
+    assert linked >= plain + 0.02, (plain, linked)

@@ -41,6 +41,9 @@ _TRAVERSAL_US_PER_EF = 3.0
 """Cost model: a plain traversal costs about 3 us per unit of ef at 384 dimensions when
 every row qualifies, and 1/share times that under a filter (it must wade through rejected
 nodes); it beats two-hop above a share of about 0.3."""
+QUERY_HOOD = 16
+"""``link_queries``' default neighbourhood: 16 nearest points a sample query (32 measured
+1.41x against 16's 1.38x at recall 0.90 on WordNet's OOD queries, with twice the edges)."""
 _MIN_TRAVERSAL_SHARE = 0.08
 """Below this share the allowed points fragment the two-hop graph (recall@10 0.958 at 5%,
 0.983 at 10% with ef=64 on WordNet): the cost model prices it out, so the planner scans."""
@@ -256,6 +259,26 @@ class HNSWIndex:
         link = for_kind(kh.link_groups, dist)
         parts = 1 if starts.shape[0] < 4 * _PARALLEL_MIN_BATCH else chunk_count(starts.shape[0])
         run_chunks(lambda c, n: link(*graph, c, n), parts)
+
+    def link_queries(self, queries, k: int = QUERY_HOOD) -> int:
+        """Add query-guided edges for out-of-distribution queries (``kernels/hnsw.py``,
+        ``link_query_hoods``): each sample query's ``k`` nearest points are found by a search,
+        and the nearest is linked both ways to the others, in free base-level slots.
+
+        ``queries``: a sample of the queries to expect (e.g. 10,000 logged ones). On WordNet's
+        headword queries against definitions HNSW32,LVQ8 then reaches recall@10 0.90 at
+        1.38x the QPS, while in-distribution queries search as before (README). Call it once
+        the points are in; ``compact`` rebuilds the graph without these edges. Returns the
+        number of edges added."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= 256:
+            raise InvalidArgument(f"k: expected an integer in [2, 256], got {k!r}")
+        q = self._prepare_vectors(queries, "queries")
+        with self._write_lock:
+            if q.shape[0] == 0 or self._entry < 0:
+                return 0
+            _, hoods, _ = self.search_positions(q, int(k), None, SearchParams(ef=max(64, 2 * k)))
+            self._grow(self._float.n)  # a loaded graph is memory-mapped, read-only
+            return int(kh.link_query_hoods(self._nbr0, hoods))
 
     # --- delete ---------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
                                      "$QUIVER_DATA_DIR, else synthetic:20000x128)")
     p.add_argument("--index", action="append", dest="indexes", metavar="SPEC",
                    help="Quiver index spec, repeatable (default Flat); SPEC@learn trains the codec "
-                        "with the dataset's learn queries (LeanVec-OOD)")
+                        "with the dataset's learn queries (LeanVec-OOD), SPEC@links adds "
+                        "their edges to the graph (HNSW link_queries)")
     p.add_argument("--peers", type=_name_list, default=None,
                    help="comma list: faiss, faiss-hnsw[:M], faiss-hnsw-sq8[:M], "
                         "faiss-ivf[:nlist], faiss-ivfpq[:nlist[:m]], faiss-ivfpq-refine, "
