@@ -43,7 +43,8 @@ every row qualifies, and 1/share times that under a filter (it must wade through
 nodes); it beats two-hop above a share of about 0.3."""
 QUERY_HOOD = 16
 """``link_queries``' default neighbourhood: 16 nearest points a sample query (32 measured
-1.41x against 16's 1.38x at recall 0.90 on WordNet's OOD queries, with twice the edges)."""
+1.41x against 16's 1.38x at recall 0.90 on WordNet's OOD queries, with twice the edges: a
+scratch run over one saved HNSW32,LVQ8 index)."""
 _MIN_TRAVERSAL_SHARE = 0.08
 """Below this share the allowed points fragment the two-hop graph (recall@10 0.958 at 5%,
 0.983 at 10% with ef=64 on WordNet): the cost model prices it out, so the planner scans."""
@@ -267,7 +268,7 @@ class HNSWIndex:
 
         ``queries``: a sample of the queries to expect (e.g. 10,000 logged ones). On WordNet's
         headword queries against definitions HNSW32,LVQ8 then reaches recall@10 0.90 at
-        1.38x the QPS, while in-distribution queries search as before (README). Call it once
+        1.35x the QPS, while in-distribution queries search as before (README, run AG). Call it once
         the points are in; ``compact`` rebuilds the graph without these edges. Returns the
         number of edges added."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= 256:
