@@ -205,6 +205,16 @@ def flush(name: str, timeout: float) -> Op:
         raise TimeoutError(res.get("message") or "flush: not done in time")
 
 
+def train_queries(name: str, queries, using: str | None) -> Op:
+    try:
+        q = np.asarray(queries, np.float32)
+    except (TypeError, ValueError):
+        raise InvalidArgument("queries: expected an (n, dim) array of numbers") from None
+    body = {"queries": q.tolist(), **({"using": using} if using is not None else {})}
+    res = yield json_req("POST", f"/collections/{seg(name)}/train_queries", body)
+    return res["result"]["kept"]
+
+
 def list_collections() -> Op:
     return [c["name"] for c in (yield Req("GET", "/collections"))["result"]["collections"]]
 

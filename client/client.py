@@ -439,6 +439,10 @@ class RemoteCollection(_RemoteBase):
         """Seal the appendable segment now and wait until the server's optimizer is idle."""
         self.client._drive(ops.flush(self.name, timeout))
 
+    def train_queries(self, queries, using: str | None = None) -> int:
+        """Keep a sample of a field's queries (``Collection.train_queries``)."""
+        return self.client._drive(ops.train_queries(self.name, queries, using))
+
     def wait_indexed(self, timeout: float = 600.0, poll: float = 0.1) -> None:
         """Block until the server reports the collection green (nothing left to index)."""
         deadline = time.monotonic() + timeout
@@ -548,6 +552,9 @@ class AsyncRemoteCollection(_RemoteBase):
 
     async def flush(self, timeout: float = 600.0) -> None:
         await self.client._drive(ops.flush(self.name, timeout))
+
+    async def train_queries(self, queries, using: str | None = None) -> int:
+        return await self.client._drive(ops.train_queries(self.name, queries, using))
 
     async def wait_indexed(self, timeout: float = 600.0, poll: float = 0.1) -> None:
         deadline = time.monotonic() + timeout

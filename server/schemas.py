@@ -267,6 +267,13 @@ class PayloadFieldSchema(_Strict):
     type: PayloadType
 
 
+class TrainQueriesRequest(_Strict):
+    """A sample of the queries a field will see (``Collection.train_queries``)."""
+
+    queries: list[list[float]] = Field(min_length=1, max_length=100_000)
+    using: str | None = None
+
+
 class PayloadIndexRequest(_Strict):
     field_name: str = Field(min_length=1, max_length=256)
     field_schema: PayloadType | PayloadFieldSchema

@@ -657,3 +657,23 @@ def test_token_hits_over_rest(server):
     finally:
         httpx.delete(f"{url}/hits")
         httpx.delete(f"{url}/hits-bad")
+
+
+def test_train_queries_over_http_like_the_embedded_api(server, tmp_path):
+    """A query sample reaches the server's collection (kept, counted, validated), as it does
+    an embedded one; bad samples are an InvalidArgument naming the field, and nothing kept."""
+    rng = np.random.default_rng(5)
+    db = quiver.connect(tmp_path)
+    with quiver.Client(server.url) as client:
+        for target in (db, client):
+            col = target.create_collection("sampled", DIM, "l2")
+            assert col.train_queries(rng.standard_normal((30, DIM))) == 30
+            with pytest.raises(quiver.InvalidArgument, match="queries"):
+                col.train_queries(rng.standard_normal((4, DIM + 1)))
+            with pytest.raises(quiver.InvalidArgument, match="queries"):
+                col.train_queries([[1.0] * DIM, [1.0]])
+            col.upsert(list(range(200)), rng.standard_normal((200, DIM)).astype(np.float32))
+            col.flush()
+            assert col.search(np.zeros(DIM, np.float32), 3)[0].id is not None
+            target.drop_collection("sampled")
+    db.close()

@@ -107,6 +107,17 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             return res
         return ok({"status": "flushed"}, t)
 
+    @app.post("/collections/{name}/train_queries", tags=TAGS,
+              openapi_extra=body_doc(s.TrainQueriesRequest))
+    async def train_queries(name: str, request: Request):
+        """Keep a sample of a field's queries: segments sealed from now on train query-aware
+        codecs (LeanVec-OOD) on it and link it into their HNSW graphs. A Quiver extension;
+        answers how many queries were kept."""
+        t = time.perf_counter()
+        body = await parse(request, s.TrainQueriesRequest)
+        kept = await run(database().get_collection(name).train_queries, body.queries, body.using)
+        return ok({"kept": kept}, t)
+
     # --- payload indexes -----------------------------------------------------------------
 
     @app.put("/collections/{name}/index", tags=TAGS, openapi_extra=body_doc(s.PayloadIndexRequest))
