@@ -100,7 +100,7 @@ class QuiverEngine(Engine):
         while spec.endswith(("@learn", "@links")):
             self.use_learn |= spec.endswith("@learn")
             self.link_learn |= spec.endswith("@links")
-            spec = spec[: -len("@learn")]
+            spec = spec.rsplit("@", 1)[0]
         self.spec = spec
         self.options = options
         try:  # the index type, after an OPQ<m> transform if any

@@ -661,7 +661,8 @@ def test_token_hits_over_rest(server):
 
 def test_train_queries_over_http_like_the_embedded_api(server, tmp_path):
     """A query sample reaches the server's collection (kept, counted, validated), as it does
-    an embedded one; bad samples are an InvalidArgument naming the field, and nothing kept."""
+    an embedded one; bad samples are an InvalidArgument naming the field, and the sample
+    kept before stays (checked where it can be read: embedded)."""
     rng = np.random.default_rng(5)
     db = quiver.connect(tmp_path)
     with quiver.Client(server.url) as client:
@@ -672,6 +673,8 @@ def test_train_queries_over_http_like_the_embedded_api(server, tmp_path):
                 col.train_queries(rng.standard_normal((4, DIM + 1)))
             with pytest.raises(quiver.InvalidArgument, match="queries"):
                 col.train_queries([[1.0] * DIM, [1.0]])
+            if target is db:
+                assert col._learn_queries("").shape == (30, DIM)
             col.upsert(list(range(200)), rng.standard_normal((200, DIM)).astype(np.float32))
             col.flush()
             assert col.search(np.zeros(DIM, np.float32), 3)[0].id is not None
