@@ -23,6 +23,18 @@ from .errors import InvalidArgument
 from .kmeans import sq_norms as _sq_norms
 from .spec import SpecPart
 
+F16_MAX = 65504.0
+"""The largest finite float16: a value beyond it has no F16 code."""
+
+
+def beyond_f16(x: np.ndarray) -> int:
+    """The first row of ``x`` holding a value beyond the float16 range, or -1 (a check
+    before a write: rows an F16 store would refuse must be refused before the log takes
+    them)."""
+    if x.size == 0 or (x.max() <= F16_MAX and x.min() >= -F16_MAX):
+        return -1
+    return int(np.flatnonzero((np.abs(x) > F16_MAX).any(1))[0])
+
 
 class Codec:
     name: str = ""
@@ -106,12 +118,11 @@ class F16Codec(Codec):
     aux_width = 1
 
     def encode(self, x):
-        with np.errstate(over="ignore"):
-            h = x.astype(np.float16)
-        if not np.isfinite(h).all():
-            bad = int(np.argwhere(~np.isfinite(h))[0][0])
+        bad = beyond_f16(x)
+        if bad >= 0:
             raise InvalidArgument(
                 f"vectors: row {bad} has a value beyond the float16 range (|x| <= 65504)")
+        h = x.astype(np.float16)
         return np.ascontiguousarray(h.view(np.uint16)), _sq_norms(h.astype(np.float32))[:, None]
 
     def prepare(self, q):

@@ -10,6 +10,7 @@ bitmaps) so the WAL before it can be dropped. Opening replays the WAL after the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .codecs import beyond_f16
 from .device import DeviceUnavailable, device_name, parse_device
 from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
 from .filters import Filter, normalize_id, parse_filter
@@ -48,7 +50,7 @@ from .points import (
 from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import FieldSpec, Segment, field_index
-from .tokens import TokenMatrices, as_token_matrices, is_one_query, normalize_tokens
+from .tokens import TokenMatrices, as_token_matrices, check_f16_tokens, is_one_query, normalize_tokens
 from .validation import as_vectors, check_dim, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
@@ -356,10 +358,27 @@ class CollectionSchema:
             if multi and (self.fields[name].pool_factor or 1) > 1 and len(x):
                 x = TokenMatrices(*pool_tokens(x.tokens, x.offsets, self.fields[name].pool_factor,
                                                self._metrics[name] is Metric.COSINE))
+            self._check_storable(name, x, where)
             out[name] = (x, rows)
         if DEFAULT_FIELD in self.fields and DEFAULT_FIELD not in out and n:
             raise InvalidArgument("vectors: required")
         return out
+
+    def _check_storable(self, name: str, x: np.ndarray | TokenMatrices, where: str) -> None:
+        """Refuse what field ``name``'s float16 store cannot hold, before the log takes it:
+        after the log, a failed write would leave a partial row, or a segment no seal can
+        build."""
+        f = self.fields[name]
+        if f.kind == "multi":
+            if (f.tokens or "f16") == "f16":
+                check_f16_tokens(x.tokens, x.offsets, where)
+            return
+        if _stores_f16(f.index):
+            row = beyond_f16(x)
+            if row >= 0:
+                raise InvalidArgument(f"{where}[{row}]: a value beyond the float16 range "
+                                      f"(|x| <= 65504), which this field's {f.index} index "
+                                      f"stores; use F32, SQ8 or LVQ codes")
 
     def _check_vector_names(self, names: Any) -> None:
         """``names`` lists named vector fields of this collection (``delete_vectors``)."""
@@ -371,7 +390,7 @@ class CollectionSchema:
                 raise InvalidArgument(f"vector: {n!r} is not a named vector field of this "
                                       f"collection ({', '.join(map(repr, self.fields))})")
 
-    def _single_query(self, vector, using: str | None) -> bool:
+    def is_single_query(self, vector, using: str | None) -> bool:
         """Whether a search input is one query: a vector, or for a multi-vector field one
         token matrix (a 2-D array or list of equal rows; a batch is a list of them)."""
         if self.fields[self._field(using)].kind != "multi":
@@ -387,7 +406,7 @@ class CollectionSchema:
         ``group_by`` (a document id on its chunks, say), each with its best ``group_size``
         hits, for one query; groups ordered by their best hit (engine/groups.py). At most
         ``max_hits`` points are searched for them."""
-        if not self._single_query(vector, using):
+        if not self.is_single_query(vector, using):
             raise InvalidArgument("vector: search_groups takes one query, not a batch")
 
         def search(**kw):
@@ -977,7 +996,7 @@ class Collection(CollectionSchema):
         ``score_threshold`` drops hits scoring worse than it (below it for ip/cosine, above it
         for l2). With ``explain``, returns ``(results, plan)`` where plan lists each segment's
         strategy, estimated and actual selectivity."""
-        single = self._single_query(vector, using)
+        single = self.is_single_query(vector, using)
         if score_threshold is not None:
             score_threshold = check_threshold(score_threshold)
         proj = payload_projection(with_payload)
@@ -998,7 +1017,7 @@ class Collection(CollectionSchema):
         """Top-k of a batch of queries as FAISS-style matrices (``ids``, ``scores``,
         ``counts``): for evaluation and bulk pipelines, with no per-hit objects."""
         if self.fields[self._field(using)].kind == "multi":
-            if self._single_query(queries, using):
+            if self.is_single_query(queries, using):
                 raise InvalidArgument("queries: expected a list of token matrices (one per "
                                       "query), got one matrix")
         else:
@@ -1024,7 +1043,7 @@ class Collection(CollectionSchema):
         name = self._field(using)
         flt = parse_filter(filter) if filter is not None else None
         if self.fields[name].kind == "multi":
-            one = self._single_query(vector, using)
+            one = self.is_single_query(vector, using)
             q = as_token_matrices([vector] if one else vector, self.fields[name].dim, what)
             if self._metrics[name] is Metric.COSINE:
                 q = normalize_tokens(q)
@@ -1384,3 +1403,9 @@ def _subset_fields(fields: FieldBatch, keep: np.ndarray, n: int) -> FieldBatch:
         sel = mapped >= 0
         out[name] = (x[sel], mapped[sel] if sel.sum() < keep.shape[0] else None)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _stores_f16(spec: str) -> bool:
+    """``ParsedSpec.stores_f16`` of an index spec, parsed once: every write asks."""
+    return parse_index_spec(spec).stores_f16()

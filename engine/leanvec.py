@@ -22,7 +22,7 @@ import numpy as np
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
 from ..kernels import vnni
-from .codecs import Codec, _sq_norms, register_codec
+from .codecs import Codec, _sq_norms, beyond_f16, register_codec
 from .errors import InvalidArgument
 from .spec import SpecPart
 
@@ -186,6 +186,10 @@ class LeanVecCodec(Codec):
         if self.secondary == "lvq8":
             kq.lvq_encode(x, self.mean, 8, 0, codes[:, w2:], aux[:, 3:])
         else:
+            bad = beyond_f16(x)
+            if bad >= 0:
+                raise InvalidArgument(f"vectors: row {bad} has a value beyond the float16 "
+                                      f"range (|x| <= 65504) of this LeanVec's F16 secondary")
             half = x.astype("<f2")
             codes[:, w2:] = half.view(np.uint8).reshape(x.shape[0], 2 * self.dim)
             aux[:, 3:5] = 0

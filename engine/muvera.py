@@ -33,7 +33,7 @@ from .index.registry import load_index, parse_index_spec
 from .metric import Metric
 from .params import SearchParams
 from .persist import load_arrays, save_arrays
-from .tokens import TokenMatrices, as_token_matrices
+from .tokens import TokenMatrices, as_token_matrices, check_f16_tokens
 from .vectors import VectorStore, readonly
 
 RETRIEVALS = ("fde", "tokens")
@@ -54,7 +54,6 @@ MAX_TOKEN_HITS = 4096
 TOKEN_CODECS = {"f16": F16Codec, "f32": F32Codec, "lvq8": lambda dim: LVQCodec(dim, 8)}
 """How document tokens are kept: float16 (default), float32, or LVQ-8 (a byte a dimension plus
 a per-token bias and step, centred on the mean of the first tokens added)."""
-_F16_MAX = 65504.0
 _NO_AUX, _NO_MEAN = np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
 """What the Chamfer kernel takes for the LVQ aux rows and mean of tokens that have none."""
 
@@ -235,11 +234,8 @@ class MultiVectorIndex:
         if np.unique(ids).shape[0] != n or (len(self) and n and ids.min() <= self._ids.max()
                                              and np.isin(ids, self._ids).any()):
             raise InvalidArgument("ids: must be new and distinct")
-        if self.token_codec == "f16" and (np.abs(tokens) > _F16_MAX).any():
-            row = int(np.flatnonzero((np.abs(tokens) > _F16_MAX).any(1))[0])
-            doc = int(np.searchsorted(offsets, row, side="right") - 1)
-            raise InvalidArgument(f"documents[{doc}]: a token value beyond the float16 range "
-                                  f"(|x| <= 65504); store tokens='f32'")
+        if self.token_codec == "f16":
+            check_f16_tokens(tokens, offsets, "documents")
         if not self._tokens.codec.trained:  # LVQ: the mean the codes are centred on
             self._tokens.codec.fit(tokens)
         if self.fdes is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .codecs import beyond_f16
 from .errors import InvalidArgument
 from .validation import all_finite
 
@@ -148,3 +149,12 @@ def normalize_tokens(x: TokenMatrices) -> TokenMatrices:
     norms = np.linalg.norm(x.tokens, axis=1, keepdims=True)
     tokens = np.ascontiguousarray(x.tokens / np.where(norms > 0, norms, 1), np.float32)
     return TokenMatrices(tokens, x.offsets)
+
+
+def check_f16_tokens(tokens: np.ndarray, offsets: np.ndarray, what: str) -> None:
+    """Refuse token matrices a float16 store cannot hold, naming the first such item."""
+    row = beyond_f16(tokens)
+    if row >= 0:
+        item = int(np.searchsorted(offsets, row, side="right") - 1)
+        raise InvalidArgument(f"{what}[{item}]: a token value beyond the float16 range "
+                              f"(|x| <= 65504); store tokens='f32'")

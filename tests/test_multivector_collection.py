@@ -148,6 +148,40 @@ def test_multivector_bad_input(tmp_path):
     db.close()
 
 
+def test_values_a_float16_store_cannot_hold_are_refused_before_anything_is_written(tmp_path):
+    """A token beyond |x| = 65504 in a float16 token field (the default), or a value beyond it
+    in a dense F16 field, is refused naming the point, before the log: the batch's other
+    fields are not half-written (a point without a vector in one field had made its rows
+    translate, and a filtered search then indexed past the segment), nothing waits for a
+    seal that cannot encode it, and a restart replays no such write."""
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", vectors={
+        "d": {"dim": 4, "metric": "l2", "index": "HNSW16,F16"},
+        "m": {"dim": 4, "metric": "ip", "multivector": "max_sim", "index": "HNSW16",
+              "fde": FDE}}, segment_size=8)
+    rng = np.random.default_rng(3)
+    col.upsert(ids=list(range(10)), vectors={"d": rng.random((10, 4), np.float32),
+                                             "m": [rng.random((3, 4), np.float32)] * 10},
+               payloads=[{"a": i} for i in range(10)])
+    col.upsert(ids=[7], vectors={}, payloads=[{"z": 1}])  # 7 now has no vector at all
+    huge = np.array([[2.0**63, 2, 3, 4]], np.float32)
+    with pytest.raises(quiver.InvalidArgument,
+                       match=r"vectors\['m'\]\[0\]: a token value beyond the float16 range"):
+        col.upsert(ids=[7], vectors={"d": np.ones((1, 4), np.float32), "m": [huge]})
+    with pytest.raises(quiver.InvalidArgument,
+                       match=r"vectors\['d'\]\[1\]: a value beyond the float16 range .*HNSW16,F16"):
+        col.upsert(ids=[11, 12], vectors={"d": np.vstack([np.ones(4), 7e4 * np.ones(4)])})
+    assert col.count() == 10 and col.get([7], with_vectors=True)[0].vector == {}
+    hits = col.search(np.ones(4, np.float32), 3, filter={"must": [{"key": "a", "range":
+                                                                   {"gte": 3}}]}, using="d")
+    assert len(hits) == 3 and 7 not in [h.id for h in hits]
+    col.flush()  # every segment seals: no refused row reached one
+    assert all(s["sealed"] for s in col.info()["segments"] if s["points"])
+    db.close()
+    col = quiver.connect(tmp_path).get_collection("c")
+    assert col.count() == 10 and col.get([7], with_vectors=True)[0].vector == {}
+
+
 def test_token_rows_travel_in_frames():
     rng = np.random.default_rng(1)
     docs = _docs(rng, 5)

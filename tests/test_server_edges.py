@@ -126,6 +126,20 @@ def test_multivector_fields_refuse_flat_queries(app_client):
     error_of(r, 400, "token matrices")
 
 
+def test_dense_fields_refuse_token_matrix_queries(app_client):
+    """A matrix where a dense field takes one vector is a 400, with a prefetch too (its
+    re-scoring search had answered a batch's list of hit lists: a 500)."""
+    matrix = [[1, 2, 3, 4]]
+    for body in ({"query": matrix, "limit": 2},
+                 {"query": matrix, "limit": 2, "prefetch": [{"query": [1, 0, 0, 0], "limit": 4}]},
+                 {"query": [1, 0, 0, 0], "prefetch": [{"query": matrix, "limit": 4}]}):
+        error_of(app_client.post("/collections/flat/points/query", json=body), 400,
+                 "query: expected one vector")
+    r = app_client.post("/collections/flat/points/query", json={
+        "query": [1, 0, 0, 0], "limit": 2, "prefetch": [{"query": [1, 0, 0, 0], "limit": 4}]})
+    assert r.status_code == 200 and len(r.json()["result"]["points"]) == 2
+
+
 def test_mmr_picks_a_diverse_top_k_with_query_scores(app_client):
     plain = app_client.post("/collections/flat/points/query", json={
         "query": [1, 0, 0, 0], "limit": 3}).json()["result"]["points"]

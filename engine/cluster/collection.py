@@ -275,7 +275,7 @@ class ShardedCollection(CollectionSchema):
         """k, whether ``vector`` is one query, and whether higher scores are better."""
         self._check_open()
         name = self._field(using)
-        single = self._single_query(vector, using)
+        single = self.is_single_query(vector, using)
         k = check_k(k)
         SearchParams.parse(params)
         payload_projection(with_payload)

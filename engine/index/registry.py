@@ -34,6 +34,12 @@ class ParsedSpec:
     transform: SpecPart | None = None
     """A leading ``OPQ<m>`` part: the vectors are rotated before the index sees them."""
 
+    def stores_f16(self) -> bool:
+        """Whether rows are kept as float16, which holds no value beyond |x| = 65504: by the
+        codec, a ``Refine(F16)`` or a LeanVec's F16 secondary."""
+        parts = [self.codec, self.refine(), *self.codec.args]
+        return any(isinstance(p, SpecPart) and p.key == "F16" for p in parts)
+
     def refine(self) -> SpecPart | None:
         """The codec of a ``Refine(...)`` option, if any."""
         for part in self.options:

@@ -294,6 +294,13 @@ class Planner:
         if isinstance(query, (q.FusionQuery, q.RrfQuery)):
             raise InvalidArgument("query: a fusion goes with prefetch searches")
         if isinstance(query, list):
+            if not self.col.is_single_query(query, using):
+                kind = self.col.vector_field(using).kind
+                raise InvalidArgument(
+                    "query: expected one matrix of token vectors for this multivector field"
+                    if kind == "multi" else
+                    f"query: expected one vector (a list of numbers) for vector field "
+                    f"{using or ''!r}, got a nested list")
             return query, None
         pid = normalize_id(query, "query")
         return self._stored([pid], using, "query")[0], {"must_not": [{"has_id": [pid]}]}
