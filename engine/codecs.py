@@ -22,18 +22,7 @@ from .aligned import aligned_empty
 from .errors import InvalidArgument
 from .kmeans import sq_norms as _sq_norms
 from .spec import SpecPart
-
-F16_MAX = 65504.0
-"""The largest finite float16: a value beyond it has no F16 code."""
-
-
-def beyond_f16(x: np.ndarray) -> int:
-    """The first row of ``x`` holding a value beyond the float16 range, or -1 (a check
-    before a write: rows an F16 store would refuse must be refused before the log takes
-    them)."""
-    if x.size == 0 or (x.max() <= F16_MAX and x.min() >= -F16_MAX):
-        return -1
-    return int(np.flatnonzero((np.abs(x) > F16_MAX).any(1))[0])
+from .validation import beyond_f16
 
 
 class Codec:

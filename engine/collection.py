@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .codecs import beyond_f16
 from .device import DeviceUnavailable, device_name, parse_device
 from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
 from .filters import Filter, normalize_id, parse_filter
@@ -51,7 +50,7 @@ from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import FieldSpec, Segment, field_index
 from .tokens import TokenMatrices, as_token_matrices, check_f16_tokens, is_one_query, normalize_tokens
-from .validation import as_vectors, check_dim, check_k, check_threshold, normalize_rows
+from .validation import as_vectors, beyond_f16, check_dim, check_k, check_threshold, normalize_rows
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
 log = logging.getLogger(__name__)

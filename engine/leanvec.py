@@ -22,9 +22,10 @@ import numpy as np
 from ..kernels import dispatch as kk
 from ..kernels import quantized as kq
 from ..kernels import vnni
-from .codecs import Codec, _sq_norms, beyond_f16, register_codec
+from .codecs import Codec, _sq_norms, register_codec
 from .errors import InvalidArgument
 from .spec import SpecPart
+from .validation import beyond_f16
 
 log = logging.getLogger(__name__)
 

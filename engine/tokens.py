@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .codecs import beyond_f16
 from .errors import InvalidArgument
-from .validation import all_finite
+from .validation import all_finite, beyond_f16
 
 MAX_TOKENS = 4096
 """Tokens one document may have."""

@@ -13,6 +13,19 @@ _ZEROS = np.zeros(1 << 16, np.float32)
 """What ``all_finite`` dots a query with."""
 
 
+F16_MAX = 65504.0
+"""The largest finite float16: a value beyond it has no F16 code."""
+
+
+def beyond_f16(x: np.ndarray) -> int:
+    """The first row of ``x`` holding a value beyond the float16 range, or -1 (a check
+    before a write: rows an F16 store would refuse must be refused before the log takes
+    them)."""
+    if x.size == 0 or (x.max() <= F16_MAX and x.min() >= -F16_MAX):
+        return -1
+    return int(np.flatnonzero((np.abs(x) > F16_MAX).any(1))[0])
+
+
 def all_finite(x: np.ndarray) -> bool:
     """No NaN or infinity in the float32 array ``x``. Up to 65,536 values, one BLAS dot with
     zeros: 0 * v is 0 for every finite v (it cannot overflow) and NaN for a NaN or an
