@@ -38,17 +38,22 @@ _PQ_NITER = 6
 index's own, trained fully)."""
 
 
-def train_rotation(x: np.ndarray, m: int, niter: int = OPQ_NITER, seed: int = SEED
-                   ) -> tuple[np.ndarray, list[float]]:
+def train_rotation(x: np.ndarray, m: int, niter: int = OPQ_NITER, seed: int = SEED,
+                   adapt: bool = False) -> tuple[np.ndarray, list[float]]:
     """(R, distortion per iteration): a (dim, dim) float32 orthogonal R for ``m`` sub-vectors
-    of x R, and the mean squared PQ reconstruction error after each alternation."""
+    of x R, and the mean squared PQ reconstruction error after each alternation. ``adapt``:
+    with too few points to train PQ (a collection's small segment), R is the identity."""
     x = np.ascontiguousarray(sample_rows(x, OPQ_SAMPLE, seed), np.float32)
     dim = x.shape[1]
     pq = PQCodec(dim, m)
+    rotation = np.eye(dim, dtype=np.float32)
     if x.shape[0] < pq.ksub:
+        if adapt:
+            log.info("OPQ%d: %d training points, fewer than %d: no rotation", m, x.shape[0],
+                     pq.ksub)
+            return rotation, []
         raise InvalidArgument(f"OPQ{m}: needs at least {pq.ksub} training points, got "
                               f"{x.shape[0]}")
-    rotation = np.eye(dim, dtype=np.float32)
     history = []
     t = time.perf_counter()
     for it in range(niter):
@@ -94,7 +99,8 @@ class OPQIndex:
             raise InvalidArgument(f"train: the index already holds {len(self.inner)} vectors; "
                                   f"build a new index to train again")
         self.rotation, _ = train_rotation(normalize_rows(v) if self.metric is Metric.COSINE
-                                          else v, self.m, self.niter, self.seed)
+                                          else v, self.m, self.niter, self.seed,
+                                          getattr(self.inner, "adapt_nlist", False))
         rq = None if queries is None else self._rotate(as_vectors(queries, self.dim, "queries"))
         self.inner.train(self._rotate(v), queries=rq)
 

@@ -76,15 +76,22 @@ class PQCodec(Codec):
     def _sub(self, x: np.ndarray, j: int) -> np.ndarray:
         return np.ascontiguousarray(x[:, j * self.dsub : (j + 1) * self.dsub])
 
-    def fit(self, x: np.ndarray, seed: int = 1234, niter: int = TRAIN_NITER) -> None:
-        """k-means in every sub-space (l2, as FAISS's ProductQuantizer)."""
-        if x.shape[0] < self.ksub:
+    def fit(self, x: np.ndarray, seed: int = 1234, niter: int = TRAIN_NITER,
+            adapt: bool = False) -> None:
+        """k-means in every sub-space (l2, as FAISS's ProductQuantizer). ``adapt``: with fewer
+        than ``ksub`` training points (a collection's small segment), each point is its own
+        centroid, repeated to fill the codebook: where k-means with k >= n ends, and exact
+        for those points; otherwise too few points are an error."""
+        n = x.shape[0]
+        if n < self.ksub and not (adapt and n):
             raise InvalidArgument(f"PQ{self.m}x{self.nbits}: {self.ksub} centroids per sub-vector "
-                                  f"need at least {self.ksub} training points, got {x.shape[0]}")
+                                  f"need at least {self.ksub} training points, got {n}")
         books = np.empty((self.m, self.ksub, self.dsub), np.float32)
         for j in range(self.m):
-            books[j] = kmeans(self._sub(x, j), self.ksub, niter=niter, seed=seed + j,
-                              exact_iters=TRAIN_EXACT_ITERS).centroids
+            sub = self._sub(x, j)
+            books[j] = (sub[np.arange(self.ksub) % n] if n < self.ksub else
+                        kmeans(sub, self.ksub, niter=niter, seed=seed + j,
+                               exact_iters=TRAIN_EXACT_ITERS).centroids)
         self.codebooks, self._books_t = books, None
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

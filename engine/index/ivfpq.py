@@ -95,7 +95,7 @@ class IVFPQIndex(IVFIndex):
             kk.accumulate_rows(np.ascontiguousarray(v, np.float32), labels, 0, sums, counts)
             self._bases = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
                                    self._centroids).astype(np.float32)
-        self.codec.fit(v - self._bases[labels], seed=self.seed)
+        self.codec.fit(v - self._bases[labels], seed=self.seed, adapt=self.adapt_nlist)
         self._set_tables()
 
     def _set_tables(self) -> None:
