@@ -50,7 +50,15 @@ from .points import upsert_columns as upsert_columns
 from .projection import PayloadProjection, payload_paths, payload_projection
 from .segment import FieldSpec, Segment, field_index
 from .tokens import TokenMatrices, as_token_matrices, check_f16_tokens, is_one_query, normalize_tokens
-from .validation import as_vectors, beyond_f16, check_dim, check_k, check_threshold, normalize_rows
+from .validation import (
+    as_vectors,
+    beyond_f16,
+    check_dim,
+    check_flag,
+    check_k,
+    check_threshold,
+    normalize_rows,
+)
 from .wal import OP_DELETE, OP_UPSERT, WAL
 
 log = logging.getLogger(__name__)
@@ -290,6 +298,9 @@ class CollectionSchema:
 
     def _field(self, using: str | None) -> str:
         """The field a search uses: ``using``, or the only one there is."""
+        if using is not None and not isinstance(using, str):
+            raise InvalidArgument(f"using: expected a vector field name (a string), got "
+                                  f"{type(using).__name__}")
         if using is None or using == DEFAULT_FIELD:
             f = self._default_field()
             if f is None:
@@ -315,8 +326,9 @@ class CollectionSchema:
         if payloads is None:
             pl = [{}] * len(norm)
         else:
-            if isinstance(payloads, dict):
-                raise InvalidArgument("payloads: expected a list with one payload per id")
+            if not isinstance(payloads, (list, tuple)):
+                raise InvalidArgument(f"payloads: expected a list with one payload per id, got "
+                                      f"{type(payloads).__name__}")
             pl = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
             if len(pl) != len(norm):
                 raise InvalidArgument(f"payloads: got {len(pl)} payloads for {len(norm)} ids")
@@ -844,6 +856,9 @@ class Collection(CollectionSchema):
         self._check_writable()
         if not isinstance(field_name, str) or not field_name:
             raise InvalidArgument("field: expected a non-empty string")
+        if not isinstance(field_type, str):
+            raise InvalidArgument(f"type: expected a string naming the index type, got "
+                                  f"{type(field_type).__name__}")
         field_type = {"uuid": "keyword"}.get(field_type, field_type)
         if field_type not in (*PAYLOAD_INDEX_TYPES, "geo", "text"):
             raise InvalidArgument(f"type: {field_type!r} is not one of "
@@ -896,6 +911,7 @@ class Collection(CollectionSchema):
         True/False, a list of keys, or ``{"include": [...]}`` / ``{"exclude": [...]}``."""
         self._check_open()
         proj = payload_projection(with_payload)
+        with_vectors = check_flag("with_vectors", with_vectors)
         norm = normalize_ids(ids)
         with self._lock:
             locs = [self._locator.get(x) for x in norm]

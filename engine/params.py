@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from .errors import InvalidArgument
+from .validation import check_flag
 
 
 def _positive_int(name: str, value: Any) -> int | None:
@@ -28,13 +29,7 @@ def _is_np_int(value: Any) -> bool:
 
 
 def _flag(name: str, value: Any, optional: bool) -> bool | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, bool) and not (type(value).__module__ == "numpy"
-                                            and getattr(value, "dtype", None) is not None
-                                            and value.dtype.kind == "b"):
-        raise InvalidArgument(f"params.{name}: expected true or false, got {value!r}")
-    return bool(value)
+    return check_flag(f"params.{name}", value, optional)
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class SearchParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ef", _positive_int("ef", self.ef))
         object.__setattr__(self, "nprobe", _positive_int("nprobe", self.nprobe))
-        if self.rerank != "exact":
+        if not (isinstance(self.rerank, str) and self.rerank == "exact"):
             object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
         object.__setattr__(self, "exact", _flag("exact", self.exact, optional=False))
         object.__setattr__(self, "candidates", _positive_int("candidates", self.candidates))

@@ -125,6 +125,9 @@ def field_rows(value: Any, n: int, where: str) -> tuple[Any, np.ndarray | None]:
         x, rows = value
         if rows is None:
             return x, None
+        if not hasattr(x, "__len__"):
+            raise InvalidArgument(f"{where}: expected a (matrix, rows) pair, got a "
+                                  f"{type(x).__name__} for the matrix")
         rows = check_rows(rows, len(x), n, where)
         return x, (None if rows.shape[0] == n else rows)
     if isinstance(value, list) and any(v is None for v in value):

@@ -95,7 +95,7 @@ def as_token_matrices(value: Any, dim: int, what: str) -> TokenMatrices:
     else:
         if isinstance(value, np.ndarray) and value.ndim == 2:
             items = [value]
-        elif isinstance(value, (list, np.ndarray)):
+        elif isinstance(value, list) or (isinstance(value, np.ndarray) and value.ndim):
             items = list(value)
         else:
             raise InvalidArgument(f"{what}: expected a list of token matrices or a (vectors, "

@@ -26,6 +26,18 @@ def beyond_f16(x: np.ndarray) -> int:
     return int(np.flatnonzero((np.abs(x) > F16_MAX).any(1))[0])
 
 
+def check_flag(name: str, value: Any, optional: bool = False) -> bool | None:
+    """``value`` as a bool (a Python or NumPy one; None where ``optional``), else an
+    InvalidArgument naming ``name``: a list or an array is no flag."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool) and not (type(value).__module__ == "numpy"
+                                            and getattr(value, "dtype", None) is not None
+                                            and value.dtype.kind == "b" and value.ndim == 0):
+        raise InvalidArgument(f"{name}: expected true or false, got {value!r:.60}")
+    return bool(value)
+
+
 def all_finite(x: np.ndarray) -> bool:
     """No NaN or infinity in the float32 array ``x``. Up to 65,536 values, one BLAS dot with
     zeros: 0 * v is 0 for every finite v (it cannot overflow) and NaN for a NaN or an

@@ -305,6 +305,34 @@ def test_explain_reports_a_plan_per_segment(tmp_path):
 # ---------------------------------------------------------------- upsert, restart, snapshot
 
 
+def test_odd_argument_types_are_invalid_arguments_naming_them(tmp_path):
+    """Arguments of the wrong type are InvalidArguments naming them, not a TypeError or a
+    NumPy ValueError from deep inside (found by a fuzz of the embedded API), and the
+    collection is unchanged."""
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", vectors={"d": {"dim": 4, "metric": "l2"},
+                                             "m": {"dim": 4, "metric": "ip",
+                                                   "multivector": "max_sim"}})
+    col.upsert(ids=[1, 2], vectors={"d": np.eye(4, dtype=np.float32)[:2],
+                                    "m": [np.ones((2, 4), np.float32)] * 2})
+    q = [0.1, 0.2, 0.3, 0.4]
+    for call, field in (
+            (lambda: col.search(q, 3, using={"a": 1}), "using"),
+            (lambda: col.search(q, 3, using=np.array(["d"])), "using"),
+            (lambda: col.upsert(ids=[3], vectors={"d": q}, payloads=np.int64(1)), "payloads"),
+            (lambda: col.upsert(ids=[3], vectors={"d": (5, [0])}), r"vectors\['d'\]"),
+            (lambda: col.upsert(ids=[3], vectors={"d": q, "m": np.array(2.0)}), r"vectors\['m'\]"),
+            (lambda: col.get([1], with_vectors=np.ones(2, bool)), "with_vectors"),
+            (lambda: col.get([1], with_vectors=[]), "with_vectors"),
+            (lambda: col.create_payload_index("a", ["keyword"]), "type"),
+            (lambda: col.search(q, 3, using="d", params={"rerank": np.ones(2, bool)}),
+             r"params\.rerank")):
+        with pytest.raises(quiver.InvalidArgument, match=field):
+            call()
+    assert col.count() == 2 and [p.id for p in col.get([1, 2], with_vectors=True)] == [1, 2]
+    db.close()
+
+
 def test_upsert_replaces_within_and_across_segments(tmp_path):
     rng = np.random.default_rng(2)
     db = quiver.connect(tmp_path)
