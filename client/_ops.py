@@ -91,12 +91,17 @@ def _np_default(obj: Any) -> Any:
 def dumps(obj: Any, nonfinite: bool = False) -> bytes:
     """JSON bytes. orjson writes NaN/inf as null; with ``nonfinite`` the standard library
     writes the NaN / Infinity tokens instead so the server rejects them with its own message."""
-    if nonfinite:
-        return json.dumps(obj, allow_nan=True, default=_np_default).encode()
     try:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    except (orjson.JSONEncodeError, TypeError):
+        if not nonfinite:
+            try:
+                return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY |
+                                    orjson.OPT_NON_STR_KEYS)
+            except (orjson.JSONEncodeError, TypeError):
+                pass
         return json.dumps(obj, allow_nan=True, default=_np_default).encode()
+    except (TypeError, ValueError) as exc:  # what the server could not read either
+        raise InvalidArgument(f"request: {exc}; send numbers, strings, lists, dicts or "
+                              f"NumPy arrays") from None
 
 
 def json_req(method: str, path: str, obj: Any, idempotent: bool = True,
@@ -241,8 +246,9 @@ def upsert(name: str, ids: Any, vectors: Any, payloads: Any, points: Any,
     ids, vectors, payloads = upsert_columns(ids, vectors, payloads, points)
     ids = id_list_arg(ids)
     if payloads is not None:
-        if isinstance(payloads, dict) or not hasattr(payloads, "__len__"):
-            raise InvalidArgument("payloads: expected a list with one payload per id")
+        if not isinstance(payloads, (list, tuple)):
+            raise InvalidArgument(f"payloads: expected a list with one payload per id, got "
+                                  f"{type(payloads).__name__}")
         payloads = [canonical_payload(p, f"payloads[{i}]") for i, p in enumerate(payloads)]
     if isinstance(vectors, dict):  # named fields travel as one binary frame
         n = len(ids) if isinstance(ids, list) else 0
@@ -306,7 +312,10 @@ def id_list_arg(ids: Any) -> Any:
     """``ids`` for a request body; a single id is an error, as in the embedded API."""
     if isinstance(ids, (str, int, np.integer)):
         raise InvalidArgument("ids: expected a list of ids, got a single value")
-    return id_list(ids)
+    out = id_list(ids)
+    if not isinstance(out, list):
+        raise InvalidArgument(f"ids: expected a list of ids, got {type(ids).__name__}")
+    return out
 
 
 def get(name: str, ids: Any, with_payload: Any, with_vectors: bool) -> Op:
@@ -347,6 +356,14 @@ def update_payload(name: str, method: str, ids: Any, filter: Any, payload: Any =
     return res["result"]["updated"]
 
 
+def _rows_arg(value: Any, what: str) -> list:
+    """One entry a point: a matrix's rows or a list (InvalidArgument naming ``what``)."""
+    if isinstance(value, list) or (isinstance(value, np.ndarray) and value.ndim):
+        return list(value)
+    raise InvalidArgument(f"{what}: expected a matrix or a list with one entry per id, got "
+                          f"{type(value).__name__}")
+
+
 def _vector_list(v: Any) -> Any:
     return v.tolist() if isinstance(v, np.ndarray) else v
 
@@ -356,14 +373,14 @@ def update_vectors(name: str, ids: Any, vectors: Any) -> Op:
     of matrices or lists with None where a point keeps that field), sent per point."""
     ids = id_list_arg(ids)
     if isinstance(vectors, dict):
-        cols = {n: list(v) for n, v in vectors.items()}
+        cols = {n: _rows_arg(v, f"vectors[{n!r}]") for n, v in vectors.items()}
         for n, col in cols.items():
             if len(col) != len(ids):
                 raise InvalidArgument(f"vectors[{n!r}]: got {len(col)} entries for {len(ids)} ids")
         points = [{"id": x, "vector": {n: _vector_list(col[j]) for n, col in cols.items()
                                        if col[j] is not None}} for j, x in enumerate(ids)]
     else:
-        rows = list(vectors)
+        rows = _rows_arg(vectors, "vectors")
         if len(rows) != len(ids):
             raise InvalidArgument(f"vectors: got {len(rows)} vectors for {len(ids)} ids")
         points = [{"id": x, "vector": _vector_list(v)} for x, v in zip(ids, rows, strict=True)]
@@ -448,6 +465,9 @@ def search(name: str, vector: Any, k: int, filter: Any, params: Any, with_payloa
         except ValueError:  # ragged nesting: let the server describe it
             single = True
         q = as_float_array(vector)
+        if q is not None and q.ndim not in (1, 2):
+            raise InvalidArgument(f"vector: expected a vector or a matrix of queries, got "
+                                  f"shape {q.shape}")
         nonfinite = q is not None and q.size > 0 and not bool(np.isfinite(q).all())
     if single:
         body: dict[str, Any] = {"vector": q.tolist() if q is not None else vector, "limit": k,
@@ -576,7 +596,7 @@ def _npy_search(path: str, q: np.ndarray, k: int, params: Any, with_payload: boo
 def _json_batch(path: str, vector: Any, q: np.ndarray | None, k: int, filter: Any, params: Any,
                 with_payload: Any, with_vectors: bool, nonfinite: bool,
                 threshold: float | None, using: str | None) -> Op:
-    rows = q.tolist() if q is not None else list(vector)
+    rows = q.tolist() if q is not None else _rows_arg(vector, "vector")
     searches = [{"vector": v, "limit": k, "filter": filter, "params": params, "using": using,
                  "with_payload": with_payload, "with_vector": with_vectors,
                  "score_threshold": threshold} for v in rows]

@@ -23,7 +23,7 @@ import anyio
 import httpx
 import orjson
 
-from ..engine.errors import QuiverError
+from ..engine.errors import InvalidArgument, QuiverError
 from ..engine.groups import Group
 from ..engine.hits import SearchArrays
 from ..engine.metric import Metric
@@ -321,6 +321,9 @@ class _RemoteBase:
         """Multi-vector fields by name, with their token dimension."""
 
     def _is_multi(self, using: str | None) -> bool:
+        if using is not None and not isinstance(using, str):
+            raise InvalidArgument(f"using: expected a vector field name (a string), got "
+                                  f"{type(using).__name__}")
         if using is None and len(self.vectors) == 1:
             using = next(iter(self.vectors))
         return using in self._multi

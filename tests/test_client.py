@@ -401,6 +401,31 @@ def test_http_errors_map_to_engine_exceptions(client, secure):
             guarded.search([1, 0], 51)
 
 
+def test_wrong_typed_arguments_are_invalid_arguments_remote_as_embedded(client, tmp_path):
+    """What the embedded API refuses as an InvalidArgument, the client refuses the same way
+    before sending (it had raised TypeErrors while encoding: found by a fuzz of both)."""
+    spec = {"d": {"dim": 4, "metric": "l2"}}
+    db = quiver.connect(tmp_path)
+    for col in (db.create_collection("types", vectors=spec),
+                client.create_collection("types", vectors=spec)):
+        col.upsert(ids=[1], vectors={"d": [[1, 0, 0, 0]]})
+        for call, field in ((lambda c=col: c.search([0.1, 0.2, 0.3, 0.4], 1, using={"a": 1}),
+                             "using"),
+                            (lambda c=col: c.search(1.5, 1, using="d"), "vector"),
+                            (lambda c=col: c.upsert(ids=[2], vectors={"d": [[0, 1, 0, 0]]},
+                                                    payloads=np.int64(1)), "payloads"),
+                            (lambda c=col: c.update_vectors(7, {"d": [[1, 0, 0, 0]]}), "ids"),
+                            (lambda c=col: c.update_vectors([1], {"d": 2.5}), r"vectors\['d'\]"),
+                            (lambda c=col: c.set_payload({"b": b"x"}, [1]), r"payload\.b: bytes"),
+                            (lambda c=col: c.search([0.1, 0.2, 0.3, 0.4], 1, using="d",
+                                                    filter={"must": [{"key": "a", "match": {
+                                                        "value": b"x"}}]}), "bytes")):
+            with pytest.raises(quiver.InvalidArgument, match=field):
+                call()
+        assert col.count() == 1
+    db.close()
+
+
 def test_server_errors_and_odd_answers_map_to_quiver_error():
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/collections/boom":
