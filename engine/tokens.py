@@ -51,8 +51,8 @@ class TokenMatrices:
         counts = self.counts()[rows]
         offsets = np.zeros(rows.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
-        if rows.shape[0] == 0:
-            return TokenMatrices(np.zeros((0, self.tokens.shape[1]), np.float32), offsets)
+        if rows.shape[0] == 0:  # the stored dtype kept: float16 codes decode to their dim
+            return TokenMatrices(self.tokens[:0], offsets)
         starts = self.offsets[rows]
         take = np.repeat(starts - offsets[:-1], counts) + np.arange(int(offsets[-1]))
         return TokenMatrices(np.ascontiguousarray(self.tokens[take]), offsets)

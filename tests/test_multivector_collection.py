@@ -182,6 +182,30 @@ def test_values_a_float16_store_cannot_hold_are_refused_before_anything_is_writt
     assert col.count() == 10 and col.get([7], with_vectors=True)[0].vector == {}
 
 
+def test_payload_updates_across_segments_where_some_hold_no_tokens(tmp_path):
+    """A rewrite (set_payload) reads back the points' stored vectors from every segment
+    they are in; a segment holding none of the field's tokens gave an empty batch as wide
+    as its float16 codes' bytes (16 columns for 8-d tokens), and joining it failed (a 500
+    over REST). Found by a threaded stress test."""
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("s", vectors={"d": {"dim": 8}, "m": {
+        "dim": 8, "metric": "ip", "multivector": "max_sim"}}, segment_size=20)
+    rng = np.random.default_rng(0)
+    col.upsert(ids=list(range(30)), vectors={"d": rng.standard_normal((30, 8)), "m": [
+        rng.standard_normal((2, 8)).astype(np.float32) for _ in range(30)]})
+    col.upsert(ids=list(range(30, 40)), vectors={"d": rng.standard_normal((10, 8))})
+    col.flush()
+    before = {p.id: p.vector for p in col.get([0, 25, 35], with_vectors=True)}
+    assert col.set_payload({"v": 1}, [0, 25, 35]) == 3
+    after = col.get([0, 25, 35], with_vectors=True)
+    assert [p.payload for p in after] == [{"v": 1}] * 3
+    for p in after:
+        assert p.vector.keys() == before[p.id].keys()
+        for name, v in p.vector.items():
+            np.testing.assert_allclose(v, before[p.id][name], atol=1e-6)
+    db.close()
+
+
 def test_token_rows_travel_in_frames():
     rng = np.random.default_rng(1)
     docs = _docs(rng, 5)
