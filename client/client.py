@@ -23,11 +23,12 @@ import anyio
 import httpx
 import orjson
 
-from ..engine.errors import InvalidArgument, QuiverError
+from ..engine.errors import QuiverError
 from ..engine.groups import Group
 from ..engine.hits import SearchArrays
 from ..engine.metric import Metric
 from ..engine.points import Point
+from ..engine.validation import check_using
 from . import _ops as ops
 from ._ops import Req, ServerUnavailable, error_for
 
@@ -321,9 +322,7 @@ class _RemoteBase:
         """Multi-vector fields by name, with their token dimension."""
 
     def _is_multi(self, using: str | None) -> bool:
-        if using is not None and not isinstance(using, str):
-            raise InvalidArgument(f"using: expected a vector field name (a string), got "
-                                  f"{type(using).__name__}")
+        check_using(using)
         if using is None and len(self.vectors) == 1:
             using = next(iter(self.vectors))
         return using in self._multi

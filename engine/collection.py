@@ -57,6 +57,7 @@ from .validation import (
     check_flag,
     check_k,
     check_threshold,
+    check_using,
     normalize_rows,
 )
 from .wal import OP_DELETE, OP_UPSERT, WAL
@@ -298,9 +299,7 @@ class CollectionSchema:
 
     def _field(self, using: str | None) -> str:
         """The field a search uses: ``using``, or the only one there is."""
-        if using is not None and not isinstance(using, str):
-            raise InvalidArgument(f"using: expected a vector field name (a string), got "
-                                  f"{type(using).__name__}")
+        check_using(using)
         if using is None or using == DEFAULT_FIELD:
             f = self._default_field()
             if f is None:

@@ -28,10 +28,6 @@ def _is_np_int(value: Any) -> bool:
     return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu"
 
 
-def _flag(name: str, value: Any, optional: bool) -> bool | None:
-    return check_flag(f"params.{name}", value, optional)
-
-
 @dataclass(frozen=True)
 class SearchParams:
     """``ef``: HNSW beam width (default max(64, k)); ``nprobe``: IVF lists to visit;
@@ -56,8 +52,8 @@ class SearchParams:
         object.__setattr__(self, "ef", _positive_int("ef", self.ef))
         object.__setattr__(self, "nprobe", _positive_int("nprobe", self.nprobe))
         if not (isinstance(self.rerank, str) and self.rerank == "exact"):
-            object.__setattr__(self, "rerank", _flag("rerank", self.rerank, optional=True))
-        object.__setattr__(self, "exact", _flag("exact", self.exact, optional=False))
+            object.__setattr__(self, "rerank", check_flag("params.rerank", self.rerank, optional=True))
+        object.__setattr__(self, "exact", check_flag("params.exact", self.exact))
         object.__setattr__(self, "candidates", _positive_int("candidates", self.candidates))
 
     @classmethod

@@ -26,6 +26,13 @@ def beyond_f16(x: np.ndarray) -> int:
     return int(np.flatnonzero((np.abs(x) > F16_MAX).any(1))[0])
 
 
+def check_using(using: Any) -> None:
+    """``using`` names a vector field (a string) or is None (the only one there is)."""
+    if using is not None and not isinstance(using, str):
+        raise InvalidArgument(f"using: expected a vector field name (a string), got "
+                              f"{type(using).__name__}")
+
+
 def check_flag(name: str, value: Any, optional: bool = False) -> bool | None:
     """``value`` as a bool (a Python or NumPy one; None where ``optional``), else an
     InvalidArgument naming ``name``: a list or an array is no flag."""
