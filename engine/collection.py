@@ -1287,14 +1287,31 @@ class Collection(CollectionSchema):
         self._wal.truncate_before(seq + 1)
 
     def flush(self, timeout: float = 600.0) -> None:
-        """Seal the appendable segment now and wait until the optimizer is idle."""
+        """Seal every row written before the call into indexed segments, then finish the
+        merges and vacuums due. Writes made meanwhile go to a fresh appendable segment and
+        do not extend the flush, so it ends under a steady stream of upserts."""
         self._check_writable()
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise InvalidArgument(f"timeout: expected a positive number of seconds, got {timeout!r}")
         deadline = time.monotonic() + timeout
-        while self.optimize_once(force_seal=True):
+
+        def step() -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"flush: optimizer still busy after the {timeout:g} s timeout")
+
+        with self._opt_lock, self._lock:
+            target = self._last_seq
+            if self._appendable.n:
+                self._freeze(self._appendable)
+        while True:
+            with self._lock:
+                pending = any(seq <= target for _, seq in self._unsealed)
+            if not pending:
+                break
+            self.optimize_once()  # builds the oldest frozen segment first
+            step()
+        while self.optimize_once():
+            step()
         self._wake.set()
 
     def _wait_idle(self, timeout: float) -> None:

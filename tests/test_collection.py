@@ -631,6 +631,42 @@ def test_concurrent_search_during_writes_and_segment_swaps(tmp_path):
     db.close()
 
 
+def test_flush_ends_under_a_steady_stream_of_writes_and_seals_what_came_before(tmp_path):
+    """Writes during a flush go to a fresh appendable segment: the flush seals the rows
+    acknowledged before it and returns, instead of chasing the writer until its timeout."""
+    db = quiver.connect(tmp_path)
+    col = db.create_collection("c", 8, metric="l2", segment_size=10_000, ef_construction=32)
+    rng = np.random.default_rng(4)
+    col.upsert(list(range(300)), rng.standard_normal((300, 8)).astype(np.float32))
+    stop, written, errors = threading.Event(), [300], []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                n = written[0]
+                col.upsert(list(range(n, n + 5)), rng.standard_normal((5, 8)).astype(np.float32))
+                written[0] = n + 5
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        while written[0] < 400:  # the writer is running
+            time.sleep(0.001)
+        before = written[0]
+        col.flush(timeout=60)
+        assert col.info()["indexed_points"] >= before
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert col.count() == written[0]
+    col.flush()
+    assert col.info()["indexed_points"] == written[0]
+    db.close()
+
+
 # ---------------------------------------------------------------- bad input
 
 
