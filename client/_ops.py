@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from ..engine.errors import AlreadyExists, InvalidArgument, NotFound, QuiverError
+from ..engine.facets import check_facet
 from ..engine.frame import encode_batch
 from ..engine.groups import Group
 from ..engine.hits import NPZ, SearchArrays
@@ -440,6 +441,22 @@ def scroll(name: str, filter: Any, limit: int, cursor: Any, with_payload: Any,
     if order_by is not None:  # the order value is the embedded scroll's score
         points = [{**p, "score": p.get("order_value")} for p in points]
     return points_from(points), res["next_page_offset"]
+
+
+def facet(name: str, key: str, filter: Any, limit: int) -> Op:
+    check_facet(key, limit)
+    res = yield json_req("POST", f"/collections/{seg(name)}/facet",
+                         {"key": key, "filter": filter, "limit": limit})
+    return [(h["value"], h["count"]) for h in res["result"]["hits"]]
+
+
+def sample(name: str, k: int, filter: Any, with_payload: Any, with_vectors: bool) -> Op:
+    payload_projection(with_payload)
+    body = {"query": {"sample": "random"}, "limit": check_k(k), "filter": filter,
+            "with_payload": with_payload, "with_vector": with_vectors}
+    res = yield json_req("POST", f"/collections/{seg(name)}/points/query", body)
+    return [Point(p["id"], None, p.get("payload"), p.get("vector"))  # as the embedded get
+            for p in res["result"]["points"]]
 
 
 def _int(x: Any) -> Any:

@@ -388,6 +388,17 @@ class RemoteCollection(_RemoteBase):
         return self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
                                              with_vectors, order_by))
 
+    def facet(self, key: str, filter: dict | None = None, limit: int = 10
+              ) -> list[tuple[Any, int]]:
+        """The most frequent values of a payload key, with counts; see ``Collection.facet``."""
+        return self.client._drive(ops.facet(self.name, key, filter, limit))
+
+    def sample(self, k: int = 10, filter: dict | None = None,
+               with_payload: bool | list | dict = True, with_vectors: bool = False
+               ) -> list[Point]:
+        """Points drawn uniformly at random; see ``Collection.sample``."""
+        return self.client._drive(ops.sample(self.name, k, filter, with_payload, with_vectors))
+
     def search(self, vector, k: int = 10, filter: dict | None = None, params: dict | None = None,
                with_payload: bool | list | dict = False, with_vectors: bool = False, explain: bool = False,
                score_threshold: float | None = None, using: str | None = None):
@@ -507,6 +518,16 @@ class AsyncRemoteCollection(_RemoteBase):
                      order_by: str | dict | None = None) -> tuple[list[Point], Any]:
         return await self.client._drive(ops.scroll(self.name, filter, limit, cursor, with_payload,
                                                    with_vectors, order_by))
+
+    async def facet(self, key: str, filter: dict | None = None, limit: int = 10
+                    ) -> list[tuple[Any, int]]:
+        return await self.client._drive(ops.facet(self.name, key, filter, limit))
+
+    async def sample(self, k: int = 10, filter: dict | None = None,
+                     with_payload: bool | list | dict = True, with_vectors: bool = False
+                     ) -> list[Point]:
+        return await self.client._drive(ops.sample(self.name, k, filter, with_payload,
+                                                   with_vectors))
 
     async def search(self, vector, k: int = 10, filter: dict | None = None,
                      params: dict | None = None, with_payload: bool | list | dict = False,

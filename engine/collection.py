@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from .device import DeviceUnavailable, device_name, parse_device
 from .errors import CorruptData, InvalidArgument, NotFound, ReadOnly
+from .facets import check_facet, count_values, sample_counts, top_values
 from .filters import Filter, normalize_id, parse_filter
 from .frame import decode_batch, encode_batch
 from .groups import Group, search_groups
@@ -963,6 +965,46 @@ class Collection(CollectionSchema):
             ids = [i for i in ids if _id_order(i) >= start]
         page, rest = ids[:limit], ids[limit:]
         return self.get(page, with_payload, with_vectors), (rest[0] if rest else None)
+
+    def facet(self, key: str, filter: dict | None = None, limit: int = 10
+              ) -> list[tuple[Any, int]]:
+        """The ``limit`` most frequent values of payload ``key`` among the points ``filter``
+        admits, each with how many points hold it (engine/facets.py)."""
+        self._check_open()
+        path, limit = check_facet(key, limit)
+        flt = parse_filter(filter) if filter is not None else None
+        with self._lock:
+            segs = list(self._segments)
+        counts: Counter = Counter()
+        for seg in segs:
+            n = seg.n
+            allowed = seg.allowed(flt, n)
+            count_values(seg.payloads, range(n) if allowed is None else
+                         allowed.positions().tolist(), path, counts)
+        return top_values(counts, limit)
+
+    def sample(self, k: int = 10, filter: dict | None = None,
+               with_payload: bool | list | dict = True, with_vectors: bool = False
+               ) -> list[Point]:
+        """``k`` points drawn uniformly at random, without replacement, among those ``filter``
+        admits (fewer when fewer match), in random order."""
+        self._check_open()
+        k = check_k(k)
+        payload_projection(with_payload)
+        flt = parse_filter(filter) if filter is not None else None
+        rng = np.random.default_rng()
+        with self._lock:
+            segs = list(self._segments)
+        rows = []
+        for seg in segs:
+            allowed = seg.allowed(flt, seg.n)
+            rows.append(np.arange(seg.n) if allowed is None else allowed.positions())
+        ids = []
+        for seg, pos, m in zip(segs, rows, sample_counts([len(r) for r in rows], k, rng),
+                               strict=True):
+            ids.extend(seg.ext_ids[p] for p in rng.choice(pos, m, replace=False).tolist())
+        rng.shuffle(ids)
+        return self.get(ids, with_payload, with_vectors)
 
     def order_kinds(self, key: str) -> set[str]:
         """What the payload key holds to order by (``engine.ordering.value_kinds``): a

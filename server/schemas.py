@@ -254,6 +254,25 @@ class CountRequest(_Strict):
     exact: bool = Field(True, description="Accepted for Qdrant: Quiver's counts are always exact.")
 
 
+class FacetRequest(_Strict):
+    """``POST /collections/{name}/facet``: the most frequent values of a payload key."""
+
+    key: str = Field(min_length=1, max_length=256)
+    limit: int = Field(10, ge=1, le=10_000)
+    filter: dict[str, Any] | None = None
+    exact: bool = Field(True, description="Accepted for Qdrant: Quiver's counts are always exact.")
+
+
+class SearchMatrixRequest(_Strict):
+    """``POST /collections/{name}/points/search/matrix/{pairs,offsets}``: ``sample`` random
+    points (among those ``filter`` admits) and each one's ``limit`` nearest among them."""
+
+    filter: dict[str, Any] | None = None
+    sample: int = Field(10, ge=2)
+    limit: int = Field(3, ge=1)
+    using: str | None = Field(None, max_length=64)
+
+
 PayloadType = Literal["keyword", "integer", "float", "bool", "datetime", "uuid", "geo", "text"]
 """Qdrant's payload index types (``Collection.create_payload_index`` says what uuid, geo
 and text become)."""

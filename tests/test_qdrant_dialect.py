@@ -735,3 +735,139 @@ def test_geo_values_count_and_nested_filters(client):
     hits = client.query_points("geo", query=[1.0, 0.0], query_filter=near, limit=5).points
     assert sorted(h.id for h in hits) == [0, 1]
     client.delete_collection("geo")
+
+
+# --- discovery, context, order_by, sample, facet and the distance matrix -------------------------
+
+
+def _sig(s):
+    return s / (1 + np.abs(s))
+
+
+def test_explore_queries_facets_and_the_distance_matrix(client, http):
+    """Qdrant's discover and context searches (scores against a NumPy oracle: 30 points, so
+    the candidates are all of them), order_by and sample queries, facets and the search
+    matrix, through qdrant-client's own models."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((30, DIM)).astype(np.float32)
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True)
+    colors = ["red", "green", "blue"]
+    client.create_collection("explore", vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE))
+    client.upsert("explore", points=[m.PointStruct(id=i, vector=x[i].tolist(), payload={
+        "color": colors[i % 3], "n": 30 - i, "tags": ["a", "b"][: i % 3]}) for i in range(30)])
+    sim = xs @ xs.T
+    pairs = [(1, 2), (3, 4)]
+    ids = np.array([i for i in range(30) if i not in (0, 1, 2, 3, 4)])  # examples left out
+
+    # discover: pairs on the right side, then nearest the target
+    rank = sum(np.sign(sim[ids, p] - sim[ids, n]) for p, n in pairs)
+    want = rank + 0.5 * (_sig(sim[ids, 0]) + 1)
+    hits = client.query_points("explore", query=m.DiscoverQuery(discover=m.DiscoverInput(
+        target=0, context=[m.ContextPair(positive=p, negative=n) for p, n in pairs])), limit=5).points
+    order = np.argsort(-want, kind="stable")[:5]
+    assert [h.id for h in hits] == ids[order].tolist()
+    np.testing.assert_allclose([h.score for h in hits], want[order], atol=1e-5)
+    # a raw vector as the target, one pair as an object
+    one = client.query_points("explore", query=m.DiscoverQuery(discover=m.DiscoverInput(
+        target=x[0].tolist(), context=m.ContextPair(positive=1, negative=2))), limit=3).points
+    rest = np.array([i for i in range(30) if i not in (1, 2)])
+    want = np.sign(sim[rest, 1] - sim[rest, 2]) + 0.5 * (_sig(sim[rest, 0]) + 1)
+    assert [h.id for h in one] == rest[np.argsort(-want, kind="stable")[:3]].tolist()
+
+    # context: 0 on the positive side of every pair, below by how far off
+    cids = np.array([i for i in range(30) if i not in (1, 2, 3, 4)])
+    loss = sum(_sig(np.minimum(sim[cids, p] - sim[cids, n], 0)) for p, n in pairs)
+    hits = client.query_points("explore", query=m.ContextQuery(context=[
+        m.ContextPair(positive=p, negative=n) for p, n in pairs]), limit=8).points
+    got = {h.id: h.score for h in hits}
+    np.testing.assert_allclose(sorted(got.values(), reverse=True), np.sort(loss)[::-1][:8], atol=1e-6)
+    for i, s in got.items():
+        assert abs(loss[cids.tolist().index(i)] - s) < 1e-6
+    assert max(got.values()) == 0.0
+
+    # order_by: by a payload value, score 0 and the value in order_value; a filter, an offset,
+    # and ordering what a prefetch found
+    red = m.Filter(must=[m.FieldCondition(key="color", match=m.MatchValue(value="red"))])
+    page = client.query_points("explore", query=m.OrderByQuery(order_by="n"), query_filter=red,
+                               limit=3, offset=1).points
+    reds = sorted((30 - i, i) for i in range(0, 30, 3))
+    assert [h.id for h in page] == [i for _, i in reds[1:4]]
+    assert [h.order_value for h in page] == [v for v, _ in reds[1:4]] and {h.score for h in page} == {0.0}
+    near = client.query_points("explore", query=x[5].tolist(), limit=6).points
+    ordered = client.query_points("explore", prefetch=m.Prefetch(query=x[5].tolist(), limit=6),
+                                  query=m.OrderByQuery(order_by=m.OrderBy(key="n", direction="desc")),
+                                  limit=6).points
+    assert [h.id for h in ordered] == sorted((h.id for h in near), key=lambda i: -(30 - i))
+
+    # sample: distinct points the filter admits, all of them when asked for more
+    some = client.query_points("explore", query=m.SampleQuery(sample=m.Sample.RANDOM),
+                               query_filter=red, limit=4, with_payload=True).points
+    assert len({h.id for h in some}) == 4 and {h.payload["color"] for h in some} == {"red"}
+    every = client.query_points("explore", query=m.SampleQuery(sample=m.Sample.RANDOM),
+                                query_filter=red, limit=50).points
+    assert sorted(h.id for h in every) == list(range(0, 30, 3))
+
+    # facets: counts per value (a list's elements each), most frequent first, under a filter
+    assert [(h.value, h.count) for h in client.facet("explore", "tags").hits] == [("a", 20), ("b", 10)]
+    assert [(h.value, h.count) for h in client.facet("explore", "color", facet_filter=m.Filter(
+        must=[m.FieldCondition(key="n", range=m.Range(gt=20))]), limit=2).hits] == [
+        ("red", 4), ("blue", 3)]
+    assert http.post("/collections/explore/facet", json={"key": "n", "limit": 2}).json()[
+        "result"]["hits"] == [{"value": 1, "count": 1}, {"value": 2, "count": 1}]
+
+    # the distance matrix over a sample (here all 30): each point's nearest others
+    pairs_ = client.search_matrix_pairs("explore", sample=30, limit=2).pairs
+    assert len(pairs_) == 60
+    for p in pairs_:
+        others = np.argsort(-np.where(np.arange(30) == p.a, -np.inf, sim[p.a]), kind="stable")[:2]
+        assert p.b in others.tolist() and abs(p.score - sim[p.a, p.b]) < 1e-5
+    off = client.search_matrix_offsets("explore", sample=10, limit=3,
+                                       query_filter=red)
+    assert sorted(off.ids) == list(range(0, 30, 3)) and len(off.scores) == 30
+    assert off.offsets_row == sorted(off.offsets_row)
+    for r, c, s in zip(off.offsets_row, off.offsets_col, off.scores, strict=True):
+        assert abs(s - sim[off.ids[r], off.ids[c]]) < 1e-5 and r != c
+
+    # what is not served says so; groups take no self-scored query
+    with raises(422, "formula", "not supported"):
+        client.query_points("explore", prefetch=m.Prefetch(query=x[0].tolist(), limit=5),
+                            query=m.FormulaQuery(formula=m.SumExpression(sum=["$score", 1.0])))
+    bad = http.post("/collections/explore/points/query", json={"query": {"discovery": {}}})
+    assert bad.status_code == 422 and "one of {nearest, recommend, discover" in bad.json()["status"]["error"]
+    with raises(400, "groups"):
+        client.query_points_groups("explore", group_by="color", query=m.SampleQuery(sample=m.Sample.RANDOM))
+    with raises(400, "context", "pair"):
+        client.query_points("explore", query=m.ContextQuery(context=[]))
+    with raises(400, "discover.target[0]", "8 finite numbers"):
+        client.query_points("explore", query=m.DiscoverQuery(
+            discover=m.DiscoverInput(target=[1.0, 2.0], context=[])))
+    client.delete_collection("explore")
+
+
+def test_facet_and_sample_read_the_same_through_the_sdks(server, tmp_path):
+    import quiver
+
+    def scenario(db):
+        col = db.create_collection("fs", dim=2, metric="l2", index="Flat")
+        col.upsert(list(range(12)), [[i, 0] for i in range(12)],
+                   [{"k": ["x", "y", "z"][i % 3], "b": i % 2 == 0, "i": i // 5} for i in range(12)])
+        out = [col.facet("k"), col.facet("b", filter={"must": [{"key": "i", "range": {"lt": 2}}]}),
+               col.facet("i", limit=2)]
+        picked = col.sample(5, filter={"must": [{"key": "k", "match": {"value": "x"}}]})
+        out.append((len({p.id for p in picked}), {p.payload["k"] for p in picked}, picked[0].score))
+        out.append(sorted(p.id for p in col.sample(20, with_payload=False)))
+        for bad in (lambda: col.facet(3), lambda: col.facet("k", limit=0)):
+            with pytest.raises(quiver.InvalidArgument) as exc:
+                bad()
+            out.append(str(exc.value))
+        db.drop_collection("fs")
+        return out
+
+    with quiver.connect(tmp_path / "db", optimizer=False) as db:
+        embedded = scenario(db)
+    with quiver.Client(server.url, api_key=KEY) as remote:
+        assert scenario(remote) == embedded
+    assert embedded[:3] == [[("x", 4), ("y", 4), ("z", 4)], [(False, 5), (True, 5)], [(0, 5), (1, 5)]]
+    assert embedded[3] == (4, {"x"}, None) and embedded[4] == list(range(12))
+    assert embedded[5:] == ["key: expected a string, got int",
+                            "limit: expected an integer in [1, 10000], got 0"]

@@ -28,6 +28,7 @@ from ..collection import (
     normalize_ids,
 )
 from ..errors import InvalidArgument, ShardUnavailable
+from ..facets import MAX_FACET_LIMIT, check_facet, merge_counts, sample_counts, top_values
 from ..filters import normalize_id, parse_filter
 from ..hits import SearchArrays
 from ..ordering import parse_order_by, resolve
@@ -229,6 +230,40 @@ class ShardedCollection(CollectionSchema):
 
     def __len__(self) -> int:
         return self.count()
+
+    def facet(self, key: str, filter: dict | None = None, limit: int = 10, *,
+              allow_partial: bool = False) -> list[tuple[Any, int]]:
+        """As ``Collection.facet``, the shards' counts summed (each shard answers its
+        ``MAX_FACET_LIMIT`` most frequent values)."""
+        self._check_open()
+        _, limit = check_facet(key, limit)
+        if filter is not None:
+            parse_filter(filter)
+        found, missing = self._gather({i: s.read("facet", key, filter, MAX_FACET_LIMIT)
+                                       for i, s in enumerate(self.shards)}, allow_partial)
+        return self._flag(top_values(merge_counts(found.values()), limit), missing)
+
+    def sample(self, k: int = 10, filter: dict | None = None,
+               with_payload: bool | list | dict = True, with_vectors: bool = False,
+               *, allow_partial: bool = False) -> list[Point]:
+        """As ``Collection.sample``: how many picks each shard makes follows its share of
+        the matching points, so the whole sample stays uniform."""
+        self._check_open()
+        k = check_k(k)
+        payload_projection(with_payload)
+        if filter is not None:
+            parse_filter(filter)
+        sizes, missing = self._gather({i: s.read("count", filter)
+                                       for i, s in enumerate(self.shards)}, allow_partial)
+        rng = np.random.default_rng()
+        shards = sorted(sizes)
+        picks = sample_counts([sizes[i] for i in shards], k, rng)
+        found, more = self._gather(
+            {i: self.shards[i].read("sample", m, filter, with_payload, with_vectors)
+             for i, m in zip(shards, picks, strict=True) if m}, allow_partial)
+        out = [p for points in found.values() for p in points]
+        rng.shuffle(out)
+        return self._flag(out, missing + more)
 
     def scroll(self, filter: dict | None = None, limit: int = 10, cursor=None,
                with_payload: bool | list | dict = True, with_vectors: bool = False,

@@ -32,7 +32,7 @@ ORDER_WAIT_S = 10.0
 same driver) before the replica reports a gap and the driver repairs it."""
 
 READS = frozenset({"search", "search_arrays", "get", "count", "scroll", "order_kinds", "info",
-                   "wait_indexed"})
+                   "wait_indexed", "facet", "sample"})
 WRITES = frozenset({"upsert_validated", "update_validated", "delete", "set_payload",
                     "overwrite_payload", "delete_payload", "clear_payload", "delete_vectors",
                     "create_payload_index", "delete_payload_index", "train_queries", "noop"})

@@ -3,9 +3,11 @@ as ``Collection.search`` calls, and their hits as Qdrant's ``ScoredPoint``s.
 
 What Qdrant does that the engine leaves to its caller lives here: ``offset`` (search
 ``offset + limit``, drop the first), examples given as point ids (their stored vectors, the
-points themselves left out of the answer), ``recommend`` (average_vector, best_score, sum_scores),
-``prefetch`` with fusion (RRF, DBSF) or re-scoring of the prefetched points, Euclid scores
-(Qdrant answers the distance, the engine its square) and ``with_vector`` naming fields.
+points themselves left out of the answer), ``recommend`` (average_vector, best_score,
+sum_scores), ``discover`` and ``context`` searches, ``order_by`` and ``sample`` queries,
+``prefetch`` with fusion (RRF, DBSF) or re-scoring (ordering, sampling) of the prefetched
+points, Euclid scores (Qdrant answers the distance, the engine its square) and
+``with_vector`` naming fields.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ...engine.params import SearchParams
 from ...engine.points import Point
 from ...engine.tokens import is_one_query
 from . import schemas as q
-from .recommend import example_scores
+from .recommend import context_scores, discovery_scores, example_scores
 
 RRF_K = 60
 """RRF's rank constant when the query does not give one: score = sum of 1 / (k + rank)."""
@@ -104,14 +106,22 @@ class Query:
     euclid: bool = False
     vector_names: list[str] | None = None
     fused: list[Point] | None = field(default=None, repr=False)
+    ordered: bool = False
+    """An ``order_by`` query: each hit's score is its order value, answered as Qdrant does
+    (score 0, the value in ``order_value``)."""
 
     def answer(self, hits: list[Point]) -> list[dict[str, Any]]:
         """The hits as Qdrant's ``ScoredPoint``s (Quiver keeps no per-point version: 0)."""
         hits = hits[self.offset : self.offset + self.limit]
-        return [{"id": h.id, "version": 0,
-                 "score": math.sqrt(max(h.score, 0.0)) if self.euclid else h.score,
-                 "payload": h.payload, "vector": select_vector(h.vector, self.vector_names)}
-                for h in hits]
+        out = [{"id": h.id, "version": 0,
+                "score": 0.0 if self.ordered else
+                math.sqrt(max(h.score, 0.0)) if self.euclid else h.score,
+                "payload": h.payload, "vector": select_vector(h.vector, self.vector_names)}
+               for h in hits]
+        if self.ordered:
+            for o, h in zip(out, hits, strict=True):
+                o["order_value"] = h.score
+        return out
 
 
 def run(col: Collection, queries: list[Query]) -> list[list[dict[str, Any]]]:
@@ -138,8 +148,8 @@ class Planner:
         p = req.params
         if p is not None and (p.ef or p.hnsw_ef) is not None:
             self.check_k(p.ef or p.hnsw_ef, "params.hnsw_ef")
-        fusion = isinstance(req.query, (q.FusionQuery, q.RrfQuery))
-        # a fusion's scores are its own; otherwise the field searched decides
+        fusion = _own_scores(req.query)
+        # a fusion's scores (a discovery's, an order's...) are its own; else the field decides
         is_l2 = not fusion and self.col.vector_field(req.using).metric == "l2"
         threshold = req.score_threshold
         if is_l2 and threshold is not None:  # a distance bound: the engine compares squares
@@ -149,7 +159,8 @@ class Planner:
         k = req.limit + req.offset
         if req.prefetch is not None or fusion:
             hits = self._node(req, None, k, threshold, req.with_payload, bool(req.with_vector))
-            return Query(None, {}, req.limit, req.offset, is_l2, names, hits)
+            return Query(None, {}, req.limit, req.offset, is_l2, names, hits,
+                         ordered=isinstance(req.query, q.OrderByQuery))
         if req.query is None:
             raise InvalidArgument("query: required (a vector, a point id, {\"nearest\": ...}, "
                                   "{\"recommend\": ...} or a fusion of prefetch searches)")
@@ -199,12 +210,15 @@ class Planner:
                                   "prefetched points with, or a fusion)")
         if isinstance(node.query, q.NearestQuery) and node.query.mmr is not None:
             raise InvalidArgument("query.mmr: supported on a query without prefetch only")
-        vector, exclude = self._vector(node.query, node.using)
-        if subs:  # re-score what the prefetches found, with this query's vector
+        if subs:  # re-score (or order, sample) what the prefetches found
             ids = list(dict.fromkeys(h.id for p in subs for h in self._sub(p, flt)))
             if not ids:
                 return []
             flt = both(flt, {"must": [{"has_id": ids}]})
+        if isinstance(node.query, q.SELF_SCORED):
+            return self._fill(self._self_scored(node, flt, k, threshold), with_payload,
+                              with_vectors)
+        vector, exclude = self._vector(node.query, node.using)
         return self.col.search(vector, k=k, filter=both(flt, exclude),
                                params=engine_params(node.params, k), using=node.using,
                                score_threshold=threshold, with_payload=with_payload,
@@ -241,7 +255,7 @@ class Planner:
     def _sub(self, p: q.Prefetch, outer: dict | None) -> list[Point]:
         self.check_k(p.limit, "prefetch.limit")
         thr = p.score_threshold
-        if thr is not None and not isinstance(p.query, (q.FusionQuery, q.RrfQuery)) and \
+        if thr is not None and not _own_scores(p.query) and \
                 self.col.vector_field(p.using).metric == "l2":
             thr = math.copysign(thr * thr, thr)
         return self._node(p, outer, p.limit, thr)
@@ -266,8 +280,7 @@ class Planner:
                 if not hits:
                     continue
                 s = np.array([h.score for h in hits], np.float64)
-                if self.col.vector_field(p.using).metric == "l2" and \
-                        not isinstance(p.query, (q.FusionQuery, q.RrfQuery)):
+                if not _own_scores(p.query) and self.col.vector_field(p.using).metric == "l2":
                     s = -s  # closer is better: higher, like the other metrics
                 lo, hi = s.mean() - 3 * s.std(), s.mean() + 3 * s.std()
                 norm = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.full_like(s, 0.5)
@@ -293,6 +306,9 @@ class Planner:
             return self._recommend(query.recommend, using)
         if isinstance(query, (q.FusionQuery, q.RrfQuery)):
             raise InvalidArgument("query: a fusion goes with prefetch searches")
+        if isinstance(query, q.SELF_SCORED):
+            raise InvalidArgument(f"query: {next(iter(query.model_fields))} does not search "
+                                  f"around one vector; not here")
         if isinstance(query, list):
             if not self.col.is_single_query(query, using):
                 kind = self.col.vector_field(using).kind
@@ -322,12 +338,21 @@ class Planner:
                   ) -> tuple[np.ndarray, np.ndarray, dict | None]:
         """The positive and negative examples as float64 rows, prepared as stored vectors are
         (unit length for cosine), and a filter leaving out the examples given by id."""
+        (pos, neg), exclude = self._example_rows(
+            {"positive": rec.positive, "negative": rec.negative}, using, "recommend")
+        return pos, neg, exclude
+
+    def _example_rows(self, groups: dict[str, list], using: str | None, what: str
+                      ) -> tuple[list[np.ndarray], dict | None]:
+        """Each group of examples (vectors or point ids) as float64 rows, prepared as stored
+        vectors are (unit length for cosine), and a filter leaving out the examples given by
+        id; errors name ``what.group[i]``."""
         if self.col.vector_field(using).kind == "multi":
-            raise InvalidArgument("recommend: not for multi-vector fields (an average of token "
-                                  "matrices is not one); query by a point id instead")
-        ids = [normalize_id(x, "recommend") for x in (*rec.positive, *rec.negative)
+            raise InvalidArgument(f"{what}: not for multi-vector fields (an average of token "
+                                  f"matrices is not one); query by a point id instead")
+        ids = [normalize_id(x, what) for g in groups.values() for x in g
                if not isinstance(x, list)]
-        stored = dict(zip(ids, self._stored(ids, using, "recommend"), strict=True)) if ids else {}
+        stored = dict(zip(ids, self._stored(ids, using, what), strict=True)) if ids else {}
         dim = self.col.vector_field(using).dim
         cosine = self.col.vector_field(using).metric == "cosine"
 
@@ -339,13 +364,59 @@ class Planner:
                     continue
                 if len(x) != dim or not all(isinstance(v, (int, float)) and math.isfinite(v)
                                             for v in x):  # (a token matrix is a list too)
-                    raise InvalidArgument(f"recommend.{where}[{i}]: expected {dim} finite numbers")
+                    raise InvalidArgument(f"{what}.{where}[{i}]: expected {dim} finite numbers")
                 v = np.asarray(x, np.float64)
                 out.append(v / (np.linalg.norm(v) or 1.0) if cosine else v)
             return np.asarray(out, np.float64).reshape(len(out), dim)
 
-        return (rows(rec.positive, "positive"), rows(rec.negative, "negative"),
+        return ([rows(g, where) for where, g in groups.items()],
                 {"must_not": [{"has_id": ids}]} if ids else None)
+
+    def _self_scored(self, node: q.Prefetch, flt: dict | None, k: int,
+                     threshold: float | None) -> list[Point]:
+        """The best ``k`` of a query whose scores are its own (``q.SELF_SCORED``), under
+        ``flt``: an order (each score its order value), a random sample (scores 0), or a
+        discovery or context search."""
+        query = node.query
+        if isinstance(query, q.OrderByQuery):
+            order = query.order_by
+            order = order if isinstance(order, str) else order.model_dump(exclude_none=True)
+            found, _ = self.col.scroll(flt, k, None, False, False, order)
+            return [Point(p.id, p.score) for p in found]
+        if isinstance(query, q.SampleQuery):
+            return [Point(p.id, 0.0) for p in self.col.sample(k, flt, False, False)]
+        if isinstance(query, q.DiscoverQuery):
+            what, target, pairs = "discover", [query.discover.target], query.discover.context
+        else:
+            what, target, pairs = "context", [], query.context
+        pairs = [] if pairs is None else pairs if isinstance(pairs, list) else [pairs]
+        if what == "context" and not pairs:
+            raise InvalidArgument("context: give at least one {positive, negative} pair")
+        f = self.col.vector_field(node.using)
+        (tgt, pos, neg), exclude = self._example_rows(
+            {"target": target, "context.positive": [p.positive for p in pairs],
+             "context.negative": [p.negative for p in pairs]}, node.using, what)
+        # candidates: the nearest to the target and to each positive, and where the metric
+        # makes one, to the direction the pairs point (inner products add up)
+        probes = [*tgt, *pos]
+        if f.metric != "l2" and len(pairs):
+            probes.append(tgt.sum(axis=0) + pos.sum(axis=0) - neg.sum(axis=0))
+        n = max(4 * k, 64)
+        self.check_k(n, f"{what} candidates (4 x limit)")
+        found = self.col.search(np.asarray(probes, np.float32), k=n, filter=both(flt, exclude),
+                                params=engine_params(node.params, n), using=node.using)
+        ids = list(dict.fromkeys(h.id for hits in found for h in hits))
+        if not ids:
+            return []
+        pts = self.col.get(ids, with_payload=False, with_vectors=True)
+        name = node.using or ""
+        x = np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector for p in pts],
+                       np.float64).reshape(len(pts), f.dim)
+        scores = (discovery_scores(x, tgt, pos, neg, f.metric) if what == "discover" else
+                  context_scores(x, pos, neg, f.metric))
+        order = np.argsort(-scores, kind="stable")
+        return [Point(pts[j].id, float(scores[j])) for j in order.tolist()
+                if threshold is None or scores[j] >= threshold][:k]
 
     def _recommend_scored(self, req: q.QueryRequest, k: int, threshold: float | None
                           ) -> list[Point]:
@@ -399,6 +470,12 @@ class Planner:
         return out
 
 
+def _own_scores(query: Any) -> bool:
+    """Whether a query's scores are its own (a fusion's, a discovery's, an order's...), not a
+    distance in the field searched."""
+    return isinstance(query, (q.FusionQuery, q.RrfQuery, *q.SELF_SCORED))
+
+
 def _scored_recommend(query: Any) -> bool:
     return isinstance(query, q.RecommendQuery) and query.recommend.strategy in ("best_score",
                                                                                 "sum_scores")
@@ -410,12 +487,12 @@ def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
     """``{"groups": [{"id": value, "hits": [ScoredPoint, ...]}, ...]}`` for a groups query
     (engine/groups.py), each with its ``lookup`` when asked (``collection`` opens the one
     named); ``euclid=False`` leaves Euclid distances squared (legacy search)."""
-    if req.prefetch is not None or isinstance(req.query, (q.FusionQuery, q.RrfQuery)) or (
+    if req.prefetch is not None or _own_scores(req.query) or (
             isinstance(req.query, q.NearestQuery) and req.query.mmr is not None) or \
             _scored_recommend(req.query):
         raise InvalidArgument("query: groups take a vector, a point id, nearest or recommend "
-                              "(average_vector); not prefetch, fusion, mmr, best_score or "
-                              "sum_scores")
+                              "(average_vector); not prefetch, fusion, mmr, best_score, "
+                              "sum_scores, discover, context, order_by or sample")
     planner.check_k(req.limit * req.group_size, "limit * group_size")
     base = planner.query(q.QueryRequest.model_construct(
         query=req.query, using=req.using, filter=req.filter, params=req.params,

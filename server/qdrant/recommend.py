@@ -1,5 +1,5 @@
-"""Qdrant's recommendation scores for the strategies that compare each candidate with every
-example instead of searching around one averaged vector.
+"""Qdrant's scores that compare each candidate with every example instead of searching
+around one vector: the recommendation strategies, discovery and context search.
 
 A similarity is higher for closer points, as Qdrant's recommendation scores take it: the
 inner product (cosine: of unit vectors), or minus the squared Euclid distance.
@@ -9,6 +9,11 @@ inner product (cosine: of unit vectors), or minus the squared Euclid distance.
   first, and the rest follow, the farthest from every negative first.
 - ``sum_scores``: the sum of the similarities to the positives minus the sum of those to
   the negatives.
+- discovery: per context pair +1 when the candidate is closer to its positive, -1 when to its
+  negative, summed, plus sigmoid(similarity to the target) in (0, 1); so the points on the
+  positive side of the most pairs come first, nearest the target first.
+- context: per pair, how far the candidate is on the negative side (0 on the positive side),
+  squashed into (-1, 0] and summed: 0 for points inside every pair's positive side.
 """
 
 from __future__ import annotations
@@ -27,9 +32,28 @@ def similarities(x: np.ndarray, examples: np.ndarray, metric: str) -> np.ndarray
     return -(s * s) if metric == "l2" else s
 
 
+def signed_sigmoid(s: np.ndarray) -> np.ndarray:
+    """Monotone onto (-1, 1), 0 at 0."""
+    return s / (1.0 + np.abs(s))
+
+
 def fast_sigmoid(s: np.ndarray) -> np.ndarray:
     """Monotone onto (0, 1), cheap, and defined for any similarity scale."""
-    return 0.5 * (s / (1.0 + np.abs(s)) + 1.0)
+    return 0.5 * (signed_sigmoid(s) + 1.0)
+
+
+def discovery_scores(x: np.ndarray, target: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                     metric: str) -> np.ndarray:
+    """Each candidate row's discovery score (module docstring); ``pos[i]`` and ``neg[i]``
+    are pair i."""
+    rank = np.sign(similarities(x, pos, metric) - similarities(x, neg, metric)).sum(1)
+    return rank + fast_sigmoid(similarities(x, target, metric)[:, 0])
+
+
+def context_scores(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, metric: str) -> np.ndarray:
+    """Each candidate row's context score (module docstring); pairs as in ``discovery_scores``."""
+    margin = similarities(x, pos, metric) - similarities(x, neg, metric)
+    return signed_sigmoid(np.minimum(margin, 0.0)).sum(1)
 
 
 def example_scores(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, metric: str,

@@ -9,14 +9,18 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 PointId = StrictInt | StrictStr
 Number = Annotated[float, Strict()]
@@ -194,7 +198,81 @@ class RrfQuery(_Strict):
     rrf: Rrf
 
 
-QueryInput = Example | NearestQuery | RecommendQuery | FusionQuery | RrfQuery
+class ContextPair(_Strict):
+    positive: Example
+    negative: Example
+
+
+class DiscoverInput(_Strict):
+    target: Example
+    context: list[ContextPair] | ContextPair | None = None
+
+
+class DiscoverQuery(_Strict):
+    """Points near ``target`` on the positive side of the most ``context`` pairs: the score's
+    integer part counts the pairs whose positive is closer (minus those whose negative is),
+    its fraction is the closeness to the target."""
+
+    discover: DiscoverInput
+
+
+class ContextQuery(_Strict):
+    """Points closer to each pair's positive than to its negative: the score is 0 there, and
+    below 0 by how far a point is on the wrong side of each pair."""
+
+    context: list[ContextPair] | ContextPair
+
+
+class OrderBy(_Strict):
+    key: str = Field(min_length=1, max_length=256)
+    direction: Literal["asc", "desc"] | None = None
+    start_from: StrictInt | StrictFloat | StrictStr | None = None
+
+
+class OrderByQuery(_Strict):
+    """Points in the order of a payload value, as a scroll's ``order_by`` (score 0, the value
+    in ``order_value``)."""
+
+    order_by: str | OrderBy
+
+
+class SampleQuery(_Strict):
+    """Points picked at random among those the filter admits (score 0)."""
+
+    sample: Literal["random"]
+
+
+_QUERY_KINDS = {"nearest": "nearest", "recommend": "recommend", "discover": "discover",
+                "context": "context", "order_by": "order_by", "sample": "sample",
+                "fusion": "fusion", "rrf": "rrf"}
+UNSUPPORTED_QUERIES = {"formula": "score formulas are not supported; re-score the hits in "
+                                  "the application",
+                       "relevance_feedback": "relevance feedback queries are not supported"}
+
+
+def _query_kind(v: Any) -> str | None:
+    """The query's kind: an example (a vector, a token matrix or a point id), or the one key
+    of a query object (None: an object of no known kind, answered with the kinds there are)."""
+    if isinstance(v, BaseModel):
+        v = v.model_dump(exclude_unset=True)
+    if not isinstance(v, dict):
+        return "example"
+    keys = [k for k in v if k != "mmr"]
+    return _QUERY_KINDS.get(keys[0]) if len(keys) == 1 else None
+
+
+QueryInput = Annotated[
+    Annotated[Example, Tag("example")] | Annotated[NearestQuery, Tag("nearest")]
+    | Annotated[RecommendQuery, Tag("recommend")] | Annotated[DiscoverQuery, Tag("discover")]
+    | Annotated[ContextQuery, Tag("context")] | Annotated[OrderByQuery, Tag("order_by")]
+    | Annotated[SampleQuery, Tag("sample")] | Annotated[FusionQuery, Tag("fusion")]
+    | Annotated[RrfQuery, Tag("rrf")],
+    Discriminator(_query_kind, custom_error_type="query_kind",
+                  custom_error_message="expected a vector, a point id or one of "
+                                       "{nearest, recommend, discover, context, order_by, "
+                                       "sample, fusion, rrf}")]
+SELF_SCORED = (DiscoverQuery, ContextQuery, OrderByQuery, SampleQuery)
+"""Query kinds whose scores are their own (not a distance to one vector)."""
 
 
 class Prefetch(_Strict):
@@ -208,11 +286,21 @@ class Prefetch(_Strict):
     score_threshold: float | None = None
     limit: int = Field(10, ge=1)
 
+    @field_validator("query", mode="before")
+    @classmethod
+    def _supported(cls, v: Any) -> Any:
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in UNSUPPORTED_QUERIES:
+            kind = next(iter(v))
+            raise PydanticCustomError("unsupported_query", f"{kind}: {UNSUPPORTED_QUERIES[kind]}")
+        return v
+
 
 class QueryRequest(Prefetch):
     """``POST /points/query``: ``query`` is a vector, a point id (search with its vector,
-    the point itself left out), ``{"nearest": either}``, ``{"recommend": ...}``, or a
-    fusion of the ``prefetch`` searches (``{"fusion": "rrf" | "dbsf"}``, ``{"rrf": {"k"}}``)."""
+    the point itself left out), ``{"nearest": either}``, ``{"recommend": ...}``,
+    ``{"discover": ...}``, ``{"context": ...}``, ``{"order_by": ...}``, ``{"sample":
+    "random"}``, or a fusion of the ``prefetch`` searches (``{"fusion": "rrf" | "dbsf"}``,
+    ``{"rrf": {"k"}}``)."""
 
     offset: int = Field(0, ge=0)
     with_vector: VectorSelector = False

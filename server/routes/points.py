@@ -123,6 +123,16 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
                    for p in pts]
         return ok({"points": pts, "next_page_offset": nxt}, t)
 
+    @app.post("/collections/{name}/facet", tags=TAGS, openapi_extra=body_doc(s.FacetRequest))
+    async def facet(name: str, request: Request):
+        """The ``limit`` most frequent values of the payload key ``key`` among the points
+        ``filter`` admits: ``{"hits": [{"value", "count"}, ...]}``, most frequent first."""
+        t = time.perf_counter()
+        body = await parse(request, s.FacetRequest)
+        found = await run(database().get_collection(name).facet, body.key, body.filter,
+                          body.limit)
+        return ok({"hits": [{"value": v, "count": n} for v, n in found]}, t)
+
     @app.post("/collections/{name}/points/count", tags=TAGS, openapi_extra=body_doc(s.CountRequest))
     async def count(name: str, request: Request):
         t = time.perf_counter()

@@ -1,0 +1,72 @@
+"""Value counts of a payload key (Qdrant's facet) and uniform samples of points: the two
+reads that summarise a filtered collection instead of searching it.
+
+A facet counts each point once per distinct value the key holds there (a list counts each of
+its elements), over strings, integers and booleans, the values Qdrant facets; the most
+frequent come first, ties in value order (false before true, numbers, then strings).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgument
+from .payload import PayloadStore, elements, key_path
+
+MAX_FACET_LIMIT = 10_000
+
+
+def check_facet(key: Any, limit: Any) -> tuple[tuple[str, ...], int]:
+    """The key's path and the limit, or InvalidArgument naming the bad one."""
+    path = key_path(key)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_FACET_LIMIT:
+        raise InvalidArgument(f"limit: expected an integer in [1, {MAX_FACET_LIMIT}], "
+                              f"got {limit!r:.40}")
+    return path, limit
+
+
+def _facetable(v: Any) -> bool:
+    return isinstance(v, (str, int)) and (not isinstance(v, int) or isinstance(v, bool)
+                                          or -(1 << 63) <= v < (1 << 63))
+
+
+def count_values(payloads: PayloadStore, positions: Iterable[int], path: tuple[str, ...],
+                 into: Counter) -> Counter:
+    """Adds each position's distinct facetable values of ``path`` to ``into``."""
+    for p in positions:
+        seen = {(type(v), v) for v in elements(payloads.get(p), path) if _facetable(v)}
+        into.update(seen)
+    return into
+
+
+def _value_order(tv: tuple[type, Any]) -> tuple[int, Any]:
+    t, v = tv
+    return (0, v) if t is bool else (1, v) if t is int else (2, v)
+
+
+def top_values(counts: Counter, limit: int) -> list[tuple[Any, int]]:
+    """The ``limit`` most frequent (value, count), ties in value order."""
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], _value_order(kv[0])))
+    return [(tv[1], n) for tv, n in order[:limit]]
+
+
+def merge_counts(parts: Iterable[list[tuple[Any, int]]]) -> Counter:
+    """Counts from several ``top_values`` answers (a sharded collection's shards)."""
+    total: Counter = Counter()
+    for part in parts:
+        for v, n in part:
+            total[(type(v), v)] += n
+    return total
+
+
+def sample_counts(sizes: list[int], k: int, rng: np.random.Generator) -> list[int]:
+    """How many of ``k`` picks, drawn uniformly without replacement from groups of ``sizes``
+    (segments, shards), fall in each group."""
+    total = sum(sizes)
+    if total == 0:
+        return [0] * len(sizes)
+    return rng.multivariate_hypergeometric(np.asarray(sizes, np.int64), min(k, total)).tolist()

@@ -1,0 +1,79 @@
+"""Qdrant's distance matrix: a random sample of points and, for each, its nearest among the
+sample (a neighbourhood graph of the sample, for clustering or a map of the data), answered
+as pairs or as sparse rows (CSR offsets).
+
+Scores are Qdrant's: the cosine or inner product (higher is nearer), or the Euclid distance
+(lower is nearer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...engine.errors import InvalidArgument
+from ...engine.points import Point
+
+
+def _rows(points: list[Point], name: str, dim: int) -> np.ndarray:
+    return np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector
+                       for p in points], np.float64).reshape(len(points), dim)
+
+
+def nearest_in_sample(points: list[Point], using: str | None, dim: int, metric: str,
+                      limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour positions, scores), each (len(points), min(limit, n - 1)): every sampled
+    point's nearest others, nearest first."""
+    x = _rows(points, using or "", dim)
+    n = len(x)
+    m = min(limit, n - 1)
+    if m <= 0:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0))
+    if metric == "l2":
+        sq = (x * x).sum(1)
+        d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0))
+        key = d.copy()
+    else:
+        d = x @ x.T  # cosine: stored rows are unit length
+        key = -d
+    np.fill_diagonal(key, np.inf)
+    near = np.argsort(key, axis=1, kind="stable")[:, :m]
+    return near, np.take_along_axis(d, near, axis=1)
+
+
+def sample_points(col: Any, req: Any, check_k) -> tuple[list[Point], Any]:
+    """The sampled points (with the field's vectors) and the field searched."""
+    f = col.vector_field(req.using)
+    if f.kind == "multi":
+        raise InvalidArgument("using: the distance matrix is for dense vector fields, not "
+                              "multi-vector ones")
+    check_k(req.sample, "sample")
+    check_k(req.limit, "limit")
+    flt = {"must": [{"has_vector": req.using or ""}]}  # points without one have no place
+    if req.filter:
+        flt["must"].append(req.filter)
+    return col.sample(req.sample, flt, with_payload=False, with_vectors=True), f
+
+
+def matrix_pairs(col: Any, req: Any, check_k) -> dict[str, Any]:
+    """``{"pairs": [{"a", "b", "score"}, ...]}``: each sampled point with its nearest."""
+    points, f = sample_points(col, req, check_k)
+    if not points:
+        return {"pairs": []}
+    near, scores = nearest_in_sample(points, req.using, f.dim, f.metric, req.limit)
+    return {"pairs": [{"a": points[i].id, "b": points[j].id, "score": float(s)}
+                      for i in range(len(points))
+                      for j, s in zip(near[i].tolist(), scores[i].tolist(), strict=True)]}
+
+
+def matrix_offsets(col: Any, req: Any, check_k) -> dict[str, Any]:
+    """``{"offsets_row", "offsets_col", "scores", "ids"}``: the same as sparse coordinates
+    into ``ids`` (row i's neighbours are its entries with offsets_row == i)."""
+    points, f = sample_points(col, req, check_k)
+    if not points:
+        return {"offsets_row": [], "offsets_col": [], "scores": [], "ids": []}
+    near, scores = nearest_in_sample(points, req.using, f.dim, f.metric, req.limit)
+    rows = np.repeat(np.arange(len(points)), near.shape[1])
+    return {"offsets_row": rows.tolist(), "offsets_col": near.ravel().tolist(),
+            "scores": scores.ravel().tolist(), "ids": [p.id for p in points]}
