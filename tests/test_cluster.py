@@ -91,6 +91,12 @@ def test_results_equal_an_embedded_collection(db):
         assert a[1] is b[1] is None
     asked = [ids[5], 3, 999_999, 1]
     assert [p.id for p in sharded.get(asked)] == [p.id for p in embedded.get(asked)]
+    # facets sum the shards' counts; a sample draws across shards, the filter on each
+    assert sharded.facet("tag", filter=EVEN, limit=4) == embedded.facet("tag", filter=EVEN, limit=4)
+    picked = sharded.sample(50, filter=EVEN)
+    assert len({p.id for p in picked}) == 50 and all(p.payload["even"] for p in picked)
+    assert sorted(p.id for p in sharded.sample(400, filter=EVEN, with_payload=False)) == \
+        sorted(p.id for p in embedded.sample(400, filter=EVEN, with_payload=False))
     # writes by filter reach every shard
     assert sharded.set_payload({"seen": True}, filter=EVEN) == 300
     assert sharded.count({"must": [{"key": "seen", "match": {"value": True}}]}) == 300

@@ -365,6 +365,12 @@ def test_upsert_replaces_within_and_across_segments(tmp_path):
     col.upsert([u.upper()], [[0, 0, 0, 2]], [{"v": 3}])
     col.flush()
     col.wait_indexed()
+    # facets and samples see each point once, in its latest version, across segments
+    assert col.facet("v") == [(0, 98), (1, 2), (2, 1), (3, 1)]
+    newer = col.sample(200, filter={"must": [{"key": "v", "match": {"any": [1, 2, 3]}}]},
+                       with_payload=False)
+    assert sorted((p.id for p in newer), key=str) == sorted([5, 95, 200, u], key=str)
+    assert len({p.id for p in col.sample(200)}) == 102
     before = read_state(col)
     assert before[5] == ({"v": 2}, (0.0, 0.0, 1.0, 0.0))
     assert before[u] == ({"v": 3}, (0.0, 0.0, 0.0, 2.0))
