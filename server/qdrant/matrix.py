@@ -21,6 +21,11 @@ def _rows(points: list[Point], name: str, dim: int) -> np.ndarray:
                        for p in points], np.float64).reshape(len(points), dim)
 
 
+BLOCK_ROWS = 512
+"""Rows of the sample's similarity matrix computed at once (a sample of 10,000 at 384-d:
+512 x 10,000 float64, 41 MB, never the whole 800 MB matrix)."""
+
+
 def nearest_in_sample(points: list[Point], using: str | None, dim: int, metric: str,
                       limit: int) -> tuple[np.ndarray, np.ndarray]:
     """(neighbour positions, scores), each (len(points), min(limit, n - 1)): every sampled
@@ -28,18 +33,24 @@ def nearest_in_sample(points: list[Point], using: str | None, dim: int, metric: 
     x = _rows(points, using or "", dim)
     n = len(x)
     m = min(limit, n - 1)
+    near = np.zeros((n, max(m, 0)), np.int64)
+    scores = np.zeros((n, max(m, 0)))
     if m <= 0:
-        return np.zeros((n, 0), np.int64), np.zeros((n, 0))
-    if metric == "l2":
-        sq = (x * x).sum(1)
-        d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0))
-        key = d.copy()
-    else:
-        d = x @ x.T  # cosine: stored rows are unit length
-        key = -d
-    np.fill_diagonal(key, np.inf)
-    near = np.argsort(key, axis=1, kind="stable")[:, :m]
-    return near, np.take_along_axis(d, near, axis=1)
+        return near, scores
+    sq = (x * x).sum(1)
+    for lo in range(0, n, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, n)
+        d = x[lo:hi] @ x.T  # cosine: stored rows are unit length
+        if metric == "l2":
+            d = np.sqrt(np.maximum(sq[lo:hi, None] + sq[None, :] - 2 * d, 0.0))
+        key = d if metric == "l2" else -d
+        key[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # not itself
+        part = np.argpartition(key, m - 1, axis=1)[:, :m]
+        best = np.take_along_axis(key, part, axis=1)
+        order = np.lexsort((part, best), axis=1)  # nearest first, ties by position
+        near[lo:hi] = np.take_along_axis(part, order, axis=1)[:, :m]
+        scores[lo:hi] = np.take_along_axis(d, near[lo:hi], axis=1)
+    return near, scores
 
 
 def sample_points(col: Any, req: Any, check_k) -> tuple[list[Point], Any]:
