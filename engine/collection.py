@@ -971,7 +971,7 @@ class Collection(CollectionSchema):
         """The ``limit`` most frequent values of payload ``key`` among the points ``filter``
         admits, each with how many points hold it (engine/facets.py)."""
         self._check_open()
-        path, limit = check_facet(key, limit)
+        _, limit = check_facet(key, limit)
         flt = parse_filter(filter) if filter is not None else None
         with self._lock:
             segs = list(self._segments)
@@ -979,8 +979,12 @@ class Collection(CollectionSchema):
         for seg in segs:
             n = seg.n
             allowed = seg.allowed(flt, n)
-            count_values(seg.payloads, range(n) if allowed is None else
-                         allowed.positions().tolist(), path, counts)
+            mask = np.zeros(len(seg.payloads), bool)  # (rows past n: written meanwhile)
+            if allowed is None:
+                mask[:n] = True
+            else:
+                mask[allowed.positions()] = True
+            count_values(seg.payloads, mask, key, counts)
         return top_values(counts, limit)
 
     def sample(self, k: int = 10, filter: dict | None = None,

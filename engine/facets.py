@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgument
-from .payload import PayloadStore, elements, key_path
+from .payload import PayloadStore, key_path
 
 MAX_FACET_LIMIT = 10_000
 
@@ -29,17 +29,33 @@ def check_facet(key: Any, limit: Any) -> tuple[tuple[str, ...], int]:
     return path, limit
 
 
-def _facetable(v: Any) -> bool:
-    return isinstance(v, (str, int)) and (not isinstance(v, int) or isinstance(v, bool)
-                                          or -(1 << 63) <= v < (1 << 63))
-
-
-def count_values(payloads: PayloadStore, positions: Iterable[int], path: tuple[str, ...],
-                 into: Counter) -> Counter:
-    """Adds each position's distinct facetable values of ``path`` to ``into``."""
-    for p in positions:
-        seen = {(type(v), v) for v in elements(payloads.get(p), path) if _facetable(v)}
-        into.update(seen)
+def count_values(payloads: PayloadStore, allowed: np.ndarray, key: str, into: Counter
+                 ) -> Counter:
+    """Adds the distinct facetable values of ``key`` at each allowed position (a bool mask
+    over the store) to ``into``, from the key's typed column (built once per key and kept,
+    as filters build it)."""
+    col = payloads.column(key)
+    for t in ("str", "int", "bool"):
+        pos, vals = col.typed(t)
+        if len(pos):
+            keep = allowed[pos]
+            pos, vals = pos[keep], vals[keep]
+        if not len(pos):
+            continue
+        if t == "str":
+            table, vals = np.unique(vals.astype(str), return_inverse=True)
+        vals = vals.astype(np.int64)
+        lo, span = int(vals.min()), int(pos.max()) + 1
+        if (int(vals.max()) - lo + 1) * span < 1 << 62:  # one int64 key per (value, point)
+            pairs = np.unique((vals - lo) * span + pos)  # a point counts once per value
+            values, counts = np.unique(pairs // span + lo, return_counts=True)
+        else:  # integers too far apart for one key
+            values, counts = np.unique(np.unique(np.stack([vals, pos]), axis=1)[0],
+                                       return_counts=True)
+        kind = bool if t == "bool" else int
+        for v, n in zip(values.tolist(), counts.tolist(), strict=True):
+            value = table[v].item() if t == "str" else kind(v)
+            into[(type(value), value)] += n
     return into
 
 
