@@ -72,6 +72,17 @@ def raises(status: int, *words: str):
     return Check()
 
 
+def same_embedded_and_remote(server, tmp_path, scenario):
+    """What ``scenario(db)`` returns on an embedded database, checked equal over quiver.Client."""
+    import quiver
+
+    with quiver.connect(tmp_path / "db", optimizer=False) as db:
+        embedded = scenario(db)
+    with quiver.Client(server.url, api_key=KEY) as remote:
+        assert scenario(remote) == embedded
+    return embedded
+
+
 def cosine_top(x, q, k, allowed=None):
     xs = x / np.linalg.norm(x, axis=1, keepdims=True)
     s = xs @ (q / np.linalg.norm(q))
@@ -661,10 +672,7 @@ def test_quiver_client_parity(server, tmp_path):
         db.drop_collection("par")
         return out
 
-    with quiver.connect(tmp_path / "db", optimizer=False) as db:
-        embedded = scenario(db)
-    with quiver.Client(server.url, api_key=KEY) as remote:
-        assert scenario(remote) == embedded
+    embedded = same_embedded_and_remote(server, tmp_path, scenario)
     assert embedded[0] == "ids: no point with id 9; nothing was written"
     assert embedded[1:3] == [2, 1] and embedded[3][1] == (2, {"p": 2}, {"a": [2.0, 0.0], "b": [2.0] * 3})
 
@@ -863,10 +871,7 @@ def test_facet_and_sample_read_the_same_through_the_sdks(server, tmp_path):
         db.drop_collection("fs")
         return out
 
-    with quiver.connect(tmp_path / "db", optimizer=False) as db:
-        embedded = scenario(db)
-    with quiver.Client(server.url, api_key=KEY) as remote:
-        assert scenario(remote) == embedded
+    embedded = same_embedded_and_remote(server, tmp_path, scenario)
     assert embedded[:3] == [[("x", 4), ("y", 4), ("z", 4)], [(False, 5), (True, 5)], [(0, 5), (1, 5)]]
     assert embedded[3] == (4, {"x"}, None) and embedded[4] == list(range(12))
     assert embedded[5:] == ["key: expected a string, got int",

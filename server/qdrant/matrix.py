@@ -67,24 +67,17 @@ def sample_points(col: Any, req: Any, check_k) -> tuple[list[Point], Any]:
     return col.sample(req.sample, flt, with_payload=False, with_vectors=True), f
 
 
-def matrix_pairs(col: Any, req: Any, check_k) -> dict[str, Any]:
-    """``{"pairs": [{"a", "b", "score"}, ...]}``: each sampled point with its nearest."""
+def search_matrix(col: Any, req: Any, check_k, form: str) -> dict[str, Any]:
+    """The sample's neighbours as ``{"pairs": [{"a", "b", "score"}, ...]}`` (``form``
+    "pairs") or as sparse coordinates into ``ids``, ``{"offsets_row", "offsets_col",
+    "scores", "ids"}`` ("offsets": row i's neighbours are its entries with offsets_row == i)."""
     points, f = sample_points(col, req, check_k)
-    if not points:
-        return {"pairs": []}
-    near, scores = nearest_in_sample(points, req.using, f.dim, f.metric, req.limit)
-    return {"pairs": [{"a": points[i].id, "b": points[j].id, "score": float(s)}
-                      for i in range(len(points))
-                      for j, s in zip(near[i].tolist(), scores[i].tolist(), strict=True)]}
-
-
-def matrix_offsets(col: Any, req: Any, check_k) -> dict[str, Any]:
-    """``{"offsets_row", "offsets_col", "scores", "ids"}``: the same as sparse coordinates
-    into ``ids`` (row i's neighbours are its entries with offsets_row == i)."""
-    points, f = sample_points(col, req, check_k)
-    if not points:
-        return {"offsets_row": [], "offsets_col": [], "scores": [], "ids": []}
-    near, scores = nearest_in_sample(points, req.using, f.dim, f.metric, req.limit)
+    near, scores = (nearest_in_sample(points, req.using, f.dim, f.metric, req.limit) if points
+                    else (np.zeros((0, 0), np.int64), np.zeros((0, 0))))
+    if form == "pairs":
+        return {"pairs": [{"a": points[i].id, "b": points[j].id, "score": float(s)}
+                          for i in range(len(points))
+                          for j, s in zip(near[i].tolist(), scores[i].tolist(), strict=True)]}
     rows = np.repeat(np.arange(len(points)), near.shape[1])
     return {"offsets_row": rows.tolist(), "offsets_col": near.ravel().tolist(),
             "scores": scores.ravel().tolist(), "ids": [p.id for p in points]}

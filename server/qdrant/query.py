@@ -401,22 +401,26 @@ class Planner:
         probes = [*tgt, *pos]
         if f.metric != "l2" and len(pairs):
             probes.append(tgt.sum(axis=0) + pos.sum(axis=0) - neg.sum(axis=0))
-        n = max(4 * k, 64)
-        self.check_k(n, f"{what} candidates (4 x limit)")
-        found = self.col.search(np.asarray(probes, np.float32), k=n, filter=both(flt, exclude),
-                                params=engine_params(node.params, n), using=node.using)
-        ids = list(dict.fromkeys(h.id for hits in found for h in hits))
-        if not ids:
-            return []
-        pts = self.col.get(ids, with_payload=False, with_vectors=True)
-        name = node.using or ""
-        x = np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector for p in pts],
-                       np.float64).reshape(len(pts), f.dim)
+        pts, x = self._candidates(probes, k, both(flt, exclude), node.params, node.using, what)
         scores = (discovery_scores(x, tgt, pos, neg, f.metric) if what == "discover" else
                   context_scores(x, pos, neg, f.metric))
-        order = np.argsort(-scores, kind="stable")
-        return [Point(pts[j].id, float(scores[j])) for j in order.tolist()
-                if threshold is None or scores[j] >= threshold][:k]
+        return _best(pts, scores, threshold, k)
+
+    def _candidates(self, probes: list[np.ndarray], k: int, flt: dict | None,
+                    params: q.QueryParams | None, using: str | None, what: str
+                    ) -> tuple[list[Point], np.ndarray]:
+        """The points nearest any probe (4 x ``k`` of each, at least 64) and their vectors as
+        float64 rows, for a query that scores every candidate against its examples."""
+        n = max(4 * k, 64)
+        self.check_k(n, f"{what} candidates (4 x limit)")
+        found = self.col.search(np.asarray(probes, np.float32), k=n, filter=flt,
+                                params=engine_params(params, n), using=using)
+        ids = list(dict.fromkeys(h.id for hits in found for h in hits))
+        pts = self.col.get(ids, with_payload=False, with_vectors=True) if ids else []
+        name = using or ""
+        x = np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector for p in pts],
+                       np.float64).reshape(len(pts), self.col.vector_field(using).dim)
+        return pts, x
 
     def _recommend_scored(self, req: q.QueryRequest, k: int, threshold: float | None
                           ) -> list[Point]:
@@ -428,29 +432,17 @@ class Planner:
             raise InvalidArgument("recommend: give at least one positive or negative example")
         f = self.col.vector_field(req.using)
         pos, neg, exclude = self._examples(rec, req.using)
-        n = max(4 * k, 64)
-        self.check_k(n, "recommend candidates (4 x limit)")
-        flt = both(req.filter, exclude)
         probes = list(pos)
         if f.metric != "l2":  # sum of inner products = inner product with the sum
             probes.append(pos.sum(axis=0) - neg.sum(axis=0))
         elif not len(pos):
             raise InvalidArgument("recommend: with Euclid distances, best_score and sum_scores "
                                   "need a positive example")
-        found = self.col.search(np.asarray(probes, np.float32), k=n, filter=flt,
-                                params=engine_params(req.params, n), using=req.using)
-        ids = list(dict.fromkeys(h.id for hits in found for h in hits))
-        if not ids:
-            return []
-        pts = self.col.get(ids, with_payload=False, with_vectors=True)
-        name = req.using or ""
-        x = np.asarray([p.vector[name] if isinstance(p.vector, dict) else p.vector for p in pts],
-                       np.float64)
+        pts, x = self._candidates(probes, k, both(req.filter, exclude), req.params, req.using,
+                                  "recommend")
         scores = example_scores(x, pos, neg, f.metric, rec.strategy)
-        order = np.argsort(-scores, kind="stable")
-        hits = [Point(pts[j].id, float(scores[j])) for j in order.tolist()
-                if threshold is None or scores[j] >= threshold][:k]
-        return self._fill(hits, req.with_payload, bool(req.with_vector))
+        return self._fill(_best(pts, scores, threshold, k), req.with_payload,
+                          bool(req.with_vector))
 
     def _stored(self, ids: list, using: str | None, where: str) -> list[list[float]]:
         """The stored vectors of points given by id, in the field searched."""
@@ -468,6 +460,14 @@ class Planner:
                 vec = vec[name]
             out.append(vec)
         return out
+
+
+def _best(points: list[Point], scores: np.ndarray, threshold: float | None, k: int
+          ) -> list[Point]:
+    """The ``k`` best-scoring points (stable among ties) at or above ``threshold``."""
+    order = np.argsort(-scores, kind="stable")
+    return [Point(points[j].id, float(scores[j])) for j in order.tolist()
+            if threshold is None or scores[j] >= threshold][:k]
 
 
 def _own_scores(query: Any) -> bool:

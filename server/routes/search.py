@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -16,7 +17,7 @@ from ...engine.hits import NPZ
 from ...engine.params import SearchParams
 from .. import schemas as s
 from ..context import ContentType, RawBody, ServerContext, body_doc, ok, parse, parse_raw
-from ..qdrant.matrix import matrix_offsets, matrix_pairs
+from ..qdrant.matrix import search_matrix as search_matrix_of
 from ..qdrant.query import Planner, Query, search_grouped
 from ..qdrant.query import search_groups as qq_search_groups
 from ..qdrant.schemas import NamedVector, QueryGroupsRequest
@@ -49,23 +50,16 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             return ok(query.answer(hits), t, plan=plan)
         return ok(query.answer(await run(col.search, query.vector, **query.args)), t)
 
-    @app.post("/collections/{name}/points/search/matrix/pairs", tags=TAGS,
+    @app.post("/collections/{name}/points/search/matrix/{form}", tags=TAGS,
               openapi_extra=body_doc(s.SearchMatrixRequest))
-    async def search_matrix_pairs(name: str, request: Request):
-        """A random ``sample`` of points and each one's ``limit`` nearest among them:
-        ``{"pairs": [{"a", "b", "score"}, ...]}``."""
+    async def search_matrix(name: str, form: Literal["pairs", "offsets"], request: Request):
+        """A random ``sample`` of points and each one's ``limit`` nearest among them, as
+        ``{"pairs": [{"a", "b", "score"}, ...]}`` or as sparse coordinates (``offsets``:
+        ``{"offsets_row", "offsets_col", "scores", "ids"}``)."""
         t = time.perf_counter()
         req = await parse(request, s.SearchMatrixRequest)
-        return ok(await run(matrix_pairs, database().get_collection(name), req, check_k), t)
-
-    @app.post("/collections/{name}/points/search/matrix/offsets", tags=TAGS,
-              openapi_extra=body_doc(s.SearchMatrixRequest))
-    async def search_matrix_offsets(name: str, request: Request):
-        """The same as sparse coordinates: ``{"offsets_row", "offsets_col", "scores",
-        "ids"}``."""
-        t = time.perf_counter()
-        req = await parse(request, s.SearchMatrixRequest)
-        return ok(await run(matrix_offsets, database().get_collection(name), req, check_k), t)
+        return ok(await run(search_matrix_of, database().get_collection(name), req, check_k,
+                            form), t)
 
     @app.post("/collections/{name}/points/search/groups", tags=TAGS,
               openapi_extra=body_doc(s.SearchGroupsRequest))
