@@ -525,6 +525,9 @@ def test_multivector_late_interaction(client):
                                                           limit=6, params=exact),
                               query=qt.tolist(), using="colbert", limit=3, search_params=exact).points
     assert [h.id for h in rer] == maxsim(qt, cand.tolist())[0][:3]
+    with raises(400, "discover: not for multi-vector fields"):
+        client.query_points("late", query=m.DiscoverQuery(discover=m.DiscoverInput(
+            target=5, context=[m.ContextPair(positive=1, negative=2)])), using="colbert")
     with raises(400, "name"):
         client.create_collection("late1", vectors_config=m.VectorParams(
             size=4, distance=m.Distance.COSINE, multivector_config=m.MultiVectorConfig(

@@ -307,7 +307,7 @@ class Planner:
         if isinstance(query, (q.FusionQuery, q.RrfQuery)):
             raise InvalidArgument("query: a fusion goes with prefetch searches")
         if isinstance(query, q.SELF_SCORED):
-            raise InvalidArgument(f"query: {next(iter(query.model_fields))} does not search "
+            raise InvalidArgument(f"query: {next(iter(type(query).model_fields))} does not search "
                                   f"around one vector; not here")
         if isinstance(query, list):
             if not self.col.is_single_query(query, using):
@@ -348,8 +348,10 @@ class Planner:
         vectors are (unit length for cosine), and a filter leaving out the examples given by
         id; errors name ``what.group[i]``."""
         if self.col.vector_field(using).kind == "multi":
-            raise InvalidArgument(f"{what}: not for multi-vector fields (an average of token "
-                                  f"matrices is not one); query by a point id instead")
+            raise InvalidArgument(
+                "recommend: not for multi-vector fields (an average of token matrices is not "
+                "one); query by a point id instead" if what == "recommend" else
+                f"{what}: not for multi-vector fields (it compares one vector per example)")
         ids = [normalize_id(x, what) for g in groups.values() for x in g
                if not isinstance(x, list)]
         stored = dict(zip(ids, self._stored(ids, using, what), strict=True)) if ids else {}
