@@ -839,10 +839,35 @@ def test_explore_queries_facets_and_the_distance_matrix(client, http):
     for r, c, s in zip(off.offsets_row, off.offsets_col, off.scores, strict=True):
         assert abs(s - sim[off.ids[r], off.ids[c]]) < 1e-5 and r != c
 
-    # what is not served says so; groups take no self-scored query
-    with raises(422, "formula", "not supported"):
+    # score formulas over what the prefetches found: a boost for red points, a decay by n
+    near = np.argsort(-sim[5], kind="stable")[:10]
+    boosted = sim[5, near] + 0.5 * (near % 3 == 0) + 0.5 ** (np.abs((30 - near) - 20) / 5)
+    hits = client.query_points("explore", prefetch=m.Prefetch(query=x[5].tolist(), limit=10),
+                               query=m.FormulaQuery(formula=m.SumExpression(sum=[
+                                   "$score",
+                                   m.MultExpression(mult=[0.5, m.FieldCondition(
+                                       key="color", match=m.MatchValue(value="red"))]),
+                                   m.ExpDecayExpression(exp_decay=m.DecayParamsExpression(
+                                       x="n", target=20, scale=5))])), limit=4).points
+    order = np.argsort(-boosted, kind="stable")[:4]
+    assert [h.id for h in hits] == near[order].tolist()
+    np.testing.assert_allclose([h.score for h in hits], boosted[order], atol=1e-5)
+    two = client.query_points("explore", prefetch=[m.Prefetch(query=x[5].tolist(), limit=3),
+                                                   m.Prefetch(query=x[6].tolist(), limit=3)],
+                              query=m.FormulaQuery(formula="$score[1]", defaults={"$score[1]": -1.0}),
+                              limit=6).points
+    top5, top6 = (np.argsort(-sim[i], kind="stable")[:3].tolist() for i in (5, 6))
+    want = {i: (sim[6, i] if i in top6 else -1.0) for i in top5 + top6}
+    assert {h.id for h in two} == set(want)
+    for h in two:
+        assert abs(h.score - want[h.id]) < 1e-5
+    with raises(400, "not a finite number"):
         client.query_points("explore", prefetch=m.Prefetch(query=x[0].tolist(), limit=5),
-                            query=m.FormulaQuery(formula=m.SumExpression(sum=["$score", 1.0])))
+                            query=m.FormulaQuery(formula=m.DivExpression(div=m.DivParams(left=1, right=0))))
+    with raises(400, "prefetch"):
+        client.query_points("explore", query=m.FormulaQuery(formula="$score"))
+
+    # what is not served says so; groups take no self-scored query
     bad = http.post("/collections/explore/points/query", json={"query": {"discovery": {}}})
     assert bad.status_code == 422 and "one of {nearest, recommend, discover" in bad.json()["status"]["error"]
     with raises(400, "groups"):

@@ -29,6 +29,7 @@ from ...engine.params import SearchParams
 from ...engine.points import Point
 from ...engine.tokens import is_one_query
 from . import schemas as q
+from .formula import compile_formula, rescore
 from .recommend import context_scores, discovery_scores, example_scores
 
 RRF_K = 60
@@ -198,12 +199,20 @@ class Planner:
         flt = both(outer, node.filter)
         subs = node.prefetch if isinstance(node.prefetch, list) else (
             [node.prefetch] if node.prefetch is not None else [])
-        if isinstance(node.query, (q.FusionQuery, q.RrfQuery)):
+        if isinstance(node.query, (q.FusionQuery, q.RrfQuery, q.FormulaQuery)):
             if not subs:
-                raise InvalidArgument("query: a fusion needs prefetch searches to fuse")
+                raise InvalidArgument("query: a fusion or formula needs prefetch searches "
+                                      "to fuse or re-score")
+            formula = compile_formula(node.query.formula, len(subs)) if isinstance(
+                node.query, q.FormulaQuery) else None  # its errors before any search
             lists = [self._sub(p, flt) for p in subs]
-            fused = [h for h in self._fuse(node.query, lists, subs)
-                     if threshold is None or h.score >= threshold][:k]
+            if formula is not None:
+                ids = list(dict.fromkeys(h.id for hits in lists for h in hits))
+                payloads = {p.id: p.payload for p in self.col.get(ids, with_payload=True)}
+                ranked = rescore(formula, lists, payloads, node.query.defaults or {})
+            else:
+                ranked = self._fuse(node.query, lists, subs)
+            fused = [h for h in ranked if threshold is None or h.score >= threshold][:k]
             return self._fill(fused, with_payload, with_vectors)
         if node.query is None:
             raise InvalidArgument("query: required with prefetch (a vector to re-score the "
@@ -304,8 +313,8 @@ class Planner:
             query = query.nearest
         if isinstance(query, q.RecommendQuery):
             return self._recommend(query.recommend, using)
-        if isinstance(query, (q.FusionQuery, q.RrfQuery)):
-            raise InvalidArgument("query: a fusion goes with prefetch searches")
+        if isinstance(query, (q.FusionQuery, q.RrfQuery, q.FormulaQuery)):
+            raise InvalidArgument("query: a fusion or formula goes with prefetch searches")
         if isinstance(query, q.SELF_SCORED):
             raise InvalidArgument(f"query: {next(iter(type(query).model_fields))} does not search "
                                   f"around one vector; not here")
@@ -475,7 +484,7 @@ def _best(points: list[Point], scores: np.ndarray, threshold: float | None, k: i
 def _own_scores(query: Any) -> bool:
     """Whether a query's scores are its own (a fusion's, a discovery's, an order's...), not a
     distance in the field searched."""
-    return isinstance(query, (q.FusionQuery, q.RrfQuery, *q.SELF_SCORED))
+    return isinstance(query, (q.FusionQuery, q.RrfQuery, q.FormulaQuery, *q.SELF_SCORED))
 
 
 def _scored_recommend(query: Any) -> bool:

@@ -242,12 +242,18 @@ class SampleQuery(_Strict):
     sample: Literal["random"]
 
 
+class FormulaQuery(_Strict):
+    """The prefetched points re-scored by an expression over their prefetch scores, payload
+    values and conditions (server/qdrant/formula.py says what it may hold)."""
+
+    formula: Any
+    defaults: dict[str, Any] | None = None
+
+
 _QUERY_KINDS = {"nearest": "nearest", "recommend": "recommend", "discover": "discover",
                 "context": "context", "order_by": "order_by", "sample": "sample",
-                "fusion": "fusion", "rrf": "rrf"}
-UNSUPPORTED_QUERIES = {"formula": "score formulas are not supported; re-score the hits in "
-                                  "the application",
-                       "relevance_feedback": "relevance feedback queries are not supported"}
+                "fusion": "fusion", "rrf": "rrf", "formula": "formula"}
+UNSUPPORTED_QUERIES = {"relevance_feedback": "relevance feedback queries are not supported"}
 
 
 def _query_kind(v: Any) -> str | None:
@@ -257,7 +263,7 @@ def _query_kind(v: Any) -> str | None:
         v = v.model_dump(exclude_unset=True)
     if not isinstance(v, dict):
         return "example"
-    keys = [k for k in v if k != "mmr"]
+    keys = [k for k in v if k not in ("mmr", "defaults")]  # (a nearest's, a formula's)
     return _QUERY_KINDS.get(keys[0]) if len(keys) == 1 else None
 
 
@@ -266,11 +272,11 @@ QueryInput = Annotated[
     | Annotated[RecommendQuery, Tag("recommend")] | Annotated[DiscoverQuery, Tag("discover")]
     | Annotated[ContextQuery, Tag("context")] | Annotated[OrderByQuery, Tag("order_by")]
     | Annotated[SampleQuery, Tag("sample")] | Annotated[FusionQuery, Tag("fusion")]
-    | Annotated[RrfQuery, Tag("rrf")],
+    | Annotated[RrfQuery, Tag("rrf")] | Annotated[FormulaQuery, Tag("formula")],
     Discriminator(_query_kind, custom_error_type="query_kind",
                   custom_error_message="expected a vector, a point id or one of "
                                        "{nearest, recommend, discover, context, order_by, "
-                                       "sample, fusion, rrf}")]
+                                       "sample, fusion, rrf, formula}")]
 SELF_SCORED = (DiscoverQuery, ContextQuery, OrderByQuery, SampleQuery)
 """Query kinds whose scores are their own (not a distance to one vector)."""
 
@@ -299,8 +305,8 @@ class QueryRequest(Prefetch):
     """``POST /points/query``: ``query`` is a vector, a point id (search with its vector,
     the point itself left out), ``{"nearest": either}``, ``{"recommend": ...}``,
     ``{"discover": ...}``, ``{"context": ...}``, ``{"order_by": ...}``, ``{"sample":
-    "random"}``, or a fusion of the ``prefetch`` searches (``{"fusion": "rrf" | "dbsf"}``,
-    ``{"rrf": {"k"}}``)."""
+    "random"}``, or a fusion or re-scoring of the ``prefetch`` searches (``{"fusion": "rrf" |
+    "dbsf"}``, ``{"rrf": {"k"}}``, ``{"formula": ..., "defaults": ...}``)."""
 
     offset: int = Field(0, ge=0)
     with_vector: VectorSelector = False
