@@ -191,20 +191,12 @@ def _geo_distance(p: dict, at: str) -> Node:
     origin = geo_point(p["origin"])
     if origin is None:
         raise InvalidArgument(f"{at}.origin: expected {{\"lon\", \"lat\"}}")
-    to = p["to"]
-    try:
-        path = key_path(to)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{at}.to: {exc}") from None
 
-    def distance(s: Scope) -> np.ndarray:
-        out = np.empty(len(s.payloads))
-        for j, pl in enumerate(s.payloads):
-            g = next((g for e in elements(pl, path) if (g := geo_point(e)) is not None), None)
-            out[j] = s.missing(to) if g is None else float(
-                haversine_m(np.array([g[0]]), np.array([g[1]]), *origin)[0])
-        return out
-    return distance
+    def metres(e: Any) -> float | None:
+        g = geo_point(e)
+        return None if g is None else float(
+            haversine_m(np.array([g[0]]), np.array([g[1]]), *origin)[0])
+    return _payload_values(p["to"], f"{at}.to", metres)
 
 
 def _decay(op: str, p: dict, n_prefetch: int, at: str) -> Node:
