@@ -867,6 +867,28 @@ def test_explore_queries_facets_and_the_distance_matrix(client, http):
     with raises(400, "prefetch"):
         client.query_points("explore", query=m.FormulaQuery(formula="$score"))
 
+    # examples read from another collection (lookup_from): its ids, not left out here
+    client.create_collection("elsewhere", vectors_config={
+        "v": m.VectorParams(size=DIM, distance=m.Distance.COSINE)})
+    client.upsert("elsewhere", points=[m.PointStruct(id=0, vector={"v": x[7].tolist()}),
+                                       m.PointStruct(id=1, vector={"v": x[9].tolist()})])
+    by_id = client.query_points("explore", query=0, lookup_from=m.LookupLocation(
+        collection="elsewhere", vector="v"), limit=3).points
+    assert [h.id for h in by_id] == np.argsort(-sim[7], kind="stable")[:3].tolist()  # 7 itself first
+    rec = client.query_points("explore", query=m.RecommendQuery(recommend=m.RecommendInput(
+        positive=[0], negative=[1], strategy=m.RecommendStrategy.BEST_SCORE)),
+        lookup_from=m.LookupLocation(collection="elsewhere", vector="v"), limit=2).points
+    assert rec[0].id == 7
+    with raises(400, "lookup_from", "8-d"):
+        client.create_collection("narrow", vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE))
+        client.upsert("narrow", points=[m.PointStruct(id=0, vector=[1.0, 0, 0, 0])])
+        client.query_points("explore", query=0, lookup_from=m.LookupLocation(collection="narrow"))
+    with raises(404, "no point with id 5"):
+        client.query_points("explore", query=5,
+                            lookup_from=m.LookupLocation(collection="elsewhere", vector="v"))
+    client.delete_collection("elsewhere")
+    client.delete_collection("narrow")
+
     # what is not served says so; groups take no self-scored query
     bad = http.post("/collections/explore/points/query", json={"query": {"discovery": {}}})
     assert bad.status_code == 422 and "one of {nearest, recommend, discover" in bad.json()["status"]["error"]

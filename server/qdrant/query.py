@@ -141,8 +141,11 @@ class Planner:
     given as examples are read from the collection). ``check_k(k, field)`` applies the
     server's limit on result counts."""
 
-    def __init__(self, col: Collection, check_k) -> None:
+    def __init__(self, col: Collection, check_k,
+                 collection: Callable[[str], Collection] | None = None) -> None:
         self.col, self.check_k = col, check_k
+        self.collection = collection
+        """Opens another collection by name (a query's ``lookup_from``)."""
 
     def query(self, req: q.QueryRequest) -> Query:
         self.check_k(req.limit + req.offset, "limit + offset")
@@ -171,7 +174,7 @@ class Planner:
         if _scored_recommend(req.query):  # its scores are its own, not distances
             return Query(None, {}, req.limit, req.offset, False, names,
                          self._recommend_scored(req, k, req.score_threshold))
-        vector, exclude = self._vector(req.query, req.using)
+        vector, exclude = self._vector(req.query, req.using, req.lookup_from)
         args = {"k": k, "filter": both(req.filter, exclude),
                 "params": engine_params(req.params, k), "with_payload": req.with_payload,
                 "with_vectors": bool(req.with_vector), "score_threshold": threshold,
@@ -227,7 +230,7 @@ class Planner:
         if isinstance(node.query, q.SELF_SCORED):
             return self._fill(self._self_scored(node, flt, k, threshold), with_payload,
                               with_vectors)
-        vector, exclude = self._vector(node.query, node.using)
+        vector, exclude = self._vector(node.query, node.using, node.lookup_from)
         return self.col.search(vector, k=k, filter=both(flt, exclude),
                                params=engine_params(node.params, k), using=node.using,
                                score_threshold=threshold, with_payload=with_payload,
@@ -243,7 +246,7 @@ class Planner:
             raise InvalidArgument("query.mmr: not for multi-vector fields")
         n = max(mmr.candidates_limit or k, k)
         self.check_k(n, "query.mmr.candidates_limit")
-        vector, exclude = self._vector(req.query, req.using)
+        vector, exclude = self._vector(req.query, req.using, req.lookup_from)
         found = self.col.search(vector, k=n, filter=both(req.filter, exclude),
                                 params=engine_params(req.params, n), using=req.using,
                                 score_threshold=threshold, with_payload=req.with_payload,
@@ -306,13 +309,15 @@ class Planner:
         return [Point(h.id, h.score, stored[h.id].payload, stored[h.id].vector)
                 for h in hits if h.id in stored]
 
-    def _vector(self, query: Any, using: str | None) -> tuple[Any, dict | None]:
+    def _vector(self, query: Any, using: str | None, lookup: q.LookupFrom | None = None
+                ) -> tuple[Any, dict | None]:
         """The vector a query searches with, and a filter leaving out the points given as
-        examples (by id); a vector is passed on as it is (the engine checks it)."""
+        examples (by id; read from ``lookup``'s collection when given, and then not left out);
+        a vector is passed on as it is (the engine checks it)."""
         if isinstance(query, q.NearestQuery):
             query = query.nearest
         if isinstance(query, q.RecommendQuery):
-            return self._recommend(query.recommend, using)
+            return self._recommend(query.recommend, using, lookup)
         if isinstance(query, (q.FusionQuery, q.RrfQuery, q.FormulaQuery)):
             raise InvalidArgument("query: a fusion or formula goes with prefetch searches")
         if isinstance(query, q.SELF_SCORED):
@@ -328,30 +333,34 @@ class Planner:
                     f"{using or ''!r}, got a nested list")
             return query, None
         pid = normalize_id(query, "query")
-        return self._stored([pid], using, "query")[0], {"must_not": [{"has_id": [pid]}]}
+        return (self._stored([pid], using, "query", lookup)[0],
+                None if lookup else {"must_not": [{"has_id": [pid]}]})
 
-    def _recommend(self, rec: q.RecommendInput, using: str | None) -> tuple[Any, dict | None]:
+    def _recommend(self, rec: q.RecommendInput, using: str | None,
+                   lookup: q.LookupFrom | None = None) -> tuple[Any, dict | None]:
         """Qdrant's average-vector strategy: avg(positive) + (avg(positive) - avg(negative))."""
         if rec.strategy not in (None, "average_vector"):
             raise InvalidArgument(f"recommend.strategy: {rec.strategy} scores whole queries; "
                                   f"not inside prefetch (use average_vector there)")
         if not rec.positive:
             raise InvalidArgument("recommend.positive: give at least one example")
-        pos, neg, exclude = self._examples(rec, using)
+        pos, neg, exclude = self._examples(rec, using, lookup)
         vec = pos.mean(axis=0)
         if len(neg):
             vec = vec + (vec - neg.mean(axis=0))
         return vec.astype(np.float32).tolist(), exclude
 
-    def _examples(self, rec: q.RecommendInput, using: str | None
+    def _examples(self, rec: q.RecommendInput, using: str | None,
+                  lookup: q.LookupFrom | None = None
                   ) -> tuple[np.ndarray, np.ndarray, dict | None]:
         """The positive and negative examples as float64 rows, prepared as stored vectors are
         (unit length for cosine), and a filter leaving out the examples given by id."""
         (pos, neg), exclude = self._example_rows(
-            {"positive": rec.positive, "negative": rec.negative}, using, "recommend")
+            {"positive": rec.positive, "negative": rec.negative}, using, "recommend", lookup)
         return pos, neg, exclude
 
-    def _example_rows(self, groups: dict[str, list], using: str | None, what: str
+    def _example_rows(self, groups: dict[str, list], using: str | None, what: str,
+                      lookup: q.LookupFrom | None = None
                       ) -> tuple[list[np.ndarray], dict | None]:
         """Each group of examples (vectors or point ids) as float64 rows, prepared as stored
         vectors are (unit length for cosine), and a filter leaving out the examples given by
@@ -363,7 +372,7 @@ class Planner:
                 f"{what}: not for multi-vector fields (it compares one vector per example)")
         ids = [normalize_id(x, what) for g in groups.values() for x in g
                if not isinstance(x, list)]
-        stored = dict(zip(ids, self._stored(ids, using, what), strict=True)) if ids else {}
+        stored = dict(zip(ids, self._stored(ids, using, what, lookup), strict=True)) if ids else {}
         dim = self.col.vector_field(using).dim
         cosine = self.col.vector_field(using).metric == "cosine"
 
@@ -381,7 +390,7 @@ class Planner:
             return np.asarray(out, np.float64).reshape(len(out), dim)
 
         return ([rows(g, where) for where, g in groups.items()],
-                {"must_not": [{"has_id": ids}]} if ids else None)
+                {"must_not": [{"has_id": ids}]} if ids and not lookup else None)
 
     def _self_scored(self, node: q.Prefetch, flt: dict | None, k: int,
                      threshold: float | None) -> list[Point]:
@@ -406,7 +415,7 @@ class Planner:
         f = self.col.vector_field(node.using)
         (tgt, pos, neg), exclude = self._example_rows(
             {"target": target, "context.positive": [p.positive for p in pairs],
-             "context.negative": [p.negative for p in pairs]}, node.using, what)
+             "context.negative": [p.negative for p in pairs]}, node.using, what, node.lookup_from)
         # candidates: the nearest to the target and to each positive, and where the metric
         # makes one, to the direction the pairs point (inner products add up)
         probes = [*tgt, *pos]
@@ -442,7 +451,7 @@ class Planner:
         if not rec.positive and not rec.negative:
             raise InvalidArgument("recommend: give at least one positive or negative example")
         f = self.col.vector_field(req.using)
-        pos, neg, exclude = self._examples(rec, req.using)
+        pos, neg, exclude = self._examples(rec, req.using, req.lookup_from)
         probes = list(pos)
         if f.metric != "l2":  # sum of inner products = inner product with the sum
             probes.append(pos.sum(axis=0) - neg.sum(axis=0))
@@ -455,9 +464,24 @@ class Planner:
         return self._fill(_best(pts, scores, threshold, k), req.with_payload,
                           bool(req.with_vector))
 
-    def _stored(self, ids: list, using: str | None, where: str) -> list[list[float]]:
-        """The stored vectors of points given by id, in the field searched."""
-        found = {p.id: p.vector for p in self.col.get(ids, with_payload=False, with_vectors=True)}
+    def _stored(self, ids: list, using: str | None, where: str,
+                lookup: q.LookupFrom | None = None) -> list[list[float]]:
+        """The stored vectors of points given by id, in the field searched (or in
+        ``lookup``'s collection and field, which must have the searched field's dimension)."""
+        col = self.col
+        if lookup is not None:
+            if self.collection is None:
+                raise InvalidArgument("lookup_from: not served here")
+            col = self.collection(lookup.collection)
+            other = col.vector_field(lookup.vector)
+            mine = self.col.vector_field(using)
+            if other.kind != mine.kind or other.dim != mine.dim:
+                raise InvalidArgument(
+                    f"lookup_from: vector {lookup.vector or ''!r} of {lookup.collection!r} "
+                    f"holds {other.dim}-d {other.kind} vectors, the field searched "
+                    f"{mine.dim}-d {mine.kind} ones")
+            using = lookup.vector
+        found = {p.id: p.vector for p in col.get(ids, with_payload=False, with_vectors=True)}
         name = using or ""
         out = []
         for pid in ids:
@@ -466,7 +490,7 @@ class Planner:
             vec = found[pid]
             if isinstance(vec, dict):
                 if name not in vec:
-                    self.col.vector_field(using)  # names the fields when `using` is wrong or missing
+                    col.vector_field(using)  # names the fields when `using` is wrong or missing
                     raise InvalidArgument(f"{where}: point {pid!r} has no vector {name!r}")
                 vec = vec[name]
             out.append(vec)
@@ -508,7 +532,8 @@ def search_groups(planner: Planner, req: q.QueryGroupsRequest, max_hits: int,
     base = planner.query(q.QueryRequest.model_construct(
         query=req.query, using=req.using, filter=req.filter, params=req.params,
         score_threshold=req.score_threshold, limit=req.group_size, offset=0,
-        with_vector=req.with_vector, with_payload=req.with_payload, prefetch=None))
+        with_vector=req.with_vector, with_payload=req.with_payload, prefetch=None,
+        lookup_from=req.lookup_from))
     a = base.args
     thr = a["score_threshold"] if euclid or not base.euclid else req.score_threshold
     groups = planner.col.search_groups(

@@ -281,6 +281,14 @@ SELF_SCORED = (DiscoverQuery, ContextQuery, OrderByQuery, SampleQuery)
 """Query kinds whose scores are their own (not a distance to one vector)."""
 
 
+class LookupFrom(_Strict):
+    """Where examples given by id are read: another collection's vector field (its points
+    are then not left out of the answer)."""
+
+    collection: str = Field(min_length=1, max_length=256)
+    vector: str | None = Field(None, max_length=64)
+
+
 class Prefetch(_Strict):
     """A search whose hits the enclosing query fuses or re-scores."""
 
@@ -291,6 +299,7 @@ class Prefetch(_Strict):
     params: QueryParams | None = None
     score_threshold: float | None = None
     limit: int = Field(10, ge=1)
+    lookup_from: LookupFrom | None = None
 
     @field_validator("query", mode="before")
     @classmethod
@@ -346,6 +355,7 @@ class RecommendRequest(RecommendInput):
     offset: int = Field(0, ge=0)
     with_vector: VectorSelector = False
     with_payload: PayloadSelector = False
+    lookup_from: LookupFrom | None = None
 
     def as_query(self) -> QueryRequest:
         rec = RecommendInput(positive=self.positive, negative=self.negative, strategy=self.strategy)

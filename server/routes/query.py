@@ -27,7 +27,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
     def answers(name: str, requests: list[q.QueryRequest]) -> list[list[dict]]:
         """Plan and run ``requests`` on collection ``name`` (in the worker pool)."""
         col = database().get_collection(name)
-        planner = qq.Planner(col, check_k)
+        planner = qq.Planner(col, check_k, database().get_collection)
         queries = []
         for i, req in enumerate(requests):
             try:
@@ -67,7 +67,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
 
     def groups(name: str, body: q.QueryGroupsRequest, euclid: bool) -> dict:
         col = database().get_collection(name)
-        return qq.search_groups(qq.Planner(col, check_k), body, ctx.settings.max_k,
+        return qq.search_groups(qq.Planner(col, check_k, database().get_collection), body, ctx.settings.max_k,
                                 database().get_collection, euclid)
 
     @app.post("/collections/{name}/points/recommend", tags=TAGS,

@@ -34,7 +34,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
         """A legacy search body as a ``Query`` (scores as the engine gives them: Euclid
         distances stay squared, as Quiver's clients expect)."""
         vector, using = _vector_and_field(col, req.vector, req.using)
-        return Planner(col, check_k).legacy(req, using, vector)
+        return Planner(col, check_k, database().get_collection).legacy(req, using, vector)
 
     # the body comes as raw bytes (a dependency), so the Gate's fast path calls this very
     # function with (name, body, content type); no docstring: it would become the OpenAPI
@@ -79,7 +79,7 @@ def register(app: FastAPI, ctx: ServerContext) -> None:
             score_threshold=req.score_threshold, limit=req.limit, group_by=req.group_by,
             group_size=req.group_size, with_vector=req.with_vector,
             with_payload=req.with_payload, with_lookup=req.with_lookup, prefetch=None)
-        return qq_search_groups(Planner(col, check_k), body, ctx.settings.max_k,
+        return qq_search_groups(Planner(col, check_k, database().get_collection), body, ctx.settings.max_k,
                                 database().get_collection, euclid=False)
 
     @app.post("/collections/{name}/points/search/batch", tags=TAGS,
